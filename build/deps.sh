@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build and the KVM lab need, once.
+# Idempotent and quiet when everything is present; root (or sudo) otherwise.
+set -euo pipefail
+
+# Tools the build needs, by package. Keep in sync with README "What gets installed".
+packages=(
+  qemu-system-x86    # the KVM lab (TCG + emulated AMD SVM) and the QEMU peer in benchmarks
+  linux-source-6.1   # the guest kernel source
+  flex bison bc libelf-dev libssl-dev  # kernel build
+  xz-utils cpio      # unpacking the kernel source and .debs
+  build-essential
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+echo "deps: installing ${missing[*]} (apt)" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q >&2
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+echo "deps: done" >&2

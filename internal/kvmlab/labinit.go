@@ -1,0 +1,201 @@
+package kvmlab
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// shareTag is the 9p mount tag of the host's root directory.
+const shareTag = "hostroot"
+
+// hostRoot is where the lab mounts the host's root; steps chroot into it.
+const hostRoot = "/host"
+
+// stepPath is the PATH steps get: the host's usual one, with Go.
+const stepPath = "/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// RunInit is the lab's PID 1: it prepares the lab (mounts, modules,
+// /dev/kvm, the host share), runs the plan in /plan.json, and reports each
+// step's exit status on out. It returns when all steps ran; the caller
+// powers the lab off. An error means the lab itself could not be set up.
+func RunInit(out io.Writer) error {
+	for _, m := range []struct{ src, dst, fstype string }{
+		{"proc", "/proc", "proc"},
+		{"sysfs", "/sys", "sysfs"},
+		{"devtmpfs", "/dev", "devtmpfs"},
+	} {
+		if err := unix.Mount(m.src, m.dst, m.fstype, 0, ""); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
+		}
+	}
+	if err := loadModules("/modules"); err != nil {
+		return err
+	}
+	if err := waitFor("/dev/kvm", 10*time.Second); err != nil {
+		return fmt.Errorf("kvm-amd loaded but %w", err)
+	}
+	fmt.Fprintf(out, "%s/dev/kvm after %s of lab uptime\n", markerReady, uptime())
+
+	if err := mountHostRoot(); err != nil {
+		return err
+	}
+	if err := loopbackUp(); err != nil {
+		return err
+	}
+	b, err := os.ReadFile("/plan.json")
+	if err != nil {
+		return fmt.Errorf("read plan: %w", err)
+	}
+	plan, err := decodePlan(b)
+	if err != nil {
+		return err
+	}
+	for i, s := range plan.Steps {
+		code := runStep(s, out)
+		fmt.Fprintln(out, stepMarker(i, code))
+	}
+	fmt.Fprintln(out, markerDone)
+	return nil
+}
+
+// PowerOff ends the lab; QEMU runs with -no-reboot and exits.
+func PowerOff() {
+	unix.Sync()
+	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// ReportError prints a lab failure the host runner recognises.
+func ReportError(out io.Writer, err error) {
+	fmt.Fprintf(out, "%s%v\n", markerError, err)
+}
+
+func loadModules(dir string) error {
+	names, err := filepath.Glob(filepath.Join(dir, "*.ko"))
+	if err != nil {
+		return err
+	}
+	sort.Strings(names) // the host numbered them in dependency order
+	for _, n := range names {
+		f, err := os.Open(n)
+		if err != nil {
+			return fmt.Errorf("load module: %w", err)
+		}
+		err = unix.FinitModule(int(f.Fd()), "", 0)
+		f.Close()
+		if err != nil && !errors.Is(err, unix.EEXIST) {
+			return fmt.Errorf("load module %s: %w", filepath.Base(n), err)
+		}
+	}
+	return nil
+}
+
+func mountHostRoot() error {
+	opts := "trans=virtio,version=9p2000.L,msize=512000,cache=loose"
+	var err error
+	// virtio-pci probes the 9p device asynchronously after module load.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if err = unix.Mount(shareTag, hostRoot, "9p", unix.MS_RDONLY, opts); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("mount host root (9p %s): %w", shareTag, err)
+	}
+	// The share is read-only; give steps their own kernel filesystems and
+	// writable scratch space on top of it.
+	for _, m := range []struct{ src, dst, fstype, data string }{
+		{"proc", "/proc", "proc", ""},
+		{"sysfs", "/sys", "sysfs", ""},
+		{"devtmpfs", "/dev", "devtmpfs", ""},
+		{"tmpfs", "/dev/shm", "tmpfs", ""},
+		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
+		{"tmpfs", "/run", "tmpfs", "mode=755"},
+	} {
+		dst := hostRoot + m.dst
+		if m.dst == "/dev/shm" {
+			os.MkdirAll(dst, 0o755)
+		}
+		if err := unix.Mount(m.src, dst, m.fstype, 0, m.data); err != nil {
+			return fmt.Errorf("mount %s on %s: %w", m.fstype, dst, err)
+		}
+	}
+	return nil
+}
+
+// loopbackUp brings up lo, which tests use for their own servers.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("loopback: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback: SIOCGIFFLAGS: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("loopback: SIOCSIFFLAGS: %w", err)
+	}
+	return nil
+}
+
+// runStep runs one step chrooted into the host share and returns its exit
+// status (127 when it could not start).
+func runStep(s Step, out io.Writer) int {
+	cmd := exec.Command(s.Path, s.Args...)
+	cmd.Dir = s.Dir
+	cmd.Env = append([]string{"PATH=" + stepPath, "HOME=/tmp", "TMPDIR=/tmp"}, s.Env...)
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: hostRoot}
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			fmt.Fprintf(out, "kvmlab: step %s killed by %v\n", s.Name, ws.Signal())
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	default:
+		fmt.Fprintf(out, "kvmlab: step %s: %v\n", s.Name, err)
+		return 127
+	}
+}
+
+func waitFor(path string, d time.Duration) error {
+	for deadline := time.Now().Add(d); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		} else if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not appear within %v: %w", path, d, err)
+		}
+	}
+}
+
+func uptime() string {
+	b, err := os.ReadFile("/proc/uptime")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0] + "s"
+}

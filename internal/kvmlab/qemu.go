@@ -1,0 +1,135 @@
+package kvmlab
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Lab boots the KVM lab: Debian's kernel under QEMU's TCG with an EPYC CPU
+// model, whose SVM the lab kernel's kvm-amd turns into a real /dev/kvm.
+type Lab struct {
+	QEMU       string        // qemu-system-x86_64
+	KernelDir  string        // unpacked linux-image .deb: boot/vmlinuz-*, lib/modules/*
+	InitBinary string        // static build of cmd/kvmlab-init
+	WorkDir    string        // initramfs and console log go here
+	MemoryMiB  int           // lab RAM (guests run inside it)
+	CPUs       int           // lab vCPUs (TCG threads)
+	Timeout    time.Duration // the whole run, boot included
+	Out        io.Writer     // the console, streamed
+}
+
+// ConsoleLog is the path of the last run's full console output.
+func (l *Lab) ConsoleLog() string { return filepath.Join(l.WorkDir, "console.log") }
+
+// Run boots the lab, runs plan inside it and powers it off.
+func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
+	kernel, modDir, err := l.kernelFiles()
+	if err != nil {
+		return nil, err
+	}
+	modules, err := resolveModules(modDir, labModules)
+	if err != nil {
+		return nil, err
+	}
+	initrd := filepath.Join(l.WorkDir, "lab-initramfs.cpio")
+	if err := writeInitramfs(initrd, l.InitBinary, modules, plan); err != nil {
+		return nil, err
+	}
+	log, err := os.Create(l.ConsoleLog())
+	if err != nil {
+		return nil, fmt.Errorf("lab console log: %w", err)
+	}
+	defer log.Close()
+
+	ctx, cancel := context.WithTimeout(ctx, l.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, l.QEMU,
+		"-machine", "q35", "-cpu", "EPYC", "-accel", "tcg,thread=multi",
+		"-m", fmt.Sprint(l.MemoryMiB), "-smp", fmt.Sprint(l.CPUs),
+		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
+		"-kernel", kernel, "-initrd", initrd,
+		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+		"-virtfs", "local,path=/,mount_tag="+shareTag+",security_model=none,readonly=on",
+	)
+	// QEMU's own warnings (TCG lacks a few EPYC features) go to the log only.
+	cmd.Stderr = log
+	cmd.WaitDelay = 5 * time.Second
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("lab: start %s: %w", l.QEMU, err)
+	}
+
+	res := newResult("lab", len(plan.Steps))
+	scanner := bufio.NewScanner(stdout)
+	scanner.Buffer(make([]byte, 64<<10), 1<<20)
+	for scanner.Scan() {
+		line := strings.TrimRight(scanner.Text(), "\r")
+		fmt.Fprintln(log, line)
+		switch i, code, ok := parseStepMarker(line); {
+		case ok && i >= 0 && i < len(res.Exit):
+			res.Exit[i] = code
+		case line == markerDone:
+			res.Done = true
+		case strings.HasPrefix(line, markerError):
+			res.LabError = strings.TrimPrefix(line, markerError)
+		}
+		res.observe(line)
+		fmt.Fprintln(l.Out, line)
+	}
+	waitErr := cmd.Wait()
+	elapsed := time.Since(start).Round(time.Second)
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		res.LabError = fmt.Sprintf("timed out after %v and was killed", l.Timeout)
+		l.printConsoleTail(200)
+		return res, nil
+	}
+	if waitErr != nil && !res.Done {
+		res.LabError = fmt.Sprintf("QEMU ended after %v: %v (console log: %s)", elapsed, waitErr, l.ConsoleLog())
+		l.printConsoleTail(60)
+	} else if !res.Done && res.LabError == "" {
+		res.LabError = fmt.Sprintf("the lab powered off after %v without finishing its plan (kernel panic?)", elapsed)
+		l.printConsoleTail(60)
+	}
+	return res, nil
+}
+
+// kernelFiles finds vmlinuz and the module tree in an unpacked kernel .deb.
+func (l *Lab) kernelFiles() (kernel, modDir string, err error) {
+	ks, _ := filepath.Glob(filepath.Join(l.KernelDir, "boot", "vmlinuz-*"))
+	ms, _ := filepath.Glob(filepath.Join(l.KernelDir, "lib", "modules", "*"))
+	if len(ks) != 1 || len(ms) != 1 {
+		return "", "", fmt.Errorf("lab kernel: want one boot/vmlinuz-* and one lib/modules/* in %s, found %d and %d (run build/lab-kernel.sh)", l.KernelDir, len(ks), len(ms))
+	}
+	return ks[0], ms[0], nil
+}
+
+// printConsoleTail prints the last n lines of the console log, which holds
+// QEMU's own messages too, to show why a lab failed.
+func (l *Lab) printConsoleTail(n int) {
+	b, err := os.ReadFile(l.ConsoleLog())
+	if err != nil {
+		fmt.Fprintf(l.Out, "kvmlab: cannot read console log: %v\n", err)
+		return
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	fmt.Fprintf(l.Out, "kvmlab: ---- last %d lines of the lab console log (%s) ----\n", len(lines), l.ConsoleLog())
+	for _, s := range lines {
+		fmt.Fprintln(l.Out, s)
+	}
+	fmt.Fprintf(l.Out, "kvmlab: ---- end of console log ----\n")
+}

@@ -1,0 +1,108 @@
+package kvmlab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+// Where a plan runs.
+const (
+	WhereAuto = "auto" // on the host if its /dev/kvm is usable, else in the lab
+	WhereHost = "host"
+	WhereLab  = "lab"
+)
+
+// Runner runs plans on real KVM, on the host or in the lab.
+type Runner struct {
+	Where     string // WhereAuto, WhereHost or WhereLab
+	LabKernel string // unpacked lab kernel (build/lab-kernel.sh); found by running it when empty
+	WorkDir   string
+	MemoryMiB int
+	CPUs      int
+	Timeout   time.Duration
+	Out       io.Writer // streamed output of the steps (and the lab console)
+	Log       io.Writer // the runner's own progress
+}
+
+// Run decides where plan runs and runs it.
+func (r *Runner) Run(ctx context.Context, plan *Plan) (*Result, error) {
+	where := r.Where
+	if where == WhereAuto || where == "" {
+		sys, err := kvm.OpenUsable()
+		if err == nil {
+			sys.Close()
+			where = WhereHost
+		} else {
+			fmt.Fprintf(r.Log, "kvmlab: %v\nkvmlab: running on real /dev/kvm inside the KVM lab (Linux under QEMU TCG with emulated AMD SVM)\n", err)
+			where = WhereLab
+		}
+	}
+	switch where {
+	case WhereHost:
+		fmt.Fprintf(r.Log, "kvmlab: running directly on this host's /dev/kvm (%s)\n", kvm.HostBackend())
+		ctx, cancel := context.WithTimeout(ctx, r.Timeout)
+		defer cancel()
+		return RunDirect(ctx, plan, r.Out)
+	case WhereLab:
+		return r.runLab(ctx, plan)
+	default:
+		return nil, fmt.Errorf("kvmlab: where %q: want auto, host or lab", where)
+	}
+}
+
+func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, fmt.Errorf("kvmlab: the lab needs QEMU (apt-get install qemu-system-x86; build/deps.sh does it): %w", err)
+	}
+	kernelDir := r.LabKernel
+	if kernelDir == "" {
+		cmd := exec.CommandContext(ctx, "build/lab-kernel.sh")
+		cmd.Stderr = r.Log
+		out, err := cmd.Output()
+		if err != nil {
+			return nil, fmt.Errorf("kvmlab: lab kernel (build/lab-kernel.sh): %w", err)
+		}
+		kernelDir = strings.TrimSpace(string(out))
+	}
+	init := filepath.Join(r.WorkDir, "kvmlab-init")
+	build := exec.CommandContext(ctx, "go", "build", "-o", init, "github.com/sailbox-dev/sailbox/cmd/kvmlab-init")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stdout, build.Stderr = r.Log, r.Log
+	if err := build.Run(); err != nil {
+		return nil, fmt.Errorf("kvmlab: build the lab's init: %w", err)
+	}
+	lab := &Lab{
+		QEMU:       qemu,
+		KernelDir:  kernelDir,
+		InitBinary: init,
+		WorkDir:    r.WorkDir,
+		MemoryMiB:  r.MemoryMiB,
+		CPUs:       r.CPUs,
+		Timeout:    r.Timeout,
+		Out:        r.Out,
+	}
+	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
+		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
+	return lab.Run(ctx, plan)
+}
+
+// ForwardedEnv returns the SAILBOX_* variables of this process, which steps
+// inherit (artifact paths, options), plus SAILBOX_REQUIRE_KVM=1.
+func ForwardedEnv() []string {
+	env := []string{"SAILBOX_REQUIRE_KVM=1"}
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, "SAILBOX_") && !strings.HasPrefix(kv, "SAILBOX_REQUIRE_KVM=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}

@@ -1,0 +1,48 @@
+// Package kvmtest decides what a kvm-tier test does when /dev/kvm is not
+// usable: skip with a hint on a developer's machine, fail under `make test`.
+//
+// Every kvm-tier test is named TestKVM... and starts with Require(t). The
+// KVM lab (internal/kvmlab) runs exactly those tests, on real /dev/kvm, with
+// SAILBOX_REQUIRE_KVM=1 so that a missing device is a failure, not a skip.
+package kvmtest
+
+import (
+	"os"
+	"testing"
+
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+// RequireEnv, when "1", turns a missing /dev/kvm into a test failure.
+const RequireEnv = "SAILBOX_REQUIRE_KVM"
+
+// Require opens /dev/kvm, failing or skipping the test when it is unusable.
+func Require(t testing.TB) *kvm.System {
+	t.Helper()
+	sys, err := kvm.OpenUsable()
+	if err != nil {
+		if os.Getenv(RequireEnv) == "1" {
+			t.Fatalf("kvm tier: %v (%s=1: this run must have /dev/kvm)", err, RequireEnv)
+		}
+		t.Skipf("kvm tier: %v; run `make test` to run it in the KVM lab", err)
+	}
+	t.Cleanup(func() { sys.Close() })
+	return sys
+}
+
+// Artifact returns the path in env var name (a built guest kernel or
+// initramfs), failing under `make test` and skipping elsewhere when unset.
+func Artifact(t testing.TB, name string) string {
+	t.Helper()
+	p := os.Getenv(name)
+	if p == "" {
+		if os.Getenv(RequireEnv) == "1" {
+			t.Fatalf("%s is not set; make test sets it", name)
+		}
+		t.Skipf("%s is not set; run `make test`, which builds it", name)
+	}
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return p
+}

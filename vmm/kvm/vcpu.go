@@ -1,0 +1,142 @@
+package kvm
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// VCPU is one virtual CPU.
+//
+// KVM requires that KVM_RUN and the register ioctls of a vCPU are issued
+// from the thread that runs it, so a VCPU belongs to one goroutine locked to
+// its OS thread (runtime.LockOSThread) for its whole life. The kvm_run page
+// is shared with the kernel and is read only by that goroutine, between two
+// calls to Run.
+type VCPU struct {
+	id  int
+	fd  int
+	run []byte // mmap'ed struct kvm_run
+}
+
+// ID is the vCPU index given to CreateVCPU.
+func (v *VCPU) ID() int { return v.id }
+
+// Close unmaps kvm_run and closes the vCPU.
+func (v *VCPU) Close() error {
+	err := unix.Munmap(v.run)
+	if cerr := unix.Close(v.fd); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// Run enters the guest (KVM_RUN) until the next exit that needs user space.
+// The returned error wraps the errno: unix.EINTR means a signal arrived (a
+// deliberate kick, or the Go runtime preempting the thread) and the caller
+// decides whether to re-enter; it is never retried here.
+func (v *VCPU) Run() error {
+	if _, err := ioctl(v.fd, ioctlRun, 0); err != nil {
+		return fmt.Errorf("KVM_RUN vcpu %d: %w", v.id, err)
+	}
+	return nil
+}
+
+// ExitReason reports why the last Run returned.
+func (v *VCPU) ExitReason() ExitReason { return ExitReason(v.header().ExitReason) }
+
+// SetImmediateExit sets kvm_run.immediate_exit: while set, KVM_RUN returns
+// EINTR at once instead of entering the guest. Together with a signal it
+// closes the race between deciding to stop a vCPU and it entering KVM_RUN.
+func (v *VCPU) SetImmediateExit(on bool) {
+	var b uint8
+	if on {
+		b = 1
+	}
+	v.header().ImmediateExit = b
+}
+
+// IOExit describes a KVM_EXIT_IO: Count transfers of Size bytes on Port.
+// Data aliases the kvm_run page: for an OUT it holds what the guest wrote;
+// for an IN, the handler fills it before the next Run.
+type IOExit struct {
+	Out  bool
+	Size int
+	Port uint16
+	Data []byte
+}
+
+// IO returns the port I/O exit details; valid only after ExitIO.
+func (v *VCPU) IO() (IOExit, error) {
+	io := v.ioExit()
+	n := uint64(io.Size) * uint64(io.Count)
+	off := io.DataOffset
+	if off > uint64(len(v.run)) || n > uint64(len(v.run))-off {
+		return IOExit{}, fmt.Errorf("vcpu %d io exit: data [%#x, +%d) outside kvm_run (%d bytes)", v.id, off, n, len(v.run))
+	}
+	return IOExit{
+		Out:  io.Direction == IODirectionOut,
+		Size: int(io.Size),
+		Port: io.Port,
+		Data: v.run[off : off+n],
+	}, nil
+}
+
+// MMIOExit describes a KVM_EXIT_MMIO. Data aliases the kvm_run page: for a
+// write it holds the bytes written; for a read the handler fills it.
+type MMIOExit struct {
+	Addr  uint64
+	Write bool
+	Data  []byte
+}
+
+// MMIO returns the MMIO exit details; valid only after ExitMMIO.
+func (v *VCPU) MMIO() (MMIOExit, error) {
+	m := v.mmioExit()
+	if m.Len > uint32(len(m.Data)) {
+		return MMIOExit{}, fmt.Errorf("vcpu %d mmio exit at %#x: length %d > 8", v.id, m.PhysAddr, m.Len)
+	}
+	return MMIOExit{Addr: m.PhysAddr, Write: m.IsWrite != 0, Data: m.Data[:m.Len]}, nil
+}
+
+// InternalError returns the suberror and data words of a
+// KVM_EXIT_INTERNAL_ERROR, for diagnostics.
+func (v *VCPU) InternalError() (suberror uint32, data []uint64) {
+	e := v.internalExit()
+	n := min(e.NData, uint32(len(e.Data)))
+	return e.Suberror, append([]uint64(nil), e.Data[:n]...)
+}
+
+// Regs reads the general-purpose registers (KVM_GET_REGS).
+func (v *VCPU) Regs() (Regs, error) {
+	var r Regs
+	if err := v.getRegs(&r); err != nil {
+		return r, fmt.Errorf("KVM_GET_REGS vcpu %d: %w", v.id, err)
+	}
+	return r, nil
+}
+
+// SetRegs writes the general-purpose registers (KVM_SET_REGS).
+func (v *VCPU) SetRegs(r Regs) error {
+	if err := v.setRegs(&r); err != nil {
+		return fmt.Errorf("KVM_SET_REGS vcpu %d: %w", v.id, err)
+	}
+	return nil
+}
+
+// Sregs reads the special registers (KVM_GET_SREGS).
+func (v *VCPU) Sregs() (Sregs, error) {
+	var s Sregs
+	if err := v.getSregs(&s); err != nil {
+		return s, fmt.Errorf("KVM_GET_SREGS vcpu %d: %w", v.id, err)
+	}
+	return s, nil
+}
+
+// SetSregs writes the special registers (KVM_SET_SREGS).
+func (v *VCPU) SetSregs(s Sregs) error {
+	if err := v.setSregs(&s); err != nil {
+		return fmt.Errorf("KVM_SET_SREGS vcpu %d: %w", v.id, err)
+	}
+	return nil
+}

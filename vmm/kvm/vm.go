@@ -1,0 +1,74 @@
+package kvm
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// VM is one KVM virtual machine. Its methods may be called from any
+// goroutine; KVM serialises VM ioctls itself.
+type VM struct {
+	fd      int
+	runSize int // size of each vCPU's kvm_run mapping
+}
+
+// Close releases the VM's file descriptor. The kernel frees the VM once its
+// vCPUs are closed too.
+func (vm *VM) Close() error {
+	return unix.Close(vm.fd)
+}
+
+// CheckExtension is KVM_CHECK_EXTENSION on the VM, which answers for this
+// VM's type (some capabilities differ from the system-wide answer).
+func (vm *VM) CheckExtension(c Capability) (int, error) {
+	r, err := ioctl(vm.fd, ioctlCheckExtension, uintptr(c))
+	if err != nil {
+		return 0, fmt.Errorf("vm KVM_CHECK_EXTENSION %d: %w", c, err)
+	}
+	return int(r), nil
+}
+
+// MapMemory registers host memory mem as guest-physical memory at gpa in
+// the given slot (KVM_SET_USER_MEMORY_REGION). mem must come from mmap and
+// stay mapped for the VM's lifetime; its length must be page aligned.
+func (vm *VM) MapMemory(slot uint32, gpa uint64, mem []byte, flags uint32) error {
+	if len(mem) == 0 || len(mem)%unix.Getpagesize() != 0 {
+		return fmt.Errorf("map memory slot %d at %#x: size %d is not a positive multiple of the page size", slot, gpa, len(mem))
+	}
+	r := UserspaceMemoryRegion{
+		Slot:          slot,
+		Flags:         flags,
+		GuestPhysAddr: gpa,
+		MemorySize:    uint64(len(mem)),
+		UserspaceAddr: addressOf(mem),
+	}
+	if err := vm.setUserMemoryRegion(&r); err != nil {
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d gpa %#x size %#x: %w", slot, gpa, len(mem), err)
+	}
+	return nil
+}
+
+// SetTSSAddr places the three-page region Intel VMX needs for real-mode
+// emulation (KVM_SET_TSS_ADDR). It must not overlap guest RAM or devices.
+func (vm *VM) SetTSSAddr(addr uint64) error {
+	if _, err := ioctl(vm.fd, ioctlSetTSSAddr, uintptr(addr)); err != nil {
+		return fmt.Errorf("KVM_SET_TSS_ADDR %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// CreateVCPU creates vCPU id and maps its kvm_run region.
+func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
+	r, err := ioctl(vm.fd, ioctlCreateVCPU, uintptr(id))
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", id, err)
+	}
+	fd := int(r)
+	run, err := unix.Mmap(fd, 0, vm.runSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("mmap kvm_run of vcpu %d: %w", id, err)
+	}
+	return &VCPU{id: id, fd: fd, run: run}, nil
+}
