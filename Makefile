@@ -1,0 +1,51 @@
+# Sailbox. The README's two commands are `make demo` and `make test`; both
+# install what they need (build/deps.sh) and cache slow artefacts outside
+# the checkout, in $(SAILBOX_CACHE).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.ONESHELL:
+export PATH := /usr/local/go/bin:$(PATH)
+export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
+
+.PHONY: demo test unit kvm deps kernel initramfs lab-kernel fuzz
+
+# The main job: the demo on real KVM (in the KVM lab when the host has none).
+demo: deps
+	go build -o bin/sailbox-demo ./cmd/sailbox-demo
+	go run ./cmd/kvmlab run -timeout 20m -- bin/sailbox-demo
+
+# Every tier: static checks and unit tests on the host, then the kvm tier on
+# real /dev/kvm. Fails, never skips, when the kvm tier cannot run.
+test: deps
+	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
+	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	echo "== static checks"
+	unformatted=$$(gofmt -l $$(git ls-files '*.go'))
+	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	go vet ./...
+	echo "== unit tier (host)"
+	go test -count=1 ./...
+	echo "== kvm tier (real /dev/kvm)"
+	go run ./cmd/kvmlab test ./...
+
+deps:
+	build/deps.sh
+
+kernel: deps
+	kernel/build.sh
+
+initramfs:
+	guestagent/initramfs.sh
+
+lab-kernel: deps
+	build/lab-kernel.sh
+
+# Runs every fuzz target for FUZZTIME each (seed corpora run in `make test`).
+FUZZTIME ?= 30s
+fuzz:
+	for pkg in $$(go list ./...); do
+	  for f in $$(go test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do
+	    echo "== $$pkg $$f"; go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$pkg
+	  done
+	done
