@@ -1,0 +1,77 @@
+// Command sailbox-agent is the Sailbox guest agent. It runs inside the
+// guest, started by u-root's init (-uinitcmd=sailbox-agent), and answers the
+// host's requests on a vsock port until it receives SIGTERM. See package
+// guestagent for the protocol.
+//
+// It must be built statically (CGO_ENABLED=0): the guest has nothing but
+// the kernel and the initramfs.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/sailbox-dev/sailbox/guestagent"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	err := run(ctx, os.Args, os.Stdout, os.Stderr)
+	stop()
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "sailbox-agent: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+// listen opens the agent's listener; tests replace it.
+var listen = guestagent.ListenVsock
+
+// run is the agent: it parses args (args[0] is the program name), listens,
+// announces itself on stdout with one line, logs to stderr, and serves until
+// ctx is cancelled.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	name := "sailbox-agent"
+	if len(args) > 0 {
+		name, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	port := fs.Uint("port", uint(guestagent.Port), "vsock `port` to listen on")
+	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	if *port > math.MaxUint32 {
+		return fmt.Errorf("-port %d: out of range", *port)
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return fmt.Errorf("-log-level: %w", err)
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	l, err := listen(uint32(*port))
+	if err != nil {
+		return err
+	}
+	// The host watches the serial console for this line.
+	fmt.Fprintf(stdout, "sailbox-agent %s schema %d listening on vsock port %d\n",
+		guestagent.AgentVersion, guestagent.GuestSchemaVersion, *port)
+	srv := &guestagent.Server{Logger: logger}
+	return srv.Serve(ctx, l)
+}

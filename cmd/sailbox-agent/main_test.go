@@ -1,0 +1,165 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/guestagent"
+)
+
+// syncBuffer is a bytes.Buffer safe for one writer and one reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// fakeVsock makes run listen on a Unix socket instead of vsock, and returns
+// the socket's path and the port run asked for.
+func fakeVsock(t *testing.T) (path string, port *atomic.Uint32) {
+	dir, err := os.MkdirTemp("", "sbx")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path = filepath.Join(dir, "s")
+	port = new(atomic.Uint32)
+	old := listen
+	listen = func(p uint32) (net.Listener, error) {
+		port.Store(p)
+		return net.Listen("unix", path)
+	}
+	t.Cleanup(func() { listen = old })
+	return path, port
+}
+
+func TestRunServesUntilCancelled(t *testing.T) {
+	path, port := fakeVsock(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"sailbox-agent", "-port", "2048", "-log-level", "debug"}, &stdout, &stderr)
+	}()
+
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	var (
+		h   guestagent.HealthResponse
+		err error
+	)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		hctx, hcancel := context.WithTimeout(ctx, time.Second)
+		h, err = c.Health(hctx)
+		hcancel()
+		if err == nil {
+			break
+		}
+	}
+	if err != nil || h.Status != guestagent.HealthStatusOK {
+		t.Fatalf("Health = %+v, %v", h, err)
+	}
+	if got := port.Load(); got != 2048 {
+		t.Errorf("listened on port %d, want 2048", got)
+	}
+	want := fmt.Sprintf("sailbox-agent %s schema %d listening on vsock port 2048\n",
+		guestagent.AgentVersion, guestagent.GuestSchemaVersion)
+	if got := stdout.String(); got != want {
+		t.Errorf("stdout = %q, want %q", got, want)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("run = %v, want nil after cancellation", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not return after cancellation")
+	}
+	if !strings.Contains(stderr.String(), "request served") {
+		t.Errorf("debug log lacks the served request:\n%s", stderr.String())
+	}
+}
+
+func TestRunDefaultPort(t *testing.T) {
+	_, port := fakeVsock(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // serve nothing
+	var stdout, stderr bytes.Buffer
+	if err := run(ctx, []string{"sailbox-agent"}, &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if got := port.Load(); got != guestagent.Port {
+		t.Errorf("listened on port %d, want %d", got, guestagent.Port)
+	}
+	if !strings.HasSuffix(stdout.String(), fmt.Sprintf(" listening on vsock port %d\n", guestagent.Port)) {
+		t.Errorf("stdout = %q", stdout.String())
+	}
+}
+
+func TestRunBadArguments(t *testing.T) {
+	fakeVsock(t)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-port", "4294967296"}, "out of range"},
+		{[]string{"-port", "-1"}, "invalid value"},
+		{[]string{"-log-level", "loud"}, "-log-level"},
+		{[]string{"-nope"}, "not defined"},
+		{[]string{"extra"}, "unexpected arguments"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), append([]string{"sailbox-agent"}, tc.args...), &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("run(%q) = %v, want an error containing %q", tc.args, err, tc.want)
+		}
+		if stdout.Len() != 0 {
+			t.Errorf("run(%q) printed %q on stdout", tc.args, stdout.String())
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if err := run(context.Background(), []string{"sailbox-agent", "-h"}, &stdout, &stderr); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("run(-h) = %v, want flag.ErrHelp", err)
+	}
+	if !strings.Contains(stderr.String(), "-port") {
+		t.Errorf("run(-h) printed no usage: %q", stderr.String())
+	}
+}
+
+func TestRunListenError(t *testing.T) {
+	old := listen
+	listen = func(port uint32) (net.Listener, error) { return nil, errors.New("no vsock here") }
+	t.Cleanup(func() { listen = old })
+	var stdout, stderr bytes.Buffer
+	err := run(context.Background(), []string{"sailbox-agent"}, &stdout, &stderr)
+	if err == nil || !strings.Contains(err.Error(), "no vsock here") || stdout.Len() != 0 {
+		t.Fatalf("run = %v, stdout %q; want the listen error and no announcement", err, stdout.String())
+	}
+}

@@ -1,0 +1,279 @@
+package guestagent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakePeer accepts connections on a Unix socket and runs handle on each in
+// its own goroutine until the end of the test. It returns the socket path.
+func fakePeer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	l, path := listenUnix(t)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				handle(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+	})
+	return path
+}
+
+// stall reads from c until the peer goes away or 10 seconds pass.
+func stall(c net.Conn) {
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	io.Copy(io.Discard, c)
+}
+
+func TestClientHonoursContext(t *testing.T) {
+	path := fakePeer(t, stall) // an agent that never answers
+	c := &Client{Dial: unixDialer(path)}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err := c.Health(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.HasPrefix(err.Error(), "agent health: read response: ") {
+		t.Errorf("Health past deadline = %v, want agent health: read response: ... context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Health took %v with a 100ms deadline", d)
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := c.Health(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Health cancelled = %v, want context.Canceled", err)
+	}
+	if _, err := c.Health(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("Health with a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
+func TestClientRejectsBadAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer []byte
+		want   string // substring of the error
+		is     error
+	}{
+		{"close", nil, "agent health: read response: connection closed without a response", nil},
+		{"truncated", []byte("\x02\x00\x00"), "agent health: read response: frame header", io.ErrUnexpectedEOF},
+		{"oversize", []byte("\x02\xff\xff\xff\xff"), "agent health: read response:", ErrFrameTooLarge},
+		{"wrong frame", frame(FrameStdout, "hello"), "agent health: read response: unexpected stdout frame", nil},
+		{"bad json", frame(FrameResponse, "{"), "agent health: decode response:", nil},
+		{"bad error json", frame(FrameError, "["), "agent health: decode error response:", nil},
+		{"agent error", frame(FrameError, `{"code":"brand_new","message":"no"}`), "agent health: no (brand_new)", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := fakePeer(t, func(c net.Conn) {
+				if _, _, err := ReadFrame(c); err != nil {
+					t.Errorf("fake agent: read request: %v", err)
+				}
+				c.Write(tc.answer)
+			})
+			_, err := (&Client{Dial: unixDialer(path)}).Health(testContext(t))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Health = %v, want an error containing %q", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("Health = %v, want it to wrap %v", err, tc.is)
+			}
+		})
+	}
+}
+
+func TestClientReturnsAgentError(t *testing.T) {
+	path := fakePeer(t, func(c net.Conn) {
+		ReadFrame(c)
+		WriteFrame(c, FrameError, []byte(`{"code":"internal","message":"disk on fire"}`))
+	})
+	_, err := (&Client{Dial: unixDialer(path)}).Health(testContext(t))
+	var ae *Error
+	if !errors.As(err, &ae) || *ae != (Error{Code: CodeInternal, Message: "disk on fire"}) {
+		t.Fatalf("Health = %v, want *Error{internal, disk on fire}", err)
+	}
+}
+
+func TestClientDialErrors(t *testing.T) {
+	if _, err := (&Client{}).Health(testContext(t)); err == nil || !strings.HasPrefix(err.Error(), "agent health: ") {
+		t.Errorf("Health without Dial = %v, want an error", err)
+	}
+	boom := errors.New("boom")
+	c := &Client{Dial: func(context.Context) (net.Conn, error) { return nil, boom }}
+	if _, err := c.Health(testContext(t)); !errors.Is(err, boom) || !strings.HasPrefix(err.Error(), "agent health: dial: ") {
+		t.Errorf("Health with failing Dial = %v, want agent health: dial: boom", err)
+	}
+}
+
+// fakeVMM is the host end of a hybrid vsock device: it reads the CONNECT
+// line, checks it, and hands the connection to handle.
+func fakeVMM(t *testing.T, wantPort string, handle func(net.Conn)) string {
+	return fakePeer(t, func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		line, err := readLine(c, 32)
+		if err != nil {
+			t.Errorf("fake VMM: read CONNECT line: %q, %v", line, err)
+			return
+		}
+		if want := "CONNECT " + wantPort + "\n"; line != want {
+			t.Errorf("fake VMM: got %q, want %q", line, want)
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		handle(c)
+	})
+}
+
+// readLine reads a line from c a byte at a time, as a VMM must so that
+// nothing sent after the line is lost.
+func readLine(c net.Conn, limit int) (string, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < limit {
+		if _, err := io.ReadFull(c, b); err != nil {
+			return string(line), err
+		}
+		line = append(line, b[0])
+		if b[0] == '\n' {
+			return string(line), nil
+		}
+	}
+	return string(line), errors.New("line too long")
+}
+
+func TestDialHybridVsockHealth(t *testing.T) {
+	s := &Server{Logger: testLogger(t)}
+	ctx := testContext(t)
+	path := fakeVMM(t, "1024", func(c net.Conn) {
+		if _, err := c.Write([]byte("OK 1073741824\n")); err != nil {
+			t.Errorf("fake VMM: %v", err)
+			return
+		}
+		s.serveConn(ctx, c)
+	})
+	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return DialHybridVsock(ctx, path, Port)
+	}}
+	checkHealth(t, ctx, c)
+}
+
+func TestDialHybridVsockKeepsBytesAfterOK(t *testing.T) {
+	health := frame(FrameResponse, `{"status":"ok"}`)
+	path := fakeVMM(t, "52", func(c net.Conn) {
+		// The reply and the guest's first bytes arrive in one segment.
+		c.Write(append([]byte("OK 7\n"), health...))
+		stall(c)
+	})
+	conn, err := DialHybridVsock(testContext(t), path, 52)
+	if err != nil {
+		t.Fatalf("DialHybridVsock: %v", err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	typ, p, err := ReadFrame(conn)
+	if err != nil || typ != FrameResponse || string(p) != `{"status":"ok"}` {
+		t.Fatalf("frame after handshake = %v %q %v; want the response frame sent with OK", typ, p, err)
+	}
+}
+
+func TestDialHybridVsockRejections(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		reply string
+		want  string
+		is    error
+	}{
+		{"ERR", "ERR\n", `refused the connection: reply "ERR\n"`, nil},
+		{"ERR with reason", "ERR no listener\n", `reply "ERR no listener\n"`, nil},
+		{"lowercase", "ok 5\n", `reply "ok 5\n"`, nil},
+		{"no port", "OK\n", `reply "OK\n"`, nil},
+		{"bad port", "OK abc\n", `malformed reply "OK abc\n"`, nil},
+		{"port too big", "OK 4294967296\n", `malformed reply "OK 4294967296\n"`, nil},
+		{"extra field", "OK 5 6\n", `malformed reply "OK 5 6\n"`, nil},
+		{"CRLF", "OK 5\r\n", `malformed reply "OK 5\r\n"`, nil},
+		{"too long", strings.Repeat("A", 1000), "reply longer than 64 bytes", nil},
+		{"too long line", "OK " + strings.Repeat("1", 70) + "\n", "reply longer than 64 bytes", nil},
+		{"closed early", "", "closed the connection without a reply", io.ErrUnexpectedEOF},
+		{"closed mid-reply", "OK 12", `closed the connection inside reply "OK 12"`, io.ErrUnexpectedEOF},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := fakeVMM(t, "1024", func(c net.Conn) { c.Write([]byte(tc.reply)) })
+			conn, err := DialHybridVsock(testContext(t), path, Port)
+			if err == nil {
+				conn.Close()
+				t.Fatalf("DialHybridVsock succeeded on reply %q", tc.reply)
+			}
+			if !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "hybrid vsock "+path+" port 1024: ") {
+				t.Fatalf("DialHybridVsock = %v, want an error naming the socket and port and containing %q", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Fatalf("DialHybridVsock = %v, want it to wrap %v", err, tc.is)
+			}
+		})
+	}
+}
+
+func TestDialHybridVsockContext(t *testing.T) {
+	path := fakeVMM(t, "1024", stall) // a VMM that never replies
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if _, err := DialHybridVsock(ctx, path, Port); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("DialHybridVsock past deadline = %v, want context.DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("DialHybridVsock took %v with a 100ms deadline", d)
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := DialHybridVsock(ctx, path, Port); !errors.Is(err, context.Canceled) {
+		t.Errorf("DialHybridVsock cancelled = %v, want context.Canceled", err)
+	}
+}
+
+func TestDialHybridVsockClearsDeadline(t *testing.T) {
+	path := fakeVMM(t, "1024", func(c net.Conn) {
+		c.Write([]byte("OK 1\n"))
+		time.Sleep(300 * time.Millisecond)
+		c.Write([]byte("late"))
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	conn, err := DialHybridVsock(ctx, path, Port)
+	cancel()
+	if err != nil {
+		t.Fatalf("DialHybridVsock: %v", err)
+	}
+	defer conn.Close()
+	// The handshake's deadline and the context's end must not leak into
+	// the connection the caller gets.
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "late" {
+		t.Fatalf("read after handshake = %q, %v; want \"late\"", buf, err)
+	}
+}
+
+func TestDialHybridVsockNoSocket(t *testing.T) {
+	_, err := DialHybridVsock(testContext(t), socketPath(t), Port)
+	if err == nil || !strings.HasPrefix(err.Error(), "hybrid vsock port 1024: dial unix ") {
+		t.Fatalf("DialHybridVsock to a missing socket = %v, want a dial error", err)
+	}
+}

@@ -1,0 +1,40 @@
+package guestagent_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"net"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/guestagent"
+)
+
+// The host checks a guest's agent through the VMM's hybrid vsock socket.
+func ExampleClient_Health() {
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm0/vsock.sock", guestagent.Port)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h, err := c.Health(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if h.GuestSchemaVersion != guestagent.GuestSchemaVersion {
+		log.Fatalf("guest agent %s speaks schema %d, want %d", h.AgentVersion, h.GuestSchemaVersion, guestagent.GuestSchemaVersion)
+	}
+	fmt.Println("agent", h.AgentVersion, "is", h.Status)
+}
+
+// Inside the guest, the agent serves on its vsock port until ctx ends.
+func ExampleServer_Serve() {
+	l, err := guestagent.ListenVsock(guestagent.Port)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &guestagent.Server{}
+	if err := srv.Serve(context.Background(), l); err != nil {
+		log.Fatal(err)
+	}
+}

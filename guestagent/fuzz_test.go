@@ -1,0 +1,153 @@
+package guestagent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// The seed corpora live in testdata/fuzz/<FuzzName>/. To run a fuzzer:
+//
+//	go test -run='^$' -fuzz=FuzzReadFrame -fuzztime=45s ./guestagent/
+
+// FuzzReadFrame checks that any byte stream either decodes into frames that
+// re-encode to exactly the bytes they came from, or fails with one of the
+// documented errors, and that the reader never holds more than MaxPayload.
+func FuzzReadFrame(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r := bytes.NewReader(data)
+		fr := NewFrameReader(r)
+		for i := 0; ; i++ {
+			start := len(data) - r.Len()
+			typ, p, err := fr.Next()
+			end := len(data) - r.Len()
+			if cap(fr.buf) > MaxPayload {
+				t.Fatalf("frame %d: reader buffer grew to %d bytes", i, cap(fr.buf))
+			}
+			if err != nil {
+				switch {
+				case err == io.EOF:
+					if start != len(data) {
+						t.Fatalf("frame %d: io.EOF with %d bytes unread", i, len(data)-start)
+					}
+				case errors.Is(err, ErrFrameTooLarge):
+					if end-start != headerLen {
+						t.Fatalf("frame %d: oversize frame consumed %d bytes, want only the header", i, end-start)
+					}
+				case errors.Is(err, io.ErrUnexpectedEOF):
+					if end != len(data) {
+						t.Fatalf("frame %d: io.ErrUnexpectedEOF with %d bytes unread", i, len(data)-end)
+					}
+				default:
+					t.Fatalf("frame %d: unexpected error %v", i, err)
+				}
+				// ReadFrame agrees with FrameReader on a stream's first frame.
+				if i == 0 {
+					if _, _, err2 := ReadFrame(bytes.NewReader(data)); err2 == nil || err2.Error() != err.Error() {
+						t.Fatalf("ReadFrame = %v, FrameReader.Next = %v", err2, err)
+					}
+				}
+				return
+			}
+			if len(p) > MaxPayload {
+				t.Fatalf("frame %d: payload of %d bytes", i, len(p))
+			}
+			var buf bytes.Buffer
+			if err := WriteFrame(&buf, typ, p); err != nil {
+				t.Fatalf("frame %d: re-encode: %v", i, err)
+			}
+			if !bytes.Equal(buf.Bytes(), data[start:end]) {
+				t.Fatalf("frame %d: re-encoded as % x, read from % x", i, head(buf.Bytes()), head(data[start:end]))
+			}
+			if i == 0 {
+				typ2, p2, err := ReadFrame(bytes.NewReader(data))
+				if err != nil || typ2 != typ || !bytes.Equal(p2, p) {
+					t.Fatalf("ReadFrame = %v, %d bytes, %v; FrameReader.Next = %v, %d bytes", typ2, len(p2), err, typ, len(p))
+				}
+			}
+		}
+	})
+}
+
+// FuzzServeConn feeds arbitrary bytes to the server as one connection. The
+// server must not panic, must close the connection, and must answer with
+// nothing (only for an empty stream) or exactly one well-formed terminal
+// frame.
+func FuzzServeConn(f *testing.F) {
+	s := &Server{}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c := &fakeConn{r: bytes.NewReader(data)}
+		s.serveConn(context.Background(), c)
+		if !c.closed {
+			t.Fatal("serveConn returned without closing the connection")
+		}
+		out := c.w.Bytes()
+		if len(data) == 0 {
+			if len(out) != 0 {
+				t.Fatalf("answered an empty stream with % x", head(out))
+			}
+			return
+		}
+		fr := NewFrameReader(bytes.NewReader(out))
+		typ, p, err := fr.Next()
+		if err != nil {
+			t.Fatalf("answer: %v (% x)", err, head(out))
+		}
+		if _, _, err := fr.Next(); err != io.EOF {
+			t.Fatalf("more than one frame in the answer: %v", err)
+		}
+		switch typ {
+		case FrameResponse:
+			var h HealthResponse
+			if err := json.Unmarshal(p, &h); err != nil || h.Status != HealthStatusOK {
+				t.Fatalf("response %q: %v", p, err)
+			}
+		case FrameError:
+			var e Error
+			if err := json.Unmarshal(p, &e); err != nil || e.Code == "" || e.Message == "" {
+				t.Fatalf("error frame %q: %v", p, err)
+			}
+		default:
+			t.Fatalf("answered with a %v frame", typ)
+		}
+	})
+}
+
+// fakeConn is a net.Conn that reads from r and records what is written.
+// Deadlines are accepted and ignored: reads never block.
+type fakeConn struct {
+	r      *bytes.Reader
+	w      bytes.Buffer
+	closed bool
+}
+
+func (c *fakeConn) Read(p []byte) (int, error) {
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	return c.r.Read(p)
+}
+
+func (c *fakeConn) Write(p []byte) (int, error) {
+	if c.closed {
+		return 0, net.ErrClosed
+	}
+	return c.w.Write(p)
+}
+
+func (c *fakeConn) Close() error                     { c.closed = true; return nil }
+func (c *fakeConn) LocalAddr() net.Addr              { return fakeAddr{} }
+func (c *fakeConn) RemoteAddr() net.Addr             { return fakeAddr{} }
+func (c *fakeConn) SetDeadline(time.Time) error      { return nil }
+func (c *fakeConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *fakeConn) SetWriteDeadline(time.Time) error { return nil }
+
+type fakeAddr struct{}
+
+func (fakeAddr) Network() string { return "fake" }
+func (fakeAddr) String() string  { return "fake" }

@@ -1,0 +1,271 @@
+package guestagent
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+// Port is the guest vsock port the agent listens on.
+const Port uint32 = 1024
+
+// GuestSchemaVersion is the revision of the host–agent protocol this
+// package speaks. It is bumped on every incompatible change; see "Evolution"
+// in the package documentation for what counts as one. Hosts compare it with
+// the agent's, as reported by the health op, before using any other op.
+const GuestSchemaVersion = 1
+
+// AgentVersion identifies the build of the agent, for humans and logs only.
+// Release builds set it with
+//
+//	-ldflags "-X github.com/sailbox-dev/sailbox/guestagent.AgentVersion=v1.2.3"
+var AgentVersion = "dev"
+
+// MaxPayload is the largest payload a frame may carry, in bytes. Readers
+// reject a frame that declares more before allocating anything for it.
+const MaxPayload = 1 << 20
+
+// headerLen is the size of a frame header: type byte and big-endian length.
+const headerLen = 5
+
+// FrameType is the first byte of a frame; it says what the payload holds
+// and which way the frame travels. The numbers are part of the wire
+// protocol: a number, once assigned, is never reused for something else.
+type FrameType uint8
+
+// Frame types. Request, Response and Error are used today and are frozen
+// across all schema versions. The others are reserved for the streaming ops
+// planned in the package documentation; no peer sends them yet, and the
+// agent currently answers them with a CodeProtocol error.
+const (
+	// FrameRequest (host → agent) is the first frame of every connection.
+	// Payload: a JSON Request.
+	FrameRequest FrameType = 1
+
+	// FrameResponse (agent → host) ends a successful exchange. Payload: the
+	// op's JSON result, such as a HealthResponse.
+	FrameResponse FrameType = 2
+
+	// FrameStdin (host → agent, planned) carries the op's input byte
+	// stream: a process's stdin for exec, file contents for write_file.
+	// Payload: raw bytes.
+	FrameStdin FrameType = 3
+
+	// FrameStdout (agent → host, planned) carries the op's output byte
+	// stream: a process's stdout for exec, file contents for read_file.
+	// Payload: raw bytes.
+	FrameStdout FrameType = 4
+
+	// FrameStderr (agent → host, planned) carries a process's stderr for
+	// exec. Payload: raw bytes.
+	FrameStderr FrameType = 5
+
+	// FrameStdinEOF (host → agent, planned) ends the input stream begun by
+	// FrameStdin frames. Payload: empty.
+	FrameStdinEOF FrameType = 6
+
+	// FrameSignal (host → agent, planned) asks the agent to signal the
+	// process started by exec. Payload: JSON, e.g. {"signal":15}.
+	FrameSignal FrameType = 7
+
+	// FrameError (agent → host) ends a failed exchange. Payload: a JSON
+	// Error.
+	FrameError FrameType = 8
+)
+
+var frameTypeNames = [...]string{
+	FrameRequest:  "request",
+	FrameResponse: "response",
+	FrameStdin:    "stdin",
+	FrameStdout:   "stdout",
+	FrameStderr:   "stderr",
+	FrameStdinEOF: "stdin-eof",
+	FrameSignal:   "signal",
+	FrameError:    "error",
+}
+
+// String returns the frame type's name, such as "request", or
+// "FrameType(0x2a)" for a number with no name.
+func (t FrameType) String() string {
+	if int(t) < len(frameTypeNames) && frameTypeNames[t] != "" {
+		return frameTypeNames[t]
+	}
+	return fmt.Sprintf("FrameType(0x%02x)", uint8(t))
+}
+
+// ErrFrameTooLarge reports a frame whose payload length exceeds MaxPayload.
+// It is returned wrapped; test for it with errors.Is.
+var ErrFrameTooLarge = errors.New("frame payload too large")
+
+// WriteFrame writes one frame to w. It fails with ErrFrameTooLarge, writing
+// nothing, if payload is longer than MaxPayload.
+//
+// WriteFrame is not safe for concurrent use on the same w: a frame is
+// written with one or more calls to w.Write, so goroutines sharing a stream
+// must serialize their frames.
+func WriteFrame(w io.Writer, typ FrameType, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("write %v frame: payload length %d exceeds maximum %d: %w",
+			typ, len(payload), MaxPayload, ErrFrameTooLarge)
+	}
+	hdr := make([]byte, headerLen)
+	hdr[0] = byte(typ)
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
+	bufs := net.Buffers{hdr}
+	if len(payload) > 0 {
+		bufs = append(bufs, payload)
+	}
+	// On a net.Conn this is a single writev(2).
+	if _, err := bufs.WriteTo(w); err != nil {
+		return fmt.Errorf("write %v frame: %w", typ, err)
+	}
+	return nil
+}
+
+// ReadFrame reads one frame from r and returns its type and payload. The
+// payload belongs to the caller. To read many frames from one stream, use a
+// FrameReader, which reuses its buffer.
+//
+// ReadFrame returns io.EOF, unwrapped, if r ends before the first byte of
+// the frame, an error wrapping io.ErrUnexpectedEOF if r ends inside it, and
+// an error wrapping ErrFrameTooLarge if the frame declares more than
+// MaxPayload bytes.
+func ReadFrame(r io.Reader) (FrameType, []byte, error) {
+	fr := FrameReader{r: r}
+	return fr.Next()
+}
+
+// FrameReader reads successive frames from a stream, reusing one payload
+// buffer. It is owned by one goroutine at a time.
+type FrameReader struct {
+	r   io.Reader
+	hdr [headerLen]byte
+	buf []byte // reused payload buffer; cap(buf) <= MaxPayload
+}
+
+// NewFrameReader returns a FrameReader that reads frames from r. It reads
+// exactly the bytes of each frame and never past it, so r may be used
+// directly between frames.
+func NewFrameReader(r io.Reader) *FrameReader {
+	return &FrameReader{r: r}
+}
+
+// initialPayloadBuf is how much Next buffers for a frame whose declared
+// length exceeds the reused buffer before any of the payload has arrived.
+const initialPayloadBuf = 16 << 10
+
+// Next reads the next frame. The payload aliases the FrameReader's buffer
+// and is valid only until the next call to Next. Errors are as for
+// ReadFrame.
+func (fr *FrameReader) Next() (FrameType, []byte, error) {
+	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+		if err == io.EOF {
+			return 0, nil, io.EOF // clean end of stream, between frames
+		}
+		return 0, nil, fmt.Errorf("frame header: %w", err)
+	}
+	typ := FrameType(fr.hdr[0])
+	n := binary.BigEndian.Uint32(fr.hdr[1:])
+	if n > MaxPayload {
+		return 0, nil, fmt.Errorf("%v frame: payload length %d exceeds maximum %d: %w",
+			typ, n, MaxPayload, ErrFrameTooLarge)
+	}
+	p, err := fr.readPayload(int(n))
+	if err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the header promised more
+		}
+		return 0, nil, fmt.Errorf("%v frame payload (%d bytes): %w", typ, n, err)
+	}
+	return typ, p, nil
+}
+
+// readPayload reads n <= MaxPayload bytes into fr.buf.
+func (fr *FrameReader) readPayload(n int) ([]byte, error) {
+	if n <= cap(fr.buf) {
+		p := fr.buf[:n]
+		_, err := io.ReadFull(fr.r, p)
+		return p, err
+	}
+	// The declared length is only the peer's claim. Grow the buffer as the
+	// bytes arrive, at most doubling each time, so that a peer declaring a
+	// large frame and then stalling or hanging up costs memory in proportion
+	// to what it sent, not to what it declared.
+	p := fr.buf[:0]
+	for len(p) < n {
+		want := min(n, max(2*len(p), cap(p), initialPayloadBuf))
+		if want > cap(p) {
+			np := make([]byte, len(p), want)
+			copy(np, p)
+			p = np
+			fr.buf = np
+		}
+		m, err := io.ReadFull(fr.r, p[len(p):want])
+		p = p[:len(p)+m]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// OpHealth is the op of a health check. Its Request has no Args, and its
+// result is a HealthResponse. The op is frozen across schema versions.
+const OpHealth = "health"
+
+// Request is the payload of a FrameRequest.
+type Request struct {
+	// Op names the operation, such as OpHealth.
+	Op string `json:"op"`
+	// Args holds the op's arguments as a JSON object, or nothing for ops
+	// that take none.
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// HealthStatusOK is the Status of a healthy agent.
+const HealthStatusOK = "ok"
+
+// HealthResponse is the result of the health op.
+type HealthResponse struct {
+	// Status is HealthStatusOK when the agent is ready to serve requests.
+	Status string `json:"status"`
+	// AgentVersion is the agent's AgentVersion.
+	AgentVersion string `json:"agent_version"`
+	// GuestSchemaVersion is the agent's GuestSchemaVersion.
+	GuestSchemaVersion int `json:"guest_schema_version"`
+}
+
+// Error codes carried by Error.Code. Callers must treat a code they do not
+// know like CodeInternal: newer agents may add codes.
+const (
+	// CodeProtocol reports a framing violation: an oversized or truncated
+	// frame, or a frame of a type not expected at that point.
+	CodeProtocol = "protocol"
+	// CodeBadRequest reports a request whose JSON or arguments are invalid.
+	CodeBadRequest = "bad_request"
+	// CodeUnknownOp reports an op this agent does not implement.
+	CodeUnknownOp = "unknown_op"
+	// CodeInternal reports an unexpected failure inside the agent.
+	CodeInternal = "internal"
+)
+
+// Error is the payload of a FrameError: an error reported by the agent.
+// Client methods return it (wrapped) so that callers can inspect Code with
+// errors.As.
+type Error struct {
+	// Code classifies the error for programs; see the Code constants.
+	Code string `json:"code"`
+	// Message describes the error for humans.
+	Message string `json:"message"`
+}
+
+// Error returns the message followed by the code in parentheses.
+func (e *Error) Error() string {
+	if e.Message == "" {
+		return "agent error (" + e.Code + ")"
+	}
+	return e.Message + " (" + e.Code + ")"
+}
