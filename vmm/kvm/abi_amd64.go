@@ -14,9 +14,10 @@ const (
 // ioc is the kernel's _IOC(dir, KVMIO, nr, size).
 func ioc(dir, nr, size uintptr) uintptr { return dir<<30 | size<<16 | kvmio<<8 | nr }
 
-func iocNoArg(nr uintptr) uintptr   { return ioc(iocNone, nr, 0) }     // _IO
-func iocW(nr, size uintptr) uintptr { return ioc(iocWrite, nr, size) } // _IOW
-func iocR(nr, size uintptr) uintptr { return ioc(iocRead, nr, size) }  // _IOR
+func iocNoArg(nr uintptr) uintptr    { return ioc(iocNone, nr, 0) }             // _IO
+func iocW(nr, size uintptr) uintptr  { return ioc(iocWrite, nr, size) }         // _IOW
+func iocR(nr, size uintptr) uintptr  { return ioc(iocRead, nr, size) }          // _IOR
+func iocWR(nr, size uintptr) uintptr { return ioc(iocWrite|iocRead, nr, size) } // _IOWR
 
 var (
 	ioctlGetAPIVersion       = iocNoArg(0x00)
@@ -31,6 +32,23 @@ var (
 	ioctlSetRegs             = iocW(0x82, sizeofRegs)
 	ioctlGetSregs            = iocR(0x83, sizeofSregs)
 	ioctlSetSregs            = iocW(0x84, sizeofSregs)
+
+	ioctlGetSupportedCPUID  = iocWR(0x05, sizeofCPUID2Header)
+	ioctlGetMSRIndexList    = iocWR(0x02, 4)
+	ioctlSetIdentityMapAddr = iocW(0x48, 8)
+	ioctlCreateIRQChip      = iocNoArg(0x60)
+	ioctlIRQLine            = iocW(0x61, sizeofIRQLevel)
+	ioctlCreatePIT2         = iocW(0x77, sizeofPITConfig)
+	ioctlGetMSRs            = iocWR(0x88, sizeofMSRsHeader)
+	ioctlSetMSRs            = iocW(0x89, sizeofMSRsHeader)
+	ioctlSetCPUID2          = iocW(0x90, sizeofCPUID2Header)
+	ioctlGetFPU             = iocR(0x8c, sizeofFPU)
+	ioctlSetFPU             = iocW(0x8d, sizeofFPU)
+	ioctlGetLAPIC           = iocR(0x8e, sizeofLAPICState)
+	ioctlSetLAPIC           = iocW(0x8f, sizeofLAPICState)
+	ioctlGetMPState         = iocR(0x98, 4)
+	ioctlSetMPState         = iocW(0x99, 4)
+	ioctlGetTSCKHz          = iocNoArg(0xa3)
 )
 
 // APIVersion is the only KVM_GET_API_VERSION value the kernel has ever
@@ -217,3 +235,88 @@ const (
 	sizeofRunHeader = 32
 	runExitUnion    = 32 // offset of the exit union in struct kvm_run
 )
+
+// CPUIDEntry mirrors struct kvm_cpuid_entry2.
+type CPUIDEntry struct {
+	Function uint32
+	Index    uint32
+	Flags    uint32 // KVM_CPUID_FLAG_*
+	EAX      uint32
+	EBX      uint32
+	ECX      uint32
+	EDX      uint32
+	_        [3]uint32
+}
+
+// KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the entry depends on Index (ECX).
+const CPUIDFlagSignificantIndex = 1 << 0
+
+// sizeofCPUID2Header is sizeof(struct kvm_cpuid2) without its flexible
+// array of entries: nent, padding.
+const (
+	sizeofCPUID2Header = 8
+	sizeofCPUIDEntry   = 40
+	maxCPUIDEntries    = 256 // more than any KVM returns (KVM_MAX_CPUID_ENTRIES)
+)
+
+// MSREntry mirrors struct kvm_msr_entry.
+type MSREntry struct {
+	Index    uint32
+	Reserved uint32
+	Data     uint64
+}
+
+const (
+	sizeofMSRsHeader = 8 // struct kvm_msrs: nmsrs, pad
+	sizeofMSREntry   = 16
+)
+
+// FPU mirrors struct kvm_fpu.
+type FPU struct {
+	FPR        [8][16]uint8
+	FCW        uint16
+	FSW        uint16
+	FTWX       uint8
+	_          uint8
+	LastOpcode uint16
+	LastIP     uint64
+	LastDP     uint64
+	XMM        [16][16]uint8
+	MXCSR      uint32
+	_          uint32
+}
+
+const sizeofFPU = 416
+
+// LAPICState mirrors struct kvm_lapic_state: the local APIC's register page.
+type LAPICState struct {
+	Regs [1024]uint8
+}
+
+const sizeofLAPICState = 1024
+
+// pitConfig mirrors struct kvm_pit_config.
+type pitConfig struct {
+	Flags uint32
+	_     [15]uint32
+}
+
+const (
+	sizeofPITConfig = 64
+	pitSpeakerDummy = 1 // KVM_PIT_SPEAKER_DUMMY: port 0x61 reads as a dummy speaker
+)
+
+// irqLevel mirrors struct kvm_irq_level.
+type irqLevel struct {
+	IRQ   uint32
+	Level uint32
+}
+
+const sizeofIRQLevel = 8
+
+// runSystemEvent mirrors the system_event member of struct kvm_run's exit union.
+type runSystemEvent struct {
+	Type  uint32
+	NData uint32
+	Data  [16]uint64
+}

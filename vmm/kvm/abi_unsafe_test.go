@@ -21,6 +21,12 @@ func TestABISizes(t *testing.T) {
 		{"kvm_run head", unsafe.Sizeof(runHeader{}), sizeofRunHeader},
 		{"kvm_run.io", unsafe.Sizeof(runIO{}), 16},
 		{"kvm_run.internal", unsafe.Sizeof(runInternal{}), 136},
+		{"kvm_cpuid_entry2", unsafe.Sizeof(CPUIDEntry{}), sizeofCPUIDEntry},
+		{"kvm_msr_entry", unsafe.Sizeof(MSREntry{}), sizeofMSREntry},
+		{"kvm_fpu", unsafe.Sizeof(FPU{}), sizeofFPU},
+		{"kvm_lapic_state", unsafe.Sizeof(LAPICState{}), sizeofLAPICState},
+		{"kvm_pit_config", unsafe.Sizeof(pitConfig{}), sizeofPITConfig},
+		{"kvm_irq_level", unsafe.Sizeof(irqLevel{}), sizeofIRQLevel},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof %s = %d, want %d", c.name, c.got, c.want)
@@ -49,6 +55,15 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_SET_REGS", ioctlSetRegs, 0x4090AE82},
 		{"KVM_GET_SREGS", ioctlGetSregs, 0x8138AE83},
 		{"KVM_SET_SREGS", ioctlSetSregs, 0x4138AE84},
+		{"KVM_GET_SUPPORTED_CPUID", ioctlGetSupportedCPUID, 0xC008AE05},
+		{"KVM_SET_CPUID2", ioctlSetCPUID2, 0x4008AE90},
+		{"KVM_CREATE_IRQCHIP", ioctlCreateIRQChip, 0xAE60},
+		{"KVM_IRQ_LINE", ioctlIRQLine, 0x4008AE61},
+		{"KVM_CREATE_PIT2", ioctlCreatePIT2, 0x4040AE77},
+		{"KVM_SET_MSRS", ioctlSetMSRs, 0x4008AE89},
+		{"KVM_SET_FPU", ioctlSetFPU, 0x41A0AE8D},
+		{"KVM_GET_LAPIC", ioctlGetLAPIC, 0x8400AE8E},
+		{"KVM_SET_IDENTITY_MAP_ADDR", ioctlSetIdentityMapAddr, 0x4008AE48},
 	} {
 		if c.got != c.want {
 			t.Errorf("%s = %#x, want %#x", c.name, c.got, c.want)

@@ -74,3 +74,76 @@ func (vm *VM) setUserMemoryRegion(r *UserspaceMemoryRegion) error {
 	_, err := ioctlPtr(vm.fd, ioctlSetUserMemoryRegion, unsafe.Pointer(r))
 	return err
 }
+
+// cpuid2 is struct kvm_cpuid2 with room for maxCPUIDEntries entries.
+type cpuid2 struct {
+	NEnt    uint32
+	_       uint32
+	Entries [maxCPUIDEntries]CPUIDEntry
+}
+
+func (s *System) supportedCPUID() ([]CPUIDEntry, error) {
+	c := &cpuid2{NEnt: maxCPUIDEntries}
+	if _, err := ioctlPtr(s.fd, ioctlGetSupportedCPUID, unsafe.Pointer(c)); err != nil {
+		return nil, err
+	}
+	return append([]CPUIDEntry(nil), c.Entries[:min(c.NEnt, maxCPUIDEntries)]...), nil
+}
+
+func (v *VCPU) setCPUID2(entries []CPUIDEntry) error {
+	c := &cpuid2{NEnt: uint32(len(entries))}
+	copy(c.Entries[:], entries)
+	_, err := ioctlPtr(v.fd, ioctlSetCPUID2, unsafe.Pointer(c))
+	return err
+}
+
+// msrs is struct kvm_msrs with room for up to maxMSRs entries.
+type msrs struct {
+	NMSRs   uint32
+	_       uint32
+	Entries [maxMSRs]MSREntry
+}
+
+const maxMSRs = 256
+
+// msrsIoctl runs KVM_GET_MSRS or KVM_SET_MSRS and returns how many entries
+// the kernel processed; it stops at the first MSR it cannot handle.
+func (v *VCPU) msrsIoctl(req uintptr, entries []MSREntry) (int, error) {
+	m := &msrs{NMSRs: uint32(len(entries))}
+	copy(m.Entries[:], entries)
+	n, err := ioctlPtr(v.fd, req, unsafe.Pointer(m))
+	if err != nil {
+		return 0, err
+	}
+	copy(entries, m.Entries[:len(entries)])
+	return int(n), nil
+}
+
+func (v *VCPU) fpuIoctl(req uintptr, f *FPU) error {
+	_, err := ioctlPtr(v.fd, req, unsafe.Pointer(f))
+	return err
+}
+
+func (v *VCPU) lapicIoctl(req uintptr, l *LAPICState) error {
+	_, err := ioctlPtr(v.fd, req, unsafe.Pointer(l))
+	return err
+}
+
+func (vm *VM) createPIT2(c *pitConfig) error {
+	_, err := ioctlPtr(vm.fd, ioctlCreatePIT2, unsafe.Pointer(c))
+	return err
+}
+
+func (vm *VM) irqLine(l *irqLevel) error {
+	_, err := ioctlPtr(vm.fd, ioctlIRQLine, unsafe.Pointer(l))
+	return err
+}
+
+func (vm *VM) setIdentityMapAddr(addr *uint64) error {
+	_, err := ioctlPtr(vm.fd, ioctlSetIdentityMapAddr, unsafe.Pointer(addr))
+	return err
+}
+
+func (v *VCPU) systemEvent() *runSystemEvent {
+	return (*runSystemEvent)(unsafe.Pointer(&v.run[runExitUnion]))
+}

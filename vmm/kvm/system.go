@@ -81,3 +81,13 @@ func (s *System) CreateVM() (*VM, error) {
 	}
 	return &VM{fd: int(r), runSize: runSize}, nil
 }
+
+// SupportedCPUID returns the CPUID entries KVM can offer a guest on this
+// host (KVM_GET_SUPPORTED_CPUID), including KVM's paravirtual leaves.
+func (s *System) SupportedCPUID() ([]CPUIDEntry, error) {
+	e, err := s.supportedCPUID()
+	if err != nil {
+		return nil, fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
+	}
+	return e, nil
+}

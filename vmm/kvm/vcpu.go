@@ -140,3 +140,73 @@ func (v *VCPU) SetSregs(s Sregs) error {
 	}
 	return nil
 }
+
+// SetCPUID sets the CPUID the guest sees on this vCPU (KVM_SET_CPUID2).
+func (v *VCPU) SetCPUID(entries []CPUIDEntry) error {
+	if len(entries) > maxCPUIDEntries {
+		return fmt.Errorf("KVM_SET_CPUID2 vcpu %d: %d entries, at most %d", v.id, len(entries), maxCPUIDEntries)
+	}
+	if err := v.setCPUID2(entries); err != nil {
+		return fmt.Errorf("KVM_SET_CPUID2 vcpu %d: %w", v.id, err)
+	}
+	return nil
+}
+
+// SetMSRs writes model-specific registers; every entry must be accepted.
+func (v *VCPU) SetMSRs(entries []MSREntry) error {
+	if len(entries) > maxMSRs {
+		return fmt.Errorf("KVM_SET_MSRS vcpu %d: %d entries, at most %d", v.id, len(entries), maxMSRs)
+	}
+	n, err := v.msrsIoctl(ioctlSetMSRs, entries)
+	if err != nil {
+		return fmt.Errorf("KVM_SET_MSRS vcpu %d: %w", v.id, err)
+	}
+	if n != len(entries) {
+		return fmt.Errorf("KVM_SET_MSRS vcpu %d: MSR %#x refused (%d of %d set)", v.id, entries[n].Index, n, len(entries))
+	}
+	return nil
+}
+
+// FPU reads the legacy FPU/SSE state (KVM_GET_FPU).
+func (v *VCPU) FPU() (FPU, error) {
+	var f FPU
+	if err := v.fpuIoctl(ioctlGetFPU, &f); err != nil {
+		return f, fmt.Errorf("KVM_GET_FPU vcpu %d: %w", v.id, err)
+	}
+	return f, nil
+}
+
+// SetFPU writes the legacy FPU/SSE state (KVM_SET_FPU).
+func (v *VCPU) SetFPU(f FPU) error {
+	if err := v.fpuIoctl(ioctlSetFPU, &f); err != nil {
+		return fmt.Errorf("KVM_SET_FPU vcpu %d: %w", v.id, err)
+	}
+	return nil
+}
+
+// LAPIC reads the local APIC register page (KVM_GET_LAPIC).
+func (v *VCPU) LAPIC() (LAPICState, error) {
+	var l LAPICState
+	if err := v.lapicIoctl(ioctlGetLAPIC, &l); err != nil {
+		return l, fmt.Errorf("KVM_GET_LAPIC vcpu %d: %w", v.id, err)
+	}
+	return l, nil
+}
+
+// SetLAPIC writes the local APIC register page (KVM_SET_LAPIC).
+func (v *VCPU) SetLAPIC(l LAPICState) error {
+	if err := v.lapicIoctl(ioctlSetLAPIC, &l); err != nil {
+		return fmt.Errorf("KVM_SET_LAPIC vcpu %d: %w", v.id, err)
+	}
+	return nil
+}
+
+// System event types of KVM_EXIT_SYSTEM_EVENT.
+const (
+	SystemEventShutdown = 1
+	SystemEventReset    = 2
+	SystemEventCrash    = 3
+)
+
+// SystemEventType returns the type of a KVM_EXIT_SYSTEM_EVENT.
+func (v *VCPU) SystemEventType() uint32 { return v.systemEvent().Type }

@@ -72,3 +72,42 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 	}
 	return &VCPU{id: id, fd: fd, run: run}, nil
 }
+
+// SetIdentityMapAddr places the one-page identity map Intel VMX needs for
+// real-mode emulation (KVM_SET_IDENTITY_MAP_ADDR). Call before CreateVCPU.
+func (vm *VM) SetIdentityMapAddr(addr uint64) error {
+	if err := vm.setIdentityMapAddr(&addr); err != nil {
+		return fmt.Errorf("KVM_SET_IDENTITY_MAP_ADDR %#x: %w", addr, err)
+	}
+	return nil
+}
+
+// CreateIRQChip creates the in-kernel PIC, IOAPIC and local APICs.
+func (vm *VM) CreateIRQChip() error {
+	if _, err := ioctl(vm.fd, ioctlCreateIRQChip, 0); err != nil {
+		return fmt.Errorf("KVM_CREATE_IRQCHIP: %w", err)
+	}
+	return nil
+}
+
+// CreatePIT2 creates the in-kernel i8254 timer, with port 0x61 as a dummy
+// speaker. Requires CreateIRQChip first.
+func (vm *VM) CreatePIT2() error {
+	if err := vm.createPIT2(&pitConfig{Flags: pitSpeakerDummy}); err != nil {
+		return fmt.Errorf("KVM_CREATE_PIT2: %w", err)
+	}
+	return nil
+}
+
+// SetIRQLine drives interrupt line gsi of the in-kernel irqchip
+// (KVM_IRQ_LINE). Safe from any goroutine.
+func (vm *VM) SetIRQLine(gsi uint32, high bool) error {
+	l := irqLevel{IRQ: gsi}
+	if high {
+		l.Level = 1
+	}
+	if err := vm.irqLine(&l); err != nil {
+		return fmt.Errorf("KVM_IRQ_LINE gsi %d level %d: %w", gsi, l.Level, err)
+	}
+	return nil
+}

@@ -1,0 +1,26 @@
+// Command sailbox-vmm boots and runs one Sailbox microVM on /dev/kvm.
+//
+//	sailbox-vmm -kernel bzImage -initrd initramfs.cpio -mem 256 -cpus 1
+//	sailbox-vmm -config vm.json
+//
+// It exits 0 when the guest powers off or reboots, or when it is told to
+// shut down; non-zero with a message naming the problem otherwise.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sailbox-vmm:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,53 @@
+package vmm
+
+import (
+	"math/bits"
+
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+// CPUID leaves and bits the VMM adjusts (Intel SDM vol. 2, CPUID).
+const (
+	leafFeatures     = 0x1
+	leafPerfMon      = 0xa
+	leafTopology     = 0xb
+	leafTopologyV2   = 0x1f
+	ecxHypervisor    = 1 << 31 // leaf 1 ECX: running under a hypervisor
+	edxHTT           = 1 << 28 // leaf 1 EDX: EBX[23:16] is valid
+	topologySMT      = 1
+	topologyCore     = 2
+	topologyTypeShft = 8
+)
+
+// guestCPUID derives vCPU id's CPUID from what KVM supports: the
+// hypervisor bit, the vCPU's APIC ID and the topology of n single-threaded
+// cores, and no performance monitoring (a guest PMU would leak host state
+// and does not survive a restore on another host). KVM's own paravirtual
+// leaves (0x40000000...) pass through: they give the guest kvm-clock, so it
+// never calibrates its TSC against the PIT.
+func guestCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
+	out := make([]kvm.CPUIDEntry, 0, len(supported))
+	shift := uint32(bits.Len(uint(n - 1))) // APIC ID bits for n cores
+	for _, e := range supported {
+		switch e.Function {
+		case leafFeatures:
+			e.ECX |= ecxHypervisor
+			e.EBX = e.EBX&0xffff | uint32(id)<<24 | uint32(min(n, 255))<<16
+			e.EDX |= edxHTT
+		case leafPerfMon:
+			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
+		case leafTopology, leafTopologyV2:
+			e.EDX = uint32(id) // x2APIC ID
+			switch e.Index {
+			case 0:
+				e.EAX, e.EBX, e.ECX = 0, 1, topologySMT<<topologyTypeShft
+			case 1:
+				e.EAX, e.EBX, e.ECX = shift, uint32(n), topologyCore<<topologyTypeShft|1
+			default:
+				e.EAX, e.EBX, e.ECX = 0, 0, e.Index
+			}
+		}
+		out = append(out, e)
+	}
+	return out
+}

@@ -1,0 +1,215 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+// Boot MSRs, as a BIOS would leave them (Intel SDM vol. 4).
+const (
+	msrIA32TSC         = 0x10
+	msrIA32SysenterCS  = 0x174
+	msrIA32SysenterESP = 0x175
+	msrIA32SysenterEIP = 0x176
+	msrIA32MiscEnable  = 0x1a0
+	msrMTRRDefType     = 0x2ff
+	msrSTAR            = 0xc0000081
+	msrLSTAR           = 0xc0000082
+	msrCSTAR           = 0xc0000083
+	msrSyscallMask     = 0xc0000084
+	msrKernelGSBase    = 0xc0000102
+
+	miscEnableFastString = 1
+	mtrrEnableWriteBack  = 1<<11 | 6
+)
+
+// Local APIC LVT registers and delivery modes.
+const (
+	apicLVT0       = 0x350
+	apicLVT1       = 0x360
+	apicModeNMI    = 0x4
+	apicModeExtINT = 0x7
+)
+
+// kickSignal interrupts a vCPU thread blocked in KVM_RUN. The Go runtime
+// already handles SIGURG (it is its preemption signal) on every thread, so
+// no handler needs installing and a stray one is harmless.
+const kickSignal = unix.SIGURG
+
+// vcpu is one virtual CPU and the goroutine that runs it.
+type vcpu struct {
+	m   *Machine
+	id  int
+	cpu atomic.Pointer[kvm.VCPU] // set once by the run goroutine; read by kick
+
+	tid     atomic.Int32 // OS thread of the run goroutine, 0 until it starts
+	stopped atomic.Bool  // set by kick; the run loop ends at its next exit
+}
+
+// run creates, configures and runs the vCPU on a goroutine locked to its
+// thread, as KVM wants. It reports setup success or failure on started.
+func (v *vcpu) run(started chan<- error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	v.tid.Store(int32(unix.Gettid()))
+	if err := v.setup(); err != nil {
+		started <- fmt.Errorf("vcpu %d: %w", v.id, err)
+		return
+	}
+	started <- nil
+	if err := v.loop(); err != nil {
+		v.m.stop(ExitStopped, fmt.Errorf("vcpu %d: %w", v.id, err))
+	}
+}
+
+func (v *vcpu) setup() error {
+	cpu, err := v.m.vm.CreateVCPU(v.id)
+	if err != nil {
+		return err
+	}
+	v.cpu.Store(cpu)
+	// kick stores stopped before loading cpu, we store cpu before loading
+	// stopped: one of the two sees the other, so no kick is lost.
+	if v.stopped.Load() {
+		cpu.SetImmediateExit(true)
+	}
+	if err := cpu.SetCPUID(guestCPUID(v.m.cpuid, v.id, v.m.cfg.VCPUs)); err != nil {
+		return err
+	}
+	if err := cpu.SetMSRs([]kvm.MSREntry{
+		{Index: msrIA32SysenterCS}, {Index: msrIA32SysenterESP}, {Index: msrIA32SysenterEIP},
+		{Index: msrSTAR}, {Index: msrCSTAR}, {Index: msrKernelGSBase}, {Index: msrSyscallMask}, {Index: msrLSTAR},
+		{Index: msrIA32TSC},
+		{Index: msrIA32MiscEnable, Data: miscEnableFastString},
+		{Index: msrMTRRDefType, Data: mtrrEnableWriteBack},
+	}); err != nil {
+		return err
+	}
+	if err := cpu.SetFPU(kvm.FPU{FCW: 0x37f, MXCSR: 0x1f80}); err != nil {
+		return err
+	}
+	lapic, err := cpu.LAPIC()
+	if err != nil {
+		return err
+	}
+	setLVTMode(&lapic, apicLVT0, apicModeExtINT)
+	setLVTMode(&lapic, apicLVT1, apicModeNMI)
+	if err := cpu.SetLAPIC(lapic); err != nil {
+		return err
+	}
+	if v.id != 0 {
+		return nil // application processors wait for the BSP's INIT/SIPI
+	}
+	sregs, err := cpu.Sregs()
+	if err != nil {
+		return err
+	}
+	if err := cpu.SetSregs(v.m.entry.Sregs(sregs)); err != nil {
+		return err
+	}
+	return cpu.SetRegs(v.m.entry.Regs)
+}
+
+func setLVTMode(l *kvm.LAPICState, reg int, mode uint32) {
+	r := l.Regs[reg : reg+4]
+	val := uint32(r[0]) | uint32(r[1])<<8 | uint32(r[2])<<16 | uint32(r[3])<<24
+	val = val&^0x700 | mode<<8
+	r[0], r[1], r[2], r[3] = byte(val), byte(val>>8), byte(val>>16), byte(val>>24)
+}
+
+// kick makes the run loop return: it marks the vCPU stopped, makes any
+// later KVM_RUN return at once, and signals the thread out of a KVM_RUN in
+// progress. Safe from any goroutine, any number of times.
+func (v *vcpu) kick() {
+	v.stopped.Store(true)
+	if cpu := v.cpu.Load(); cpu != nil {
+		cpu.SetImmediateExit(true)
+	}
+	if tid := v.tid.Load(); tid != 0 {
+		unix.Tgkill(unix.Getpid(), int(tid), kickSignal)
+	}
+}
+
+// loop runs the guest until the vCPU is kicked or the guest stops.
+func (v *vcpu) loop() error {
+	cpu := v.cpu.Load()
+	for !v.stopped.Load() {
+		err := cpu.Run()
+		switch {
+		case errors.Is(err, unix.EINTR):
+			// A kick (then stopped is set) or a signal meant for someone
+			// else; either way the loop condition decides.
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			// An application processor left its wait-for-SIPI state; KVM
+			// returns to user space once and expects to be entered again.
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if done, err := v.handleExit(cpu); done || err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// handleExit services one exit; done reports that the machine is stopping.
+func (v *vcpu) handleExit(cpu *kvm.VCPU) (done bool, err error) {
+	switch r := cpu.ExitReason(); r {
+	case kvm.ExitIO:
+		io, err := cpu.IO()
+		if err != nil {
+			return true, err
+		}
+		for i := 0; i+io.Size <= len(io.Data); i += io.Size {
+			d := io.Data[i : i+io.Size]
+			if io.Out {
+				v.m.pio.Write(uint64(io.Port), d)
+			} else if !v.m.pio.Read(uint64(io.Port), d) {
+				clear(d)
+			}
+		}
+	case kvm.ExitMMIO:
+		mmio, err := cpu.MMIO()
+		if err != nil {
+			return true, err
+		}
+		if mmio.Write {
+			v.m.mmio.Write(mmio.Addr, mmio.Data)
+		} else if !v.m.mmio.Read(mmio.Addr, mmio.Data) {
+			clear(mmio.Data)
+		}
+	case kvm.ExitHLT:
+		// Only without an in-kernel irqchip; nothing to do but re-enter.
+	case kvm.ExitShutdown:
+		v.m.stop(ExitShutdown, nil)
+		return true, nil
+	case kvm.ExitSystemEvent:
+		switch cpu.SystemEventType() {
+		case kvm.SystemEventReset:
+			v.m.stop(ExitReset, nil)
+		case kvm.SystemEventShutdown:
+			v.m.stop(ExitPowerOff, nil)
+		default:
+			v.m.stop(ExitShutdown, nil)
+		}
+		return true, nil
+	case kvm.ExitInternalError:
+		sub, data := cpu.InternalError()
+		return true, fmt.Errorf("%v suberror %d data %#x", r, sub, data)
+	case kvm.ExitFailEntry:
+		return true, fmt.Errorf("%v: hardware entry failure", r)
+	case kvm.ExitIntr:
+	default:
+		return true, fmt.Errorf("unhandled %v", r)
+	}
+	return false, nil
+}
