@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"github.com/sailbox-dev/sailbox/devices"
+	"github.com/sailbox-dev/sailbox/devices/acpi"
 	"github.com/sailbox-dev/sailbox/devices/i8042"
 	"github.com/sailbox-dev/sailbox/devices/serial"
 	"github.com/sailbox-dev/sailbox/vmm/boot"
@@ -25,8 +26,11 @@ type Config struct {
 	MemoryMiB  int
 	VCPUs      int
 	Serial     io.Writer // the guest console; nil discards it
-	// MMIODevices are placed from boot.MMIOStart, one window and one
-	// interrupt each, and announced on the kernel command line.
+	Disks      []Disk
+	Vsock      *Vsock // nil: no vsock device
+	// MMIODevices are extra devices, placed after the standard ones (disks,
+	// entropy) from boot.MMIOStart, one window and one interrupt each, and
+	// announced on the kernel command line.
 	MMIODevices []MMIODevice
 }
 
@@ -79,7 +83,8 @@ type Machine struct {
 	cpuid []kvm.CPUIDEntry
 	entry *boot.Entry
 
-	vcpus []*vcpu
+	vcpus   []*vcpu
+	closers []io.Closer // device back ends
 
 	exitOnce sync.Once
 	exitCh   chan struct{} // closed when the machine stops
@@ -94,9 +99,6 @@ func New(sys *kvm.System, cfg Config) (m *Machine, err error) {
 	}
 	if cfg.MemoryMiB < 1 || uint64(cfg.MemoryMiB)<<20 > boot.MaxRAM {
 		return nil, fmt.Errorf("%w: %d MiB of memory, want 1 to %d", ErrConfig, cfg.MemoryMiB, boot.MaxRAM>>20)
-	}
-	if len(cfg.MMIODevices) > maxDeviceIRQ-firstDeviceIRQ+1 {
-		return nil, fmt.Errorf("%w: %d MMIO devices, at most %d", ErrConfig, len(cfg.MMIODevices), maxDeviceIRQ-firstDeviceIRQ+1)
 	}
 	kernel, err := os.Open(cfg.KernelPath)
 	if err != nil {
@@ -150,9 +152,21 @@ func New(sys *kvm.System, cfg Config) (m *Machine, err error) {
 	if err := m.pio.Insert(i8042.New(func() { m.stop(ExitReset, nil) }), i8042.DataPort, i8042.Size); err != nil {
 		return nil, err
 	}
+	if err := m.pio.Insert(acpi.New(boot.SleepTypeS5, func() { m.stop(ExitPowerOff, nil) }), boot.PM1Port, acpi.Size); err != nil {
+		return nil, err
+	}
 
+	mmioDevs, closers, err := standardDevices(cfg)
+	if err != nil {
+		return nil, err
+	}
+	m.closers = closers
+	mmioDevs = append(mmioDevs, cfg.MMIODevices...)
+	if len(mmioDevs) > maxDeviceIRQ-firstDeviceIRQ+1 {
+		return nil, fmt.Errorf("%w: %d MMIO devices, at most %d", ErrConfig, len(mmioDevs), maxDeviceIRQ-firstDeviceIRQ+1)
+	}
 	cmdline := []string{baseCmdline}
-	for i, d := range cfg.MMIODevices {
+	for i, d := range mmioDevs {
 		base := uint64(boot.MMIOStart) + uint64(i)*0x1000
 		gsi := uint32(firstDeviceIRQ + i)
 		dev, err := d.New(m.mem, irqLine{m.vm, gsi})
@@ -250,6 +264,9 @@ func (m *Machine) Close() error {
 	}
 	if m.vm != nil {
 		errs = append(errs, m.vm.Close())
+	}
+	for _, c := range m.closers {
+		errs = append(errs, c.Close())
 	}
 	if m.mem != nil {
 		errs = append(errs, m.mem.Close())

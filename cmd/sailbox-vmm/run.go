@@ -1,56 +1,58 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"strings"
+	"time"
 
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
-// fileConfig is the JSON form of the flags (-config FILE).
-type fileConfig struct {
-	Kernel     string `json:"kernel"`
-	Initrd     string `json:"initrd,omitempty"`
-	Cmdline    string `json:"cmdline,omitempty"`
-	MemoryMiB  int    `json:"memory_mib"`
-	VCPUs      int    `json:"vcpus"`
-	ConsoleLog string `json:"console_log,omitempty"`
-	Console    bool   `json:"console,omitempty"`
+// config is one VM's configuration, from flags or from -config FILE.
+type config struct {
+	Kernel     string     `json:"kernel"`
+	Initrd     string     `json:"initrd,omitempty"`
+	Cmdline    string     `json:"cmdline,omitempty"`
+	MemoryMiB  int        `json:"memory_mib"`
+	VCPUs      int        `json:"vcpus"`
+	Disks      []vmm.Disk `json:"disks,omitempty"`
+	VsockCID   uint64     `json:"vsock_cid,omitempty"`
+	VsockUDS   string     `json:"vsock_uds,omitempty"`
+	APISocket  string     `json:"api_socket,omitempty"`
+	ConsoleLog string     `json:"console_log,omitempty"`
+	Console    bool       `json:"console"`
+}
+
+// diskFlags collects repeated -disk PATH[,ro] flags.
+type diskFlags []vmm.Disk
+
+func (d *diskFlags) String() string { return fmt.Sprint(*d) }
+func (d *diskFlags) Set(v string) error {
+	path, opt, _ := strings.Cut(v, ",")
+	switch {
+	case path == "":
+		return errors.New("empty path")
+	case opt != "" && opt != "ro":
+		return fmt.Errorf("unknown disk option %q (want PATH or PATH,ro)", opt)
+	}
+	*d = append(*d, vmm.Disk{Path: path, ReadOnly: opt == "ro"})
+	return nil
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("sailbox-vmm", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	var (
-		cfgPath = fs.String("config", "", "JSON config `file` (fields as the flags); flags given explicitly override it")
-		c       fileConfig
-	)
-	fs.StringVar(&c.Kernel, "kernel", "", "guest kernel bzImage `path`")
-	fs.StringVar(&c.Initrd, "initrd", "", "initramfs `path`")
-	fs.StringVar(&c.Cmdline, "cmdline", "", "extra kernel command line")
-	fs.IntVar(&c.MemoryMiB, "mem", 256, "guest memory in MiB")
-	fs.IntVar(&c.VCPUs, "cpus", 1, "vCPUs")
-	fs.StringVar(&c.ConsoleLog, "console-log", "", "append the guest console to this `file`")
-	fs.BoolVar(&c.Console, "console", true, "copy the guest console to stdout")
-	if err := fs.Parse(args); err != nil {
+	c, err := parseArgs(args, stderr)
+	if err != nil {
 		return err
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments %q", fs.Args())
-	}
-	if *cfgPath != "" {
-		if err := loadConfig(*cfgPath, fs, &c); err != nil {
-			return err
-		}
-	}
-	if c.Kernel == "" {
-		return errors.New("no kernel: give -kernel or \"kernel\" in -config")
 	}
 
 	var console []io.Writer
@@ -71,18 +73,37 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer sys.Close()
+	var vs *vmm.Vsock
+	if c.VsockCID != 0 {
+		vs = &vmm.Vsock{CID: c.VsockCID, UDSPath: c.VsockUDS}
+	}
 	m, err := vmm.New(sys, vmm.Config{
 		KernelPath: c.Kernel,
 		InitrdPath: c.Initrd,
 		Cmdline:    c.Cmdline,
 		MemoryMiB:  c.MemoryMiB,
 		VCPUs:      c.VCPUs,
+		Disks:      c.Disks,
+		Vsock:      vs,
 		Serial:     io.MultiWriter(console...),
 	})
 	if err != nil {
 		return err
 	}
 	defer m.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if c.APISocket != "" {
+		l, err := listenUnix(c.APISocket)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(c.APISocket)
+		ctl := &controller{m: m, cfg: c, started: time.Now()}
+		go vmmapi.Serve(ctx, l, ctl)
+	}
+
 	exit, err := m.Run(ctx)
 	if err != nil {
 		return fmt.Errorf("vm stopped (%v): %w", exit, err)
@@ -91,36 +112,86 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// loadConfig reads a JSON config into c, keeping values of flags that were
-// set explicitly on the command line. Unknown fields are an error.
-func loadConfig(path string, fs *flag.FlagSet, c *fileConfig) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Errorf("config: %w", err)
+func parseArgs(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("sailbox-vmm", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := config{MemoryMiB: 256, VCPUs: 1, Console: true}
+	var disks diskFlags
+	cfgPath := fs.String("config", "", "JSON config `file` with the fields of the flags below (not combined with them)")
+	fs.StringVar(&c.Kernel, "kernel", "", "guest kernel bzImage `path`")
+	fs.StringVar(&c.Initrd, "initrd", "", "initramfs `path`")
+	fs.StringVar(&c.Cmdline, "cmdline", "", "extra kernel command line")
+	fs.IntVar(&c.MemoryMiB, "mem", c.MemoryMiB, "guest memory in MiB")
+	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "vCPUs")
+	fs.Var(&disks, "disk", "raw disk image `PATH[,ro]`; repeat for more (vda, vdb, ...)")
+	fs.Uint64Var(&c.VsockCID, "vsock-cid", 0, "guest vsock CID (>= 3); 0: no vsock device")
+	fs.StringVar(&c.VsockUDS, "vsock-uds", "", "Unix socket `path` of the vsock device's host side")
+	fs.StringVar(&c.APISocket, "api-sock", "", "serve the control API on this Unix socket `path`")
+	fs.StringVar(&c.ConsoleLog, "console-log", "", "append the guest console to this `file`")
+	fs.BoolVar(&c.Console, "console", c.Console, "copy the guest console to stdout")
+	if err := fs.Parse(args); err != nil {
+		return c, err
 	}
-	explicit := *c
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	dec := json.NewDecoder(bytesReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(c); err != nil {
-		return fmt.Errorf("config %s: %w", path, err)
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	for name, dst := range map[string]any{
-		"kernel": &c.Kernel, "initrd": &c.Initrd, "cmdline": &c.Cmdline, "mem": &c.MemoryMiB,
-		"cpus": &c.VCPUs, "console-log": &c.ConsoleLog, "console": &c.Console,
-	} {
-		if !set[name] {
-			continue
+	c.Disks = disks
+	if *cfgPath != "" {
+		others := 0
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name != "config" {
+				others++
+			}
+		})
+		if others > 0 {
+			return c, errors.New("-config cannot be combined with other flags")
 		}
-		switch d := dst.(type) {
-		case *string:
-			*d = map[string]string{"kernel": explicit.Kernel, "initrd": explicit.Initrd, "cmdline": explicit.Cmdline, "console-log": explicit.ConsoleLog}[name]
-		case *int:
-			*d = map[string]int{"mem": explicit.MemoryMiB, "cpus": explicit.VCPUs}[name]
-		case *bool:
-			*d = explicit.Console
+		b, err := os.ReadFile(*cfgPath)
+		if err != nil {
+			return c, fmt.Errorf("config: %w", err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&c); err != nil {
+			return c, fmt.Errorf("config %s: %w", *cfgPath, err)
 		}
 	}
-	return nil
+	switch {
+	case c.Kernel == "":
+		return c, errors.New("no kernel: give -kernel or \"kernel\" in -config")
+	case (c.VsockCID == 0) != (c.VsockUDS == ""):
+		return c, errors.New("-vsock-cid and -vsock-uds go together")
+	case c.VsockCID != 0 && c.VsockCID < 3:
+		return c, fmt.Errorf("vsock CID %d is reserved; use 3 or more", c.VsockCID)
+	}
+	return c, nil
 }
+
+// listenUnix listens on path, replacing a stale socket file but never any
+// other kind of file.
+func listenUnix(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("api socket %s exists and is not a socket", path)
+		}
+		os.Remove(path)
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("api socket: %w", err)
+	}
+	return l, nil
+}
+
+// controller serves the control API for the running machine.
+type controller struct {
+	m       *vmm.Machine
+	cfg     config
+	started time.Time
+}
+
+func (c *controller) Status() vmmapi.Status {
+	return vmmapi.Status{State: "running", VCPUs: c.cfg.VCPUs, MemoryMiB: c.cfg.MemoryMiB, StartedAt: c.started.UTC(), PID: os.Getpid()}
+}
+
+func (c *controller) Shutdown() { c.m.Stop() }

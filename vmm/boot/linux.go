@@ -61,7 +61,7 @@ const (
 )
 
 // LoadLinux writes the kernel, initrd, command line, zero page, page tables,
-// GDT and MP table into mem and returns the boot vCPU's entry state.
+// GDT, MP table and ACPI tables into mem and returns the boot vCPU's entry state.
 func LoadLinux(mem Memory, l Linux) (*Entry, error) {
 	img, err := kernel.ParseBzImage(l.Kernel, l.KernelSize)
 	if err != nil {
@@ -168,6 +168,9 @@ func LoadLinux(mem Memory, l Linux) (*Entry, error) {
 		return nil, err
 	}
 	if err := WriteMPTable(mem, l.CPUs); err != nil {
+		return nil, err
+	}
+	if err := WriteACPI(mem, l.CPUs); err != nil {
 		return nil, err
 	}
 	return &Entry{

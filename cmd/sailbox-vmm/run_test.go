@@ -1,0 +1,37 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// Errors that need no KVM: bad flags and configs are refused by name.
+func TestRunRejectsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.json")
+	os.WriteFile(bad, []byte(`{"kernel": "k", "memory": 5}`), 0o644)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "no kernel"},
+		{[]string{"-kernel", "k", "extra"}, "unexpected arguments"},
+		{[]string{"-kernel", "k", "-disk", "x,rw"}, "unknown disk option"},
+		{[]string{"-kernel", "k", "-vsock-cid", "3"}, "go together"},
+		{[]string{"-kernel", "k", "-vsock-cid", "2", "-vsock-uds", "/x"}, "reserved"},
+		{[]string{"-config", bad}, `unknown field "memory"`},
+		{[]string{"-config", bad, "-mem", "5"}, "cannot be combined"},
+		{[]string{"-config", filepath.Join(dir, "none.json")}, "no such file"},
+		{[]string{"-mem", "x"}, "invalid value"},
+	} {
+		var stderr bytes.Buffer
+		err := run(context.Background(), c.args, &bytes.Buffer{}, &stderr)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("run(%q) = %v, want an error containing %q", c.args, err, c.want)
+		}
+	}
+}
