@@ -10,6 +10,7 @@ packages=(
   flex bison bc libelf-dev libssl-dev  # kernel build
   xz-utils cpio      # unpacking the kernel source and .debs
   build-essential
+  e2fsprogs          # mkfs.ext4 for test disk images
   busybox-static     # the guest's shell and tools, copied into the initramfs
 )
 

@@ -93,7 +93,7 @@ type Machine struct {
 }
 
 // New creates and loads a machine on sys; nothing runs until Run.
-func New(sys *kvm.System, cfg Config) (m *Machine, err error) {
+func New(sys *kvm.System, cfg Config) (*Machine, error) {
 	if cfg.VCPUs < 1 || cfg.VCPUs > boot.MaxCPUs {
 		return nil, fmt.Errorf("%w: %d vCPUs, want 1 to %d", ErrConfig, cfg.VCPUs, boot.MaxCPUs)
 	}
@@ -113,10 +113,11 @@ func New(sys *kvm.System, cfg Config) (m *Machine, err error) {
 		defer initrd.Close()
 	}
 
-	m = &Machine{cfg: cfg, exitCh: make(chan struct{})}
+	m := &Machine{cfg: cfg, exitCh: make(chan struct{})}
+	built := false
 	defer func() {
-		if err != nil {
-			m.Close()
+		if !built {
+			m.Close() // whatever was set up before the failure
 		}
 	}()
 	if m.mem, err = memory.New(uint64(cfg.MemoryMiB) << 20); err != nil {
@@ -196,6 +197,7 @@ func New(sys *kvm.System, cfg Config) (m *Machine, err error) {
 	if m.entry, err = boot.LoadLinux(m.mem, l); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 	}
+	built = true
 	return m, nil
 }
 
