@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -30,31 +31,222 @@ type Client struct {
 // relying on any other op.
 func (c *Client) Health(ctx context.Context) (HealthResponse, error) {
 	var resp HealthResponse
-	if err := c.call(ctx, OpHealth, nil, &resp); err != nil {
+	if err := c.do(ctx, &call{op: OpHealth}, &resp); err != nil {
 		return HealthResponse{}, err
 	}
 	return resp, nil
 }
 
-// call runs one non-streaming exchange: it sends op with args (marshalled
-// to JSON unless nil) and decodes the FrameResponse into result. An answer
-// in a FrameError is returned as an *Error.
+// Exec runs a process in the guest, as req describes, and returns how it
+// ended. A non-zero exit or a signal is reported in the result, not as an
+// error; errors report a request the agent refused (an *Error, with
+// CodeExecFailed for a process that could not be started) or an exchange
+// that failed.
 //
-// The connection is used by the calling goroutine only, except that a
-// goroutine started by context.AfterFunc may set its deadline to the past
-// when ctx is cancelled, which makes the blocked read or write return.
-func (c *Client) call(ctx context.Context, op string, args, result any) (err error) {
+// The process's output is written to stdout and stderr as it arrives; nil
+// discards it. The writers are called from Exec's goroutine, one at a time,
+// and must keep up: an agent that cannot send output for its
+// RequestTimeout kills the process. If stdin is not nil, Exec copies it to
+// the process, concurrently, until it reaches EOF, and then closes the
+// process's stdin; if stdin is nil, the process reads from /dev/null.
+//
+// If ctx is done before the process has ended, or writing its output
+// fails, Exec asks the agent to kill the process group with SIGKILL, closes
+// the connection (which kills it too) and returns the error.
+//
+// Exec does not wait for a Read of stdin that is in progress when the
+// exchange ends, as it does when the process exits without reading all its
+// input: the goroutine copying stdin exits when that Read returns, and
+// discards what it read.
+func (c *Client) Exec(ctx context.Context, req ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	args := &execArgs{
+		ExecRequest: req,
+		Stdin:       stdin != nil,
+	}
+	if req.Timeout > 0 {
+		args.TimeoutMS = int64((req.Timeout-1)/time.Millisecond) + 1 // rounded up
+	}
+	var name string
+	if len(req.Argv) > 0 {
+		name = strconv.Quote(req.Argv[0])
+	}
+	output := func(typ FrameType, p []byte) error {
+		w := stdout
+		if typ == FrameStderr {
+			w = stderr
+		}
+		if w == nil {
+			return nil
+		}
+		if _, err := w.Write(p); err != nil {
+			return fmt.Errorf("write %v: %w", typ, err)
+		}
+		return nil
+	}
+	var res ExecResult
+	err := c.do(ctx, &call{op: opExec, subject: name, args: args, stdin: stdin, output: output, kill: true}, &res)
+	if err != nil {
+		return ExecResult{}, err
+	}
+	return res, nil
+}
+
+// maxRunOutput is the most of each of stdout and stderr that Run collects.
+const maxRunOutput = 64 << 20
+
+// Run runs argv in the guest with no input, as Exec does, and returns what
+// it wrote and its exit code. It is meant for tests and small commands:
+// more than 64 MiB of output on either stream fails the call and
+// kills the process. If a signal killed the process, code is -1 and err
+// says which signal; code is -1 too if err reports another failure.
+func (c *Client) Run(ctx context.Context, argv ...string) (stdout, stderr []byte, code int, err error) {
+	outBuf := &cappedBuffer{name: "stdout", max: maxRunOutput}
+	errBuf := &cappedBuffer{name: "stderr", max: maxRunOutput}
+	res, err := c.Exec(ctx, ExecRequest{Argv: argv}, nil, outBuf, errBuf)
+	switch {
+	case err != nil:
+		return outBuf.b, errBuf.b, -1, err
+	case res.Signal != 0:
+		return outBuf.b, errBuf.b, -1, fmt.Errorf("agent exec %q: killed by signal %d", argv[0], res.Signal)
+	}
+	return outBuf.b, errBuf.b, res.ExitCode, nil
+}
+
+// cappedBuffer collects up to max bytes and fails writes beyond that.
+type cappedBuffer struct {
+	name string
+	max  int
+	b    []byte
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	if len(p) > b.max-len(b.b) {
+		return 0, fmt.Errorf("%s exceeds %d bytes", b.name, b.max)
+	}
+	b.b = append(b.b, p...)
+	return len(p), nil
+}
+
+// ReadFile copies the whole file at path in the guest to w, and returns how
+// many bytes it copied. It reads until the end of the file, so it works on
+// files in /proc and on devices; a file with no end makes it run until ctx
+// is done. If ReadFile fails after copying some bytes, w holds them.
+//
+// Agent errors are *Error values: CodeNotFound, CodePermission, and
+// CodeBadRequest for a path that is relative or a directory.
+func (c *Client) ReadFile(ctx context.Context, path string, w io.Writer) (int64, error) {
+	return c.ReadFileRange(ctx, path, 0, 0, w)
+}
+
+// ReadFileRange is ReadFile for part of a file: it copies at most length
+// bytes from offset on, or everything from offset on if length is 0.
+func (c *Client) ReadFileRange(ctx context.Context, path string, offset, length int64, w io.Writer) (int64, error) {
+	var n int64
+	output := func(typ FrameType, p []byte) error {
+		if typ != FrameStdout {
+			return fmt.Errorf("read response: unexpected %v frame", typ)
+		}
+		m, err := w.Write(p)
+		n += int64(m)
+		if err != nil {
+			return fmt.Errorf("write file data: %w", err)
+		}
+		return nil
+	}
+	var res readFileResult
+	args := &readFileArgs{Path: path, Offset: offset, Length: length}
+	if err := c.do(ctx, &call{op: opReadFile, subject: path, args: args, output: output}, &res); err != nil {
+		return n, err
+	}
+	if res.Size != n {
+		return n, fmt.Errorf("agent read_file %s: agent sent %d bytes but counted %d", path, n, res.Size)
+	}
+	return n, nil
+}
+
+// WriteFile writes what r holds to the file at path in the guest, as opts
+// say, and returns how many bytes the agent wrote. r is read until EOF; nil
+// writes an empty file. Unless opts.Append, the file is replaced whole or
+// not at all, even if the exchange fails. A symbolic link at path is
+// replaced by the file, not followed.
+//
+// Agent errors are *Error values: CodeNotFound for a missing parent
+// directory (see opts.CreateDirs), CodePermission, and CodeBadRequest for a
+// path that is relative or a directory, or a mode with bits other than
+// permissions.
+func (c *Client) WriteFile(ctx context.Context, path string, r io.Reader, opts WriteOptions) (int64, error) {
+	if r == nil {
+		r = strings.NewReader("")
+	}
+	var res writeFileResult
+	args := &writeFileArgs{Path: path, WriteOptions: opts}
+	if err := c.do(ctx, &call{op: opWriteFile, subject: path, args: args, stdin: r}, &res); err != nil {
+		return 0, err
+	}
+	return res.Written, nil
+}
+
+// Stat describes the file at path in the guest, following symbolic links.
+// Agent errors are as for ReadFile.
+func (c *Client) Stat(ctx context.Context, path string) (FileInfo, error) {
+	var fi FileInfo
+	if err := c.do(ctx, &call{op: opStat, subject: path, args: &statArgs{Path: path}}, &fi); err != nil {
+		return FileInfo{}, err
+	}
+	return fi, nil
+}
+
+// A call describes one exchange for Client.do.
+type call struct {
+	op      string
+	subject string // what the op acts on, for errors: a path, a quoted program name, or ""
+	args    any    // marshalled to JSON as the request's Args, unless nil
+
+	// stdin, if not nil, is sent as FrameStdin frames ended by a
+	// FrameStdinEOF, while the answer is read.
+	stdin io.Reader
+	// output receives the payload of every FrameStdout and FrameStderr;
+	// if it is nil, those frames are a protocol error. An error from
+	// output ends the exchange.
+	output func(typ FrameType, p []byte) error
+	// kill says that ending the exchange early must kill the process that
+	// the op started.
+	kill bool
+}
+
+// killFrameTimeout bounds how long do waits to send the SIGKILL frame that
+// ends an exec early.
+const killFrameTimeout = 250 * time.Millisecond
+
+// do runs one exchange on a new connection: it sends the request, then
+// cl.stdin if any, and reads frames until the terminal one, decoding a
+// FrameResponse into result. An answer in a FrameError is returned as an
+// *Error. Every error is prefixed with the op and the call's subject.
+//
+// Goroutines: the calling goroutine owns the connection: it writes the
+// request, reads every frame the agent sends, and closes the connection
+// before it returns. A goroutine started by context.AfterFunc sets the
+// connection's deadline to the past when ctx is cancelled, which makes
+// blocked I/O return. If cl.stdin is set, a goroutine copies it to the
+// connection; it ends when stdin ends or fails, or when it next tries to
+// write after do has closed the connection. do does not wait for it, since
+// it may be blocked in a Read of stdin that nothing can interrupt.
+func (c *Client) do(ctx context.Context, cl *call, result any) (err error) {
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("agent %s: %w", op, err)
+			name := cl.op
+			if cl.subject != "" {
+				name += " " + cl.subject
+			}
+			err = fmt.Errorf("agent %s: %w", name, err)
 		}
 	}()
 	if c.Dial == nil {
 		return errors.New("client has no Dial function")
 	}
-	req := Request{Op: op}
-	if args != nil {
-		b, err := json.Marshal(args)
+	req := Request{Op: cl.op}
+	if cl.args != nil {
+		b, err := json.Marshal(cl.args)
 		if err != nil {
 			return fmt.Errorf("encode arguments: %w", err)
 		}
@@ -76,37 +268,107 @@ func (c *Client) call(ctx context.Context, op string, args, result any) (err err
 	}
 	defer stop()
 
-	if err := WriteFrame(conn, FrameRequest, reqBytes); err != nil {
+	w := &frameWriter{conn: conn}
+	if err := w.write(FrameRequest, reqBytes); err != nil {
 		return fmt.Errorf("write request: %w", contextError(ctx, err))
 	}
-	typ, payload, err := ReadFrame(conn)
-	if err != nil {
-		if err == io.EOF {
-			err = errors.New("connection closed without a response")
-		}
-		return fmt.Errorf("read response: %w", contextError(ctx, err))
+	var stdinErr chan error // receives a failure to read stdin
+	if cl.stdin != nil {
+		stdinErr = make(chan error, 1)
+		go func() {
+			if err := sendInput(w, cl.stdin); err != nil {
+				stdinErr <- err
+				conn.SetReadDeadline(aLongTimeAgo) // interrupt do's read
+			}
+		}()
 	}
-	switch typ {
-	case FrameResponse:
-		if err := json.Unmarshal(payload, result); err != nil {
-			return fmt.Errorf("decode response: %w", err)
+
+	terminal, err := readAnswer(ctx, NewFrameReader(conn), cl, result)
+	if err != nil && !terminal {
+		select {
+		case serr := <-stdinErr:
+			err = serr
+		default:
 		}
-		return nil
-	case FrameError:
-		ae := new(Error)
-		if err := json.Unmarshal(payload, ae); err != nil {
-			return fmt.Errorf("decode error response: %w", err)
+		if cl.kill {
+			// Best effort: if the frame cannot go out promptly, or an
+			// interrupted write has left part of a frame behind, closing
+			// the connection kills the process all the same.
+			stop()
+			conn.SetWriteDeadline(time.Now().Add(killFrameTimeout))
+			payload, _ := json.Marshal(signalArgs{Signal: sigkill})
+			w.write(FrameSignal, payload)
 		}
-		return ae
-	default:
-		return fmt.Errorf("read response: unexpected %v frame", typ)
+	}
+	return err
+}
+
+// sendInput copies r to w as FrameStdin frames and ends them with a
+// FrameStdinEOF. It returns an error only if reading r fails, in which case
+// it sends no FrameStdinEOF: the input is incomplete. A failure to write
+// is left for the reader of the connection to report.
+func sendInput(w *frameWriter, r io.Reader) error {
+	buf := make([]byte, maxChunk)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if w.write(FrameStdin, buf[:n]) != nil {
+				return nil
+			}
+		}
+		if err == io.EOF {
+			w.write(FrameStdinEOF, nil)
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read stdin: %w", err)
+		}
+	}
+}
+
+// readAnswer reads frames from fr, handing output frames to cl.output,
+// until the terminal frame, and decodes a FrameResponse into result. It
+// reports whether it read the terminal frame: if not, the exchange ended
+// early.
+func readAnswer(ctx context.Context, fr *FrameReader, cl *call, result any) (terminal bool, err error) {
+	for {
+		typ, payload, err := fr.Next()
+		if err != nil {
+			if err == io.EOF {
+				err = errors.New("connection closed without a response")
+			}
+			return false, fmt.Errorf("read response: %w", contextError(ctx, err))
+		}
+		switch typ {
+		case FrameResponse:
+			if err := json.Unmarshal(payload, result); err != nil {
+				return true, fmt.Errorf("decode response: %w", err)
+			}
+			return true, nil
+		case FrameError:
+			ae := new(Error)
+			if err := json.Unmarshal(payload, ae); err != nil {
+				return true, fmt.Errorf("decode error response: %w", err)
+			}
+			return true, ae
+		case FrameStdout, FrameStderr:
+			if cl.output != nil {
+				if err := cl.output(typ, payload); err != nil {
+					return false, err
+				}
+				continue
+			}
+		}
+		return false, fmt.Errorf("read response: unexpected %v frame", typ)
 	}
 }
 
 // watchContext makes I/O on conn honour ctx: it applies ctx's deadline, if
-// any, and arranges for blocked I/O to return when ctx is cancelled. The
-// returned stop function ends the watch; it reports false if cancellation
-// has already begun to interrupt conn.
+// any, and arranges for blocked I/O to return when ctx is cancelled, by
+// setting conn's deadline to the past. The returned stop function ends the
+// watch: once it has returned, ctx no longer touches conn's deadline. It
+// reports false if cancellation has interrupted conn. Calling it again
+// returns the same answer.
 func watchContext(ctx context.Context, conn net.Conn) (stop func() bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -116,7 +378,18 @@ func watchContext(ctx context.Context, conn net.Conn) (stop func() bool, err err
 			return nil, fmt.Errorf("set deadline: %w", err)
 		}
 	}
-	return context.AfterFunc(ctx, func() { conn.SetDeadline(aLongTimeAgo) }), nil
+	interrupted := make(chan struct{})
+	stopWatch := context.AfterFunc(ctx, func() {
+		conn.SetDeadline(aLongTimeAgo)
+		close(interrupted)
+	})
+	return sync.OnceValue(func() bool {
+		if stopWatch() {
+			return true
+		}
+		<-interrupted // the AfterFunc has started: let it finish
+		return false
+	}), nil
 }
 
 // contextError returns ctx's error in place of err if err was caused by
@@ -170,7 +443,7 @@ func handshakeContext(ctx context.Context, conn net.Conn, port uint32) error {
 		return contextError(ctx, err)
 	}
 	if !stop() {
-		// ctx was cancelled just now and may be moving the deadline.
+		// ctx was cancelled just now and has moved the deadline.
 		return ctx.Err()
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {

@@ -24,7 +24,9 @@
 // it reads from the guest: frame payloads are at most [MaxPayload] bytes and
 // are buffered only as they arrive, the hybrid vsock reply line is at most
 // 64 bytes, and every exchange honours the caller's context deadline.
-// Callers should always pass a context with a deadline.
+// Callers should always pass a context with a deadline. The output of exec
+// and read_file goes to the caller's writers frame by frame and is never
+// accumulated, except by [Client.Run], which stops at 64 MiB.
 //
 // # Framing
 //
@@ -46,33 +48,78 @@
 // arguments. The agent answers with exactly one terminal frame, either
 // [FrameResponse] (the op's JSON result) or [FrameError] (a JSON [Error]
 // with a machine-readable Code and a human-readable Message). Ops that
-// stream may exchange other frames before the terminal frame. The host
-// closes the connection once it has the terminal frame; until then the
-// agent discards anything more it receives, since closing a Unix or vsock
-// socket with unread data resets the connection and can destroy an answer
-// still in flight. Half-closing a stream (shutdown(SHUT_WR)) is never part of
+// stream exchange other frames before the terminal frame. The host closes
+// the connection once it has the terminal frame; until then the agent
+// discards anything more it receives, since closing a Unix or vsock socket
+// with unread data resets the connection and can destroy an answer still
+// in flight. Half-closing a stream (shutdown(SHUT_WR)) is never part of
 // the protocol, since not every transport between host and guest passes it
 // on: the end of a stream is always an explicit frame.
 //
-// Only the "health" op ([OpHealth]) is implemented. The protocol reserves
-// room for these, which are planned with the frame sequences shown
-// (host → agent, agent → host):
+// # Operations
 //
-//	exec         → Request{argv, env, cwd, timeout, ...}
-//	             → Stdin* StdinEOF    (optional; Signal frames at any time)
-//	             ← Stdout*, Stderr*   (interleaved, in the order produced)
-//	             ← Response{exit code, signal, timed out} | Error
-//	read_file    → Request{path, ...}
-//	             ← Stdout* (the file's bytes), then Response{size} | Error
-//	write_file   → Request{path, mode, ...}, Stdin* StdinEOF (the bytes)
-//	             ← Response{bytes written} | Error
-//	stat         → Request{path}           ← Response{size, mode, times} | Error
-//	set_clock    → Request{unix nanos}     ← Response{} | Error
-//	add_entropy  → Request{seed bytes}     ← Response{} | Error
+// Each op's arguments (the Request's Args) and result (the FrameResponse
+// payload) are JSON objects with the fields named below; optional fields
+// may be left out. The frames of each op are, host → agent and agent →
+// host:
 //
-// Stream frames are bounded by MaxPayload like any other, so bulk data is
-// split across as many frames as it needs, and flow control is the
-// transport's: a side that stops reading eventually blocks the writer.
+//	health      → Request{}
+//	            ← Response{status, agent_version, guest_schema_version}
+//	exec        → Request{argv, env, dir, stdin, timeout_ms}
+//	            → Stdin* StdinEOF  (only if stdin is true), Signal* (any time)
+//	            ← Stdout*, Stderr* (interleaved, in the order produced)
+//	            ← Response{exit_code, signal, timed_out} | Error
+//	read_file   → Request{path, offset, length}
+//	            ← Stdout* (the file's bytes), then Response{size} | Error
+//	write_file  → Request{path, mode, append, create_dirs}
+//	            → Stdin* StdinEOF  (the file's bytes)
+//	            ← Response{written} | Error
+//	stat        → Request{path}
+//	            ← Response{name, size, mode, mode_string, mod_time, is_dir} | Error
+//
+// Planned, with room reserved: set_clock (Request{unix nanos} ←
+// Response{}) and add_entropy (Request{seed bytes} ← Response{}).
+//
+// exec starts argv (argv[0] looked up in the PATH of the process's
+// environment) in dir, with env added to a default environment; see
+// [ExecRequest]. The process leads a new process group, and runs with
+// stdin from the host's Stdin frames if stdin is true, from /dev/null
+// otherwise; StdinEOF closes it. A Signal frame, {"signal":N} with N a
+// Linux signal number, signals the process group; the timeout, a host that
+// goes away or stops taking output, a protocol violation, and the agent's
+// own shutdown all kill it with SIGKILL. After the process exits, the
+// agent forwards what remains in its pipes, and output from processes it
+// left behind until they are silent for a moment, then answers with
+// [ExecResult]. A process that cannot be started is answered with
+// [CodeExecFailed].
+//
+// read_file sends the bytes of the file at path, an absolute path, from
+// offset on and at most length of them (0 for all), reading to the end of
+// the file rather than to its reported size; size counts the bytes sent.
+// write_file writes the host's bytes to path, creating parent directories
+// if create_dirs is true, either appending (append) or replacing the file
+// atomically; mode holds the permission bits of a file it creates, 0 for
+// 0644; written counts the bytes written ([WriteOptions]). stat describes
+// path, following symbolic links ([FileInfo]); mode is a Go fs.FileMode
+// and mod_time an RFC 3339 time. File errors carry [CodeNotFound],
+// [CodePermission], [CodeBadRequest] (a relative path, a directory where a
+// file is needed) or [CodeInternal], with a message that names the path.
+//
+// # Streams and flow control
+//
+// Stream frames (Stdin, Stdout, Stderr) are bounded by MaxPayload like any
+// other, and senders put at most 64 KiB in each, so bulk data travels in
+// many frames and memory stays bounded on both sides. Flow control is the
+// transport's: a side that stops reading eventually blocks the writer. The
+// agent does not wait forever: every frame it sends must be taken within
+// the server's RequestTimeout, and every frame of write_file's input must
+// arrive within it; otherwise the agent gives up on the exchange, killing
+// an exec's process. A host must therefore keep reading an exec's output.
+// The agent reads the host's frames in order, so Stdin that a process does
+// not read holds back whatever the host sends after it, Signal frames and
+// the end of the connection included, until the process reads it or
+// exits. The exec's timeout applies regardless: a host that may need to
+// stop a process which may stop reading its input should set one.
 //
 // # Evolution
 //

@@ -2,9 +2,11 @@ package guestagent_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net"
+	"os"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/guestagent"
@@ -25,6 +27,28 @@ func ExampleClient_Health() {
 		log.Fatalf("guest agent %s speaks schema %d, want %d", h.AgentVersion, h.GuestSchemaVersion, guestagent.GuestSchemaVersion)
 	}
 	fmt.Println("agent", h.AgentVersion, "is", h.Status)
+}
+
+// The host runs a command in the guest, streaming its output.
+func ExampleClient_Exec() {
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm0/vsock.sock", guestagent.Port)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := c.Exec(ctx, guestagent.ExecRequest{
+		Argv:    []string{"sh", "-c", "uname -a; nproc"},
+		Timeout: 30 * time.Second,
+	}, nil, os.Stdout, os.Stderr)
+	var ae *guestagent.Error
+	switch {
+	case errors.As(err, &ae) && ae.Code == guestagent.CodeExecFailed:
+		log.Fatalf("no shell in the guest: %v", err)
+	case err != nil:
+		log.Fatal(err)
+	case res.TimedOut || res.ExitCode != 0:
+		log.Fatalf("command failed: %+v", res)
+	}
 }
 
 // Inside the guest, the agent serves on its vsock port until ctx ends.

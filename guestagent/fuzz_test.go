@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -76,10 +78,15 @@ func FuzzReadFrame(f *testing.F) {
 
 // FuzzServeConn feeds arbitrary bytes to the server as one connection. The
 // server must not panic, must close the connection, and must answer with
-// nothing (only for an empty stream) or exactly one well-formed terminal
-// frame.
+// nothing (only for an empty stream), or with output frames of the kinds
+// the op may send followed by exactly one well-formed terminal frame.
+//
+// The fuzzed requests run for real, but fenced in by the server's vet hook
+// (see fuzzVet): exec runs nothing but echo, and file paths are moved into
+// a scratch directory, so the fuzzer cannot run programs of its choosing
+// or touch files outside that directory.
 func FuzzServeConn(f *testing.F) {
-	s := &Server{}
+	s := &Server{vet: fuzzVet(f.TempDir())}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c := &fakeConn{r: bytes.NewReader(data)}
 		s.serveConn(context.Background(), c)
@@ -93,33 +100,82 @@ func FuzzServeConn(f *testing.F) {
 			}
 			return
 		}
+		var req Request
+		if typ, p, err := ReadFrame(bytes.NewReader(data)); err == nil && typ == FrameRequest {
+			json.Unmarshal(p, &req)
+		}
 		fr := NewFrameReader(bytes.NewReader(out))
-		typ, p, err := fr.Next()
-		if err != nil {
-			t.Fatalf("answer: %v (% x)", err, head(out))
+		for {
+			typ, p, err := fr.Next()
+			if err != nil {
+				t.Fatalf("answer: %v (% x)", err, head(out))
+			}
+			switch {
+			case typ == FrameStdout && (req.Op == opExec || req.Op == opReadFile),
+				typ == FrameStderr && req.Op == opExec:
+				if len(p) > maxChunk {
+					t.Fatalf("%v frame of %d bytes", typ, len(p))
+				}
+				continue
+			case typ == FrameResponse:
+				if req.Op == OpHealth {
+					var h HealthResponse
+					if err := json.Unmarshal(p, &h); err != nil || h.Status != HealthStatusOK {
+						t.Fatalf("response %q: %v", p, err)
+					}
+				} else if !json.Valid(p) || p[0] != '{' {
+					t.Fatalf("%s response %q is not a JSON object", req.Op, p)
+				}
+			case typ == FrameError:
+				var e Error
+				if err := json.Unmarshal(p, &e); err != nil || e.Code == "" || e.Message == "" {
+					t.Fatalf("error frame %q: %v", p, err)
+				}
+			default:
+				t.Fatalf("answered %q with a %v frame", req.Op, typ)
+			}
+			break
 		}
 		if _, _, err := fr.Next(); err != io.EOF {
-			t.Fatalf("more than one frame in the answer: %v", err)
-		}
-		switch typ {
-		case FrameResponse:
-			var h HealthResponse
-			if err := json.Unmarshal(p, &h); err != nil || h.Status != HealthStatusOK {
-				t.Fatalf("response %q: %v", p, err)
-			}
-		case FrameError:
-			var e Error
-			if err := json.Unmarshal(p, &e); err != nil || e.Code == "" || e.Message == "" {
-				t.Fatalf("error frame %q: %v", p, err)
-			}
-		default:
-			t.Fatalf("answered with a %v frame", typ)
+			t.Fatalf("frames after the terminal frame: %v", err)
 		}
 	})
 }
 
+// fuzzVet returns a Server.vet hook for fuzzing: it refuses exec requests
+// for anything but echo, which it runs in scratch with the default
+// environment, and moves absolute file paths into scratch, leaving relative
+// ones for the server to reject. Nothing the fuzzer sends can create a
+// symbolic link, so a path in scratch stays in scratch.
+func fuzzVet(scratch string) func(any) error {
+	inScratch := func(p *string) {
+		if filepath.IsAbs(*p) {
+			*p = filepath.Join(scratch, filepath.Clean(*p))
+		}
+	}
+	return func(args any) error {
+		switch a := args.(type) {
+		case *execArgs:
+			if len(a.Argv) > 0 && a.Argv[0] != "echo" {
+				return &Error{Code: CodeExecFailed, Message: "fuzzing runs only echo"}
+			}
+			a.Env, a.Dir = nil, scratch
+		case *readFileArgs:
+			inScratch(&a.Path)
+		case *writeFileArgs:
+			inScratch(&a.Path)
+		case *statArgs:
+			inScratch(&a.Path)
+		default:
+			panic(fmt.Sprintf("fuzzVet: unexpected %T", args))
+		}
+		return nil
+	}
+}
+
 // fakeConn is a net.Conn that reads from r and records what is written.
-// Deadlines are accepted and ignored: reads never block.
+// Deadlines are accepted and ignored: reads never block. Reads and writes
+// may come from different goroutines, but Close must come after both.
 type fakeConn struct {
 	r      *bytes.Reader
 	w      bytes.Buffer

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
+	"time"
 )
 
 // Port is the guest vsock port the agent listens on.
@@ -36,10 +38,9 @@ const headerLen = 5
 // protocol: a number, once assigned, is never reused for something else.
 type FrameType uint8
 
-// Frame types. Request, Response and Error are used today and are frozen
-// across all schema versions. The others are reserved for the streaming ops
-// planned in the package documentation; no peer sends them yet, and the
-// agent currently answers them with a CodeProtocol error.
+// Frame types. The numbers of FrameRequest, FrameResponse and FrameError
+// are frozen across all schema versions; the package documentation says
+// which ops use the others, and how.
 const (
 	// FrameRequest (host → agent) is the first frame of every connection.
 	// Payload: a JSON Request.
@@ -49,26 +50,26 @@ const (
 	// op's JSON result, such as a HealthResponse.
 	FrameResponse FrameType = 2
 
-	// FrameStdin (host → agent, planned) carries the op's input byte
-	// stream: a process's stdin for exec, file contents for write_file.
-	// Payload: raw bytes.
+	// FrameStdin (host → agent) carries the op's input byte stream: a
+	// process's stdin for exec, file contents for write_file. Payload: raw
+	// bytes.
 	FrameStdin FrameType = 3
 
-	// FrameStdout (agent → host, planned) carries the op's output byte
-	// stream: a process's stdout for exec, file contents for read_file.
-	// Payload: raw bytes.
+	// FrameStdout (agent → host) carries the op's output byte stream: a
+	// process's stdout for exec, file contents for read_file. Payload: raw
+	// bytes.
 	FrameStdout FrameType = 4
 
-	// FrameStderr (agent → host, planned) carries a process's stderr for
-	// exec. Payload: raw bytes.
+	// FrameStderr (agent → host) carries a process's stderr for exec.
+	// Payload: raw bytes.
 	FrameStderr FrameType = 5
 
-	// FrameStdinEOF (host → agent, planned) ends the input stream begun by
-	// FrameStdin frames. Payload: empty.
+	// FrameStdinEOF (host → agent) ends the input stream begun by FrameStdin
+	// frames. Payload: empty.
 	FrameStdinEOF FrameType = 6
 
-	// FrameSignal (host → agent, planned) asks the agent to signal the
-	// process started by exec. Payload: JSON, e.g. {"signal":15}.
+	// FrameSignal (host → agent) asks the agent to signal the process group
+	// started by exec. Payload: JSON {"signal":N}, N a Linux signal number.
 	FrameSignal FrameType = 7
 
 	// FrameError (agent → host) ends a failed exchange. Payload: a JSON
@@ -250,6 +251,15 @@ const (
 	CodeUnknownOp = "unknown_op"
 	// CodeInternal reports an unexpected failure inside the agent.
 	CodeInternal = "internal"
+	// CodeNotFound reports a file, or a directory on its path, that does
+	// not exist.
+	CodeNotFound = "not_found"
+	// CodePermission reports that the guest's kernel denied access to a
+	// file.
+	CodePermission = "permission"
+	// CodeExecFailed reports a process that exec could not start: no such
+	// program, not executable, or no such working directory.
+	CodeExecFailed = "exec_failed"
 )
 
 // Error is the payload of a FrameError: an error reported by the agent.
@@ -268,4 +278,134 @@ func (e *Error) Error() string {
 		return "agent error (" + e.Code + ")"
 	}
 	return e.Message + " (" + e.Code + ")"
+}
+
+// The ops besides health, all of schema version 1. Their arguments, results
+// and frames are described in the package documentation.
+const (
+	opExec      = "exec"
+	opReadFile  = "read_file"
+	opWriteFile = "write_file"
+	opStat      = "stat"
+)
+
+// maxChunk is the most that a peer puts in one stream frame (FrameStdin,
+// FrameStdout or FrameStderr). Receivers accept anything up to MaxPayload;
+// senders keep frames small so that the other stream of an exec, and the
+// host's signals, are not held up behind a large one.
+const maxChunk = 64 << 10
+
+// ExecRequest describes a process for Client.Exec to run in the guest.
+type ExecRequest struct {
+	// Argv is the program and its arguments. A program name without a slash
+	// is looked up in the PATH of the process's environment.
+	Argv []string `json:"argv"`
+	// Env holds variables, "KEY=value", added to the process's default
+	// environment, PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb,
+	// and overriding it. The agent's own environment is not inherited.
+	Env []string `json:"env,omitempty"`
+	// Dir is the process's working directory, an absolute path. Empty
+	// means the agent's, the root directory in a guest.
+	Dir string `json:"dir,omitempty"`
+	// Timeout, if positive, bounds how long the process may run: when it
+	// expires, the agent kills the process group and the result says so.
+	// It travels as whole milliseconds, rounded up.
+	Timeout time.Duration `json:"-"`
+}
+
+// execArgs is the Args of an exec Request.
+type execArgs struct {
+	ExecRequest
+	// Stdin says whether the host streams the process's stdin as FrameStdin
+	// frames ended by FrameStdinEOF. If false, stdin is /dev/null.
+	Stdin bool `json:"stdin,omitempty"`
+	// TimeoutMS is ExecRequest.Timeout in milliseconds; 0 means none.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+}
+
+// ExecResult is the result of the exec op: how the process ended.
+type ExecResult struct {
+	// ExitCode is the process's exit status, or -1 if a signal killed it.
+	ExitCode int `json:"exit_code"`
+	// Signal is the Linux number of the signal that killed the process, or
+	// 0 if it exited.
+	Signal int `json:"signal"`
+	// TimedOut reports that the request's timeout expired and the agent
+	// killed the process group.
+	TimedOut bool `json:"timed_out"`
+}
+
+// signalArgs is the payload of a FrameSignal.
+type signalArgs struct {
+	Signal int `json:"signal"`
+}
+
+// sigkill is SIGKILL's number on Linux, whatever the host's system.
+const sigkill = 9
+
+// readFileArgs is the Args of a read_file Request.
+type readFileArgs struct {
+	Path string `json:"path"`
+	// Offset is where to start reading.
+	Offset int64 `json:"offset,omitempty"`
+	// Length, if positive, is the most to read; 0 reads to the end.
+	Length int64 `json:"length,omitempty"`
+}
+
+// readFileResult is the result of the read_file op.
+type readFileResult struct {
+	// Size is how many bytes the agent sent, in FrameStdout frames.
+	Size int64 `json:"size"`
+}
+
+// WriteOptions says how Client.WriteFile writes a file.
+type WriteOptions struct {
+	// Mode is the permission bits (at most 0777) of a file that the write
+	// creates; the agent's umask does not apply. Zero means 0644.
+	Mode fs.FileMode `json:"mode,omitempty"`
+	// Append adds the data to the end of the file, creating it if need be.
+	// Otherwise the data goes to a temporary file in the same directory
+	// that then replaces the file, so that readers see either the old
+	// contents or all of the new.
+	Append bool `json:"append,omitempty"`
+	// CreateDirs creates the file's missing parent directories, with mode
+	// 0755.
+	CreateDirs bool `json:"create_dirs,omitempty"`
+}
+
+// writeFileArgs is the Args of a write_file Request.
+type writeFileArgs struct {
+	Path string `json:"path"`
+	WriteOptions
+}
+
+// writeFileResult is the result of the write_file op.
+type writeFileResult struct {
+	// Written is how many bytes the agent wrote to the file.
+	Written int64 `json:"written"`
+}
+
+// statArgs is the Args of a stat Request.
+type statArgs struct {
+	Path string `json:"path"`
+}
+
+// FileInfo describes a file in the guest: the result of the stat op.
+type FileInfo struct {
+	// Name is the last element of the path.
+	Name string `json:"name"`
+	// Size is the length in bytes of a regular file, and system-dependent
+	// for others.
+	Size int64 `json:"size"`
+	// Mode is the file's type and permission bits, encoded as Go's
+	// fs.FileMode.
+	Mode fs.FileMode `json:"mode"`
+	// ModeString is Mode.String(), such as "-rw-r--r--", for programs in
+	// other languages.
+	ModeString string `json:"mode_string"`
+	// ModTime is the file's modification time; it travels as an RFC 3339
+	// string with nanoseconds, in UTC.
+	ModTime time.Time `json:"mod_time"`
+	// IsDir reports whether the file is a directory.
+	IsDir bool `json:"is_dir"`
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 	"testing/iotest"
+	"time"
 )
 
 // allFrameTypes lists every assigned frame type.
@@ -240,6 +241,16 @@ func TestJSONWireFormat(t *testing.T) {
 		{Request{Op: "exec", Args: json.RawMessage(`{"argv":["true"]}`)}, `{"op":"exec","args":{"argv":["true"]}}`},
 		{HealthResponse{Status: HealthStatusOK, AgentVersion: "v1", GuestSchemaVersion: 1}, `{"status":"ok","agent_version":"v1","guest_schema_version":1}`},
 		{Error{Code: CodeUnknownOp, Message: "unknown op"}, `{"code":"unknown_op","message":"unknown op"}`},
+		{execArgs{ExecRequest: ExecRequest{Argv: []string{"sh"}, Env: []string{"A=b"}, Dir: "/d", Timeout: time.Hour}, Stdin: true, TimeoutMS: 5},
+			`{"argv":["sh"],"env":["A=b"],"dir":"/d","stdin":true,"timeout_ms":5}`},
+		{execArgs{ExecRequest: ExecRequest{Argv: []string{"true"}}}, `{"argv":["true"]}`},
+		{ExecResult{ExitCode: -1, Signal: 9, TimedOut: true}, `{"exit_code":-1,"signal":9,"timed_out":true}`},
+		{signalArgs{Signal: 15}, `{"signal":15}`},
+		{readFileArgs{Path: "/f", Offset: 1, Length: 2}, `{"path":"/f","offset":1,"length":2}`},
+		{readFileResult{Size: 3}, `{"size":3}`},
+		{writeFileArgs{Path: "/f", WriteOptions: WriteOptions{Mode: 0o600, Append: true, CreateDirs: true}}, `{"path":"/f","mode":384,"append":true,"create_dirs":true}`},
+		{writeFileResult{Written: 4}, `{"written":4}`},
+		{statArgs{Path: "/f"}, `{"path":"/f"}`},
 	} {
 		b, err := json.Marshal(tc.v)
 		if err != nil || string(b) != tc.want {

@@ -30,10 +30,20 @@ type Server struct {
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
 
-	// RequestTimeout bounds how long a connection may take to deliver its
-	// request, and how long the agent waits for the host to take its
-	// answer. Zero means DefaultRequestTimeout.
+	// RequestTimeout bounds each wait on the host: for a connection's
+	// request, for every frame of write_file's input, and for the host to
+	// take every frame the agent sends. Zero means DefaultRequestTimeout.
+	// A host that stops taking an exec's output for this long is treated as
+	// gone, and the process is killed.
 	RequestTimeout time.Duration
+
+	// vet, if set, sees the decoded arguments of every exec, read_file,
+	// write_file and stat request (an *execArgs, *readFileArgs, and so on)
+	// before the op runs, and may rewrite them or refuse the request by
+	// returning an error, which is sent to the host. Fuzz tests use it so
+	// that fuzzed requests run no program but echo and touch no file
+	// outside a scratch directory.
+	vet func(args any) error
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -54,14 +64,16 @@ func (s *Server) requestTimeout() time.Duration {
 // ctx is cancelled. Serve owns l and closes it before returning.
 //
 // When ctx is cancelled, Serve stops accepting, interrupts connections that
-// are still waiting for their request, waits for the requests in flight to
-// be answered (each is bounded by RequestTimeout), and returns nil. It
+// are still waiting for their request or for write_file's input, stops
+// read_file streams, kills (SIGKILL) the process groups of execs in
+// flight, waits for every request to be answered, and returns nil. It
 // returns an error only if l fails for good, for example because someone
 // else closed it; transient accept errors are logged and retried.
 //
 // Goroutines: the caller's goroutine runs the accept loop; a goroutine
 // started by context.AfterFunc closes l when ctx is done; each accepted
-// connection is owned, and closed, by the goroutine that serves it.
+// connection is owned, and closed, by the goroutine that serves it, which
+// ends every goroutine it starts for the connection before it returns.
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	log := s.logger()
 	var wg sync.WaitGroup
@@ -116,20 +128,36 @@ func (s *Server) handle(ctx context.Context, conn net.Conn) {
 // connection return at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// An exchange is the agent's side of one connection. The host's frames,
+// its request first, are read from in; every frame the agent sends, the
+// terminal one last, goes through out.
+type exchange struct {
+	conn    net.Conn
+	timeout time.Duration // the server's RequestTimeout
+	in      *FrameReader  // the host's frames; read by one goroutine at a time
+	out     frameWriter   // every frame the agent sends, each within timeout
+}
+
 // serveConn reads one request from conn, answers it and closes conn. It
 // owns conn for its whole run.
 func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	defer conn.Close()
 	log := s.logger().With("remote", addrString(conn.RemoteAddr()))
 	timeout := s.requestTimeout()
+	x := &exchange{
+		conn:    conn,
+		timeout: timeout,
+		in:      NewFrameReader(conn),
+		out:     frameWriter{conn: conn, timeout: timeout},
+	}
 
 	if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
 		log.Debug("agent: set request deadline", "err", err)
 	}
 	// Give up waiting for the request when the server stops. Once the
-	// request is in, it is answered even if the server is stopping.
+	// request is in, the op decides how to honour ctx.
 	stopWatch := context.AfterFunc(ctx, func() { conn.SetReadDeadline(aLongTimeAgo) })
-	typ, payload, err := ReadFrame(conn)
+	typ, payload, err := x.in.Next()
 	stopWatch()
 
 	var e *Error
@@ -137,7 +165,7 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 	case err == nil:
 		start := time.Now()
 		var op string
-		typ, payload, op, e = s.answer(ctx, typ, payload)
+		typ, payload, op, e = s.answer(ctx, x, typ, payload)
 		log = log.With("op", op)
 		if e == nil {
 			log.Debug("agent: request served", "duration", time.Since(start))
@@ -164,12 +192,8 @@ func (s *Server) serveConn(ctx context.Context, conn net.Conn) {
 		typ, payload = FrameError, encodeError(e)
 	}
 
-	// The op may have run for a while; give the host a fresh timeout to
-	// take the answer.
-	if err := conn.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
-		log.Debug("agent: set response deadline", "err", err)
-	}
-	if err := WriteFrame(conn, typ, payload); err != nil {
+	// The write gets a fresh deadline: the op may have run for a while.
+	if err := x.out.write(typ, payload); err != nil {
 		log.Debug("agent: write answer", "err", err)
 		return
 	}
@@ -201,7 +225,7 @@ func (s *Server) linger(ctx context.Context, conn net.Conn) {
 // answer decodes a request frame and runs its op. It returns the terminal
 // frame to send, or an *Error to send in its place, and the op, truncated
 // for logs.
-func (s *Server) answer(ctx context.Context, typ FrameType, payload []byte) (FrameType, []byte, string, *Error) {
+func (s *Server) answer(ctx context.Context, x *exchange, typ FrameType, payload []byte) (FrameType, []byte, string, *Error) {
 	if typ != FrameRequest {
 		return 0, nil, "", &Error{
 			Code:    CodeProtocol,
@@ -213,7 +237,7 @@ func (s *Server) answer(ctx context.Context, typ FrameType, payload []byte) (Fra
 		return 0, nil, "", &Error{Code: CodeBadRequest, Message: "decode request: " + err.Error()}
 	}
 	op := truncate(req.Op, maxLoggedOp)
-	result, err := s.dispatch(ctx, &req)
+	result, err := s.dispatch(ctx, x, &req)
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {
@@ -235,10 +259,9 @@ func (s *Server) answer(ctx context.Context, typ FrameType, payload []byte) (Fra
 // FrameResponse, or its error, to be sent in a FrameError (as is if it is an
 // *Error, as CodeInternal otherwise).
 //
-// Ops that stream (exec, read_file, write_file) will also need the
-// connection and its FrameReader; they will get them through an argument
-// added here, and must then manage the connection's deadlines themselves.
-func (s *Server) dispatch(ctx context.Context, req *Request) (any, error) {
+// Ops that stream use x, and manage the connection's read deadline
+// themselves: on entry it is the one set for the request.
+func (s *Server) dispatch(ctx context.Context, x *exchange, req *Request) (any, error) {
 	switch req.Op {
 	case OpHealth:
 		return &HealthResponse{
@@ -246,6 +269,30 @@ func (s *Server) dispatch(ctx context.Context, req *Request) (any, error) {
 			AgentVersion:       AgentVersion,
 			GuestSchemaVersion: GuestSchemaVersion,
 		}, nil
+	case opExec:
+		var args execArgs
+		if err := s.decodeArgs(req, &args); err != nil {
+			return nil, err
+		}
+		return s.exec(ctx, x, &args)
+	case opReadFile:
+		var args readFileArgs
+		if err := s.decodeArgs(req, &args); err != nil {
+			return nil, err
+		}
+		return readFile(ctx, x, &args)
+	case opWriteFile:
+		var args writeFileArgs
+		if err := s.decodeArgs(req, &args); err != nil {
+			return nil, err
+		}
+		return writeFile(ctx, x, &args)
+	case opStat:
+		var args statArgs
+		if err := s.decodeArgs(req, &args); err != nil {
+			return nil, err
+		}
+		return stat(&args)
 	case "":
 		return nil, &Error{Code: CodeBadRequest, Message: "request has no op"}
 	default:
@@ -254,6 +301,20 @@ func (s *Server) dispatch(ctx context.Context, req *Request) (any, error) {
 			Message: fmt.Sprintf("unknown op %q", truncate(req.Op, maxLoggedOp)),
 		}
 	}
+}
+
+// decodeArgs decodes req's Args, if any, into args and lets s.vet see them.
+// Fields it does not know are ignored, as compatible evolution requires.
+func (s *Server) decodeArgs(req *Request, args any) error {
+	if len(req.Args) > 0 {
+		if err := json.Unmarshal(req.Args, args); err != nil {
+			return &Error{Code: CodeBadRequest, Message: fmt.Sprintf("decode %s args: %v", req.Op, err)}
+		}
+	}
+	if s.vet != nil {
+		return s.vet(args)
+	}
+	return nil
 }
 
 // encodeError encodes e as the payload of a FrameError, truncating its

@@ -80,6 +80,18 @@ func startServer(t *testing.T) string {
 	return path
 }
 
+// startClient serves a new Server on a Unix socket and returns a Client for
+// it.
+func startClient(t *testing.T) *Client {
+	t.Helper()
+	return &Client{Dial: unixDialer(startServer(t))}
+}
+
+// errReader is an io.Reader that fails.
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
 func testContext(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	t.Cleanup(cancel)
@@ -144,25 +156,25 @@ func TestUnknownOp(t *testing.T) {
 	c := &Client{Dial: unixDialer(path)}
 	for _, op := range []string{"frobnicate", strings.Repeat("x", 100<<10)} {
 		var result json.RawMessage
-		err := c.call(testContext(t), op, nil, &result)
+		err := c.do(testContext(t), &call{op: op}, &result)
 		var ae *Error
 		if !errors.As(err, &ae) || ae.Code != CodeUnknownOp || !strings.Contains(ae.Message, "unknown op") {
-			t.Fatalf("call(%.20q...) = %v, want an *Error with code %q", op, err, CodeUnknownOp)
+			t.Fatalf("do(%.20q...) = %v, want an *Error with code %q", op, err, CodeUnknownOp)
 		}
 		if len(ae.Message) > 200 {
 			t.Errorf("unknown-op message is %d bytes long; the op should be truncated", len(ae.Message))
 		}
 	}
 	var result json.RawMessage
-	err := c.call(testContext(t), "frobnicate", nil, &result)
+	err := c.do(testContext(t), &call{op: "frobnicate"}, &result)
 	if want := `agent frobnicate: unknown op "frobnicate" (unknown_op)`; err == nil || err.Error() != want {
 		t.Errorf("error = %v, want %s", err, want)
 	}
 }
 
-// exchange sends raw bytes on a new connection to path, half-closes it, and
-// returns every frame the server sends until it closes the connection.
-func exchange(t *testing.T, path string, raw []byte) []Error {
+// rawExchange sends raw bytes on a new connection to path, half-closes it,
+// and returns every frame the server sends until it closes the connection.
+func rawExchange(t *testing.T, path string, raw []byte) []Error {
 	t.Helper()
 	conn, err := net.Dial("unix", path)
 	if err != nil {
@@ -220,7 +232,7 @@ func TestServerRejectsBadInput(t *testing.T) {
 		{"unknown op", string(frame(FrameRequest, `{"op":"HEALTH"}`)), CodeUnknownOp},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			errs := exchange(t, path, []byte(tc.raw))
+			errs := rawExchange(t, path, []byte(tc.raw))
 			switch {
 			case tc.code == "" && len(errs) != 0:
 				t.Fatalf("got %+v, want no answer", errs)

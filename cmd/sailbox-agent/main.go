@@ -3,6 +3,10 @@
 // host's requests on a vsock port until it receives SIGTERM. See package
 // guestagent for the protocol.
 //
+// When it runs in the guest, which it assumes when its parent is PID 1 and
+// PID 1 is called "init", or when given -guest, it first prepares the
+// guest with guestagent.PrepareGuest: busybox commands, hostname, /tmp.
+//
 // It must be built statically (CGO_ENABLED=0): the guest has nothing but
 // the kernel and the initramfs.
 package main
@@ -17,6 +21,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/sailbox-dev/sailbox/guestagent"
@@ -35,12 +40,26 @@ func main() {
 	}
 }
 
-// listen opens the agent's listener; tests replace it.
-var listen = guestagent.ListenVsock
+// listen opens the agent's listener, and prepareGuest readies the guest;
+// tests replace them.
+var (
+	listen       = guestagent.ListenVsock
+	prepareGuest = guestagent.PrepareGuest
+)
 
-// run is the agent: it parses args (args[0] is the program name), listens,
-// announces itself on stdout with one line, logs to stderr, and serves until
-// ctx is cancelled.
+// startedByInit reports whether the agent's parent is PID 1 and is called
+// "init", as u-root's init is in the guest.
+func startedByInit() bool {
+	if os.Getppid() != 1 {
+		return false
+	}
+	comm, err := os.ReadFile("/proc/1/comm")
+	return err == nil && strings.TrimSpace(string(comm)) == "init"
+}
+
+// run is the agent: it parses args (args[0] is the program name), prepares
+// the guest if it runs in one, listens, announces itself on stdout with one
+// line, logs to stderr, and serves until ctx is cancelled.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	name := "sailbox-agent"
 	if len(args) > 0 {
@@ -50,6 +69,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	port := fs.Uint("port", uint(guestagent.Port), "vsock `port` to listen on")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
+	guest := fs.Bool("guest", false, "prepare the guest (busybox commands, hostname, /tmp) before serving; implied when started by init")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -65,6 +85,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	if *guest || startedByInit() {
+		// The host can still look into whatever went wrong once the agent
+		// serves, so a failure here is not fatal.
+		if err := prepareGuest(logger); err != nil {
+			logger.Error("agent: preparing the guest", "err", err)
+		}
+	}
 	l, err := listen(uint32(*port))
 	if err != nil {
 		return err

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -36,9 +37,11 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
-// fakeVsock makes run listen on a Unix socket instead of vsock, and returns
-// the socket's path and the port run asked for.
+// fakeVsock makes run listen on a Unix socket instead of vsock, and
+// prepare no guest, and returns the socket's path and the port run asked
+// for.
 func fakeVsock(t *testing.T) (path string, port *atomic.Uint32) {
+	fakePrepareGuest(t, nil)
 	dir, err := os.MkdirTemp("", "sbx")
 	if err != nil {
 		t.Fatal(err)
@@ -53,6 +56,20 @@ func fakeVsock(t *testing.T) (path string, port *atomic.Uint32) {
 	}
 	t.Cleanup(func() { listen = old })
 	return path, port
+}
+
+// fakePrepareGuest replaces guestagent.PrepareGuest, which must not touch
+// the machine running the tests, with a function that counts its calls and
+// returns err.
+func fakePrepareGuest(t *testing.T, err error) *atomic.Int32 {
+	calls := new(atomic.Int32)
+	old := prepareGuest
+	prepareGuest = func(*slog.Logger) error {
+		calls.Add(1)
+		return err
+	}
+	t.Cleanup(func() { prepareGuest = old })
+	return calls
 }
 
 func TestRunServesUntilCancelled(t *testing.T) {
@@ -153,7 +170,32 @@ func TestRunBadArguments(t *testing.T) {
 	}
 }
 
+func TestRunPreparesGuest(t *testing.T) {
+	fakeVsock(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // serve nothing
+
+	var stdout, stderr bytes.Buffer
+	calls := fakePrepareGuest(t, nil)
+	if err := run(ctx, []string{"sailbox-agent"}, &stdout, &stderr); err != nil || calls.Load() != 0 {
+		t.Fatalf("run on a host: %v; prepared the guest %d times, want 0", err, calls.Load())
+	}
+	if err := run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr); err != nil || calls.Load() != 1 {
+		t.Fatalf("run -guest: %v; prepared the guest %d times, want 1", err, calls.Load())
+	}
+	// A failure is logged, and the agent serves anyway.
+	calls = fakePrepareGuest(t, errors.New("no busybox"))
+	stdout.Reset()
+	if err := run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr); err != nil || calls.Load() != 1 {
+		t.Fatalf("run -guest with a failing preparation: %v", err)
+	}
+	if !strings.Contains(stderr.String(), "no busybox") || !strings.Contains(stdout.String(), "listening") {
+		t.Errorf("stderr %q, stdout %q; want the error logged and the agent listening", stderr.String(), stdout.String())
+	}
+}
+
 func TestRunListenError(t *testing.T) {
+	fakePrepareGuest(t, nil)
 	old := listen
 	listen = func(port uint32) (net.Listener, error) { return nil, errors.New("no vsock here") }
 	t.Cleanup(func() { listen = old })

@@ -1,0 +1,15 @@
+//go:build !linux
+
+package guestagent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+)
+
+// PrepareGuest fails on systems other than Linux: the agent runs in a Linux
+// guest. It exists so that the agent's command builds everywhere.
+func PrepareGuest(log *slog.Logger) error {
+	return fmt.Errorf("prepare guest: %w", errors.ErrUnsupported)
+}
