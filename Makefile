@@ -8,10 +8,12 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 
-.PHONY: demo test unit kvm deps kernel initramfs lab-kernel fuzz
+.PHONY: demo test bench deps kernel initramfs lab-kernel fuzz
 
 # The main job: the demo on real KVM (in the KVM lab when the host has none).
 demo: deps
+	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
+	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	go build -o bin/sailbox-demo ./cmd/sailbox-demo
 	go run ./cmd/kvmlab run -timeout 20m -- bin/sailbox-demo
 
@@ -28,6 +30,14 @@ test: deps
 	go test -count=1 ./...
 	echo "== kvm tier (real /dev/kvm)"
 	go run ./cmd/kvmlab test ./...
+
+# Benchmarks on real KVM (in the lab here): Sailbox vs QEMU, same kernel and
+# initramfs, same run. Reports medians and ratios; never pass/fail on time.
+bench: deps
+	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
+	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	go build -o bin/sailbox-bench ./cmd/sailbox-bench
+	go run ./cmd/kvmlab run -timeout 40m -- bin/sailbox-bench $(BENCHFLAGS)
 
 deps:
 	build/deps.sh

@@ -61,6 +61,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.IntVar(&r.MemoryMiB, "mem", 4096, "lab memory in MiB")
 	fs.IntVar(&r.CPUs, "cpus", 2, "lab vCPUs")
 	fs.DurationVar(&r.Timeout, "timeout", 45*time.Minute, "kill the run after this long")
+	testRun := fs.String("run", "", "test: only kvm-tier tests matching this -test.run `pattern` (default ^TestKVM)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2, err
 	}
@@ -79,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 			patterns = []string{"./..."}
 		}
 		var err error
-		plan, err = kvmlab.BuildTests(ctx, patterns, r.WorkDir, kvmlab.ForwardedEnv(), stderr)
+		plan, err = kvmlab.BuildTests(ctx, patterns, r.WorkDir, kvmlab.ForwardedEnv(), *testRun, r.Timeout, stderr)
 		if err != nil {
 			return 1, err
 		}

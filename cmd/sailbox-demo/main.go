@@ -1,16 +1,27 @@
 // Command sailbox-demo is the project's main job: it shows what Sailbox can
 // do today on this host's real KVM. `make demo` runs it, inside the KVM lab
 // when the host has no usable /dev/kvm.
+//
+// It boots the project's guest kernel and initramfs on the Sailbox VMM,
+// waits for the guest agent, runs commands in the guest over vsock, and
+// powers the guest off.
 package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
+	"time"
 
+	"github.com/sailbox-dev/sailbox/guestagent"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
@@ -26,21 +37,104 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) != 0 {
-		return fmt.Errorf("takes no arguments (got %q)", args)
+	fs := flag.NewFlagSet("sailbox-demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	kernel := fs.String("kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel (default $SAILBOX_GUEST_KERNEL)")
+	initrd := fs.String("initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest initramfs (default $SAILBOX_GUEST_INITRAMFS)")
+	cpus := fs.Int("cpus", 2, "vCPUs")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *kernel == "" || *initrd == "" {
+		return errors.New("need the guest kernel and initramfs (make demo builds them)")
 	}
 	sys, err := kvm.OpenUsable()
 	if err != nil {
 		return err
 	}
 	defer sys.Close()
-	fmt.Fprintf(stdout, "== KVM: %s backed by %s\n", kvm.DevicePath, kvm.HostBackend())
+	say := func(format string, a ...any) { fmt.Fprintf(stdout, "== "+format+"\n", a...) }
+	say("KVM: %s backed by %s", kvm.DevicePath, kvm.HostBackend())
 
-	fmt.Fprintln(stdout, "== Booting the probe guest (real mode, one vCPU, one memory slot); its serial output:")
-	res, err := vmm.Probe(ctx, sys, stdout)
+	dir, err := os.MkdirTemp("", "sailbox-demo")
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "== The guest halted (%v) after %d exits to the VMM.\n", res.Exit, res.Exits)
+	defer os.RemoveAll(dir)
+	uds := filepath.Join(dir, "vsock")
+	console, err := os.Create(filepath.Join(dir, "console.log"))
+	if err != nil {
+		return err
+	}
+	defer console.Close()
+
+	say("Booting Linux on the Sailbox VMM (%d vCPUs, 256 MiB, virtio-rng and virtio-vsock)", *cpus)
+	start := time.Now()
+	m, err := vmm.New(sys, vmm.Config{
+		KernelPath: *kernel, InitrdPath: *initrd, MemoryMiB: 256, VCPUs: *cpus,
+		Cmdline: "quiet", Serial: console, Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
+	})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	type result struct {
+		exit vmm.Exit
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		e, err := m.Run(ctx)
+		done <- result{e, err}
+	}()
+	defer m.Stop()
+
+	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
+	}}
+	var health guestagent.HealthResponse
+	for {
+		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		health, err = agent.Health(hctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case r := <-done:
+			return fmt.Errorf("the guest stopped (%v, %v) before its agent answered", r.exit, r.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	say("Guest agent %s (guest_schema_version %d) ready after %v", health.AgentVersion, health.GuestSchemaVersion, time.Since(start).Round(time.Millisecond))
+
+	for _, argv := range [][]string{
+		{"uname", "-a"},
+		{"nproc"},
+		{"sh", "-c", "echo hello from $(hostname), pid $$; exit 3"},
+	} {
+		t0 := time.Now()
+		out, errOut, code, err := agent.Run(ctx, argv...)
+		if err != nil {
+			return fmt.Errorf("exec %q: %w", argv, err)
+		}
+		say("$ %s   (exit %d, %v)", strings.Join(argv, " "), code, time.Since(t0).Round(time.Millisecond))
+		stdout.Write(out)
+		stdout.Write(errOut)
+	}
+
+	say("Powering the guest off from inside (poweroff -f)")
+	go agent.Run(ctx, "poweroff", "-f")
+	select {
+	case r := <-done:
+		if r.err != nil {
+			return r.err
+		}
+		say("The VM ended: %v", r.exit)
+	case <-time.After(2 * time.Minute):
+		return errors.New("the guest did not power off")
+	}
 	return nil
 }

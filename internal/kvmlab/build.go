@@ -10,18 +10,30 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 )
 
 // kvmTest matches the declaration of a kvm-tier test.
 var kvmTest = regexp.MustCompile(`(?m)^func TestKVM\w*\(`)
 
-// TestArgs are the arguments every kvm-tier test binary gets.
-var TestArgs = []string{"-test.v", "-test.run", "^TestKVM", "-test.count", "1", "-test.timeout", "30m"}
+// testArgs are the arguments every kvm-tier test binary gets. Its own
+// timeout is shorter than the run's, so that a hung test panics with every
+// goroutine's stack before the runner kills the lab.
+func testArgs(runTimeout time.Duration, run string) []string {
+	t := max(runTimeout-runTimeout/5, time.Minute)
+	return []string{"-test.v", "-test.run", run, "-test.count", "1", "-test.timeout", t.String()}
+}
 
 // BuildTests compiles one static test binary per package (among the go list
 // patterns) that declares a TestKVM test, into outDir, and returns the plan
 // that runs them with env added. Progress goes to log.
-func BuildTests(ctx context.Context, patterns []string, outDir string, env []string, log io.Writer) (*Plan, error) {
+//
+// run selects the tests (a -test.run pattern; "" means every TestKVM test)
+// and timeout is the whole run's, from which each binary's is derived.
+func BuildTests(ctx context.Context, patterns []string, outDir string, env []string, run string, timeout time.Duration, log io.Writer) (*Plan, error) {
+	if run == "" {
+		run = "^TestKVM"
+	}
 	args := append([]string{"list", "-f", "{{.ImportPath}}\t{{.Dir}}\t{{join .TestGoFiles \",\"}},{{join .XTestGoFiles \",\"}}"}, patterns...)
 	out, err := exec.CommandContext(ctx, "go", args...).Output()
 	if err != nil {
@@ -45,7 +57,7 @@ func BuildTests(ctx context.Context, patterns []string, outDir string, env []str
 		if err := cmd.Run(); err != nil {
 			return nil, fmt.Errorf("build tests of %s: %w", pkg, err)
 		}
-		plan.Steps = append(plan.Steps, Step{Name: pkg, Path: bin, Args: TestArgs, Dir: dir, Env: env})
+		plan.Steps = append(plan.Steps, Step{Name: pkg, Path: bin, Args: testArgs(timeout, run), Dir: dir, Env: env})
 	}
 	if len(plan.Steps) == 0 {
 		return nil, fmt.Errorf("no package among %s declares a TestKVM test", strings.Join(patterns, " "))

@@ -1,0 +1,28 @@
+// Command sailbox-bench measures Sailbox against QEMU on the same host, in
+// the same run, with the same guest kernel and initramfs:
+//
+//   - boot to agent ready: from creating the VM to the guest agent's first
+//     health answer over vsock (Sailbox: hybrid vsock; QEMU: vhost-vsock);
+//   - exec round trip: `true` run through the agent, end to end.
+//
+// On a machine without KVM it runs inside the KVM lab (`make bench`), where
+// absolute times mean little: compare the ratios, measured in one run.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sailbox-bench:", err)
+		os.Exit(1)
+	}
+}

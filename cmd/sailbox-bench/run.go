@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/mdlayher/vsock"
+
+	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/vmm"
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+type options struct {
+	kernel, initrd string
+	runs, execs    int
+	memMiB         int
+	qemu           string
+	timeout        time.Duration
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sailbox-bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o options
+	fs.StringVar(&o.kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel (default $SAILBOX_GUEST_KERNEL)")
+	fs.StringVar(&o.initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest initramfs (default $SAILBOX_GUEST_INITRAMFS)")
+	fs.IntVar(&o.runs, "runs", 3, "boots per VMM")
+	fs.IntVar(&o.execs, "execs", 20, "exec round trips per boot")
+	fs.IntVar(&o.memMiB, "mem", 256, "guest memory in MiB")
+	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a boot after this long")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if o.kernel == "" || o.initrd == "" || o.runs < 1 || o.execs < 1 {
+		return errors.New("need -kernel, -initrd, -runs >= 1 and -execs >= 1")
+	}
+	sys, err := kvm.OpenUsable()
+	if err != nil {
+		return err
+	}
+	defer sys.Close()
+
+	var sb, qb, sx, qx []time.Duration
+	for i := 0; i < o.runs; i++ {
+		boot, execs, err := benchSailbox(ctx, sys, o)
+		if err != nil {
+			return fmt.Errorf("sailbox run %d: %w", i, err)
+		}
+		fmt.Fprintf(stderr, "sailbox run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
+		sb, sx = append(sb, boot), append(sx, execs...)
+		if o.qemu != "" {
+			boot, execs, err := benchQEMU(ctx, o, uint32(100+i))
+			if err != nil {
+				return fmt.Errorf("qemu run %d: %w", i, err)
+			}
+			fmt.Fprintf(stderr, "qemu    run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
+			qb, qx = append(qb, boot), append(qx, execs...)
+		}
+	}
+
+	fmt.Fprintf(stdout, "\n%-34s %12s %12s\n", "median over runs", "sailbox", "qemu")
+	row := func(name string, s, q []time.Duration) {
+		qs := "-"
+		if len(q) > 0 {
+			qs = median(q).Round(10 * time.Microsecond).String()
+		}
+		fmt.Fprintf(stdout, "%-34s %12v %12s\n", name, median(s).Round(10*time.Microsecond), qs)
+	}
+	row("boot to agent ready", sb, qb)
+	row("exec round trip (true)", sx, qx)
+	fmt.Fprintf(stdout, "\nratios (same run):\n")
+	fmt.Fprintf(stdout, "  sailbox exec RTT / sailbox boot        %.4f\n", ratio(median(sx), median(sb)))
+	if len(qb) > 0 {
+		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", ratio(median(sb), median(qb)))
+		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", ratio(median(sx), median(qx)))
+	}
+	return nil
+}
+
+// benchSailbox boots one VM, waits for its agent and times exec round trips.
+func benchSailbox(ctx context.Context, sys *kvm.System, o options) (time.Duration, []time.Duration, error) {
+	dir, err := os.MkdirTemp("", "sailbox-bench")
+	if err != nil {
+		return 0, nil, err
+	}
+	defer os.RemoveAll(dir)
+	uds := filepath.Join(dir, "vsock")
+	start := time.Now()
+	m, err := vmm.New(sys, vmm.Config{
+		KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
+		Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
+	})
+	if err != nil {
+		return 0, nil, err
+	}
+	defer m.Close()
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { m.Stop(); <-done }()
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
+	}}
+	return measure(ctx, c, start, o, done)
+}
+
+// benchQEMU boots the same kernel and initramfs under QEMU/KVM with a
+// vhost-vsock device and measures the same things through AF_VSOCK.
+func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []time.Duration, error) {
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, o.qemu,
+		"-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host", "-m", fmt.Sprint(o.memMiB), "-smp", "1",
+		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
+		"-kernel", o.kernel, "-initrd", o.initrd, "-append", "console=ttyS0 quiet panic=-1",
+		"-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", cid))
+	if err := cmd.Start(); err != nil {
+		return 0, nil, err
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer func() { cmd.Process.Kill(); <-done }()
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return vsock.Dial(cid, guestagent.Port, nil)
+	}}
+	return measure(ctx, c, start, o, done)
+}
+
+// measure polls the agent until it is healthy, then times o.execs execs.
+func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, exited <-chan struct{}) (time.Duration, []time.Duration, error) {
+	deadline := start.Add(o.timeout)
+	for {
+		hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := c.Health(hctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		select {
+		case <-exited:
+			return 0, nil, fmt.Errorf("the VM exited before its agent answered: %w", err)
+		case <-ctx.Done():
+			return 0, nil, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return 0, nil, fmt.Errorf("agent not ready after %v: %w", o.timeout, err)
+		}
+	}
+	boot := time.Since(start)
+	var rtts []time.Duration
+	for range o.execs {
+		t0 := time.Now()
+		_, _, code, err := c.Run(ctx, "true")
+		if err != nil || code != 0 {
+			return 0, nil, fmt.Errorf("exec true: exit %d: %v", code, err)
+		}
+		rtts = append(rtts, time.Since(t0))
+	}
+	return boot, rtts, nil
+}
+
+func median(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func ratio(a, b time.Duration) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}

@@ -1,0 +1,218 @@
+package vmm_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/kvmtest"
+	"github.com/sailbox-dev/sailbox/vmm"
+)
+
+// agentTimeout bounds a boot to a healthy agent. It is generous because the
+// KVM lab emulates the hardware underneath; it is a hang detector, never an
+// assertion on speed.
+const agentTimeout = 5 * time.Minute
+
+// console is the guest's serial output, readable while the guest runs.
+type console struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (c *console) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+func (c *console) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// guest is a booted VM with a healthy agent.
+type guest struct {
+	m       *vmm.Machine
+	console *console
+	agent   *guestagent.Client
+	exited  chan struct{}
+	exit    vmm.Exit
+	err     error
+}
+
+// boot starts a VM from the project's kernel and initramfs with a vsock
+// device, and waits until its agent answers a health check.
+func boot(t *testing.T, cfg vmm.Config) *guest {
+	t.Helper()
+	sys := kvmtest.Require(t)
+	cfg.KernelPath = kvmtest.Artifact(t, "SAILBOX_GUEST_KERNEL")
+	cfg.InitrdPath = kvmtest.Artifact(t, "SAILBOX_GUEST_INITRAMFS")
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = 256
+	}
+	if cfg.VCPUs == 0 {
+		cfg.VCPUs = 1
+	}
+	uds := filepath.Join(t.TempDir(), "vsock")
+	cfg.Vsock = &vmm.Vsock{CID: 3, UDSPath: uds}
+	g := &guest{console: &console{}, exited: make(chan struct{})}
+	cfg.Serial = g.console
+	m, err := vmm.New(sys, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.m = m
+	go func() {
+		g.exit, g.err = m.Run(context.Background())
+		close(g.exited)
+	}()
+	t.Cleanup(func() {
+		m.Stop()
+		<-g.exited
+		m.Close()
+		if t.Failed() {
+			t.Logf("guest console:\n%s", g.console.String())
+		}
+	})
+	g.agent = &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
+	}}
+	start := time.Now()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		h, err := g.agent.Health(ctx)
+		cancel()
+		if err == nil {
+			if h.GuestSchemaVersion != guestagent.GuestSchemaVersion || h.Status != "ok" {
+				t.Fatalf("health = %+v", h)
+			}
+			t.Logf("agent healthy after %v (schema %d)", time.Since(start).Round(time.Millisecond), h.GuestSchemaVersion)
+			return g
+		}
+		select {
+		case <-g.exited:
+			t.Fatalf("the VM stopped (%v, %v) before its agent answered: %v", g.exit, g.err, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		if time.Since(start) > agentTimeout {
+			t.Fatalf("no healthy agent after %v: %v", agentTimeout, err)
+		}
+	}
+}
+
+// run executes argv in the guest and returns stdout, stderr and the exit code.
+func (g *guest) run(t *testing.T, argv ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	stdout, stderr, code, err := g.agent.Run(ctx, argv...)
+	if err != nil {
+		t.Fatalf("exec %q: %v", argv, err)
+	}
+	return string(stdout), string(stderr), code
+}
+
+func TestKVMExec(t *testing.T) {
+	g := boot(t, vmm.Config{})
+	if out, _, code := g.run(t, "echo", "hello"); out != "hello\n" || code != 0 {
+		t.Errorf("echo hello = %q, exit %d", out, code)
+	}
+	if out, _, code := g.run(t, "uname", "-a"); !strings.HasPrefix(out, "Linux ") || !strings.Contains(out, "6.1.") || code != 0 {
+		t.Errorf("uname -a = %q, exit %d", out, code)
+	}
+	if _, _, code := g.run(t, "sh", "-c", "exit 3"); code != 3 {
+		t.Errorf("sh -c 'exit 3' exited %d, want 3", code)
+	}
+	if _, errOut, code := g.run(t, "sh", "-c", "echo oops >&2; exit 1"); errOut != "oops\n" || code != 1 {
+		t.Errorf("stderr = %q, exit %d", errOut, code)
+	}
+	// virtio-rng feeds the guest's hardware RNG.
+	if out, _, code := g.run(t, "cat", "/sys/class/misc/hw_random/rng_current"); out != "virtio_rng.0\n" || code != 0 {
+		t.Errorf("rng_current = %q, exit %d; want virtio_rng.0", out, code)
+	}
+}
+
+func TestKVMTwoVCPUs(t *testing.T) {
+	g := boot(t, vmm.Config{VCPUs: 2})
+	if out, _, code := g.run(t, "nproc"); out != "2\n" || code != 0 {
+		t.Errorf("nproc = %q, exit %d; want 2", out, code)
+	}
+	// The kernel found both CPUs (through the MADT) and used kvm-clock, so it
+	// never calibrated its TSC against the PIT.
+	for _, want := range []string{"smp: Brought up 1 node, 2 CPUs", "clocksource: Switched to clocksource kvm-clock"} {
+		if !strings.Contains(g.console.String(), want) {
+			t.Errorf("console lacks %q", want)
+		}
+	}
+}
+
+// Ten MiB of stdout stream through the agent and vsock intact.
+func TestKVMExecStreamsLargeOutput(t *testing.T) {
+	g := boot(t, vmm.Config{})
+	const size = 10 << 20
+	out, _, code := g.run(t, "sh", "-c", fmt.Sprintf("yes abcdefgh | head -c %d", size))
+	want := bytes.Repeat([]byte("abcdefgh\n"), size/9+1)[:size]
+	if code != 0 || len(out) != size || sha256.Sum256([]byte(out)) != sha256.Sum256(want) {
+		t.Errorf("got %d bytes (exit %d), sha256 %x; want %d bytes, sha256 %x",
+			len(out), code, sha256.Sum256([]byte(out)), size, sha256.Sum256(want))
+	}
+}
+
+// A file written to the virtio-blk disk survives a power-off and a new boot
+// on the same image.
+func TestKVMDiskPersistsAcrossBoots(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "disk.ext4")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 (e2fsprogs, installed by build/deps.sh): %v: %s", err, out)
+	}
+	const data = "sailbox persists 0123456789"
+	disk := []vmm.Disk{{Path: img}}
+
+	g := boot(t, vmm.Config{Disks: disk})
+	script := "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && echo -n '" + data + "' > /mnt/file && sync && umount /mnt"
+	if out, errOut, code := g.run(t, "sh", "-c", script); code != 0 {
+		t.Fatalf("write on /dev/vda: exit %d: %s%s", code, out, errOut)
+	}
+	powerOff(t, g)
+
+	g2 := boot(t, vmm.Config{Disks: disk})
+	out, errOut, code := g2.run(t, "sh", "-c", "mkdir -p /mnt && mount -t ext4 /dev/vda /mnt && cat /mnt/file")
+	if code != 0 || out != data {
+		t.Errorf("read back %q (exit %d, stderr %q), want %q", out, code, errOut, data)
+	}
+}
+
+// powerOff asks the guest to power off and waits for the machine to end.
+func powerOff(t *testing.T, g *guest) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// The exec does not return normally: the guest goes away under it.
+	go g.agent.Run(ctx, "poweroff", "-f")
+	select {
+	case <-g.exited:
+	case <-time.After(agentTimeout):
+		t.Fatal("the VM did not stop after poweroff")
+	}
+	if g.exit != vmm.ExitPowerOff || g.err != nil {
+		t.Fatalf("after poweroff: exit %v, err %v; want %v", g.exit, g.err, vmm.ExitPowerOff)
+	}
+}
