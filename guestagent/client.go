@@ -84,7 +84,7 @@ func (c *Client) Exec(ctx context.Context, req ExecRequest, stdin io.Reader, std
 		return nil
 	}
 	var res ExecResult
-	err := c.do(ctx, &call{op: opExec, subject: name, args: args, stdin: stdin, output: output, kill: true}, &res)
+	err := c.do(ctx, &call{op: opExec, subject: name, args: args, stdin: stdin, output: output, kill: true, signals: req.Signals}, &res)
 	if err != nil {
 		return ExecResult{}, err
 	}
@@ -212,6 +212,9 @@ type call struct {
 	// kill says that ending the exchange early must kill the process that
 	// the op started.
 	kill bool
+	// signals, if not nil, are sent as FrameSignal frames while the answer
+	// is read.
+	signals <-chan int
 }
 
 // killFrameTimeout bounds how long do waits to send the SIGKILL frame that
@@ -283,6 +286,12 @@ func (c *Client) do(ctx context.Context, cl *call, result any) (err error) {
 		}()
 	}
 
+	if cl.signals != nil {
+		answered := make(chan struct{})
+		defer close(answered)
+		go forwardSignals(w, cl.signals, answered)
+	}
+
 	terminal, err := readAnswer(ctx, NewFrameReader(conn), cl, result)
 	if err != nil && !terminal {
 		select {
@@ -301,6 +310,26 @@ func (c *Client) do(ctx context.Context, cl *call, result any) (err error) {
 		}
 	}
 	return err
+}
+
+// forwardSignals sends each signal from signals as a FrameSignal until the
+// exchange is answered. A failed write is left for the reader of the
+// connection to report.
+func forwardSignals(w *frameWriter, signals <-chan int, answered <-chan struct{}) {
+	for {
+		select {
+		case <-answered:
+			return
+		case sig, ok := <-signals:
+			if !ok {
+				return
+			}
+			payload, _ := json.Marshal(signalArgs{Signal: sig})
+			if w.write(FrameSignal, payload) != nil {
+				return
+			}
+		}
+	}
 }
 
 // sendInput copies r to w as FrameStdin frames and ends them with a

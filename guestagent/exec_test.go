@@ -475,3 +475,32 @@ func TestExecLeavesNoGoroutines(t *testing.T) {
 	buf := make([]byte, 1<<20)
 	t.Fatalf("%d goroutines before, %d after:\n%s", before, now, buf[:runtime.Stack(buf, true)])
 }
+
+// signalOnOutput is a stdout writer that sends sig on signals once the
+// process has written something: it is then running and has its handlers.
+type signalOnOutput struct {
+	once    sync.Once
+	signals chan<- int
+	sig     int
+}
+
+func (s *signalOnOutput) Write(p []byte) (int, error) {
+	s.once.Do(func() { s.signals <- s.sig })
+	return len(p), nil
+}
+
+func TestExecClientSignals(t *testing.T) {
+	path := startServer(t)
+	c := &Client{Dial: unixDialer(path)}
+	signals := make(chan int, 1)
+	res, err := c.Exec(testContext(t), ExecRequest{
+		Argv:    []string{"sh", "-c", "echo ready; exec sleep 100"},
+		Signals: signals,
+	}, nil, &signalOnOutput{signals: signals, sig: 15}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res != (ExecResult{ExitCode: -1, Signal: 15}) {
+		t.Errorf("result = %+v, want killed by signal 15", res)
+	}
+}

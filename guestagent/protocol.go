@@ -311,6 +311,10 @@ type ExecRequest struct {
 	// expires, the agent kills the process group and the result says so.
 	// It travels as whole milliseconds, rounded up.
 	Timeout time.Duration `json:"-"`
+	// Signals, if not nil, carries signal numbers (Linux's, 1 to 64) for
+	// the client to deliver to the process group while the process runs.
+	// The client stops reading it when the exchange ends.
+	Signals <-chan int `json:"-"`
 }
 
 // execArgs is the Args of an exec Request.
