@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -27,7 +28,8 @@ type Config struct {
 	VCPUs      int
 	Serial     io.Writer // the guest console; nil discards it
 	Disks      []Disk
-	Vsock      *Vsock // nil: no vsock device
+	Vsock      *Vsock       // nil: no vsock device
+	Logger     *slog.Logger // device diagnostics; nil discards them
 	// MMIODevices are extra devices, placed after the standard ones (disks,
 	// entropy) from boot.MMIOStart, one window and one interrupt each, and
 	// announced on the kernel command line.

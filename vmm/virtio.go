@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/sailbox-dev/sailbox/devices"
@@ -71,7 +72,11 @@ func standardDevices(cfg Config) ([]MMIODevice, []io.Closer, error) {
 	}
 	devs = append(devs, virtioMMIO(rng.New()))
 	if v := cfg.Vsock; v != nil {
-		d, err := vsock.New(vsock.Config{GuestCID: v.CID, UDSPath: v.UDSPath})
+		log := cfg.Logger
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		d, err := vsock.New(vsock.Config{GuestCID: v.CID, UDSPath: v.UDSPath, Logger: log})
 		if err != nil {
 			return fail(fmt.Errorf("%w: vsock: %w", ErrConfig, err))
 		}
