@@ -516,3 +516,27 @@ func hybridHandshake(conn net.Conn, port uint32) error {
 	}
 	return nil
 }
+
+// WaitHealthy polls Health every interval until the agent answers, and
+// returns its answer. It is how a host waits for a booting guest: until the
+// agent listens, connections fail or go unanswered. It gives up when ctx
+// ends (cancel ctx to stop waiting for a VM that exited), with the last
+// error seen.
+func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) (HealthResponse, error) {
+	for {
+		attempt, cancel := context.WithTimeout(ctx, healthAttemptTimeout)
+		h, err := c.Health(attempt)
+		cancel()
+		if err == nil {
+			return h, nil
+		}
+		select {
+		case <-ctx.Done():
+			return HealthResponse{}, fmt.Errorf("agent not healthy: %w (last error: %w)", context.Cause(ctx), err)
+		case <-time.After(interval):
+		}
+	}
+}
+
+// healthAttemptTimeout bounds one health check while waiting for an agent.
+const healthAttemptTimeout = 10 * time.Second

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -275,5 +276,32 @@ func TestDialHybridVsockNoSocket(t *testing.T) {
 	_, err := DialHybridVsock(testContext(t), socketPath(t), Port)
 	if err == nil || !strings.HasPrefix(err.Error(), "hybrid vsock port 1024: dial unix ") {
 		t.Fatalf("DialHybridVsock to a missing socket = %v, want a dial error", err)
+	}
+}
+
+func TestWaitHealthy(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent.sock")
+	c := &Client{Dial: unixDialer(path)}
+
+	// Nothing listens: WaitHealthy gives up with ctx, naming the last error.
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := c.WaitHealthy(ctx, 10*time.Millisecond)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "last error") {
+		t.Fatalf("WaitHealthy with no agent = %v", err)
+	}
+
+	// The agent comes up while WaitHealthy polls.
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			return
+		}
+		(&Server{}).Serve(t.Context(), l)
+	}()
+	h, err := c.WaitHealthy(testContext(t), 10*time.Millisecond)
+	if err != nil || h.Status != "ok" || h.GuestSchemaVersion != GuestSchemaVersion {
+		t.Fatalf("WaitHealthy = %+v, %v", h, err)
 	}
 }

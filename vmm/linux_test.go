@@ -90,26 +90,29 @@ func boot(t *testing.T, cfg vmm.Config) *guest {
 		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
 	}}
 	start := time.Now()
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		h, err := g.agent.Health(ctx)
-		cancel()
-		if err == nil {
-			if h.GuestSchemaVersion != guestagent.GuestSchemaVersion || h.Status != "ok" {
-				t.Fatalf("health = %+v", h)
-			}
-			t.Logf("agent healthy after %v (schema %d)", time.Since(start).Round(time.Millisecond), h.GuestSchemaVersion)
-			return g
+	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-g.exited: // no agent will answer a stopped VM
+			cancel()
+		case <-ctx.Done():
 		}
+	}()
+	h, err := g.agent.WaitHealthy(ctx, 200*time.Millisecond)
+	if err != nil {
 		select {
 		case <-g.exited:
 			t.Fatalf("the VM stopped (%v, %v) before its agent answered: %v", g.exit, g.err, err)
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Since(start) > agentTimeout {
-			t.Fatalf("no healthy agent after %v: %v", agentTimeout, err)
+		default:
+			t.Fatal(err)
 		}
 	}
+	if h.GuestSchemaVersion != guestagent.GuestSchemaVersion || h.Status != "ok" {
+		t.Fatalf("health = %+v", h)
+	}
+	t.Logf("agent healthy after %v (schema %d)", time.Since(start).Round(time.Millisecond), h.GuestSchemaVersion)
+	return g
 }
 
 // run executes argv in the guest and returns stdout, stderr and the exit code.

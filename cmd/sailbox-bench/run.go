@@ -135,25 +135,24 @@ func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []tim
 	return measure(ctx, c, start, o, done)
 }
 
-// measure polls the agent until it is healthy, then times o.execs execs.
+// measure waits for the agent to be healthy, then times o.execs execs.
 func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, exited <-chan struct{}) (time.Duration, []time.Duration, error) {
-	deadline := start.Add(o.timeout)
-	for {
-		hctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		_, err := c.Health(hctx)
-		cancel()
-		if err == nil {
-			break
+	waitCtx, cancel := context.WithTimeout(ctx, o.timeout)
+	go func() {
+		select {
+		case <-exited: // no agent will answer a VM that exited
+			cancel()
+		case <-waitCtx.Done():
 		}
+	}()
+	_, err := c.WaitHealthy(waitCtx, 5*time.Millisecond)
+	cancel()
+	if err != nil {
 		select {
 		case <-exited:
 			return 0, nil, fmt.Errorf("the VM exited before its agent answered: %w", err)
-		case <-ctx.Done():
-			return 0, nil, ctx.Err()
-		case <-time.After(5 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return 0, nil, fmt.Errorf("agent not ready after %v: %w", o.timeout, err)
+		default:
+			return 0, nil, err
 		}
 	}
 	boot := time.Since(start)

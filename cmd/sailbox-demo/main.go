@@ -78,34 +78,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer m.Close()
-	type result struct {
-		exit vmm.Exit
-		err  error
-	}
-	done := make(chan result, 1)
+	var (
+		exit    vmm.Exit
+		runErr  error
+		stopped = make(chan struct{}) // closed when Run returns, after exit and runErr are set
+	)
 	go func() {
-		e, err := m.Run(ctx)
-		done <- result{e, err}
+		exit, runErr = m.Run(ctx)
+		close(stopped)
 	}()
-	defer m.Stop()
+	defer func() { m.Stop(); <-stopped }()
 
 	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
 		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
 	}}
-	var health guestagent.HealthResponse
-	for {
-		hctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		health, err = agent.Health(hctx)
-		cancel()
-		if err == nil {
-			break
-		}
+	waitCtx, cancel := context.WithCancel(ctx)
+	go func() {
 		select {
-		case r := <-done:
-			return fmt.Errorf("the guest stopped (%v, %v) before its agent answered", r.exit, r.err)
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
+		case <-stopped: // no agent will answer a stopped guest
+			cancel()
+		case <-waitCtx.Done():
+		}
+	}()
+	health, err := agent.WaitHealthy(waitCtx, 50*time.Millisecond)
+	cancel()
+	if err != nil {
+		select {
+		case <-stopped:
+			return fmt.Errorf("the guest stopped (%v, %v) before its agent answered", exit, runErr)
+		default:
+			return err
 		}
 	}
 	say("Guest agent %s (guest_schema_version %d) ready after %v", health.AgentVersion, health.GuestSchemaVersion, time.Since(start).Round(time.Millisecond))
@@ -128,11 +130,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	say("Powering the guest off from inside (poweroff -f)")
 	go agent.Run(ctx, "poweroff", "-f")
 	select {
-	case r := <-done:
-		if r.err != nil {
-			return r.err
+	case <-stopped:
+		if runErr != nil {
+			return runErr
 		}
-		say("The VM ended: %v", r.exit)
+		say("The VM ended: %v", exit)
 	case <-time.After(2 * time.Minute):
 		return errors.New("the guest did not power off")
 	}

@@ -110,17 +110,19 @@ func (p *vmmProcess) waitAgent(t *testing.T) *guestagent.Client {
 	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
 		return guestagent.DialHybridVsock(ctx, p.vsock, guestagent.Port)
 	}}
-	for deadline := time.Now().Add(5 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := c.Health(ctx)
-		cancel()
-		if err == nil {
-			return c
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	go func() {
+		select {
+		case <-p.exited:
+			cancel()
+		case <-ctx.Done():
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("agent not ready: %v", err)
-		}
+	}()
+	if _, err := c.WaitHealthy(ctx, 200*time.Millisecond); err != nil {
+		t.Fatalf("agent not ready: %v", err)
 	}
+	return c
 }
 
 // wait returns run's result once the VM ends on its own.

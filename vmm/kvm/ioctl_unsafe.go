@@ -7,23 +7,48 @@ import (
 )
 
 // ioctl issues an ioctl whose argument is an integer (or absent).
+//
+// A signal can interrupt an ioctl before it takes effect (EINTR); the Go
+// runtime sends them to every thread (SIGURG for preemption), so ioctl and
+// ioctlPtr retry. The one ioctl whose EINTR means something is KVM_RUN (a
+// kick), which goes through runIoctl and is never retried.
 func ioctl(fd int, req, arg uintptr) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if errno != 0 {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, errno
 	}
-	return r, nil
 }
 
 // ioctlPtr issues an ioctl whose argument points at a Go value that the
-// kernel reads or fills in. p must stay reachable for the call, which the
-// conversion inside the argument list guarantees.
+// kernel reads or fills in, retrying on EINTR as ioctl does. p must stay
+// reachable for the call, which the conversion inside the argument list
+// guarantees.
 func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
-	if errno != 0 {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, errno
 	}
-	return r, nil
+}
+
+// runIoctl issues KVM_RUN once. EINTR is returned to the caller: it is how
+// a kick (or any signal) takes the vCPU out of the guest.
+func runIoctl(fd int) error {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), ioctlRun, 0); errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // addressOf returns the host virtual address of b's first byte, as KVM

@@ -36,7 +36,7 @@ func (v *VCPU) Close() error {
 // deliberate kick, or the Go runtime preempting the thread) and the caller
 // decides whether to re-enter; it is never retried here.
 func (v *VCPU) Run() error {
-	if _, err := ioctl(v.fd, ioctlRun, 0); err != nil {
+	if err := runIoctl(v.fd); err != nil {
 		return fmt.Errorf("KVM_RUN vcpu %d: %w", v.id, err)
 	}
 	return nil
