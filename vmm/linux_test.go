@@ -219,3 +219,27 @@ func powerOff(t *testing.T, g *guest) {
 		t.Fatalf("after poweroff: exit %v, err %v; want %v", g.exit, g.err, vmm.ExitPowerOff)
 	}
 }
+
+// Six virtio devices (four disks, entropy, vsock) use interrupt lines 5, 6,
+// 7, 10, 11 and 12; reading from the last disk needs its interrupt.
+func TestKVMManyDevices(t *testing.T) {
+	var disks []vmm.Disk
+	for i := range 4 {
+		img := filepath.Join(t.TempDir(), fmt.Sprintf("disk%d.img", i))
+		data := bytes.Repeat([]byte(fmt.Sprintf("disk-%d!!", i)), 64<<10) // 512 KiB
+		if err := os.WriteFile(img, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		disks = append(disks, vmm.Disk{Path: img, ReadOnly: i == 3})
+	}
+	g := boot(t, vmm.Config{Disks: disks})
+	if out, _, code := g.run(t, "sh", "-c", "ls /sys/block | grep vd | tr '\\n' ' '"); out != "vda vdb vdc vdd " || code != 0 {
+		t.Errorf("block devices = %q, exit %d", out, code)
+	}
+	if out, _, code := g.run(t, "head", "-c", "16", "/dev/vdd"); out != "disk-3!!disk-3!!" || code != 0 {
+		t.Errorf("head /dev/vdd = %q, exit %d", out, code)
+	}
+	if out, _, code := g.run(t, "cat", "/sys/block/vdd/ro"); out != "1\n" || code != 0 {
+		t.Errorf("vdd read-only flag = %q, exit %d", out, code)
+	}
+}

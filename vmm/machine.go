@@ -61,11 +61,15 @@ func (e Exit) String() string {
 
 // Platform interrupt lines and ports.
 const (
-	serialIRQ      = 4
-	firstDeviceIRQ = 5
-	maxDeviceIRQ   = 23 // the IOAPIC has 24 pins
-	comPort        = 0x3f8
+	serialIRQ = 4
+	comPort   = 0x3f8
 )
+
+// deviceIRQs are the interrupt lines given to MMIO devices, in order: the
+// ISA lines nothing else uses. Not 8 (the RTC), not 9 (the ACPI SCI, level
+// triggered), not 16-23 (Linux treats them as PCI lines: level, active low),
+// while the devices pulse edges.
+var deviceIRQs = []uint32{5, 6, 7, 10, 11, 12, 13, 14, 15}
 
 // baseCmdline is what every guest gets: console on COM1, reboot through the
 // keyboard controller, no PCI probing, the TSC trusted (kvm-clock provides
@@ -165,13 +169,13 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 	}
 	m.closers = closers
 	mmioDevs = append(mmioDevs, cfg.MMIODevices...)
-	if len(mmioDevs) > maxDeviceIRQ-firstDeviceIRQ+1 {
-		return nil, fmt.Errorf("%w: %d MMIO devices, at most %d", ErrConfig, len(mmioDevs), maxDeviceIRQ-firstDeviceIRQ+1)
+	if len(mmioDevs) > len(deviceIRQs) {
+		return nil, fmt.Errorf("%w: %d MMIO devices (disks, entropy, vsock), at most %d", ErrConfig, len(mmioDevs), len(deviceIRQs))
 	}
 	cmdline := []string{baseCmdline}
 	for i, d := range mmioDevs {
 		base := uint64(boot.MMIOStart) + uint64(i)*0x1000
-		gsi := uint32(firstDeviceIRQ + i)
+		gsi := deviceIRQs[i]
 		dev, err := d.New(m.mem, irqLine{m.vm, gsi})
 		if err != nil {
 			return nil, fmt.Errorf("mmio device %d: %w", i, err)
