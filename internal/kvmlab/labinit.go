@@ -24,6 +24,15 @@ const hostRoot = "/host"
 // stepPath is the PATH steps get: the host's usual one, with Go.
 const stepPath = "/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+// scratch is the steps' writable space (TMPDIR, HOME), on a tmpfs the lab
+// mounts at the host's /run. The host's /tmp stays visible, read-only,
+// because a checkout (CI's, say) may live there.
+const (
+	scratch     = "/run/kvmlab"
+	scratchTmp  = scratch + "/tmp"
+	scratchHome = scratch + "/home"
+)
+
 // RunInit is the lab's PID 1: it prepares the lab (mounts, modules,
 // /dev/kvm, the host share), runs the plan in /plan.json, and reports each
 // step's exit status on out. It returns when all steps ran; the caller
@@ -112,13 +121,12 @@ func mountHostRoot() error {
 		return fmt.Errorf("mount host root (9p %s): %w", shareTag, err)
 	}
 	// The share is read-only; give steps their own kernel filesystems and
-	// writable scratch space on top of it.
+	// writable scratch space on top of it (see scratch).
 	for _, m := range []struct{ src, dst, fstype, data string }{
 		{"proc", "/proc", "proc", ""},
 		{"sysfs", "/sys", "sysfs", ""},
 		{"devtmpfs", "/dev", "devtmpfs", ""},
 		{"tmpfs", "/dev/shm", "tmpfs", ""},
-		{"tmpfs", "/tmp", "tmpfs", "mode=1777"},
 		{"tmpfs", "/run", "tmpfs", "mode=755"},
 	} {
 		dst := hostRoot + m.dst
@@ -127,6 +135,11 @@ func mountHostRoot() error {
 		}
 		if err := unix.Mount(m.src, dst, m.fstype, 0, m.data); err != nil {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, dst, err)
+		}
+	}
+	for _, d := range []string{scratchTmp, scratchHome} {
+		if err := os.MkdirAll(hostRoot+d, 0o1777); err != nil {
+			return fmt.Errorf("scratch space: %w", err)
 		}
 	}
 	return nil
@@ -158,7 +171,7 @@ func loopbackUp() error {
 func runStep(s Step, out io.Writer) int {
 	cmd := exec.Command(s.Path, s.Args...)
 	cmd.Dir = s.Dir
-	cmd.Env = append([]string{"PATH=" + stepPath, "HOME=/tmp", "TMPDIR=/tmp"}, s.Env...)
+	cmd.Env = append([]string{"PATH=" + stepPath, "HOME=" + scratchHome, "TMPDIR=" + scratchTmp}, s.Env...)
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: hostRoot}
 	err := cmd.Run()
