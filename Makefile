@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 
-.PHONY: demo test bench deps kernel initramfs lab-kernel fuzz
+.PHONY: demo test bench stress deps kernel initramfs lab-kernel fuzz
 
 # The main job: the demo on real KVM (in the KVM lab when the host has none).
 demo: deps
@@ -38,6 +38,13 @@ bench: deps
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	go build -o bin/sailbox-bench ./cmd/sailbox-bench
 	go run ./cmd/kvmlab run -timeout 40m -- bin/sailbox-bench $(BENCHFLAGS)
+
+# Known-failing reproductions, not part of `make test`: today, the vsock
+# stream stall (ten MiB from the guest stalls in about one boot in four).
+stress: deps
+	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
+	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	go run ./cmd/kvmlab test -timeout 30m -run '^TestStressKVM' ./vmm/
 
 deps:
 	build/deps.sh
