@@ -517,12 +517,15 @@ func hybridHandshake(conn net.Conn, port uint32) error {
 	return nil
 }
 
+// ErrGone reports that the VM stopped while WaitHealthy waited for its agent.
+var ErrGone = errors.New("the VM stopped")
+
 // WaitHealthy polls Health every interval until the agent answers, and
 // returns its answer. It is how a host waits for a booting guest: until the
 // agent listens, connections fail or go unanswered. It gives up when ctx
-// ends (cancel ctx to stop waiting for a VM that exited), with the last
-// error seen.
-func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) (HealthResponse, error) {
+// ends, or with ErrGone when gone (the VM's exit, nil if none) is closed,
+// naming the last error seen.
+func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration, gone <-chan struct{}) (HealthResponse, error) {
 	for {
 		attempt, cancel := context.WithTimeout(ctx, healthAttemptTimeout)
 		h, err := c.Health(attempt)
@@ -533,6 +536,8 @@ func (c *Client) WaitHealthy(ctx context.Context, interval time.Duration) (Healt
 		select {
 		case <-ctx.Done():
 			return HealthResponse{}, fmt.Errorf("agent not healthy: %w (last error: %w)", context.Cause(ctx), err)
+		case <-gone:
+			return HealthResponse{}, fmt.Errorf("agent not healthy: %w (last error: %w)", ErrGone, err)
 		case <-time.After(interval):
 		}
 	}

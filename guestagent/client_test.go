@@ -285,10 +285,17 @@ func TestWaitHealthy(t *testing.T) {
 
 	// Nothing listens: WaitHealthy gives up with ctx, naming the last error.
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	_, err := c.WaitHealthy(ctx, 10*time.Millisecond)
+	_, err := c.WaitHealthy(ctx, 10*time.Millisecond, nil)
 	cancel()
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "last error") {
 		t.Fatalf("WaitHealthy with no agent = %v", err)
+	}
+
+	// The VM goes away: WaitHealthy stops with ErrGone.
+	gone := make(chan struct{})
+	close(gone)
+	if _, err := c.WaitHealthy(testContext(t), 10*time.Millisecond, gone); !errors.Is(err, ErrGone) {
+		t.Fatalf("WaitHealthy after the VM stopped = %v, want ErrGone", err)
 	}
 
 	// The agent comes up while WaitHealthy polls.
@@ -300,7 +307,7 @@ func TestWaitHealthy(t *testing.T) {
 		}
 		(&Server{}).Serve(t.Context(), l)
 	}()
-	h, err := c.WaitHealthy(testContext(t), 10*time.Millisecond)
+	h, err := c.WaitHealthy(testContext(t), 10*time.Millisecond, nil)
 	if err != nil || h.Status != "ok" || h.GuestSchemaVersion != GuestSchemaVersion {
 		t.Fatalf("WaitHealthy = %+v, %v", h, err)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -93,21 +94,12 @@ func boot(t *testing.T, cfg vmm.Config) *guest {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
 	defer cancel()
-	go func() {
-		select {
-		case <-g.exited: // no agent will answer a stopped VM
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	h, err := g.agent.WaitHealthy(ctx, 200*time.Millisecond)
+	h, err := g.agent.WaitHealthy(ctx, 200*time.Millisecond, g.exited)
+	if errors.Is(err, guestagent.ErrGone) {
+		t.Fatalf("the VM stopped (%v, %v) before its agent answered: %v", g.exit, g.err, err)
+	}
 	if err != nil {
-		select {
-		case <-g.exited:
-			t.Fatalf("the VM stopped (%v, %v) before its agent answered: %v", g.exit, g.err, err)
-		default:
-			t.Fatal(err)
-		}
+		t.Fatal(err)
 	}
 	if h.GuestSchemaVersion != guestagent.GuestSchemaVersion || h.Status != "ok" {
 		t.Fatalf("health = %+v", h)

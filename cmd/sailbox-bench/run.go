@@ -138,22 +138,10 @@ func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []tim
 // measure waits for the agent to be healthy, then times o.execs execs.
 func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, exited <-chan struct{}) (time.Duration, []time.Duration, error) {
 	waitCtx, cancel := context.WithTimeout(ctx, o.timeout)
-	go func() {
-		select {
-		case <-exited: // no agent will answer a VM that exited
-			cancel()
-		case <-waitCtx.Done():
-		}
-	}()
-	_, err := c.WaitHealthy(waitCtx, 5*time.Millisecond)
+	_, err := c.WaitHealthy(waitCtx, 5*time.Millisecond, exited)
 	cancel()
 	if err != nil {
-		select {
-		case <-exited:
-			return 0, nil, fmt.Errorf("the VM exited before its agent answered: %w", err)
-		default:
-			return 0, nil, err
-		}
+		return 0, nil, err
 	}
 	boot := time.Since(start)
 	var rtts []time.Duration

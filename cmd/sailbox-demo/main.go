@@ -92,23 +92,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
 		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
 	}}
-	waitCtx, cancel := context.WithCancel(ctx)
-	go func() {
-		select {
-		case <-stopped: // no agent will answer a stopped guest
-			cancel()
-		case <-waitCtx.Done():
-		}
-	}()
-	health, err := agent.WaitHealthy(waitCtx, 50*time.Millisecond)
-	cancel()
+	health, err := agent.WaitHealthy(ctx, 50*time.Millisecond, stopped)
+	if errors.Is(err, guestagent.ErrGone) {
+		return fmt.Errorf("the guest stopped (%v, %v) before its agent answered: %w", exit, runErr, err)
+	}
 	if err != nil {
-		select {
-		case <-stopped:
-			return fmt.Errorf("the guest stopped (%v, %v) before its agent answered", exit, runErr)
-		default:
-			return err
-		}
+		return err
 	}
 	say("Guest agent %s (guest_schema_version %d) ready after %v", health.AgentVersion, health.GuestSchemaVersion, time.Since(start).Round(time.Millisecond))
 

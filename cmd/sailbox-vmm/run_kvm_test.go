@@ -112,14 +112,7 @@ func (p *vmmProcess) waitAgent(t *testing.T) *guestagent.Client {
 	}}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	go func() {
-		select {
-		case <-p.exited:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	if _, err := c.WaitHealthy(ctx, 200*time.Millisecond); err != nil {
+	if _, err := c.WaitHealthy(ctx, 200*time.Millisecond, p.exited); err != nil {
 		t.Fatalf("agent not ready: %v", err)
 	}
 	return c
