@@ -2,10 +2,13 @@ package guestagent
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -194,6 +197,152 @@ func (c *Client) Stat(ctx context.Context, path string) (FileInfo, error) {
 		return FileInfo{}, err
 	}
 	return fi, nil
+}
+
+// Restored fixes up a guest that has just been restored or forked from a
+// snapshot, as args say: it sets the guest's wall clock to the host's,
+// reseeds the guest kernel's random number generator with args.Entropy,
+// and, for a fork, gives the guest a new hostname and machine ID. Build
+// args with RestoreArgs after a restore and with ForkArgs after a fork;
+// call Restored before anything else runs in the guest on the host's
+// behalf. Restored succeeds only if the agent applied everything; the
+// result says what the clock read before and after.
+//
+// Agents older than RestoredSchemaVersion do not have the op: Restored
+// then fails with an *AgentTooOldError, which matches
+// errors.ErrUnsupported. Such a guest must not be used as a fork, since it
+// shares its parent's random state and identity. Other agent errors are
+// *Error values: CodeBadRequest for invalid args, CodePermission or
+// CodeInternal for a step that failed (the message says which steps were
+// applied), and CodeUnknownOp from an agent that is not a guest's (see
+// Server.Guest) or not on Linux.
+func (c *Client) Restored(ctx context.Context, args RestoredArgs) (RestoredResult, error) {
+	t := args.Time
+	if t.IsZero() {
+		t = time.Now()
+	}
+	if t.Before(minUnixNano) || t.After(maxUnixNano) {
+		return RestoredResult{}, fmt.Errorf("agent %s: time %v cannot be sent as Unix nanoseconds", opRestored, t)
+	}
+	wire := &restoredArgs{RestoredArgs: args, TimeUnixNano: t.UnixNano()}
+	var res restoredResult
+	if err := c.do(ctx, &call{op: opRestored, args: wire}, &res); err != nil {
+		var ae *Error
+		if errors.As(err, &ae) && ae.Code == CodeUnknownOp {
+			// An older agent does not know the op, and has done nothing.
+			// Ask it which revision it speaks, to say so.
+			if h, herr := c.Health(ctx); herr == nil && h.GuestSchemaVersion < RestoredSchemaVersion {
+				return RestoredResult{}, &AgentTooOldError{
+					Op:               opRestored,
+					AgentVersion:     h.AgentVersion,
+					SchemaVersion:    h.GuestSchemaVersion,
+					MinSchemaVersion: RestoredSchemaVersion,
+				}
+			}
+		}
+		return RestoredResult{}, err
+	}
+	out := res.RestoredResult
+	out.ClockBefore = time.Unix(0, res.ClockBeforeUnixNano)
+	out.ClockAfter = time.Unix(0, res.ClockAfterUnixNano)
+	return out, nil
+}
+
+// The range of times that travel as Unix nanoseconds in an int64.
+var (
+	minUnixNano = time.Unix(0, math.MinInt64)
+	maxUnixNano = time.Unix(0, math.MaxInt64)
+)
+
+// AgentTooOldError reports a call to an op that the agent's protocol
+// revision predates. The guest's agent needs an upgrade.
+type AgentTooOldError struct {
+	// Op is the op called, such as "restored".
+	Op string
+	// AgentVersion and SchemaVersion are the agent's AgentVersion and
+	// GuestSchemaVersion, as its health op reports them.
+	AgentVersion  string
+	SchemaVersion int
+	// MinSchemaVersion is the first GuestSchemaVersion that has Op.
+	MinSchemaVersion int
+}
+
+func (e *AgentTooOldError) Error() string {
+	return fmt.Sprintf("agent %s: agent %s speaks guest schema version %d, and %s needs version %d or later: upgrade the guest's agent",
+		e.Op, e.AgentVersion, e.SchemaVersion, e.Op, e.MinSchemaVersion)
+}
+
+// Is reports that an AgentTooOldError is an errors.ErrUnsupported.
+func (e *AgentTooOldError) Is(target error) bool { return target == errors.ErrUnsupported }
+
+// restoredEntropy is how many bytes of entropy RestoreArgs sends: 512
+// bits, twice a CRNG key.
+const restoredEntropy = 64
+
+// RestoreArgs returns the arguments of Restored for a box restored in
+// place, which keeps its identity: fresh entropy from the host's
+// crypto/rand, and a zero Time, so that Restored sends the host's clock as
+// it sends the request.
+func RestoreArgs() RestoredArgs {
+	return RestoredArgs{Entropy: randomBytes(restoredEntropy)}
+}
+
+// ForkArgs returns the arguments of Restored for a box forked from another,
+// whose own ID is boxID: those of RestoreArgs, with a new identity, the
+// hostname ForkHostname(boxID) and a NewMachineID. A fork must never share
+// its parent's random state, hostname or machine ID.
+func ForkArgs(boxID string) (RestoredArgs, error) {
+	name, err := ForkHostname(boxID)
+	if err != nil {
+		return RestoredArgs{}, err
+	}
+	args := RestoreArgs()
+	args.Hostname = name
+	args.MachineID = NewMachineID()
+	return args, nil
+}
+
+// maxForkHostname is the longest hostname ForkHostname returns: that of a
+// DNS label.
+const maxForkHostname = 63
+
+// ForkHostname returns the hostname of the box whose ID is boxID: "sbx-"
+// followed by the ID, cut to 63 bytes, the limit of a DNS label, without
+// hyphens at the end. It fails for an ID that is empty or holds anything
+// but ASCII letters, digits and hyphens.
+func ForkHostname(boxID string) (string, error) {
+	if boxID == "" {
+		return "", errors.New("fork hostname: empty box ID")
+	}
+	for _, r := range boxID {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+			return "", fmt.Errorf("fork hostname: box ID %q: want only letters, digits and hyphens", truncate(boxID, 80))
+		}
+	}
+	name := "sbx-" + boxID
+	name = strings.TrimRight(name[:min(len(name), maxForkHostname)], "-")
+	if !validHostname(name) { // cannot fail, given the checks above
+		return "", fmt.Errorf("fork hostname: box ID %q makes invalid hostname %q", truncate(boxID, 80), name)
+	}
+	return name, nil
+}
+
+// NewMachineID returns a new random machine ID in the format of
+// /etc/machine-id (machine-id(5)): 32 lowercase hexadecimal digits, a
+// random (version 4) UUID without hyphens, as systemd makes them.
+func NewMachineID() string {
+	b := randomBytes(16)
+	b[6] = b[6]&0x0f | 0x40 // version 4
+	b[8] = b[8]&0x3f | 0x80 // variant 1 (RFC 9562)
+	return hex.EncodeToString(b)
+}
+
+// randomBytes returns n bytes from crypto/rand, which never fails: if the
+// host's random source does, the program crashes.
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
 }
 
 // A call describes one exchange for Client.do.

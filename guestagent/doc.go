@@ -76,9 +76,9 @@
 //	            ← Response{written} | Error
 //	stat        → Request{path}
 //	            ← Response{name, size, mode, mode_string, mod_time, is_dir} | Error
-//
-// Planned, with room reserved: set_clock (Request{unix nanos} ←
-// Response{}) and add_entropy (Request{seed bytes} ← Response{}).
+//	restored    → Request{time_unix_nano, entropy, hostname, machine_id}
+//	            ← Response{entropy_bits, reseeded, clock_before_unix_nano,
+//	                       clock_after_unix_nano, hostname, machine_id} | Error
 //
 // exec starts argv (argv[0] looked up in the PATH of the process's
 // environment) in dir, with env added to a default environment; see
@@ -105,6 +105,27 @@
 // [CodePermission], [CodeBadRequest] (a relative path, a directory where a
 // file is needed) or [CodeInternal], with a message that names the path.
 //
+// restored (schema version 2) fixes up a guest that has just been restored
+// or forked from a snapshot, whose clock is stale and whose kernel random
+// number generator is in the state it had when the snapshot was taken,
+// which every other restore of that snapshot shares. The host sends its
+// wall-clock time in Unix nanoseconds (time_unix_nano, after 1970), and
+// [MinRestoredEntropy] to [MaxRestoredEntropy] bytes of fresh randomness
+// (entropy, in base64), and for a fork a new hostname and machine ID
+// ([RestoredArgs]). The agent checks all of them before it changes
+// anything, answering [CodeBadRequest] if one is invalid. It then mixes the
+// entropy into the kernel's pool, crediting every bit (the RNDADDENTROPY
+// ioctl), and has the kernel reseed its CRNG from it (RNDRESEEDCRNG;
+// reseeded is false on kernels before 4.17, which lack it); sets
+// CLOCK_REALTIME; sets the hostname, and rewrites /etc/hostname if the
+// guest has one; and replaces /etc/machine-id atomically, creating /etc if
+// need be. It attempts every step even if one fails, and then answers
+// [CodePermission] or [CodeInternal] with a message that says which steps
+// were applied. Its result ([RestoredResult]) reports what it applied and
+// the guest's clock before and after it set it. Only an agent that runs as
+// a guest's ([Server].Guest) performs the op; others answer
+// [CodeUnknownOp].
+//
 // # Streams and flow control
 //
 // Stream frames (Stdin, Stdout, Stderr) are bounded by MaxPayload like any
@@ -123,23 +144,40 @@
 //
 // # Evolution
 //
-// [GuestSchemaVersion] is an integer that names the protocol revision. It
-// is bumped on every incompatible change, that is one an agent or host of
-// the previous revision would misread: changing the frame header, renumbering
-// a frame type, changing the type or meaning of an existing JSON field,
-// removing an op or a field, making an optional field mandatory, or changing
-// the frame sequence of an existing op. Compatible changes do not bump it:
-// adding an op (older agents answer with [CodeUnknownOp]), adding an optional
-// field whose zero value means the old behaviour (both sides ignore fields
-// they do not know), or adding an error code (callers treat unknown codes
-// like [CodeInternal]).
+// [GuestSchemaVersion] is an integer that names the protocol revision,
+// counting up from 1. It is bumped on every incompatible change, that is
+// one an agent or host of the previous revision would misread: changing the
+// frame header, renumbering a frame type, changing the type or meaning of
+// an existing JSON field, removing an op or a field, making an optional
+// field mandatory, or changing the frame sequence of an existing op.
+//
+// It is also bumped when a revision adds an op that hosts must be able to
+// count on, so that they can tell from the number alone whether an agent
+// has it: the number is recorded in snapshot manifests and listed for each
+// box, and decides, before anyone talks to the agent, whether a box can be
+// restored or forked safely or needs its agent upgraded first. Other
+// compatible changes do not bump it: adding an op that hosts can do without
+// (older agents answer with [CodeUnknownOp]), adding an optional field
+// whose zero value means the old behaviour (both sides ignore fields they
+// do not know), or adding an error code (callers treat unknown codes like
+// [CodeInternal]).
+//
+// The revisions:
+//
+//   - 1: health, exec, read_file, write_file and stat.
+//   - 2: adds restored ([RestoredSchemaVersion]), which a host must run
+//     after every restore or fork. Nothing else changed: an agent of
+//     revision 2 serves a host of revision 1, and a host of revision 2 can
+//     use an agent of revision 1 for everything but restored, for which
+//     [Client.Restored] returns an [AgentTooOldError].
 //
 // Some things never change, in any revision, so that any host can always ask
 // any agent which revision it speaks: the frame header, the numbers of
 // FrameRequest, FrameResponse and FrameError, the [Request] envelope, the
 // [Error] payload, and the health op with its [HealthResponse]. A host
 // should call [Client.Health] once the guest is up and refuse to use an
-// agent whose GuestSchemaVersion differs from its own. [AgentVersion]
-// identifies the agent's build for humans and logs; it never decides
-// compatibility.
+// agent whose GuestSchemaVersion is newer than its own, or older than the
+// oldest revision it still supports (see the list above for what each
+// revision is compatible with). [AgentVersion] identifies the agent's build
+// for humans and logs; it never decides compatibility.
 package guestagent

@@ -23,10 +23,39 @@ func ExampleClient_Health() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	if h.GuestSchemaVersion != guestagent.GuestSchemaVersion {
-		log.Fatalf("guest agent %s speaks schema %d, want %d", h.AgentVersion, h.GuestSchemaVersion, guestagent.GuestSchemaVersion)
+	if h.GuestSchemaVersion > guestagent.GuestSchemaVersion {
+		log.Fatalf("guest agent %s speaks schema %d, newer than this host's %d", h.AgentVersion, h.GuestSchemaVersion, guestagent.GuestSchemaVersion)
 	}
 	fmt.Println("agent", h.AgentVersion, "is", h.Status)
+}
+
+// Right after restoring a box from a snapshot, or forking one, and before
+// anything else, the host fixes up the guest: clock, entropy and, for a
+// fork, identity.
+func ExampleClient_Restored() {
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm1/vsock.sock", guestagent.Port)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	fork, boxID := true, "9f2c41"
+	args := guestagent.RestoreArgs() // a box restored in place keeps its identity
+	if fork {
+		var err error
+		if args, err = guestagent.ForkArgs(boxID); err != nil {
+			log.Fatal(err)
+		}
+	}
+	res, err := c.Restored(ctx, args)
+	if errors.Is(err, errors.ErrUnsupported) {
+		log.Fatalf("box %s: agent too old to restore safely; upgrade it: %v", boxID, err)
+	}
+	if err != nil {
+		log.Fatalf("box %s: %v", boxID, err) // a fork in doubt must not run
+	}
+	log.Printf("box %s: clock was %v behind; %d bits of entropy, reseeded %v",
+		boxID, res.ClockAfter.Sub(res.ClockBefore).Round(time.Millisecond), res.EntropyBits, res.Reseeded)
 }
 
 // The host runs a command in the guest, streaming its output.

@@ -84,10 +84,12 @@ func FuzzReadFrame(f *testing.F) {
 // The fuzzed requests run for real, but fenced in by the server's vet hook
 // (see fuzzVet): exec runs nothing but echo, and file paths are moved into
 // a scratch directory, so the fuzzer cannot run programs of its choosing
-// or touch files outside that directory.
+// or touch files outside that directory. The restored op changes a
+// fakeGuest, never the machine running the fuzzer.
 func FuzzServeConn(f *testing.F) {
-	s := &Server{vet: fuzzVet(f.TempDir())}
+	vet := fuzzVet(f.TempDir())
 	f.Fuzz(func(t *testing.T, data []byte) {
+		s := &Server{vet: vet, sys: &fakeGuest{}}
 		c := &fakeConn{r: bytes.NewReader(data)}
 		s.serveConn(context.Background(), c)
 		if !c.closed {
@@ -118,12 +120,28 @@ func FuzzServeConn(f *testing.F) {
 				}
 				continue
 			case typ == FrameResponse:
-				if req.Op == OpHealth {
+				switch {
+				case req.Op == OpHealth:
 					var h HealthResponse
 					if err := json.Unmarshal(p, &h); err != nil || h.Status != HealthStatusOK {
 						t.Fatalf("response %q: %v", p, err)
 					}
-				} else if !json.Valid(p) || p[0] != '{' {
+				case req.Op == opRestored:
+					// Only valid arguments are applied.
+					var args restoredArgs
+					json.Unmarshal(req.Args, &args)
+					var r restoredResult
+					if err := json.Unmarshal(p, &r); err != nil {
+						t.Fatalf("restored response %q: %v", p, err)
+					}
+					if err := args.check(); err != nil {
+						t.Fatalf("restored applied invalid arguments (%v): %q", err, p)
+					}
+					if r.EntropyBits != 8*len(args.Entropy) || r.ClockAfterUnixNano != args.TimeUnixNano ||
+						r.Hostname != args.Hostname || r.MachineID != args.MachineID {
+						t.Fatalf("restored %s answered %q", req.Args, p)
+					}
+				case !json.Valid(p) || p[0] != '{':
 					t.Fatalf("%s response %q is not a JSON object", req.Op, p)
 				}
 			case typ == FrameError:
@@ -166,6 +184,8 @@ func fuzzVet(scratch string) func(any) error {
 			inScratch(&a.Path)
 		case *statArgs:
 			inScratch(&a.Path)
+		case *restoredArgs:
+			// The server's guestSystem is a fake.
 		default:
 			panic(fmt.Sprintf("fuzzVet: unexpected %T", args))
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -73,4 +74,66 @@ func mountTmp(log *slog.Logger) error {
 	}
 	log.Info("agent: mounted a tmpfs on /tmp")
 	return nil
+}
+
+// defaultGuestSystem returns the guest's own system, for the restored op.
+func defaultGuestSystem() guestSystem { return &linuxGuest{root: "/"} }
+
+// linuxGuest is the system of the Linux guest the agent runs in. Its files,
+// /etc/hostname and /etc/machine-id, are under root ("/" in a guest);
+// /dev/urandom and the system calls are the kernel's whatever root says.
+type linuxGuest struct {
+	root string
+}
+
+func (*linuxGuest) clock() time.Time { return time.Now() }
+
+func (*linuxGuest) setClock(t time.Time) error {
+	ts := unix.NsecToTimespec(t.UnixNano())
+	if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+		return fmt.Errorf("set clock to %v: clock_settime(CLOCK_REALTIME): %w", t.UTC(), err)
+	}
+	return nil
+}
+
+// addEntropy writes seed into the kernel's input pool with RNDADDENTROPY,
+// which, unlike a plain write to /dev/urandom, credits it as entropy, and
+// then asks the kernel to reseed its CRNG from the pool at once with
+// RNDRESEEDCRNG. Both need CAP_SYS_ADMIN.
+//
+// Kernels before 4.17 have no RNDRESEEDCRNG and answer EINVAL (random's
+// ioctl handler rejects requests it does not know) or ENOTTY; then the seed
+// waits in the pool for the CRNG's next scheduled reseed, and addEntropy
+// reports reseeded false. Since Linux 5.18 crediting the seed already
+// reseeds a CRNG that was not yet initialized, but one that was, as in any
+// restored guest, reseeds only on request or on schedule.
+func (*linuxGuest) addEntropy(seed []byte) (reseeded bool, err error) {
+	fd, err := unix.Open("/dev/urandom", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, fmt.Errorf("add entropy: open /dev/urandom: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := ioctlBytes(fd, unix.RNDADDENTROPY, randPoolInfo(seed)); err != nil {
+		return false, fmt.Errorf("add entropy: ioctl(/dev/urandom, RNDADDENTROPY, %d bytes): %w", len(seed), err)
+	}
+	switch err := ioctl(fd, unix.RNDRESEEDCRNG, 0); err {
+	case nil:
+		return true, nil
+	case unix.ENOTTY, unix.EINVAL:
+		return false, nil
+	default:
+		return false, fmt.Errorf("add entropy: ioctl(/dev/urandom, RNDRESEEDCRNG): %w", err)
+	}
+}
+
+func (g *linuxGuest) setHostname(name string) error {
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("set hostname %q: %w", name, err)
+	}
+	_, err := updateHostnameFile(g.root, name)
+	return err
+}
+
+func (g *linuxGuest) setMachineID(id string) error {
+	return writeMachineID(g.root, id)
 }

@@ -13,3 +13,6 @@ import (
 func PrepareGuest(log *slog.Logger) error {
 	return fmt.Errorf("prepare guest: %w", errors.ErrUnsupported)
 }
+
+// defaultGuestSystem returns nil: the restored op changes a Linux guest.
+func defaultGuestSystem() guestSystem { return nil }

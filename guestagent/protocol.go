@@ -15,10 +15,18 @@ import (
 const Port uint32 = 1024
 
 // GuestSchemaVersion is the revision of the host–agent protocol this
-// package speaks. It is bumped on every incompatible change; see "Evolution"
-// in the package documentation for what counts as one. Hosts compare it with
-// the agent's, as reported by the health op, before using any other op.
-const GuestSchemaVersion = 1
+// package speaks. It is bumped on every incompatible change, and for ops a
+// host must be able to count on; see "Evolution" in the package
+// documentation. Hosts compare it with the agent's, as reported by the
+// health op, before using any other op.
+const GuestSchemaVersion = 2
+
+// RestoredSchemaVersion is the first GuestSchemaVersion whose agents have
+// the restored op ([Client.Restored]). A box whose agent is older cannot be
+// restored or forked safely: nothing would reseed its entropy pool or give
+// a fork a new identity. Hosts compare it with the guest_schema_version
+// recorded in a snapshot's manifest before restoring or forking from it.
+const RestoredSchemaVersion = 2
 
 // AgentVersion identifies the build of the agent, for humans and logs only.
 // Release builds set it with
@@ -280,13 +288,17 @@ func (e *Error) Error() string {
 	return e.Message + " (" + e.Code + ")"
 }
 
-// The ops besides health, all of schema version 1. Their arguments, results
-// and frames are described in the package documentation.
+// The ops besides health. Their arguments, results and frames are described
+// in the package documentation.
 const (
+	// Schema version 1.
 	opExec      = "exec"
 	opReadFile  = "read_file"
 	opWriteFile = "write_file"
 	opStat      = "stat"
+
+	// Schema version 2 (RestoredSchemaVersion).
+	opRestored = "restored"
 )
 
 // maxChunk is the most that a peer puts in one stream frame (FrameStdin,
@@ -412,4 +424,82 @@ type FileInfo struct {
 	ModTime time.Time `json:"mod_time"`
 	// IsDir reports whether the file is a directory.
 	IsDir bool `json:"is_dir"`
+}
+
+// Bounds on the Entropy of a restored request, in bytes.
+const (
+	// MinRestoredEntropy is 256 bits, a whole key for the kernel's CRNG.
+	MinRestoredEntropy = 32
+	// MaxRestoredEntropy is 4096 bits, the size of the kernel's input pool
+	// before Linux 5.18; more would be credited only in part.
+	MaxRestoredEntropy = 512
+)
+
+// RestoredArgs are the arguments of Client.Restored: what the agent fixes
+// up in a guest that has just been restored or forked from a snapshot.
+// RestoreArgs and ForkArgs fill them in from the host.
+type RestoredArgs struct {
+	// Time is the host's wall-clock time, to which the agent sets the
+	// guest's (CLOCK_REALTIME). Zero means the host's clock when Restored
+	// sends the request, which is what a host normally wants: the clock is
+	// read as late as possible. It travels as Unix nanoseconds, so it must
+	// lie between 1970 and 2262.
+	Time time.Time `json:"-"`
+	// Entropy is fresh randomness from the host, MinRestoredEntropy to
+	// MaxRestoredEntropy bytes, which the agent mixes into the kernel's
+	// entropy pool, crediting every bit, before it reseeds the kernel's
+	// CRNG. It travels as base64.
+	Entropy []byte `json:"entropy"`
+	// Hostname, if not empty, is the guest's new hostname: 1 to 64
+	// letters, digits, hyphens and dots, not starting with a hyphen or a
+	// dot. A fork needs one; see ForkHostname.
+	Hostname string `json:"hostname,omitempty"`
+	// MachineID, if not empty, is the guest's new machine ID for
+	// /etc/machine-id: 32 lowercase hexadecimal digits, not all zero (see
+	// machine-id(5)). A fork needs one; see NewMachineID.
+	MachineID string `json:"machine_id,omitempty"`
+}
+
+// restoredArgs is the Args of a restored Request.
+type restoredArgs struct {
+	RestoredArgs
+	// TimeUnixNano is RestoredArgs.Time in nanoseconds since 1970 UTC.
+	TimeUnixNano int64 `json:"time_unix_nano"`
+}
+
+// RestoredResult is the result of the restored op: what the agent applied.
+// The op applies everything it was asked to or fails, so the result echoes
+// the arguments, together with what the host may want to log.
+type RestoredResult struct {
+	// EntropyBits is how many bits of entropy the agent credited to the
+	// kernel's pool: eight per byte of RestoredArgs.Entropy.
+	EntropyBits int `json:"entropy_bits"`
+	// Reseeded reports that the kernel's CRNG was reseeded at once, so that
+	// all random numbers from now on derive from the host's entropy. It is
+	// false on kernels before Linux 4.17, which cannot be asked to: there
+	// the CRNG takes the new entropy at its next scheduled reseed, within
+	// five minutes.
+	Reseeded bool `json:"reseeded"`
+	// ClockBefore is the guest's wall clock just before the agent set it:
+	// how stale the restored clock was.
+	ClockBefore time.Time `json:"-"`
+	// ClockAfter is the guest's wall clock just after the agent set it.
+	// Compared with the host's clock when the answer arrives, it bounds the
+	// skew that remains.
+	ClockAfter time.Time `json:"-"`
+	// Hostname is the hostname the agent set, or "" if it was given none.
+	Hostname string `json:"hostname,omitempty"`
+	// MachineID is the machine ID the agent wrote, or "" if it was given
+	// none.
+	MachineID string `json:"machine_id,omitempty"`
+}
+
+// restoredResult is the result of the restored op on the wire.
+type restoredResult struct {
+	RestoredResult
+	// ClockBeforeUnixNano and ClockAfterUnixNano are
+	// RestoredResult.ClockBefore and ClockAfter in nanoseconds since 1970
+	// UTC.
+	ClockBeforeUnixNano int64 `json:"clock_before_unix_nano"`
+	ClockAfterUnixNano  int64 `json:"clock_after_unix_nano"`
 }

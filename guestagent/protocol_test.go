@@ -251,6 +251,12 @@ func TestJSONWireFormat(t *testing.T) {
 		{writeFileArgs{Path: "/f", WriteOptions: WriteOptions{Mode: 0o600, Append: true, CreateDirs: true}}, `{"path":"/f","mode":384,"append":true,"create_dirs":true}`},
 		{writeFileResult{Written: 4}, `{"written":4}`},
 		{statArgs{Path: "/f"}, `{"path":"/f"}`},
+		{restoredArgs{RestoredArgs: RestoredArgs{Time: time.Now(), Entropy: []byte{1, 2, 3}, Hostname: "h", MachineID: "m"}, TimeUnixNano: 5},
+			`{"entropy":"AQID","hostname":"h","machine_id":"m","time_unix_nano":5}`},
+		{restoredArgs{RestoredArgs: RestoredArgs{Entropy: []byte{1, 2, 3}}, TimeUnixNano: 5}, `{"entropy":"AQID","time_unix_nano":5}`},
+		{restoredResult{RestoredResult: RestoredResult{EntropyBits: 24, Reseeded: true, ClockBefore: time.Now(), Hostname: "h", MachineID: "m"}, ClockBeforeUnixNano: 6, ClockAfterUnixNano: 7},
+			`{"entropy_bits":24,"reseeded":true,"hostname":"h","machine_id":"m","clock_before_unix_nano":6,"clock_after_unix_nano":7}`},
+		{restoredResult{}, `{"entropy_bits":0,"reseeded":false,"clock_before_unix_nano":0,"clock_after_unix_nano":0}`},
 	} {
 		b, err := json.Marshal(tc.v)
 		if err != nil || string(b) != tc.want {

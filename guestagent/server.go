@@ -37,13 +37,25 @@ type Server struct {
 	// gone, and the process is killed.
 	RequestTimeout time.Duration
 
+	// Guest says that the server is the agent of a Sailbox guest, which
+	// lets the restored op change the system as a whole: set the wall
+	// clock, reseed the kernel's random number generator, and rename the
+	// machine. Without it the op is refused, so that an agent run on a
+	// host for tests cannot reset the host's clock and name.
+	// cmd/sailbox-agent sets it when it prepares the guest.
+	Guest bool
+
 	// vet, if set, sees the decoded arguments of every exec, read_file,
-	// write_file and stat request (an *execArgs, *readFileArgs, and so on)
-	// before the op runs, and may rewrite them or refuse the request by
-	// returning an error, which is sent to the host. Fuzz tests use it so
-	// that fuzzed requests run no program but echo and touch no file
-	// outside a scratch directory.
+	// write_file, stat and restored request (an *execArgs, *readFileArgs,
+	// and so on) before the op runs, and may rewrite them or refuse the
+	// request by returning an error, which is sent to the host. Fuzz tests
+	// use it so that fuzzed requests run no program but echo and touch no
+	// file outside a scratch directory.
 	vet func(args any) error
+
+	// sys, if set, stands in for the guest's system in the restored op,
+	// whatever Guest says. Tests use it to observe the op without root.
+	sys guestSystem
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -293,6 +305,12 @@ func (s *Server) dispatch(ctx context.Context, x *exchange, req *Request) (any, 
 			return nil, err
 		}
 		return stat(&args)
+	case opRestored:
+		var args restoredArgs
+		if err := s.decodeArgs(req, &args); err != nil {
+			return nil, err
+		}
+		return s.restored(&args)
 	case "":
 		return nil, &Error{Code: CodeBadRequest, Message: "request has no op"}
 	default:

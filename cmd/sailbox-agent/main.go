@@ -6,6 +6,10 @@
 // When it runs in the guest, which it assumes when its parent is PID 1 and
 // PID 1 is called "init", or when given -guest, it first prepares the
 // guest with guestagent.PrepareGuest: busybox commands, hostname, /tmp.
+// Only in the guest does it perform the restored op, which sets the
+// guest's clock, reseeds its random number generator and renames it after
+// a restore or fork (guestagent.Server.Guest): on a host it would do all
+// that to the host.
 //
 // It must be built statically (CGO_ENABLED=0): the guest has nothing but
 // the kernel and the initramfs.
@@ -69,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	port := fs.Uint("port", uint(guestagent.Port), "vsock `port` to listen on")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
-	guest := fs.Bool("guest", false, "prepare the guest (busybox commands, hostname, /tmp) before serving; implied when started by init")
+	guest := fs.Bool("guest", false, "prepare the guest (busybox commands, hostname, /tmp) before serving, and serve the restored op (clock, entropy, identity); implied when started by init")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -85,7 +89,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
-	if *guest || startedByInit() {
+	inGuest := *guest || startedByInit()
+	if inGuest {
 		// The host can still look into whatever went wrong once the agent
 		// serves, so a failure here is not fatal.
 		if err := prepareGuest(logger); err != nil {
@@ -99,6 +104,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The host watches the serial console for this line.
 	fmt.Fprintf(stdout, "sailbox-agent %s schema %d listening on vsock port %d\n",
 		guestagent.AgentVersion, guestagent.GuestSchemaVersion, *port)
-	srv := &guestagent.Server{Logger: logger}
+	srv := &guestagent.Server{Logger: logger, Guest: inGuest}
 	return srv.Serve(ctx, l)
 }

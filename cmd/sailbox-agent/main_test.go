@@ -104,6 +104,13 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	if got := port.Load(); got != 2048 {
 		t.Errorf("listened on port %d, want 2048", got)
 	}
+	// Not in a guest, the agent must not touch the clock, the random
+	// number generator or the name of the machine it runs on.
+	_, err = c.Restored(ctx, guestagent.RestoreArgs())
+	var ae *guestagent.Error
+	if !errors.As(err, &ae) || ae.Code != guestagent.CodeUnknownOp || !strings.Contains(ae.Message, "not enabled") {
+		t.Errorf("Restored on a host = %v, want an *Error with code %q saying it is not enabled", err, guestagent.CodeUnknownOp)
+	}
 	want := fmt.Sprintf("sailbox-agent %s schema %d listening on vsock port 2048\n",
 		guestagent.AgentVersion, guestagent.GuestSchemaVersion)
 	if got := stdout.String(); got != want {
