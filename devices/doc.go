@@ -13,6 +13,30 @@
 // Concurrency: bus accesses arrive on vCPU goroutines, several at once on an
 // SMP guest, and device back ends (a disk, a socket) run on goroutines of
 // their own. Every device guards its state with its own lock.
+//
+// # Saving and restoring
+//
+// Every device package has a persist.go holding its State type and its
+// save/restore pair: a Save method on the device and a Restore constructor
+// that builds a new device from a State and explicit dependencies (an
+// interrupt line, a disk, a socket path). Restore never mutates a live
+// device. Package devicetest is the conformance suite every device passes.
+//
+// A State is plain data: exported fields, JSON-encodable, no pointers into
+// the device. Each carries a Version, the StateVersion constant of its
+// package, and Restore accepts exactly that version: a change that older
+// readers could misread bumps it; a field added so that its zero value
+// means the old behaviour does not. (The snapshot format versions and
+// checksums the sections these states are stored in.)
+//
+// Save is called while every vCPU is paused, so no bus access runs during
+// it. Devices with goroutines of their own (virtio-blk's request loop,
+// virtio-vsock's event loop) are quiesced first, and stay so while guest
+// memory and disks are snapshotted: see virtio.MMIO.Pause.
+//
+// A State comes from a file, so Restore treats it as hostile: a state no
+// device could have produced, or one that does not fit the dependencies it
+// is given, is an error wrapping ErrInvalidState, never a panic.
 package devices
 
 import "io"

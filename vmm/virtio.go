@@ -62,9 +62,14 @@ func standardDevices(cfg Config) ([]MMIODevice, []io.Closer, error) {
 		if err != nil {
 			return fail(fmt.Errorf("%w: disk %d: %w", ErrConfig, i, err))
 		}
-		b, err := blk.New(f, d.ReadOnly)
+		be, err := blk.FileBackend(f)
 		if err != nil {
 			f.Close()
+			return fail(fmt.Errorf("%w: disk %d (%s): %w", ErrConfig, i, d.Path, err))
+		}
+		b, err := blk.New(be, blk.Config{ReadOnly: d.ReadOnly, ID: be.ID()})
+		if err != nil {
+			be.Close()
 			return fail(fmt.Errorf("%w: disk %d (%s): %w", ErrConfig, i, d.Path, err))
 		}
 		devs = append(devs, virtioMMIO(b))

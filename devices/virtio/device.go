@@ -13,6 +13,9 @@
 //     memory.
 //   - Device is a device type (block, entropy, vsock): it consumes chains
 //     from its queues.
+//
+// persist.go saves and restores all three together (MMIO.Save,
+// RestoreMMIO), with the devices' help (Persistent, Pauser).
 package virtio
 
 import "github.com/sailbox-dev/sailbox/devices"

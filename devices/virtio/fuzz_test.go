@@ -127,8 +127,14 @@ func FuzzBlockRequest(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dev, err := blk.New(file, false)
+		be, err := blk.FileBackend(file)
 		if err != nil {
+			file.Close()
+			t.Fatal(err)
+		}
+		dev, err := blk.New(be, blk.Config{})
+		if err != nil {
+			be.Close()
 			t.Fatal(err)
 		}
 		defer dev.Close()

@@ -113,6 +113,15 @@ type MMIO struct {
 	// transport only reads Ready.
 	queues    []*Queue
 	activated bool // dev.Activate succeeded and Reset has not been called since
+	// configGeneration is the ConfigGeneration register. No device
+	// changes its configuration space while the driver runs, so it never
+	// moves; it is state so that a snapshot keeps what the driver saw.
+	configGeneration uint32
+	// paused is set between Pause and Resume (persist.go); kicks that
+	// arrive meanwhile are recorded in deferredKicks, by queue index, and
+	// delivered by Resume.
+	paused        bool
+	deferredKicks []bool
 }
 
 // NewMMIO returns the transport for dev, whose queues live in mem and whose
@@ -129,6 +138,7 @@ func NewMMIO(dev Device, mem devices.GuestMemory, irq devices.Interrupt) *MMIO {
 		q.index = i
 		m.queues = append(m.queues, q)
 	}
+	m.deferredKicks = make([]bool, len(m.queues))
 	return m
 }
 
@@ -185,9 +195,7 @@ func (m *MMIO) readRegister(offset uint64) uint32 {
 	case regStatus:
 		return m.status
 	case regConfigGeneration:
-		// No device changes its configuration space while the driver
-		// runs, so the generation never moves.
-		return 0
+		return m.configGeneration
 	}
 	return 0
 }
@@ -244,6 +252,10 @@ func (m *MMIO) Write(offset uint64, data []byte) {
 		// Kicks before DRIVER_OK, or for queues the device does not have,
 		// are the driver's bug and go nowhere.
 		if m.activated && v < uint32(len(m.queues)) {
+			if m.paused {
+				m.deferredKicks[v] = true
+				break
+			}
 			m.dev.Notify(int(v))
 		}
 	case regInterruptACK:
@@ -348,12 +360,14 @@ func (m *MMIO) writeStatus(v uint32) {
 
 // checkFeatures checks the features the driver accepted: only offered ones,
 // and VIRTIO_F_VERSION_1, which the modern transport requires (spec §6.1).
-func (m *MMIO) checkFeatures() error {
-	if extra := m.driverFeatures &^ m.offered; extra != 0 {
-		return fmt.Errorf("driver accepted features %#x that were not offered (offered %#x)", extra, m.offered)
+func (m *MMIO) checkFeatures() error { return checkFeatures(m.driverFeatures, m.offered) }
+
+func checkFeatures(accepted, offered uint64) error {
+	if extra := accepted &^ offered; extra != 0 {
+		return fmt.Errorf("driver accepted features %#x that were not offered (offered %#x)", extra, offered)
 	}
-	if m.driverFeatures&FeatureVersion1 == 0 {
-		return fmt.Errorf("driver did not accept VIRTIO_F_VERSION_1 (accepted %#x)", m.driverFeatures)
+	if accepted&FeatureVersion1 == 0 {
+		return fmt.Errorf("driver did not accept VIRTIO_F_VERSION_1 (accepted %#x)", accepted)
 	}
 	return nil
 }

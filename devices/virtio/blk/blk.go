@@ -1,5 +1,5 @@
 // Package blk implements a virtio block device (virtio spec v1.2 §5.2)
-// backed by a raw disk image file.
+// backed by a raw disk image: a Backend, usually a file (FileBackend).
 //
 // The device has one request queue. The driver's kicks only wake the
 // device's worker goroutine, which runs the requests (reads and writes of
@@ -13,11 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
-	"syscall"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/virtio"
@@ -76,48 +72,86 @@ const idBytes = 20
 // copyChunk bounds the bounce buffer between the image and guest memory.
 const copyChunk = 64 << 10
 
+// Backend is the raw image a Block serves: its bytes, read and written at
+// byte offsets, and a way to make completed writes durable. Its size is
+// fixed while the device uses it; the device reads it once, in New.
+// ReadAt and WriteAt may be called from the device's request loop while
+// other goroutines use the backend for other ranges.
+type Backend interface {
+	io.ReaderAt
+	io.WriterAt
+	// Sync makes every completed write durable (a flush request).
+	Sync() error
+	// Size is the image's size in bytes.
+	Size() int64
+}
+
+// Config configures a Block.
+type Config struct {
+	// ReadOnly makes the device offer VIRTIO_BLK_F_RO and fail every
+	// write request.
+	ReadOnly bool
+	// ID is the device ID string the guest reads (VIRTIO_BLK_T_GET_ID,
+	// Linux's /sys/block/vdX/serial): printable ASCII, at most 20 bytes;
+	// empty reads as zeros. It is part of the device's state, so the
+	// guest sees the same ID after a restore onto another image file.
+	// FileBackend's ID derives one from the image file's identity.
+	ID string
+}
+
 // Block is a virtio block device on a raw image. It implements
-// virtio.Device.
+// virtio.Device, virtio.Persistent and virtio.Pauser.
 type Block struct {
 	// Logger receives the device's logs: malformed requests and I/O
 	// errors. Nil discards them. Set it before the device is activated.
 	Logger *slog.Logger
 
-	file     *os.File
+	// Set by New, then read-only.
+	be       Backend
 	readOnly bool
 	capacity uint64 // in sectors
 	id       [idBytes]byte
 	config   [configSize]byte
 
-	// mu guards worker and serializes Activate, Notify, Reset and Close.
+	// mu guards the fields below and serializes Activate, Notify, Reset,
+	// Pause, Resume and Close.
 	mu     sync.Mutex
 	worker *worker // the running request loop; nil when not activated
+	// resume is closed to let a loop parked by Pause go on; nil when not
+	// paused.
+	resume chan struct{}
 	closed bool
 }
 
-// New returns a block device on f, a raw image whose size is a multiple of
-// SectorSize. The device owns f from then on and closes it in Close. A
-// read-only device offers VIRTIO_BLK_F_RO and fails every write request.
-// The device ID (VIRTIO_BLK_T_GET_ID) is derived from the identity of the
-// image file (device and inode numbers), so it is stable across runs.
-func New(f *os.File, readOnly bool) (*Block, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("virtio-blk: stat image: %w", err)
+// New returns a block device on be, a raw image whose size is a multiple
+// of SectorSize. The device owns be from then on: Close closes it if it is
+// an io.Closer.
+func New(be Backend, cfg Config) (*Block, error) {
+	size := be.Size()
+	if size < 0 || size%SectorSize != 0 {
+		return nil, fmt.Errorf("virtio-blk: image size %d is not a multiple of %d bytes", size, SectorSize)
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("virtio-blk: image %s is not a regular file", f.Name())
+	if err := checkID(cfg.ID); err != nil {
+		return nil, fmt.Errorf("virtio-blk: %w", err)
 	}
-	if fi.Size()%SectorSize != 0 {
-		return nil, fmt.Errorf("virtio-blk: image %s: size %d is not a multiple of %d bytes", f.Name(), fi.Size(), SectorSize)
-	}
-	b := &Block{file: f, readOnly: readOnly, capacity: uint64(fi.Size()) / SectorSize}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		copy(b.id[:], fmt.Sprintf("sbox-%x-%x", st.Dev, st.Ino))
-	}
+	b := &Block{be: be, readOnly: cfg.ReadOnly, capacity: uint64(size) / SectorSize}
+	copy(b.id[:], cfg.ID)
 	binary.LittleEndian.PutUint64(b.config[configCapacity:], b.capacity)
 	binary.LittleEndian.PutUint32(b.config[configSegMax:], segMax)
 	return b, nil
+}
+
+// checkID checks a device ID string (Config.ID).
+func checkID(id string) error {
+	if len(id) > idBytes {
+		return fmt.Errorf("device ID %q: longer than %d bytes", id, idBytes)
+	}
+	for i := range len(id) {
+		if id[i] < 0x20 || id[i] > 0x7e {
+			return fmt.Errorf("device ID %q: not printable ASCII", id)
+		}
+	}
+	return nil
 }
 
 // Type is virtio.TypeBlock.
@@ -170,6 +204,7 @@ func (b *Block) Activate(mem devices.GuestMemory, acked uint64, queues []*virtio
 		signal:       signal,
 		writeThrough: acked&featureFlush == 0,
 		kick:         make(chan struct{}, 1),
+		pause:        make(chan pauseRequest),
 		stop:         make(chan struct{}),
 		done:         make(chan struct{}),
 		buf:          make([]byte, copyChunk),
@@ -196,7 +231,8 @@ func (b *Block) Reset() {
 	b.stopWorker()
 }
 
-// Close stops the device and closes the image file.
+// Close stops the device and closes the image if its backend is an
+// io.Closer.
 func (b *Block) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -205,14 +241,18 @@ func (b *Block) Close() error {
 	}
 	b.closed = true
 	b.stopWorker()
-	if err := b.file.Close(); err != nil {
-		return fmt.Errorf("virtio-blk: close image: %w", err)
+	if c, ok := b.be.(io.Closer); ok {
+		if err := c.Close(); err != nil {
+			return fmt.Errorf("virtio-blk: close image: %w", err)
+		}
 	}
 	return nil
 }
 
-// stopWorker stops the request loop and waits for it. b.mu must be held.
+// stopWorker stops the request loop and waits for it; that ends a pause.
+// b.mu must be held.
 func (b *Block) stopWorker() {
+	b.resume = nil
 	if b.worker == nil {
 		return
 	}
@@ -238,10 +278,11 @@ type worker struct {
 	signal       func() error
 	writeThrough bool // sync every write: VIRTIO_BLK_F_FLUSH not negotiated
 
-	kick chan struct{} // holds a token when the driver kicked since the last drain
-	stop chan struct{} // closed to stop the loop
-	done chan struct{} // closed when the loop has stopped
-	buf  []byte        // bounce buffer between the image and guest memory
+	kick  chan struct{}     // holds a token when the driver kicked since the last drain
+	pause chan pauseRequest // Pause (persist.go): drain, then park
+	stop  chan struct{}     // closed to stop the loop
+	done  chan struct{}     // closed when the loop has stopped
+	buf   []byte            // bounce buffer between the image and guest memory
 }
 
 func (w *worker) wake() {
@@ -258,6 +299,11 @@ func (w *worker) run() {
 		case <-w.stop:
 			return
 		case <-w.kick:
+		case p := <-w.pause:
+			if !w.park(p) {
+				return
+			}
+			continue
 		}
 		if !w.drain() {
 			return
@@ -365,7 +411,7 @@ func (w *worker) read(sector, n uint64, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	copied, err := io.CopyBuffer(out, io.NewSectionReader(w.b.file, off, int64(n)), w.buf)
+	copied, err := io.CopyBuffer(out, io.NewSectionReader(w.b.be, off, int64(n)), w.buf)
 	if err == nil && uint64(copied) != n {
 		err = io.ErrUnexpectedEOF // the image shrank under the device
 	}
@@ -385,7 +431,7 @@ func (w *worker) write(sector, n uint64, in io.Reader) error {
 	if err != nil {
 		return err
 	}
-	copied, err := io.CopyBuffer(io.NewOffsetWriter(w.b.file, off), io.LimitReader(in, int64(n)), w.buf)
+	copied, err := io.CopyBuffer(io.NewOffsetWriter(w.b.be, off), io.LimitReader(in, int64(n)), w.buf)
 	if err == nil && uint64(copied) != n {
 		err = io.ErrUnexpectedEOF
 	}
@@ -419,25 +465,10 @@ func (b *Block) extent(op string, sector, n uint64) (int64, error) {
 	return int64(sector * SectorSize), nil
 }
 
-// flush makes every completed write durable. The image's size never
-// changes, so its data is all fdatasync needs to write.
+// flush makes every completed write durable.
 func (b *Block) flush() error {
-	rc, err := b.file.SyscallConn()
-	if err != nil {
+	if err := b.be.Sync(); err != nil {
 		return fmt.Errorf("flush: %w", err)
-	}
-	var syncErr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			if syncErr = unix.Fdatasync(int(fd)); syncErr != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return fmt.Errorf("flush: %w", err)
-	}
-	if syncErr != nil {
-		return fmt.Errorf("flush: fdatasync: %w", syncErr)
 	}
 	return nil
 }

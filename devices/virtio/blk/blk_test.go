@@ -39,13 +39,10 @@ func newDevice(t *testing.T, readOnly bool, features uint64) (*Block, *vt.Driver
 	if readOnly {
 		flag = os.O_RDONLY
 	}
-	f, err := os.OpenFile(path, flag, 0)
+	be := openImage(t, path, flag)
+	b, err := New(be, Config{ReadOnly: readOnly, ID: be.ID()})
 	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := New(f, readOnly)
-	if err != nil {
-		f.Close()
+		be.Close()
 		t.Fatal(err)
 	}
 	d := vt.New(t, b, 4<<20)
@@ -58,6 +55,21 @@ func newDevice(t *testing.T, readOnly bool, features uint64) (*Block, *vt.Driver
 		t.Fatal(err)
 	}
 	return b, d, path
+}
+
+// openImage opens the image at path as a backend.
+func openImage(t *testing.T, path string, flag int) *File {
+	t.Helper()
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	be, err := FileBackend(f)
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	return be
 }
 
 // pattern is the byte at offset i of a fresh image.
@@ -112,22 +124,26 @@ func writeSectors(t *testing.T, d *vt.Driver, sector uint64, data []byte) result
 
 func TestNewRejectsBadImages(t *testing.T) {
 	for _, n := range []int{1, 511, 1000} {
-		f, err := os.Open(newImage(t, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := New(f, false); err == nil {
+		be := openImage(t, newImage(t, n), os.O_RDONLY)
+		if _, err := New(be, Config{}); err == nil {
 			t.Errorf("New on a %d-byte image succeeded", n)
 		}
-		f.Close()
+		be.Close()
 	}
 	dir, err := os.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dir.Close()
-	if _, err := New(dir, false); err == nil {
-		t.Error("New on a directory succeeded")
+	if _, err := FileBackend(dir); err == nil {
+		t.Error("FileBackend on a directory succeeded")
+	}
+	be := openImage(t, newImage(t, SectorSize), os.O_RDONLY)
+	defer be.Close()
+	for _, id := range []string{"this ID is 21 bytes!!", "tab\t", "caf\u00e9"} {
+		if _, err := New(be, Config{ID: id}); err == nil {
+			t.Errorf("New with device ID %q succeeded", id)
+		}
 	}
 }
 

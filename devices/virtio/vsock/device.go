@@ -37,6 +37,7 @@ type Device struct {
 	ln     *net.UnixListener
 	cancel context.CancelFunc
 	closed sync.Once
+	paused pauseState // Pause, Resume and Save (persist.go)
 }
 
 // New creates the device and starts listening on cfg.UDSPath, which must
