@@ -1,0 +1,170 @@
+package disklayer
+
+import (
+	"encoding/binary"
+
+	"github.com/sailbox-dev/sailbox/snapshot/internal/format"
+)
+
+// BlockSize is the granularity at which layers hold disk data: a write to
+// part of a block not yet in the top copies the rest of the block up.
+const BlockSize = 4096
+
+// Version is the disk layer format version this package writes. Readers
+// accept MinVersion through Version (see ../FORMAT.md).
+const (
+	Version    = 1
+	MinVersion = 1
+)
+
+// MaxSize bounds the virtual size of a disk: 1 PiB.
+const MaxSize = 1 << 50
+
+// dataOffset is where block 0 is stored: right after the header page, so
+// blocks are page aligned.
+const dataOffset = BlockSize
+
+const what = "disk layer"
+
+var magic = [8]byte{'S', 'B', 'X', 'D', 'S', 'K', 0, '\n'}
+
+// Layer states.
+const (
+	stateTop    = 1 // a writable top: no index, not a valid layer
+	stateSealed = 2
+)
+
+// Header fields, little endian. The header occupies the first BlockSize
+// bytes of the file; bytes past headerLen are zero.
+const (
+	offMagic       = 0  // [8]byte
+	offVersion     = 8  // le32
+	offBlockSize   = 12 // le32, BlockSize
+	offState       = 16 // le32, stateTop or stateSealed
+	offReserved    = 20 // le32, zero
+	offSize        = 24 // le64, virtual disk size in bytes
+	offBlocks      = 32 // le64, blocks present
+	offExtents     = 40 // le64, extents in the index
+	offDataOffset  = 48 // le64, dataOffset
+	offIndexOffset = 56 // le64, dataOffset + roundup(size, BlockSize)
+	offIndexLen    = 64 // le64, extents*16
+	offIndexCRC    = 72 // le32, CRC-32C of the index
+	offDataCRC     = 76 // le32, CRC-32C of the present blocks, ascending
+	offHeaderCRC   = 80 // le32, CRC-32C of bytes [0, offHeaderCRC)
+	headerLen      = 84
+)
+
+// header is a decoded header. Invariants checked by decodeHeader for a
+// sealed layer: 0 < size <= MaxSize, indexOffset == dataOffset +
+// blocks(size)*BlockSize, indexLen == extents*ExtentSize, extents <= blocks
+// <= blocks(size).
+type header struct {
+	version     uint32
+	state       uint32
+	size        int64
+	blocks      uint64
+	extents     uint64
+	indexOffset uint64
+	indexLen    uint64
+	indexCRC    uint32
+	dataCRC     uint32
+	headerCRC   uint32
+}
+
+// blockCount is the number of blocks of a disk of size bytes.
+func blockCount(size int64) uint64 { return uint64((size + BlockSize - 1) / BlockSize) }
+
+func newHeader(state uint32, size int64, blocks, extents uint64, indexCRC, dataCRC uint32) header {
+	h := header{
+		version:     Version,
+		state:       state,
+		size:        size,
+		blocks:      blocks,
+		extents:     extents,
+		indexOffset: dataOffset + blockCount(size)*BlockSize,
+		indexLen:    extents * format.ExtentSize,
+		indexCRC:    indexCRC,
+		dataCRC:     dataCRC,
+	}
+	h.headerCRC = format.Checksum(h.encode()[:offHeaderCRC])
+	return h
+}
+
+// encode returns the whole header page, checksum field included.
+func (h header) encode() []byte {
+	b := make([]byte, dataOffset)
+	copy(b[offMagic:], magic[:])
+	le := binary.LittleEndian
+	le.PutUint32(b[offVersion:], h.version)
+	le.PutUint32(b[offBlockSize:], BlockSize)
+	le.PutUint32(b[offState:], h.state)
+	le.PutUint64(b[offSize:], uint64(h.size))
+	le.PutUint64(b[offBlocks:], h.blocks)
+	le.PutUint64(b[offExtents:], h.extents)
+	le.PutUint64(b[offDataOffset:], dataOffset)
+	le.PutUint64(b[offIndexOffset:], h.indexOffset)
+	le.PutUint64(b[offIndexLen:], h.indexLen)
+	le.PutUint32(b[offIndexCRC:], h.indexCRC)
+	le.PutUint32(b[offDataCRC:], h.dataCRC)
+	le.PutUint32(b[offHeaderCRC:], h.headerCRC)
+	return b
+}
+
+func decodeHeader(b []byte) (header, error) {
+	if len(b) < headerLen {
+		return header{}, format.Corrupt(what, "header", "truncated: %d of %d bytes", len(b), headerLen)
+	}
+	if [8]byte(b[:8]) != magic {
+		return header{}, format.Corrupt(what, "header", "bad magic %q (not a disk layer)", b[:8])
+	}
+	le := binary.LittleEndian
+	size := le.Uint64(b[offSize:])
+	h := header{
+		version:     le.Uint32(b[offVersion:]),
+		state:       le.Uint32(b[offState:]),
+		blocks:      le.Uint64(b[offBlocks:]),
+		extents:     le.Uint64(b[offExtents:]),
+		indexOffset: le.Uint64(b[offIndexOffset:]),
+		indexLen:    le.Uint64(b[offIndexLen:]),
+		indexCRC:    le.Uint32(b[offIndexCRC:]),
+		dataCRC:     le.Uint32(b[offDataCRC:]),
+		headerCRC:   le.Uint32(b[offHeaderCRC:]),
+	}
+	if h.version < MinVersion || h.version > Version {
+		return header{}, &format.VersionError{What: what, Got: h.version, Min: MinVersion, Max: Version}
+	}
+	if got := format.Checksum(b[:offHeaderCRC]); got != h.headerCRC {
+		return header{}, format.Corrupt(what, "header", "checksum %08x, stored %08x", got, h.headerCRC)
+	}
+	bs, do, res := le.Uint32(b[offBlockSize:]), le.Uint64(b[offDataOffset:]), le.Uint32(b[offReserved:])
+	switch {
+	case h.state == stateTop:
+		return header{}, format.Corrupt(what, "header", "not sealed: a writable top, or a seal that did not finish")
+	case h.state != stateSealed:
+		return header{}, format.Corrupt(what, "header", "unknown state %d", h.state)
+	case bs != BlockSize:
+		return header{}, format.Corrupt(what, "header", "block size %d, want %d", bs, BlockSize)
+	case do != dataOffset:
+		return header{}, format.Corrupt(what, "header", "data offset %d, want %d", do, dataOffset)
+	case res != 0:
+		return header{}, format.Corrupt(what, "header", "reserved field %#x is not zero", res)
+	case size == 0 || size > MaxSize:
+		return header{}, format.Corrupt(what, "header", "virtual size %d out of range (1 to %d)", size, uint64(MaxSize))
+	}
+	h.size = int64(size)
+	nb := blockCount(h.size)
+	switch {
+	case h.blocks > nb:
+		return header{}, format.Corrupt(what, "header", "%d blocks present in a disk of %d blocks", h.blocks, nb)
+	case h.extents > h.blocks:
+		return header{}, format.Corrupt(what, "header", "%d extents for %d blocks", h.extents, h.blocks)
+	case h.indexOffset != dataOffset+nb*BlockSize:
+		return header{}, format.Corrupt(what, "header", "index offset %d, want %d", h.indexOffset, dataOffset+nb*BlockSize)
+	case h.indexLen != h.extents*format.ExtentSize:
+		return header{}, format.Corrupt(what, "header", "index length %d for %d extents", h.indexLen, h.extents)
+	}
+	return h, nil
+}
+
+// fileSize is the (apparent) size of a complete layer file.
+func (h header) fileSize() int64 { return int64(h.indexOffset + h.indexLen) }

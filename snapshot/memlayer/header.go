@@ -1,0 +1,141 @@
+package memlayer
+
+import (
+	"encoding/binary"
+
+	"github.com/sailbox-dev/sailbox/snapshot/internal/format"
+)
+
+// PageSize is the size of a guest page and the alignment of page data in a
+// layer file.
+const PageSize = 4096
+
+// Version is the memory layer format version this package writes. Readers
+// accept MinVersion through Version (see ../FORMAT.md).
+const (
+	Version    = 1
+	MinVersion = 1
+)
+
+// MaxPages bounds page numbers: 2^40 pages of 4 KiB is the 52-bit
+// physical address space of x86-64.
+const MaxPages = 1 << 40
+
+// dataOffset is where page data starts: right after the header page, so
+// every page is file-page aligned and mappable.
+const dataOffset = PageSize
+
+const what = "memory layer"
+
+var magic = [8]byte{'S', 'B', 'X', 'M', 'E', 'M', 0, '\n'}
+
+// Header fields, little endian. The header occupies the first PageSize
+// bytes of the file; bytes past headerLen are zero.
+const (
+	offMagic       = 0  // [8]byte
+	offVersion     = 8  // le32
+	offPageSize    = 12 // le32, PageSize
+	offPages       = 16 // le64, pages held
+	offExtents     = 24 // le64, extents in the index
+	offDataOffset  = 32 // le64, dataOffset
+	offIndexOffset = 40 // le64, dataOffset + pages*PageSize
+	offIndexLen    = 48 // le64, extents*16
+	offIndexCRC    = 56 // le32, CRC-32C of the index
+	offDataCRC     = 60 // le32, CRC-32C of the page data
+	offHeaderCRC   = 64 // le32, CRC-32C of bytes [0, offHeaderCRC)
+	headerLen      = 68
+)
+
+// header is the decoded header. Its invariants, checked by decodeHeader:
+// pageSize == PageSize, dataOffset == PageSize, indexOffset == dataOffset +
+// pages*PageSize, indexLen == extents*ExtentSize, extents <= pages <=
+// MaxPages.
+type header struct {
+	version     uint32
+	pages       uint64
+	extents     uint64
+	indexOffset uint64
+	indexLen    uint64
+	indexCRC    uint32
+	dataCRC     uint32
+	headerCRC   uint32
+}
+
+func newHeader(pages, extents uint64, indexCRC, dataCRC uint32) header {
+	h := header{
+		version:     Version,
+		pages:       pages,
+		extents:     extents,
+		indexOffset: dataOffset + pages*PageSize,
+		indexLen:    extents * format.ExtentSize,
+		indexCRC:    indexCRC,
+		dataCRC:     dataCRC,
+	}
+	h.headerCRC = format.Checksum(h.encode()[:offHeaderCRC])
+	return h
+}
+
+// encode returns the header's headerLen bytes, its checksum field included.
+func (h header) encode() []byte {
+	b := make([]byte, headerLen)
+	copy(b[offMagic:], magic[:])
+	le := binary.LittleEndian
+	le.PutUint32(b[offVersion:], h.version)
+	le.PutUint32(b[offPageSize:], PageSize)
+	le.PutUint64(b[offPages:], h.pages)
+	le.PutUint64(b[offExtents:], h.extents)
+	le.PutUint64(b[offDataOffset:], dataOffset)
+	le.PutUint64(b[offIndexOffset:], h.indexOffset)
+	le.PutUint64(b[offIndexLen:], h.indexLen)
+	le.PutUint32(b[offIndexCRC:], h.indexCRC)
+	le.PutUint32(b[offDataCRC:], h.dataCRC)
+	le.PutUint32(b[offHeaderCRC:], h.headerCRC)
+	return b
+}
+
+func decodeHeader(b []byte) (header, error) {
+	if len(b) < headerLen {
+		return header{}, format.Corrupt(what, "header", "truncated: %d of %d bytes", len(b), headerLen)
+	}
+	if [8]byte(b[:8]) != magic {
+		return header{}, format.Corrupt(what, "header", "bad magic %q (not a memory layer)", b[:8])
+	}
+	le := binary.LittleEndian
+	h := header{
+		version:     le.Uint32(b[offVersion:]),
+		pages:       le.Uint64(b[offPages:]),
+		extents:     le.Uint64(b[offExtents:]),
+		indexOffset: le.Uint64(b[offIndexOffset:]),
+		indexLen:    le.Uint64(b[offIndexLen:]),
+		indexCRC:    le.Uint32(b[offIndexCRC:]),
+		dataCRC:     le.Uint32(b[offDataCRC:]),
+		headerCRC:   le.Uint32(b[offHeaderCRC:]),
+	}
+	// The version is checked before the checksum: a newer format may
+	// have moved the checksum, and "too new" is the useful error.
+	if h.version < MinVersion || h.version > Version {
+		return header{}, &format.VersionError{What: what, Got: h.version, Min: MinVersion, Max: Version}
+	}
+	if got := format.Checksum(b[:offHeaderCRC]); got != h.headerCRC {
+		return header{}, format.Corrupt(what, "header", "checksum %08x, stored %08x", got, h.headerCRC)
+	}
+	ps, do := le.Uint32(b[offPageSize:]), le.Uint64(b[offDataOffset:])
+	switch {
+	case ps != PageSize:
+		return header{}, format.Corrupt(what, "header", "page size %d, want %d", ps, PageSize)
+	case do != dataOffset:
+		return header{}, format.Corrupt(what, "header", "data offset %d, want %d", do, dataOffset)
+	case h.pages > MaxPages:
+		return header{}, format.Corrupt(what, "header", "%d pages, at most %d", h.pages, uint64(MaxPages))
+	case h.extents > h.pages:
+		return header{}, format.Corrupt(what, "header", "%d extents for %d pages", h.extents, h.pages)
+	case h.indexOffset != dataOffset+h.pages*PageSize:
+		return header{}, format.Corrupt(what, "header", "index offset %d, want %d", h.indexOffset, dataOffset+h.pages*PageSize)
+	case h.indexLen != h.extents*format.ExtentSize:
+		return header{}, format.Corrupt(what, "header", "index length %d for %d extents", h.indexLen, h.extents)
+	}
+	return h, nil
+}
+
+// fileSize is the size of a complete layer file with this header.
+func (h header) fileSize() int64 { return int64(h.indexOffset + h.indexLen) }

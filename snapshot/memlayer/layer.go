@@ -1,0 +1,160 @@
+package memlayer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+
+	"github.com/sailbox-dev/sailbox/snapshot/internal/format"
+)
+
+// ErrIncompatibleVersion and ErrCorrupt are the snapshot packages' shared
+// sentinels (see package snapshot): a file of an unsupported format
+// version, and a damaged or truncated file.
+var (
+	ErrIncompatibleVersion = format.ErrIncompatibleVersion
+	ErrCorrupt             = format.ErrCorrupt
+)
+
+// Layer is an open, validated layer file. Its methods may be called from
+// any goroutine; the index is immutable after Open.
+type Layer struct {
+	path  string
+	f     *os.File
+	h     header
+	index []Extent
+	// before[i] is the number of pages held by index[:i], so page
+	// index[i].Start+k is stored at dataOffset+(before[i]+k)*PageSize.
+	before []uint64
+}
+
+// Open opens a layer file and validates its header and index against
+// their checksums and the file's size. It reads no page data (see Verify).
+func Open(path string) (*Layer, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open memory layer: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open memory layer: %w", err)
+	}
+	h, index, err := decode(f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	l := &Layer{path: path, f: f, h: h, index: index, before: make([]uint64, len(index))}
+	var n uint64
+	for i, e := range index {
+		l.before[i] = n
+		n += e.Count
+	}
+	return l, nil
+}
+
+// decode reads and validates the header and index of a layer of the given
+// size. Its allocations are bounded by size.
+func decode(r io.ReaderAt, size int64) (header, []Extent, error) {
+	hb := make([]byte, headerLen)
+	if n, err := r.ReadAt(hb, 0); n < headerLen {
+		if err == io.EOF {
+			return header{}, nil, format.Corrupt(what, "header", "truncated: file is %d bytes", size)
+		}
+		return header{}, nil, fmt.Errorf("read header: %w", err)
+	}
+	h, err := decodeHeader(hb)
+	if err != nil {
+		return header{}, nil, err
+	}
+	// The header's fields are bounded (pages <= MaxPages), so fileSize
+	// cannot overflow; comparing it with the real size keeps a truncated
+	// file from being mapped (touching a page past EOF would SIGBUS) and
+	// bounds the index allocation below.
+	if want := h.fileSize(); size < want {
+		return header{}, nil, format.Corrupt(what, "file", "truncated: %d bytes, header describes %d", size, want)
+	}
+	ib := make([]byte, h.indexLen)
+	if _, err := r.ReadAt(ib, int64(h.indexOffset)); err != nil {
+		return header{}, nil, fmt.Errorf("read index: %w", err)
+	}
+	if got := format.Checksum(ib); got != h.indexCRC {
+		return header{}, nil, format.Corrupt(what, "index", "checksum %08x, stored %08x", got, h.indexCRC)
+	}
+	index, err := format.DecodeExtents(ib, h.pages, MaxPages)
+	if err != nil {
+		return header{}, nil, format.Corrupt(what, "index", "%v", err)
+	}
+	return h, index, nil
+}
+
+// Path returns the file's path as given to Open.
+func (l *Layer) Path() string { return l.path }
+
+// File returns the open layer file, for mmap. It stays owned by the Layer.
+func (l *Layer) File() *os.File { return l.f }
+
+// Pages returns the number of pages the layer holds.
+func (l *Layer) Pages() uint64 { return l.h.pages }
+
+// Extents returns the layer's index. The caller must not modify it.
+func (l *Layer) Extents() []Extent { return l.index }
+
+// Size returns the layer file's size in bytes.
+func (l *Layer) Size() int64 { return l.h.fileSize() }
+
+// Checksum returns the header's CRC-32C, which covers the index and the
+// page data checksums: what a manifest records to name this exact layer.
+func (l *Layer) Checksum() uint32 { return l.h.headerCRC }
+
+// Lookup returns the file offset of page pfn and the number of
+// consecutive pages from pfn on stored contiguously from there, or ok
+// false when the layer does not hold pfn.
+func (l *Layer) Lookup(pfn uint64) (off int64, run uint64, ok bool) {
+	i := sort.Search(len(l.index), func(i int) bool { return l.index[i].End() > pfn })
+	if i == len(l.index) || l.index[i].Start > pfn {
+		return 0, 0, false
+	}
+	e := l.index[i]
+	return l.fileOffset(i, pfn), e.End() - pfn, true
+}
+
+// fileOffset is where page pfn of extent i is stored.
+func (l *Layer) fileOffset(i int, pfn uint64) int64 {
+	return int64(dataOffset + (l.before[i]+pfn-l.index[i].Start)*PageSize)
+}
+
+// verifyChunk bounds Verify's read buffer.
+const verifyChunk = 1 << 20
+
+// Verify reads all page data and checks it against the header's data
+// checksum. Restores need not call it (they read pages lazily); it is for
+// scrubbing and for tests.
+func (l *Layer) Verify() error {
+	buf := make([]byte, verifyChunk)
+	var crc uint32
+	end := int64(l.h.indexOffset)
+	for off := int64(dataOffset); off < end; {
+		n := int(min(int64(len(buf)), end-off))
+		if _, err := l.f.ReadAt(buf[:n], off); err != nil {
+			return fmt.Errorf("verify memory layer %s: %w", l.path, err)
+		}
+		crc = format.UpdateChecksum(crc, buf[:n])
+		off += int64(n)
+	}
+	if crc != l.h.dataCRC {
+		return fmt.Errorf("verify %s: %w", l.path, format.Corrupt(what, "page data", "checksum %08x, stored %08x", crc, l.h.dataCRC))
+	}
+	return nil
+}
+
+// Close closes the layer file. Mappings made from it stay valid.
+func (l *Layer) Close() error {
+	if err := l.f.Close(); err != nil && !errors.Is(err, os.ErrClosed) {
+		return fmt.Errorf("close memory layer %s: %w", l.path, err)
+	}
+	return nil
+}
