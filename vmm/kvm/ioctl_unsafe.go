@@ -131,12 +131,16 @@ type msrs struct {
 
 const maxMSRs = 256
 
-// msrsIoctl runs KVM_GET_MSRS or KVM_SET_MSRS and returns how many entries
-// the kernel processed; it stops at the first MSR it cannot handle.
-func (v *VCPU) msrsIoctl(req uintptr, entries []MSREntry) (int, error) {
+// msrsIoctl runs KVM_GET_MSRS or KVM_SET_MSRS on fd (a vCPU, or /dev/kvm
+// for feature MSRs) and returns how many entries the kernel processed; it
+// stops at the first MSR it cannot handle. len(entries) <= maxIOMSRs.
+func msrsIoctl(fd int, req uintptr, entries []MSREntry) (int, error) {
+	if len(entries) > maxIOMSRs {
+		panic("kvm: msrsIoctl: too many entries")
+	}
 	m := &msrs{NMSRs: uint32(len(entries))}
 	copy(m.Entries[:], entries)
-	n, err := ioctlPtr(v.fd, req, unsafe.Pointer(m))
+	n, err := ioctlPtr(fd, req, unsafe.Pointer(m))
 	if err != nil {
 		return 0, err
 	}

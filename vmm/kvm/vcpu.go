@@ -14,9 +14,10 @@ import (
 // is shared with the kernel and is read only by that goroutine, between two
 // calls to Run.
 type VCPU struct {
-	id  int
-	fd  int
-	run []byte // mmap'ed struct kvm_run
+	id        int
+	fd        int
+	run       []byte // mmap'ed struct kvm_run
+	xsaveSize int    // bytes of KVM_GET/SET_XSAVE(2) state; fixed at creation
 }
 
 // ID is the vCPU index given to CreateVCPU.
@@ -152,19 +153,13 @@ func (v *VCPU) SetCPUID(entries []CPUIDEntry) error {
 	return nil
 }
 
-// SetMSRs writes model-specific registers; every entry must be accepted.
+// SetMSRs writes model-specific registers (KVM_SET_MSRS), in order, in
+// batches KVM accepts. KVM stops at the first MSR it refuses: the error is
+// then a *MSRError naming that MSR and how many entries before it were set
+// (they stay set).
 func (v *VCPU) SetMSRs(entries []MSREntry) error {
-	if len(entries) > maxMSRs {
-		return fmt.Errorf("KVM_SET_MSRS vcpu %d: %d entries, at most %d", v.id, len(entries), maxMSRs)
-	}
-	n, err := v.msrsIoctl(ioctlSetMSRs, entries)
-	if err != nil {
-		return fmt.Errorf("KVM_SET_MSRS vcpu %d: %w", v.id, err)
-	}
-	if n != len(entries) {
-		return fmt.Errorf("KVM_SET_MSRS vcpu %d: MSR %#x refused (%d of %d set)", v.id, entries[n].Index, n, len(entries))
-	}
-	return nil
+	_, err := msrIO(v.fd, ioctlSetMSRs, "KVM_SET_MSRS", v.id, entries)
+	return err
 }
 
 // FPU reads the legacy FPU/SSE state (KVM_GET_FPU).

@@ -2,6 +2,7 @@ package kvm
 
 import (
 	"fmt"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -11,6 +12,9 @@ import (
 type VM struct {
 	fd      int
 	runSize int // size of each vCPU's kvm_run mapping
+
+	mu        sync.Mutex
+	slotPages map[uint32]uint64 // guarded by mu: pages in each slot MapMemory registered, to bound dirty bitmaps
 }
 
 // Close releases the VM's file descriptor. The kernel frees the VM once its
@@ -46,6 +50,7 @@ func (vm *VM) MapMemory(slot uint32, gpa uint64, mem []byte, flags uint32) error
 	if err := vm.setUserMemoryRegion(&r); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d gpa %#x size %#x: %w", slot, gpa, len(mem), err)
 	}
+	vm.recordSlot(slot, r.MemorySize)
 	return nil
 }
 
@@ -60,6 +65,10 @@ func (vm *VM) SetTSSAddr(addr uint64) error {
 
 // CreateVCPU creates vCPU id and maps its kvm_run region.
 func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
+	xsaveSize, err := vm.XSaveSize()
+	if err != nil {
+		return nil, fmt.Errorf("create vcpu %d: %w", id, err)
+	}
 	r, err := ioctl(vm.fd, ioctlCreateVCPU, uintptr(id))
 	if err != nil {
 		return nil, fmt.Errorf("KVM_CREATE_VCPU %d: %w", id, err)
@@ -70,7 +79,7 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("mmap kvm_run of vcpu %d: %w", id, err)
 	}
-	return &VCPU{id: id, fd: fd, run: run}, nil
+	return &VCPU{id: id, fd: fd, run: run, xsaveSize: xsaveSize}, nil
 }
 
 // SetIdentityMapAddr places the one-page identity map Intel VMX needs for
