@@ -57,7 +57,10 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
 		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
-		"-virtfs", "local,path=/,mount_tag="+shareTag+",security_model=none,readonly=on",
+		// multidevs=remap: the host root spans file systems (/, /proc,
+		// /sys, ...) whose inode numbers collide; without remapping, the
+		// lab's 9p client takes /proc and /sys for one directory.
+		"-virtfs", "local,path=/,mount_tag="+shareTag+",security_model=none,readonly=on,multidevs=remap",
 	)
 	// QEMU's own warnings (TCG lacks a few EPYC features) go to the log only.
 	cmd.Stderr = log
