@@ -1,18 +1,21 @@
 package vmm
 
-import "github.com/sailbox-dev/sailbox/vmm/kvm"
+import (
+	"github.com/sailbox-dev/sailbox/devices"
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
 
-// irqLine is an edge-triggered interrupt line of the in-kernel irqchip,
-// given to devices as a devices.Interrupt.
-type irqLine struct {
-	vm  *kvm.VM
-	gsi uint32
-}
-
-// Trigger pulses the line: the IOAPIC latches the rising edge.
-func (l irqLine) Trigger() error {
-	if err := l.vm.SetIRQLine(l.gsi, true); err != nil {
-		return err
+// interruptLine returns an edge-triggered interrupt line of the in-kernel
+// irqchip for a device: an irqfd, so that a device raising it from a
+// vCPU's exit handler has the kernel deliver it on a later entry, as
+// hardware would. The machine closes it.
+func (m *Machine) interruptLine(gsi uint32) (devices.Interrupt, error) {
+	f, err := m.vm.NewIRQFD(gsi)
+	if err != nil {
+		return nil, err
 	}
-	return l.vm.SetIRQLine(l.gsi, false)
+	m.irqfds = append(m.irqfds, f)
+	return f, nil
 }
+
+var _ devices.Interrupt = (*kvm.IRQFD)(nil)

@@ -14,6 +14,8 @@ import (
 	"github.com/sailbox-dev/sailbox/devices/acpi"
 	"github.com/sailbox-dev/sailbox/devices/i8042"
 	"github.com/sailbox-dev/sailbox/devices/serial"
+	"github.com/sailbox-dev/sailbox/snapshot"
+	"github.com/sailbox-dev/sailbox/snapshot/disklayer"
 	"github.com/sailbox-dev/sailbox/vmm/boot"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 	"github.com/sailbox-dev/sailbox/vmm/memory"
@@ -91,6 +93,27 @@ type Machine struct {
 
 	vcpus   []*vcpu
 	closers []io.Closer // device back ends
+	irqfds  []*kvm.IRQFD
+
+	// The devices, kept for pausing and saving them.
+	serial *serial.Serial
+	kbd    *i8042.Device
+	pm     *acpi.PM
+	slots  []slot // the MMIO window, in order
+
+	// Checkpoints. Guarded by lifeMu.
+	dirty        *dirtyLog
+	msrIndex     []uint32                    // KVM's MSRs to save and restore
+	chain        *snapshot.Manifest          // the last checkpoint taken or restored from
+	carryDirty   []uint64                    // pages a failed checkpoint took from the dirty log
+	pendingSeals map[string][]disklayer.Info // disk layers sealed, not yet in a checkpoint
+	restored     []VCPUState                 // for a restored machine: its vCPUs, by ID
+
+	// lifeMu guards running and paused, and serializes Pause, Resume and
+	// Checkpoint.
+	lifeMu  sync.Mutex
+	running bool // every vCPU started and the machine has not stopped
+	paused  bool
 
 	exitOnce sync.Once
 	exitCh   chan struct{} // closed when the machine stops
@@ -119,7 +142,7 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 		defer initrd.Close()
 	}
 
-	m := &Machine{cfg: cfg, exitCh: make(chan struct{})}
+	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}}
 	built := false
 	defer func() {
 		if !built {
@@ -129,62 +152,27 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 	if m.mem, err = memory.New(uint64(cfg.MemoryMiB) << 20); err != nil {
 		return nil, err
 	}
-	if m.vm, err = sys.CreateVM(); err != nil {
-		return nil, err
-	}
-	if err := m.vm.SetTSSAddr(boot.TSSAddr); err != nil {
-		return nil, err
-	}
-	if err := m.vm.SetIdentityMapAddr(boot.IdentityMapAddr); err != nil {
-		return nil, err
-	}
-	if err := m.vm.CreateIRQChip(); err != nil {
-		return nil, err
-	}
-	if err := m.vm.CreatePIT2(); err != nil {
-		return nil, err
-	}
-	if err := m.vm.MapMemory(0, 0, m.mem.Host(), 0); err != nil {
-		return nil, err
-	}
-	if m.cpuid, err = sys.SupportedCPUID(); err != nil {
+	if err := m.createVM(sys); err != nil {
 		return nil, err
 	}
 
 	// Platform devices.
-	console := serial.New(irqLine{m.vm, serialIRQ}, cfg.Serial)
-	if err := m.pio.Insert(console, comPort, serial.Size); err != nil {
-		return nil, err
-	}
-	if err := m.pio.Insert(i8042.New(func() { m.stop(ExitReset, nil) }), i8042.DataPort, i8042.Size); err != nil {
-		return nil, err
-	}
-	if err := m.pio.Insert(acpi.New(boot.SleepTypeS5, func() { m.stop(ExitPowerOff, nil) }), boot.PM1Port, acpi.Size); err != nil {
-		return nil, err
-	}
-
-	mmioDevs, closers, err := standardDevices(cfg)
+	serialLine, err := m.interruptLine(serialIRQ)
 	if err != nil {
 		return nil, err
 	}
-	m.closers = closers
-	mmioDevs = append(mmioDevs, cfg.MMIODevices...)
-	if len(mmioDevs) > len(deviceIRQs) {
-		return nil, fmt.Errorf("%w: %d MMIO devices (disks, entropy, vsock), at most %d", ErrConfig, len(mmioDevs), len(deviceIRQs))
+	m.serial = serial.New(serialLine, cfg.Serial)
+	m.kbd = i8042.New(m.guestReset)
+	m.pm = acpi.New(boot.SleepTypeS5, m.guestPowerOff)
+	if err := m.insertPlatformDevices(); err != nil {
+		return nil, err
 	}
-	cmdline := []string{baseCmdline}
-	for i, d := range mmioDevs {
-		base := uint64(boot.MMIOStart) + uint64(i)*0x1000
-		gsi := deviceIRQs[i]
-		dev, err := d.New(m.mem, irqLine{m.vm, gsi})
-		if err != nil {
-			return nil, fmt.Errorf("mmio device %d: %w", i, err)
-		}
-		if err := m.mmio.Insert(dev, base, d.Size); err != nil {
-			return nil, err
-		}
-		cmdline = append(cmdline, d.CmdlineArg(base, gsi))
+
+	devArgs, err := m.addStandardDevices()
+	if err != nil {
+		return nil, err
 	}
+	cmdline := append([]string{baseCmdline}, devArgs...)
 	if cfg.Cmdline != "" {
 		cmdline = append(cmdline, cfg.Cmdline)
 	}
@@ -207,6 +195,54 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 	return m, nil
 }
 
+// createVM creates the VM with its in-kernel irqchip and PIT, and maps
+// guest memory (m.mem) with dirty logging on.
+func (m *Machine) createVM(sys *kvm.System) error {
+	var err error
+	if m.vm, err = sys.CreateVM(); err != nil {
+		return err
+	}
+	if err := m.vm.SetTSSAddr(boot.TSSAddr); err != nil {
+		return err
+	}
+	if err := m.vm.SetIdentityMapAddr(boot.IdentityMapAddr); err != nil {
+		return err
+	}
+	if err := m.vm.CreateIRQChip(); err != nil {
+		return err
+	}
+	if err := m.vm.CreatePIT2(); err != nil {
+		return err
+	}
+	flags, err := m.enableDirtyLog()
+	if err != nil {
+		return err
+	}
+	if err := m.vm.MapMemory(memorySlot, 0, m.mem.Host(), flags); err != nil {
+		return err
+	}
+	if m.msrIndex, err = sys.MSRIndexList(); err != nil {
+		return err
+	}
+	m.cpuid, err = sys.SupportedCPUID()
+	return err
+}
+
+// insertPlatformDevices puts the serial port, keyboard controller and ACPI
+// power management block on the port bus.
+func (m *Machine) insertPlatformDevices() error {
+	if err := m.pio.Insert(m.serial, comPort, serial.Size); err != nil {
+		return err
+	}
+	if err := m.pio.Insert(m.kbd, i8042.DataPort, i8042.Size); err != nil {
+		return err
+	}
+	return m.pio.Insert(m.pm, boot.PM1Port, acpi.Size)
+}
+
+func (m *Machine) guestReset()    { m.stop(ExitReset, nil) }
+func (m *Machine) guestPowerOff() { m.stop(ExitPowerOff, nil) }
+
 func fileSize(f *os.File) (int64, error) {
 	fi, err := f.Stat()
 	if err != nil {
@@ -222,7 +258,7 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	started := make(chan error, m.cfg.VCPUs)
 	var wg sync.WaitGroup
 	for i := 0; i < m.cfg.VCPUs; i++ {
-		v := &vcpu{m: m, id: i}
+		v := newVCPU(m, i)
 		m.vcpus = append(m.vcpus, v)
 		wg.Add(1)
 		go func() {
@@ -230,12 +266,17 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 			v.run(started)
 		}()
 	}
+	ok := true
 	for range m.cfg.VCPUs {
 		if err := <-started; err != nil {
 			m.stop(ExitStopped, err)
+			ok = false
 			break
 		}
 	}
+	m.lifeMu.Lock()
+	m.running = ok
+	m.lifeMu.Unlock()
 	select {
 	case <-ctx.Done():
 		m.stop(ExitStopped, nil)
@@ -245,6 +286,13 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 		v.kick()
 	}
 	wg.Wait()
+	m.lifeMu.Lock()
+	m.running = false
+	if m.paused {
+		m.resumeLocked() // let device goroutines drain for Close
+		m.paused = false
+	}
+	m.lifeMu.Unlock()
 	return m.exit, m.exitErr
 }
 
@@ -270,11 +318,16 @@ func (m *Machine) Close() error {
 			errs = append(errs, cpu.Close())
 		}
 	}
-	if m.vm != nil {
-		errs = append(errs, m.vm.Close())
-	}
+	// Devices first: their goroutines may raise interrupts until closed,
+	// and an irqfd's descriptor number must not be reused under them.
 	for _, c := range m.closers {
 		errs = append(errs, c.Close())
+	}
+	for _, f := range m.irqfds {
+		errs = append(errs, f.Close())
+	}
+	if m.vm != nil {
+		errs = append(errs, m.vm.Close())
 	}
 	if m.mem != nil {
 		errs = append(errs, m.mem.Close())

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -50,6 +51,24 @@ type vcpu struct {
 
 	tid     atomic.Int32 // OS thread of the run goroutine, 0 until it starts
 	stopped atomic.Bool  // set by kick; the run loop ends at its next exit
+
+	// mu guards the fields below, and kvm_run.immediate_exit: whoever
+	// changes it holds mu, so that clearing it before KVM_RUN cannot undo
+	// a pause or a stop requested at the same moment.
+	mu     sync.Mutex
+	cond   sync.Cond         // on mu: pause, parked, work or stopped changed
+	pause  bool              // a pause is requested: the loop parks at its next exit
+	parked bool              // the loop is parked, out of KVM_RUN
+	work   []func(*kvm.VCPU) // run on the vCPU's thread while parked
+
+	msrs []uint32 // the MSRs this vCPU saves; probed at its first checkpoint
+}
+
+// newVCPU returns vCPU id of m, not yet running.
+func newVCPU(m *Machine, id int) *vcpu {
+	v := &vcpu{m: m, id: id}
+	v.cond.L = &v.mu
+	return v
 }
 
 // run creates, configures and runs the vCPU on a goroutine locked to its
@@ -78,6 +97,12 @@ func (v *vcpu) setup() error {
 	// stopped: one of the two sees the other, so no kick is lost.
 	if v.stopped.Load() {
 		cpu.SetImmediateExit(true)
+	}
+	if v.m.restored != nil {
+		if err := restoreVCPU(cpu, &v.m.restored[v.id]); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+		return cpu.NotifyGuestPaused()
 	}
 	if err := cpu.SetCPUID(guestCPUID(v.m.cpuid, v.id, v.m.cfg.VCPUs)); err != nil {
 		return err
@@ -127,7 +152,15 @@ func setLVTMode(l *kvm.LAPICState, reg int, mode uint32) {
 // later KVM_RUN return at once, and signals the thread out of a KVM_RUN in
 // progress. Safe from any goroutine, any number of times.
 func (v *vcpu) kick() {
+	v.mu.Lock()
 	v.stopped.Store(true)
+	v.interruptLocked()
+	v.cond.Broadcast()
+	v.mu.Unlock()
+}
+
+// interruptLocked makes the next or current KVM_RUN of the vCPU return.
+func (v *vcpu) interruptLocked() {
 	if cpu := v.cpu.Load(); cpu != nil {
 		cpu.SetImmediateExit(true)
 	}
@@ -136,15 +169,87 @@ func (v *vcpu) kick() {
 	}
 }
 
+// gate runs before every KVM_RUN: it parks the loop while a pause is
+// requested, and otherwise clears immediate_exit, set by an earlier pause
+// request, unless the vCPU is stopping. It reports false once stopped.
+func (v *vcpu) gate(cpu *kvm.VCPU) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.pause && !v.stopped.Load() {
+		// KVM finishes an exit's instruction (an IN's result into RAX,
+		// RIP past an OUT) only on the next KVM_RUN. Enter once with
+		// immediate_exit still set: KVM completes it and returns EINTR
+		// without running guest code, so the state a checkpoint saves
+		// never replays or loses an access.
+		if err := cpu.Run(); err != nil && !errors.Is(err, unix.EINTR) {
+			v.m.stop(ExitStopped, fmt.Errorf("vcpu %d: complete exit before pausing: %w", v.id, err))
+		}
+		v.parked = true
+		v.cond.Broadcast()
+		for v.pause && !v.stopped.Load() {
+			if len(v.work) == 0 {
+				v.cond.Wait()
+				continue
+			}
+			f := v.work[0]
+			v.work = v.work[1:]
+			v.mu.Unlock()
+			f(cpu)
+			v.mu.Lock()
+		}
+		v.parked = false
+		v.cond.Broadcast()
+	}
+	if v.stopped.Load() {
+		return false
+	}
+	cpu.SetImmediateExit(false)
+	return true
+}
+
+// requestPause asks the loop to park and waits until it has, or has ended.
+func (v *vcpu) requestPause() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.pause = true
+	v.interruptLocked()
+	for !v.parked && !v.stopped.Load() {
+		v.cond.Wait()
+	}
+}
+
+// resume lets a parked loop run the guest again.
+func (v *vcpu) resume() {
+	v.mu.Lock()
+	v.pause = false
+	v.cond.Broadcast()
+	v.mu.Unlock()
+}
+
+// do runs f on the vCPU's own thread while it is parked and returns its
+// error; KVM wants a vCPU's state ioctls issued there.
+func (v *vcpu) do(f func(*kvm.VCPU) error) error {
+	v.mu.Lock()
+	if !v.parked {
+		v.mu.Unlock()
+		return fmt.Errorf("vcpu %d: not paused", v.id)
+	}
+	done := make(chan error, 1)
+	v.work = append(v.work, func(cpu *kvm.VCPU) { done <- f(cpu) })
+	v.cond.Broadcast()
+	v.mu.Unlock()
+	return <-done
+}
+
 // loop runs the guest until the vCPU is kicked or the guest stops.
 func (v *vcpu) loop() error {
 	cpu := v.cpu.Load()
-	for !v.stopped.Load() {
+	for v.gate(cpu) {
 		err := cpu.Run()
 		switch {
 		case errors.Is(err, unix.EINTR):
-			// A kick (then stopped is set) or a signal meant for someone
-			// else; either way the loop condition decides.
+			// A kick (a stop or a pause) or a signal meant for someone
+			// else; either way the gate decides.
 			continue
 		case errors.Is(err, unix.EAGAIN):
 			// An application processor left its wait-for-SIPI state; KVM

@@ -8,6 +8,7 @@ package memory
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,14 @@ var ErrOutOfRange = errors.New("guest address out of range")
 // hardware.
 type Memory struct {
 	data []byte
+	// written has one bit per page the VMM wrote through WriteAt or may
+	// have written through Slice since the last TakeWritten: KVM's dirty
+	// log sees only the guest's own writes.
+	written []atomic.Uint64
 }
+
+// PageSize is the granularity of dirty tracking and of file mappings.
+const PageSize = 4096
 
 // New maps size bytes of anonymous, private, zero-filled memory. Pages are
 // allocated by the host only when touched.
@@ -35,7 +43,12 @@ func New(size uint64) (*Memory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("guest memory: mmap %d bytes: %w", size, err)
 	}
-	return &Memory{data: data}, nil
+	return newMemory(data), nil
+}
+
+func newMemory(data []byte) *Memory {
+	pages := uint64(len(data)) / PageSize
+	return &Memory{data: data, written: make([]atomic.Uint64, (pages+63)/64)}
 }
 
 // Size is the number of bytes of guest RAM.
@@ -46,11 +59,44 @@ func (m *Memory) Size() uint64 { return uint64(len(m.data)) }
 func (m *Memory) Host() []byte { return m.data }
 
 // Slice returns the n bytes at guest address gpa, aliasing guest memory.
+// The range counts as written by the VMM.
 func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
+	s, err := m.slice(gpa, n)
+	if err == nil {
+		m.markWritten(gpa, n)
+	}
+	return s, err
+}
+
+func (m *Memory) slice(gpa, n uint64) ([]byte, error) {
 	if gpa > m.Size() || n > m.Size()-gpa {
 		return nil, fmt.Errorf("guest range [%#x, +%#x) beyond %#x: %w", gpa, n, m.Size(), ErrOutOfRange)
 	}
 	return m.data[gpa : gpa+n : gpa+n], nil
+}
+
+// markWritten sets the written bit of every page in [gpa, gpa+n).
+func (m *Memory) markWritten(gpa, n uint64) {
+	if n == 0 {
+		return
+	}
+	for p := gpa / PageSize; p <= (gpa+n-1)/PageSize; p++ {
+		w := &m.written[p/64]
+		if bit := uint64(1) << (p % 64); w.Load()&bit == 0 {
+			w.Or(bit)
+		}
+	}
+}
+
+// TakeWritten ORs into bitmap (one bit per page, as KVM's dirty log) the
+// pages the VMM wrote since the last call, and forgets them. A write that
+// races with it is reported by this call or the next one, never lost.
+func (m *Memory) TakeWritten(bitmap []uint64) {
+	for i := range min(len(bitmap), len(m.written)) {
+		if m.written[i].Load() != 0 {
+			bitmap[i] |= m.written[i].Swap(0)
+		}
+	}
 }
 
 // ReadAt copies len(p) bytes from guest address off into p.
@@ -58,7 +104,7 @@ func (m *Memory) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("guest read at %d: %w", off, ErrOutOfRange)
 	}
-	s, err := m.Slice(uint64(off), uint64(len(p)))
+	s, err := m.slice(uint64(off), uint64(len(p)))
 	if err != nil {
 		return 0, err
 	}
@@ -70,11 +116,15 @@ func (m *Memory) WriteAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("guest write at %d: %w", off, ErrOutOfRange)
 	}
-	s, err := m.Slice(uint64(off), uint64(len(p)))
+	s, err := m.slice(uint64(off), uint64(len(p)))
 	if err != nil {
 		return 0, err
 	}
-	return copy(s, p), nil
+	n := copy(s, p)
+	// Marked after the copy: a TakeWritten in between leaves the bit set
+	// for the next one, which then copies the page's final bytes.
+	m.markWritten(uint64(off), uint64(n))
+	return n, nil
 }
 
 // Close unmaps the memory. No VM may still use it.

@@ -1,0 +1,411 @@
+package vmm
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"math/bits"
+	"slices"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/snapshot"
+	"github.com/sailbox-dev/sailbox/snapshot/memlayer"
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+// Checkpoint state section IDs (snapshot.Manifest.State). Device sections
+// are keyed by what the device is and where it sits, which a restore
+// rebuilds identically.
+const (
+	sectionMachine = "machine"
+	sectionVM      = "vm"
+	sectionSerial  = "dev/serial"
+	sectionI8042   = "dev/i8042"
+	sectionACPI    = "dev/acpi"
+)
+
+func sectionVCPU(id int) string { return fmt.Sprintf("vcpu/%d", id) }
+func sectionMMIO(i int) string  { return fmt.Sprintf("dev/mmio/%d", i) }
+
+// machineState is the shape of the machine: what a restore must build
+// before it can load the other sections into it.
+type machineState struct {
+	MemoryBytes uint64
+	VCPUs       int
+	Slots       []slotState // the MMIO window, in order
+}
+
+type slotState struct {
+	Kind deviceKind
+	Base uint64
+	GSI  uint32
+	Disk string `json:",omitempty"` // kindBlock: the disk's ID in the manifest
+}
+
+// CheckpointOptions says where a checkpoint goes and what it records.
+type CheckpointOptions struct {
+	Root *snapshot.Root
+	ID   string // the new checkpoint's ID in Root
+	// GuestSchemaVersion is the guest agent's, recorded in the manifest.
+	GuestSchemaVersion int
+	VMMVersion         string
+}
+
+// CheckpointStats says what a checkpoint cost.
+type CheckpointStats struct {
+	Pages       uint64        // guest pages in the new memory layer
+	PageBytes   int64         // their bytes: what the layer's data costs
+	LayerBytes  int64         // the memory layer file: data, index and header
+	PausedPages uint64        // pages copied while the guest was stopped
+	DiskBytes   int64         // blocks sealed into new disk layers
+	Pause       time.Duration // how long the guest was stopped
+	Total       time.Duration
+}
+
+// ErrNotCheckpointable reports a machine Checkpoint cannot capture: one
+// with a writable raw disk (its writes cannot be sealed) or an extra MMIO
+// device (Config.MMIODevices: state unknown to the VMM).
+var ErrNotCheckpointable = errors.New("machine cannot be checkpointed")
+
+// Checkpoint writes a checkpoint of the machine while it runs (or while
+// it is paused, then it stays paused): a memory layer holding the pages
+// changed since the machine's previous checkpoint (or since it was built
+// or restored), each layered disk's top sealed in place as a new disk
+// layer, and the state of every vCPU, the in-kernel irqchip, PIT and
+// clock, and every device. It builds on the machine's chain: the
+// checkpoint it was restored from, then each checkpoint it took.
+//
+// The guest stops only for the final step: the pages changed since a
+// first copy made while it ran are copied again (to memory), the state
+// is saved and the disks sealed, and it runs on. Writing the layer
+// files and the manifest happens after, while it runs. The checkpoint
+// exists once Checkpoint returns without error.
+func (m *Machine) Checkpoint(opts CheckpointOptions) (*snapshot.Manifest, CheckpointStats, error) {
+	start := time.Now()
+	var stats CheckpointStats
+	m.lifeMu.Lock()
+	defer m.lifeMu.Unlock()
+	if !m.running {
+		return nil, stats, fmt.Errorf("checkpoint %s: %w", opts.ID, ErrNotRunning)
+	}
+	if err := m.checkpointable(); err != nil {
+		return nil, stats, fmt.Errorf("checkpoint %s: %w", opts.ID, err)
+	}
+	p, err := opts.Root.Begin(opts.ID)
+	if err != nil {
+		return nil, stats, err
+	}
+	man, err := m.checkpoint(p, opts, &stats)
+	if err != nil {
+		p.Abort()
+		return nil, stats, fmt.Errorf("checkpoint %s: %w", opts.ID, err)
+	}
+	m.chain = man
+	stats.Total = time.Since(start)
+	return man, stats, nil
+}
+
+func (m *Machine) checkpointable() error {
+	for i, s := range m.slots {
+		if s.kind == kindExtra {
+			return fmt.Errorf("%w: mmio device %d is not the VMM's own", ErrNotCheckpointable, i)
+		}
+	}
+	for i, d := range m.cfg.Disks {
+		if d.Layered == nil && !d.ReadOnly {
+			return fmt.Errorf("%w: disk %d (%s) is a writable raw image, not a layered disk", ErrNotCheckpointable, i, d.Path)
+		}
+	}
+	return nil
+}
+
+// checkpoint does Checkpoint's work; m.lifeMu is held.
+func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats *CheckpointStats) (*snapshot.Manifest, error) {
+	pages := newPageCopy(m)
+	// Anything taken from the dirty log goes back to it if the checkpoint
+	// fails: the next one must still write those pages.
+	committed := false
+	defer func() {
+		if !committed {
+			m.carryDirty = pages.taken(m.carryDirty)
+		}
+	}()
+
+	// First copy, while the guest runs.
+	wasPaused := m.paused
+	if !wasPaused {
+		if err := pages.take(); err != nil {
+			return nil, err
+		}
+		for i, d := range m.cfg.Disks {
+			if d.Layered != nil {
+				if err := d.Layered.Sync(); err != nil {
+					return nil, fmt.Errorf("disk %s: %w", diskID(m.cfg, i), err)
+				}
+			}
+		}
+	}
+
+	// The stop.
+	paused := time.Now()
+	if !wasPaused {
+		if err := m.pauseLocked(); err != nil {
+			m.resumeLocked()
+			return nil, err
+		}
+	}
+	state, err := m.captureLocked(p, opts.Root, pages)
+	if !wasPaused {
+		m.resumeLocked()
+	}
+	stats.Pause = time.Since(paused)
+	stats.PausedPages = pages.last
+	if err != nil {
+		return nil, err
+	}
+
+	// Files, while the guest runs again.
+	info, err := pages.write(p.StagingPath("memory"))
+	if err != nil {
+		return nil, err
+	}
+	stats.Pages, stats.PageBytes, stats.LayerBytes = info.Pages, info.DataBytes, info.FileBytes
+	man := &snapshot.Manifest{
+		ID:                 opts.ID,
+		Created:            time.Now(),
+		VMMVersion:         opts.VMMVersion,
+		GuestSchemaVersion: opts.GuestSchemaVersion,
+		MemorySize:         m.mem.Size(),
+		VCPUs:              m.cfg.VCPUs,
+		Disks:              map[string]snapshot.DiskChain{},
+		State:              state,
+	}
+	if man.HostCPU, err = snapshot.HostCPU(); err != nil {
+		return nil, err
+	}
+	var vcpu0 VCPUState
+	if err := json.Unmarshal(state[sectionVCPU(0)], &vcpu0); err != nil {
+		return nil, err
+	}
+	man.CPUID = snapshotCPUID(vcpu0.CPUID)
+	if m.chain != nil {
+		man.Parent = m.chain.ID
+		man.Memory = slices.Clone(m.chain.Memory)
+	}
+	ref, err := p.AddMemoryLayer(opts.ID+"-memory", info)
+	if err != nil {
+		return nil, err
+	}
+	man.Memory = append(man.Memory, ref)
+	for i := range m.cfg.Disks {
+		id := diskID(m.cfg, i)
+		chain := m.diskChain(i)
+		// Layers sealed by checkpoints that failed after sealing, then
+		// this one's.
+		for j, info := range m.pendingSeals[id] {
+			ref, err := p.AddDiskLayer(fmt.Sprintf("%s-%s-%d", opts.ID, id, j), info)
+			if err != nil {
+				return nil, err
+			}
+			chain.Layers = append(chain.Layers, ref)
+			stats.DiskBytes += info.DataBytes
+		}
+		man.Disks[id] = chain
+	}
+	if err := p.Commit(man); err != nil {
+		return nil, err
+	}
+	committed = true
+	clear(m.pendingSeals)
+	return man, nil
+}
+
+// diskChain is disk i's chain below its top as the machine's chain
+// records it: from the last checkpoint, or from the disk's config.
+func (m *Machine) diskChain(i int) snapshot.DiskChain {
+	id := diskID(m.cfg, i)
+	if m.chain != nil {
+		if c, ok := m.chain.Disks[id]; ok {
+			c.Layers = slices.Clone(c.Layers)
+			return c
+		}
+	}
+	d := m.cfg.Disks[i]
+	c := d.Chain
+	c.Layers = slices.Clone(c.Layers)
+	if d.Layered != nil {
+		c.Size = d.Layered.Size()
+	}
+	return c
+}
+
+// captureLocked runs while the guest is stopped: it copies the pages
+// changed since the first copy, saves every part's state and seals the
+// layered disks, whose new tops go in root. The sealed layers join
+// m.pendingSeals until a checkpoint commits them.
+func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages *pageCopy) (map[string][]byte, error) {
+	if err := pages.take(); err != nil {
+		return nil, err
+	}
+	state := map[string][]byte{}
+	put := func(id string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encode %s: %w", id, err)
+		}
+		state[id] = b
+		return nil
+	}
+	vmState, err := m.saveVM()
+	if err != nil {
+		return nil, err
+	}
+	if err := put(sectionVM, vmState); err != nil {
+		return nil, err
+	}
+	for _, v := range m.vcpus {
+		var st VCPUState
+		err := v.do(func(cpu *kvm.VCPU) error {
+			if v.msrs == nil {
+				var err error
+				if v.msrs, err = savableMSRs(cpu, m.msrIndex); err != nil {
+					return err
+				}
+			}
+			var err error
+			st, err = saveVCPU(cpu, v.msrs)
+			return err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("save vcpu %d: %w", v.id, err)
+		}
+		if err := put(sectionVCPU(v.id), st); err != nil {
+			return nil, err
+		}
+	}
+	if err := put(sectionSerial, m.serial.Save()); err != nil {
+		return nil, err
+	}
+	if err := put(sectionI8042, m.kbd.Save()); err != nil {
+		return nil, err
+	}
+	if err := put(sectionACPI, m.pm.Save()); err != nil {
+		return nil, err
+	}
+	shape := machineState{MemoryBytes: m.mem.Size(), VCPUs: m.cfg.VCPUs}
+	for i, s := range m.slots {
+		st, err := s.transport.Save()
+		if err != nil {
+			return nil, fmt.Errorf("save mmio device %d (%s): %w", i, s.kind, err)
+		}
+		if err := put(sectionMMIO(i), st); err != nil {
+			return nil, err
+		}
+		ss := slotState{Kind: s.kind, Base: s.base, GSI: s.gsi}
+		if s.kind == kindBlock {
+			ss.Disk = diskID(m.cfg, s.disk)
+		}
+		shape.Slots = append(shape.Slots, ss)
+	}
+	if err := put(sectionMachine, shape); err != nil {
+		return nil, err
+	}
+	for i, d := range m.cfg.Disks {
+		if d.Layered == nil {
+			continue
+		}
+		id := diskID(m.cfg, i)
+		info, err := d.Layered.Seal(root.TopPath(fmt.Sprintf("%s-%s.top", p.ID(), id)))
+		if err != nil {
+			return nil, fmt.Errorf("seal disk %s: %w", id, err)
+		}
+		m.pendingSeals[id] = append(m.pendingSeals[id], info)
+	}
+	return state, nil
+}
+
+func snapshotCPUID(entries []kvm.CPUIDEntry) []snapshot.CPUIDEntry {
+	out := make([]snapshot.CPUIDEntry, len(entries))
+	for i, e := range entries {
+		out[i] = snapshot.CPUIDEntry{Function: e.Function, Index: e.Index, Flags: e.Flags, EAX: e.EAX, EBX: e.EBX, ECX: e.ECX, EDX: e.EDX}
+	}
+	return out
+}
+
+// pageCopy collects copies of guest pages for one memory layer. Each take
+// adds the pages changed since the previous one; a page taken twice keeps
+// its latest copy.
+type pageCopy struct {
+	m      *Machine
+	bitmap []uint64       // every page taken
+	slot   map[uint64]int // page → its copy's index in data
+	data   []byte         // the copies, PageSize each
+	last   uint64         // pages copied by the latest take
+}
+
+func newPageCopy(m *Machine) *pageCopy {
+	return &pageCopy{m: m, bitmap: make([]uint64, m.dirty.words), slot: map[uint64]int{}}
+}
+
+// take copies the pages changed since the last take (with, the first
+// time, those a failed checkpoint left behind).
+func (c *pageCopy) take() error {
+	bm, err := c.m.takeDirty()
+	if err != nil {
+		return err
+	}
+	if c.m.carryDirty != nil {
+		for i := range bm {
+			bm[i] |= c.m.carryDirty[i]
+		}
+		c.m.carryDirty = nil
+	}
+	host := c.m.mem.Host()
+	c.last = 0
+	for w, word := range bm {
+		c.bitmap[w] |= word
+		for word != 0 {
+			b := bits.TrailingZeros64(word)
+			word &^= 1 << b
+			pfn := uint64(w)*64 + uint64(b)
+			off := pfn * memlayer.PageSize
+			i, ok := c.slot[pfn]
+			if !ok {
+				i = len(c.data) / memlayer.PageSize
+				c.slot[pfn] = i
+				c.data = append(c.data, make([]byte, memlayer.PageSize)...)
+			}
+			copy(c.data[i*memlayer.PageSize:(i+1)*memlayer.PageSize], host[off:off+memlayer.PageSize])
+			c.last++
+		}
+	}
+	return nil
+}
+
+// taken returns carry with every page taken so far added.
+func (c *pageCopy) taken(carry []uint64) []uint64 {
+	if carry == nil {
+		carry = make([]uint64, len(c.bitmap))
+	}
+	for i, w := range c.bitmap {
+		carry[i] |= w
+	}
+	return carry
+}
+
+// write writes the copies as a memory layer at path.
+func (c *pageCopy) write(path string) (memlayer.Info, error) {
+	w, err := memlayer.Create(path)
+	if err != nil {
+		return memlayer.Info{}, err
+	}
+	for _, pfn := range slices.Sorted(maps.Keys(c.slot)) {
+		i := c.slot[pfn]
+		if err := w.WritePages(pfn, c.data[i*memlayer.PageSize:(i+1)*memlayer.PageSize]); err != nil {
+			w.Abort()
+			return memlayer.Info{}, err
+		}
+	}
+	return w.Finish()
+}
