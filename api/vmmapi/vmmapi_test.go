@@ -2,6 +2,7 @@ package vmmapi
 
 import (
 	"context"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -10,12 +11,28 @@ import (
 	"time"
 )
 
-type fakeVM struct{ shutdowns atomic.Int32 }
+type fakeVM struct {
+	shutdowns atomic.Int32
+	paused    atomic.Bool
+}
 
 func (f *fakeVM) Status() Status {
 	return Status{State: "running", VCPUs: 2, MemoryMiB: 256, PID: 42, StartedAt: time.Unix(1700000000, 0).UTC()}
 }
 func (f *fakeVM) Shutdown() { f.shutdowns.Add(1) }
+func (f *fakeVM) Pause() error {
+	if f.paused.Swap(true) {
+		return &Error{Status: 409, Err: errors.New("pause: machine not running")}
+	}
+	return nil
+}
+func (f *fakeVM) Resume() error { f.paused.Store(false); return nil }
+func (f *fakeVM) Checkpoint(req CheckpointRequest) (CheckpointResult, error) {
+	return CheckpointResult{ID: req.ID, Pages: 7}, nil
+}
+func (f *fakeVM) Fork(req ForkRequest) (ForkResult, error) {
+	return ForkResult{Checkpoint: CheckpointResult{ID: req.CheckpointID}, ChildPID: 99}, nil
+}
 
 func TestClientServer(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "vmm.sock")
@@ -38,6 +55,27 @@ func TestClientServer(t *testing.T) {
 	}
 	if err := c.Shutdown(ctx); err != nil || vm.shutdowns.Load() != 1 {
 		t.Errorf("shutdown: %v, %d calls", err, vm.shutdowns.Load())
+	}
+	if err := c.Pause(ctx); err != nil {
+		t.Errorf("pause: %v", err)
+	}
+	if err := c.Pause(ctx); err == nil || !strings.Contains(err.Error(), "(409)") {
+		t.Errorf("second pause: %v, want a 409", err)
+	}
+	if err := c.Resume(ctx); err != nil {
+		t.Errorf("resume: %v", err)
+	}
+	if res, err := c.Checkpoint(ctx, "c1"); err != nil || res.ID != "c1" || res.Pages != 7 {
+		t.Errorf("checkpoint = %+v, %v", res, err)
+	}
+	if res, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Name: "x"}); err != nil || res.ChildPID != 99 || res.Checkpoint.ID != "f1" {
+		t.Errorf("fork = %+v, %v", res, err)
+	}
+	for _, bad := range []string{`{"id": 1}`, `{"idd": "x"}`, `{}`, `nope`} {
+		err := c.send(ctx, "POST", "/checkpoint", strings.NewReader(bad), 200, nil)
+		if err == nil || !strings.Contains(err.Error(), "(400)") {
+			t.Errorf("checkpoint %s: %v, want a 400", bad, err)
+		}
 	}
 	// Wrong method and unknown path are JSON errors naming the request.
 	if err := c.do(ctx, "DELETE", "/status", 200, nil); err == nil || !strings.Contains(err.Error(), "405") && !strings.Contains(err.Error(), "no such endpoint") {

@@ -26,6 +26,7 @@ type options struct {
 	memMiB         int
 	qemu           string
 	timeout        time.Duration
+	snapshots      bool
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -39,6 +40,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.memMiB, "mem", 256, "guest memory in MiB")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a boot after this long")
+	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,6 +86,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(qb) > 0 {
 		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", ratio(median(sb), median(qb)))
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", ratio(median(sx), median(qx)))
+	}
+	if o.snapshots {
+		return benchSnapshots(ctx, sys, o, median(sb), stdout, stderr)
 	}
 	return nil
 }

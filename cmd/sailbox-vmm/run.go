@@ -11,42 +11,75 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	"github.com/sailbox-dev/sailbox/snapshot"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
 // config is one VM's configuration, from flags or from -config FILE.
 type config struct {
-	Kernel     string     `json:"kernel"`
-	Initrd     string     `json:"initrd,omitempty"`
-	Cmdline    string     `json:"cmdline,omitempty"`
-	MemoryMiB  int        `json:"memory_mib"`
-	VCPUs      int        `json:"vcpus"`
-	Disks      []vmm.Disk `json:"disks,omitempty"`
-	VsockCID   uint64     `json:"vsock_cid,omitempty"`
-	VsockUDS   string     `json:"vsock_uds,omitempty"`
-	APISocket  string     `json:"api_socket,omitempty"`
-	ConsoleLog string     `json:"console_log,omitempty"`
-	Console    bool       `json:"console"`
+	Kernel     string       `json:"kernel,omitempty"`
+	Initrd     string       `json:"initrd,omitempty"`
+	Cmdline    string       `json:"cmdline,omitempty"`
+	MemoryMiB  int          `json:"memory_mib"`
+	VCPUs      int          `json:"vcpus"`
+	Disks      []diskConfig `json:"disks,omitempty"`
+	VsockCID   uint64       `json:"vsock_cid,omitempty"`
+	VsockUDS   string       `json:"vsock_uds,omitempty"`
+	APISocket  string       `json:"api_socket,omitempty"`
+	ConsoleLog string       `json:"console_log,omitempty"`
+	Console    bool         `json:"console"`
+	// Store is the checkpoint store: where checkpoints go, layered disks'
+	// tops live, and restores come from.
+	Store string `json:"store,omitempty"`
+	// Restore, with Store, restores this checkpoint instead of booting.
+	Restore string `json:"restore,omitempty"`
+	// ForkName, with Restore, makes the restored guest a fork: it gets a
+	// hostname derived from the name and a new machine-id.
+	ForkName string `json:"fork_name,omitempty"`
 }
 
-// diskFlags collects repeated -disk PATH[,ro] flags.
-type diskFlags []vmm.Disk
+// diskConfig is one disk: a raw image, or with Layered the read-only base
+// of a layered disk whose writes go to a top in the store, which
+// checkpoints seal.
+type diskConfig struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Layered  bool   `json:"layered,omitempty"`
+	ID       string `json:"id,omitempty"`
+}
+
+// diskFlags collects repeated -disk PATH[,ro|,layered][,id=NAME] flags.
+type diskFlags []diskConfig
 
 func (d *diskFlags) String() string { return fmt.Sprint(*d) }
 func (d *diskFlags) Set(v string) error {
-	path, opt, _ := strings.Cut(v, ",")
-	switch {
-	case path == "":
+	parts := strings.Split(v, ",")
+	dc := diskConfig{Path: parts[0]}
+	if dc.Path == "" {
 		return errors.New("empty path")
-	case opt != "" && opt != "ro":
-		return fmt.Errorf("unknown disk option %q (want PATH or PATH,ro)", opt)
 	}
-	*d = append(*d, vmm.Disk{Path: path, ReadOnly: opt == "ro"})
+	for _, opt := range parts[1:] {
+		switch {
+		case opt == "ro":
+			dc.ReadOnly = true
+		case opt == "layered":
+			dc.Layered = true
+		case strings.HasPrefix(opt, "id="):
+			dc.ID = strings.TrimPrefix(opt, "id=")
+		default:
+			return fmt.Errorf("unknown disk option %q (want PATH[,ro|,layered][,id=NAME])", opt)
+		}
+	}
+	if dc.ReadOnly && dc.Layered {
+		return errors.New("a disk is either ro or layered")
+	}
+	*d = append(*d, dc)
 	return nil
 }
 
@@ -74,21 +107,43 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer sys.Close()
-	var vs *vmm.Vsock
-	if c.VsockCID != 0 {
-		vs = &vmm.Vsock{CID: c.VsockCID, UDSPath: c.VsockUDS}
+	var root *snapshot.Root
+	if c.Store != "" {
+		if root, err = snapshot.OpenRoot(c.Store, nil); err != nil {
+			return err
+		}
 	}
-	m, err := vmm.New(sys, vmm.Config{
-		KernelPath: c.Kernel,
-		InitrdPath: c.Initrd,
-		Cmdline:    c.Cmdline,
-		MemoryMiB:  c.MemoryMiB,
-		VCPUs:      c.VCPUs,
-		Disks:      c.Disks,
-		Vsock:      vs,
-		Logger:     slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Serial:     io.MultiWriter(console...),
-	})
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	var m *vmm.Machine
+	if c.Restore != "" {
+		m, err = vmm.Restore(sys, vmm.RestoreConfig{
+			Root:         root,
+			ID:           c.Restore,
+			VsockUDSPath: c.VsockUDS,
+			Logger:       log,
+			Serial:       io.MultiWriter(console...),
+		})
+	} else {
+		var disks []vmm.Disk
+		if disks, err = openDisks(c, root); err != nil {
+			return err
+		}
+		var vs *vmm.Vsock
+		if c.VsockCID != 0 {
+			vs = &vmm.Vsock{CID: c.VsockCID, UDSPath: c.VsockUDS}
+		}
+		m, err = vmm.New(sys, vmm.Config{
+			KernelPath: c.Kernel,
+			InitrdPath: c.Initrd,
+			Cmdline:    c.Cmdline,
+			MemoryMiB:  c.MemoryMiB,
+			VCPUs:      c.VCPUs,
+			Disks:      disks,
+			Vsock:      vs,
+			Logger:     log,
+			Serial:     io.MultiWriter(console...),
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -102,8 +157,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer os.Remove(c.APISocket)
-		ctl := &controller{m: m, cfg: c, started: time.Now()}
+		ctl := &controller{m: m, cfg: c, root: root, started: time.Now(), stderr: stderr}
 		go vmmapi.Serve(ctx, l, ctl)
+	}
+	if c.Restore != "" && c.VsockUDS != "" {
+		go fixUpRestoredGuest(ctx, c, log)
 	}
 
 	exit, err := m.Run(ctx)
@@ -125,12 +183,15 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Cmdline, "cmdline", "", "extra kernel command line")
 	fs.IntVar(&c.MemoryMiB, "mem", c.MemoryMiB, "guest memory in MiB")
 	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "vCPUs")
-	fs.Var(&disks, "disk", "raw disk image `PATH[,ro]`; repeat for more (vda, vdb, ...)")
+	fs.Var(&disks, "disk", "disk `PATH[,ro|,layered][,id=NAME]`: a raw image, or the base of a layered disk (needs -store); repeat for more (vda, vdb, ...)")
 	fs.Uint64Var(&c.VsockCID, "vsock-cid", 0, "guest vsock CID (>= 3); 0: no vsock device")
 	fs.StringVar(&c.VsockUDS, "vsock-uds", "", "Unix socket `path` of the vsock device's host side")
 	fs.StringVar(&c.APISocket, "api-sock", "", "serve the control API on this Unix socket `path`")
 	fs.StringVar(&c.ConsoleLog, "console-log", "", "append the guest console to this `file`")
 	fs.BoolVar(&c.Console, "console", c.Console, "copy the guest console to stdout")
+	fs.StringVar(&c.Store, "store", "", "checkpoint store `dir` (checkpoints, layered disk tops, restores)")
+	fs.StringVar(&c.Restore, "restore", "", "restore checkpoint `ID` from -store instead of booting")
+	fs.StringVar(&c.ForkName, "fork-name", "", "with -restore: the guest is a fork named `NAME` (new hostname and machine-id)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -158,7 +219,18 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 			return c, fmt.Errorf("config %s: %w", *cfgPath, err)
 		}
 	}
+	layered := slices.ContainsFunc(c.Disks, func(d diskConfig) bool { return d.Layered })
 	switch {
+	case c.Restore != "" && c.Store == "":
+		return c, errors.New("-restore needs -store")
+	case c.Restore != "" && (c.Kernel != "" || len(c.Disks) > 0 || c.VsockCID != 0):
+		return c, errors.New("-restore takes the machine from the checkpoint: no -kernel, -disk or -vsock-cid")
+	case c.ForkName != "" && c.Restore == "":
+		return c, errors.New("-fork-name needs -restore")
+	case layered && c.Store == "":
+		return c, errors.New("a layered disk needs -store (its top lives there)")
+	case c.Restore != "":
+		return c, nil
 	case c.Kernel == "":
 		return c, errors.New("no kernel: give -kernel or \"kernel\" in -config")
 	case (c.VsockCID == 0) != (c.VsockUDS == ""):
@@ -184,16 +256,3 @@ func listenUnix(path string) (net.Listener, error) {
 	}
 	return l, nil
 }
-
-// controller serves the control API for the running machine.
-type controller struct {
-	m       *vmm.Machine
-	cfg     config
-	started time.Time
-}
-
-func (c *controller) Status() vmmapi.Status {
-	return vmmapi.Status{State: "running", VCPUs: c.cfg.VCPUs, MemoryMiB: c.cfg.MemoryMiB, StartedAt: c.started.UTC(), PID: os.Getpid()}
-}
-
-func (c *controller) Shutdown() { c.m.Stop() }

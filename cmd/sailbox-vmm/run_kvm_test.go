@@ -73,7 +73,7 @@ type vmmProcess struct {
 	err        error
 }
 
-func startVMM(t *testing.T) *vmmProcess {
+func startVMM(t *testing.T, extra ...string) *vmmProcess {
 	t.Helper()
 	kvmtest.Require(t)
 	dir := t.TempDir()
@@ -86,6 +86,7 @@ func startVMM(t *testing.T) *vmmProcess {
 		"-initrd", kvmtest.Artifact(t, "SAILBOX_GUEST_INITRAMFS"),
 		"-mem", "256", "-vsock-cid", "3", "-vsock-uds", p.vsock, "-api-sock", p.api,
 	}
+	args = append(args, extra...)
 	go func() {
 		p.err = run(context.Background(), args, p.console, p.stderr)
 		close(p.exited)

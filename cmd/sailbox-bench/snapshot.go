@@ -1,0 +1,167 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/snapshot"
+	"github.com/sailbox-dev/sailbox/vmm"
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+)
+
+// running is a machine started by the benchmark, with its agent.
+type running struct {
+	m     *vmm.Machine
+	agent *guestagent.Client
+	done  chan struct{}
+}
+
+func (r *running) stop() {
+	r.m.Stop()
+	<-r.done
+	r.m.Close()
+}
+
+// startMachine runs m, whose vsock listens on uds, and returns once its
+// agent has answered one exec.
+func startMachine(ctx context.Context, m *vmm.Machine, uds string, o options) (*running, error) {
+	r := &running{m: m, done: make(chan struct{})}
+	go func() { m.Run(ctx); close(r.done) }()
+	r.agent = &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
+	}}
+	wctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	if _, err := r.agent.WaitHealthy(wctx, 2*time.Millisecond, r.done); err != nil {
+		r.stop()
+		return nil, err
+	}
+	if _, _, code, err := r.agent.Run(wctx, "true"); err != nil || code != 0 {
+		r.stop()
+		return nil, fmt.Errorf("first exec: exit %d, %v", code, err)
+	}
+	return r, nil
+}
+
+// benchSnapshots measures checkpoints, restores and forks of one box, and
+// reports each against the cold boot measured in the same run.
+func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot time.Duration, stdout, stderr io.Writer) error {
+	dir, err := os.MkdirTemp("", "sailbox-bench-snap")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	root, err := snapshot.OpenRoot(filepath.Join(dir, "store"), nil)
+	if err != nil {
+		return err
+	}
+	uds := filepath.Join(dir, "parent.vsock")
+	m, err := vmm.New(sys, vmm.Config{
+		KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
+		Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
+	})
+	if err != nil {
+		return err
+	}
+	parent, err := startMachine(ctx, m, uds, o)
+	if err != nil {
+		return fmt.Errorf("parent: %w", err)
+	}
+	defer parent.stop()
+	ckpt := func(id string) (vmm.CheckpointStats, error) {
+		_, st, err := parent.m.Checkpoint(vmm.CheckpointOptions{Root: root, ID: id, GuestSchemaVersion: guestagent.GuestSchemaVersion, VMMVersion: "bench"})
+		return st, err
+	}
+
+	// Checkpoint cost against the memory dirtied since the last one.
+	full, err := ckpt("full")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\ncheckpoints of a running %d MiB box (the first is full: every page the guest touched)\n", o.memMiB)
+	fmt.Fprintf(stdout, "%-22s %14s %14s %12s %14s\n", "dirtied since last", "pages written", "bytes/dirtied", "pause", "paused pages")
+	line := func(name string, dirtied int64, st vmm.CheckpointStats) {
+		r := "-"
+		if dirtied > 0 {
+			r = fmt.Sprintf("%.3f", float64(st.PageBytes)/float64(dirtied))
+		}
+		fmt.Fprintf(stdout, "%-22s %14d %14s %12v %14d\n", name, st.Pages, r, st.Pause.Round(10*time.Microsecond), st.PausedPages)
+	}
+	line("(full)", 0, full)
+	for _, mib := range []int{0, 16, 64} {
+		if _, _, code, err := parent.agent.Run(ctx, "sh", "-c", fmt.Sprintf("dd if=/dev/urandom of=/tmp/blob bs=1M count=%d 2>/dev/null", mib)); err != nil || code != 0 {
+			return fmt.Errorf("dirty %d MiB: exit %d, %v", mib, code, err)
+		}
+		st, err := ckpt(fmt.Sprintf("dirty%d", mib))
+		if err != nil {
+			return err
+		}
+		line(fmt.Sprintf("%d MiB", mib), int64(mib)<<20, st)
+	}
+
+	// Restore to first exec, from the latest checkpoint.
+	var restores []time.Duration
+	for i := range o.runs {
+		cuds := filepath.Join(dir, fmt.Sprintf("restore%d.vsock", i))
+		t0 := time.Now()
+		rm, err := vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: "dirty64", VsockUDSPath: cuds})
+		if err != nil {
+			return err
+		}
+		r, err := startMachine(ctx, rm, cuds, o)
+		if err != nil {
+			return fmt.Errorf("restore %d: %w", i, err)
+		}
+		restores = append(restores, time.Since(t0))
+		r.stop()
+	}
+
+	// Forks of the running parent, kept running together.
+	const forks = 10
+	var forkTimes []time.Duration
+	var private uint64
+	var children []*running
+	defer func() {
+		for _, c := range children {
+			c.stop()
+		}
+	}()
+	for i := range forks {
+		id := fmt.Sprintf("fork%d", i)
+		cuds := filepath.Join(dir, id+".vsock")
+		t0 := time.Now()
+		if _, err := ckpt(id); err != nil {
+			return err
+		}
+		cm, err := vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: id, VsockUDSPath: cuds})
+		if err != nil {
+			return err
+		}
+		c, err := startMachine(ctx, cm, cuds, o)
+		if err != nil {
+			return fmt.Errorf("fork %d: %w", i, err)
+		}
+		forkTimes = append(forkTimes, time.Since(t0))
+		children = append(children, c)
+		u, err := cm.Memory().Usage()
+		if err != nil {
+			return err
+		}
+		private += u.Private
+		fmt.Fprintf(stderr, "fork %d: first exec after %v, private memory %d KiB\n", i, forkTimes[i].Round(time.Millisecond), u.Private>>10)
+	}
+
+	fmt.Fprintf(stdout, "\n%-44s %12s %10s\n", "median (same run)", "time", "÷ boot")
+	fmt.Fprintf(stdout, "%-44s %12v %10s\n", "cold boot to agent ready", coldBoot.Round(time.Millisecond), "1")
+	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "restore to first exec (64 MiB-dirty chain)", median(restores).Round(time.Millisecond), ratio(median(restores), coldBoot))
+	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "fork of a running box to first exec in child", median(forkTimes).Round(time.Millisecond), ratio(median(forkTimes), coldBoot))
+	fmt.Fprintf(stdout, "\n%d forks running: private host memory %d KiB in all, %d KiB per fork, of %d MiB guest memory each\n",
+		forks, private>>10, private/forks>>10, o.memMiB)
+	return nil
+}
