@@ -229,6 +229,7 @@ func TestStressKVMStream(t *testing.T) {
 		t.Run(fmt.Sprint(i), func(t *testing.T) {
 			g := boot(t, vmm.Config{})
 			if err := streamOutput(t, g, 10<<20, time.Minute); err != nil {
+				g.diagnose(t)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				_, _, code, perr := g.agent.Run(ctx, "true")
 				cancel()
