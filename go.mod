@@ -6,7 +6,9 @@ require (
 	github.com/klauspost/compress v1.18.0
 	github.com/mdlayher/vsock v1.4.0
 	github.com/u-root/u-root v0.16.0
+	go.etcd.io/bbolt v1.4.3
 	golang.org/x/sys v0.50.0
+	gopkg.in/yaml.v3 v3.0.1
 )
 
 require (
@@ -27,7 +29,6 @@ require (
 	golang.org/x/net v0.62.0 // indirect
 	golang.org/x/sync v0.24.0 // indirect
 	golang.org/x/tools v0.38.0 // indirect
-	gopkg.in/yaml.v3 v3.0.1 // indirect
 	mvdan.cc/sh/v3 v3.11.0 // indirect
 )
 

@@ -1,0 +1,184 @@
+package api
+
+import (
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api/lifecycle"
+)
+
+// The daemon's API (sailboxd): HTTP+JSON on a Unix socket, every path
+// under /v1. openapi.yaml, beside this file, is its contract; a test in
+// api/server fails when the server and the document drift apart.
+//
+// Errors are an ErrorBody with a 4xx or 5xx status: 400 for a malformed
+// request, 404 for an unknown box, 409 for a call the box's state does not
+// allow (see package lifecycle) or that conflicts with another box or
+// port, 421 for a box that lives on another host, 501 for what the
+// daemon's backend cannot do yet, 500 for a failure of the daemon or VM.
+
+// Box is one Sailbox as the daemon reports it.
+type Box struct {
+	ID    string          `json:"id"`
+	State lifecycle.State `json:"state"`
+	// GuestSchemaVersion is the protocol revision of the box's guest
+	// agent, as it last reported it.
+	GuestSchemaVersion int       `json:"guest_schema_version"`
+	Created            time.Time `json:"created"`
+	// LastCheckpoint is when the box's most recent completed checkpoint
+	// was taken; null if it has none.
+	LastCheckpoint *time.Time `json:"last_checkpoint"`
+	// LastCheckpointID names that checkpoint; "" if none.
+	LastCheckpointID string `json:"last_checkpoint_id,omitempty"`
+	// ParentID is the box this one was forked from; "" if it was created.
+	ParentID string `json:"parent_id,omitempty"`
+	// HostID is the placement: the host whose daemon owns the box.
+	HostID string `json:"host_id"`
+	// PendingUpgrade reports an upgrade recorded while the box was down,
+	// applied when it next wakes.
+	PendingUpgrade bool   `json:"pending_upgrade"`
+	MemoryMiB      int    `json:"memory_mib"`
+	VCPUs          int    `json:"vcpus"`
+	Ports          []Port `json:"ports"`
+}
+
+// Port is a host TCP port forwarded to a guest port. A connection to it
+// wakes a sleeping box.
+type Port struct {
+	HostAddr  string `json:"host_addr"` // the listening address, host:port
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+}
+
+// Checkpoint is a checkpoint in the daemon's catalog.
+type Checkpoint struct {
+	ID    string `json:"id"`
+	BoxID string `json:"box_id"` // the box it was taken of
+	// ParentID is the checkpoint whose layers this one builds on; "" for
+	// the first of a chain.
+	ParentID  string    `json:"parent_id,omitempty"`
+	Created   time.Time `json:"created"`
+	Completed bool      `json:"completed"`
+}
+
+// CreateRequest asks for a new box. Zero fields take the daemon's
+// defaults.
+type CreateRequest struct {
+	MemoryMiB int `json:"memory_mib,omitempty"`
+	VCPUs     int `json:"vcpus,omitempty"`
+	// Image is the path, on the daemon's host, of the raw base disk
+	// image; the box writes to its own layer over it.
+	Image string `json:"image,omitempty"`
+}
+
+// Empty is the body of calls that take no arguments: absent, or {}.
+type Empty struct{}
+
+// BoxList is the answer to list.
+type BoxList struct {
+	Boxes []Box `json:"boxes"`
+}
+
+// CheckpointList is the answer to listing a box's checkpoints: its
+// chain, newest first.
+type CheckpointList struct {
+	Checkpoints []Checkpoint `json:"checkpoints"`
+}
+
+// ForkResponse is the answer to fork: the new, running child and the
+// checkpoint it was restored from.
+type ForkResponse struct {
+	Box        Box        `json:"box"`
+	Checkpoint Checkpoint `json:"checkpoint"`
+}
+
+// UpgradeResponse is the answer to upgrade. Upgraded is true when the box
+// runs the current guest agent now (it was rebooted, or already was), and
+// false when the upgrade was only recorded for the box's next wake.
+type UpgradeResponse struct {
+	Upgraded bool `json:"upgraded"`
+	Box      Box  `json:"box"`
+}
+
+// TerminateResponse is the answer to terminate: the checkpoints whose
+// storage was freed (those no other box's chain references).
+type TerminateResponse struct {
+	ID               string   `json:"id"`
+	State            string   `json:"state"` // "terminated"
+	FreedCheckpoints []string `json:"freed_checkpoints"`
+}
+
+// ExposeRequest asks to forward a host TCP port to a guest port.
+type ExposeRequest struct {
+	GuestPort int `json:"guest_port"`
+	// HostPort 0 picks a free port; the answer names it.
+	HostPort int `json:"host_port,omitempty"`
+	// HostAddr is the address to listen on; "" means 127.0.0.1.
+	HostAddr string `json:"host_addr,omitempty"`
+}
+
+// ExecRequest runs a command in the guest.
+type ExecRequest struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env,omitempty"` // KEY=value
+	Dir  string   `json:"dir,omitempty"`
+	// TimeoutMS, if positive, bounds how long the process may run.
+	TimeoutMS int64 `json:"timeout_ms,omitempty"`
+	// Stdin is the process's whole input (base64 in JSON); empty means
+	// /dev/null.
+	Stdin []byte `json:"stdin,omitempty"`
+}
+
+// ExecEvent is one line of an exec's answer. The answer to a valid exec
+// is 200 with Content-Type application/x-ndjson: one ExecEvent per line,
+// any number of Stdout and Stderr events as the process writes, then
+// exactly one line with Exit (the process ended) or Error (the exchange
+// failed after the stream began). A stream that ends without either was
+// cut. Stdout and Stderr are base64 in JSON. An exec refused before it
+// starts (unknown box, paused box, bad request) is an ordinary error
+// answer, not a stream.
+type ExecEvent struct {
+	Stdout []byte      `json:"stdout,omitempty"`
+	Stderr []byte      `json:"stderr,omitempty"`
+	Exit   *ExecResult `json:"exit,omitempty"`
+	Error  *ErrorBody  `json:"error,omitempty"`
+}
+
+// ExecResult is how an exec'd process ended.
+type ExecResult struct {
+	ExitCode int  `json:"exit_code"` // -1 if a signal killed it
+	Signal   int  `json:"signal,omitempty"`
+	TimedOut bool `json:"timed_out,omitempty"`
+}
+
+// WriteFileResponse is the answer to a file write.
+type WriteFileResponse struct {
+	Written int64 `json:"written"`
+}
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+	// Code is a stable, machine-readable kind: one of the Code constants.
+	Code string `json:"code"`
+	// Status is the HTTP status the error maps to (repeated here for
+	// errors carried inside an exec stream).
+	Status int `json:"status"`
+}
+
+// Error codes.
+const (
+	CodeBadRequest        = "bad_request"
+	CodeNotFound          = "not_found"
+	CodeInvalidTransition = "invalid_transition"
+	CodeConflict          = "conflict"
+	CodeWrongHost         = "wrong_host"
+	CodeTooLarge          = "too_large"
+	CodeUnsupported       = "unsupported"
+	CodeUnavailable       = "unavailable"
+	CodeInternal          = "internal"
+)
+
+// SailboxIDHeader names the box an inference call through the daemon's
+// proxy (/v1/inference/...) is made for: the box sleeps while the
+// upstream call is in flight and is resumed when it completes.
+const SailboxIDHeader = "X-SailboxId"

@@ -1,0 +1,423 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/api/client"
+)
+
+// errUsage reports a command line sail cannot run; the message has been
+// printed.
+var errUsage = errors.New("usage")
+
+// exitCode is an exec'd command's non-zero exit code, which sail exits
+// with.
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// cli is one invocation's context.
+type cli struct {
+	c      *client.Client
+	stdout io.Writer
+	stderr io.Writer
+	json   bool
+}
+
+type command struct {
+	args  string // usage after the command name
+	help  string
+	run   func(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error
+	flags func(fs *flag.FlagSet) // command flags, before parsing
+	nargs int                    // exact number of arguments; -1: at least one
+}
+
+var commands map[string]*command
+
+func init() {
+	commands = map[string]*command{
+		"create":      {args: "[-mem MiB] [-cpus N] [-image PATH]", help: "boot a new box", nargs: 0, flags: createFlags, run: runCreate},
+		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
+		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
+		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
+		"checkpoints": {args: "ID", help: "list a box's checkpoint chain, newest first", nargs: 1, run: runCheckpoints},
+		"fork":        {args: "ID", help: "start a new box from this one", nargs: 1, run: runFork},
+		"pause":       {args: "ID", help: "checkpoint and power down until resume", nargs: 1, run: boxCall((*client.Client).Pause)},
+		"sleep":       {args: "ID", help: "checkpoint and power down until used", nargs: 1, run: boxCall((*client.Client).Sleep)},
+		"resume":      {args: "ID", help: "restore a paused or sleeping box", nargs: 1, run: boxCall((*client.Client).Resume)},
+		"connect":     {args: "ID", help: "check placement, resume if down, show the box", nargs: 1, run: boxCall((*client.Client).Connect)},
+		"upgrade":     {args: "ID", help: "move the box onto the current guest agent", nargs: 1, run: runUpgrade},
+		"rm":          {args: "ID", help: "terminate a box", nargs: 1, run: runTerminate},
+		"exec":        {args: "[-e KEY=VALUE]... [-w DIR] [-timeout D] [-stdin FILE] ID COMMAND [ARG]...", help: "run a command in the box (wakes a sleeping box)", nargs: -1, flags: execFlags, run: runExec},
+		"cat":         {args: "ID PATH", help: "print a file of the box", nargs: 2, run: runCat},
+		"put":         {args: "[-mode 644] [-append] [-mkdir] ID PATH LOCAL-FILE", help: "write a local file into the box", nargs: 3, flags: putFlags, run: runPut},
+		"expose":      {args: "[-addr IP] ID [HOST-PORT:]GUEST-PORT", help: "forward a host TCP port to the box (a connection wakes it)", nargs: 2, flags: exposeFlags, run: runExpose},
+		"unexpose":    {args: "ID HOST-PORT", help: "remove a port forward", nargs: 2, run: runUnexpose},
+	}
+	commands["terminate"] = commands["rm"]
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: sail [-socket PATH] [--json] COMMAND [ARGS]")
+	fmt.Fprintln(w, "\ncommands:")
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		if n != "terminate" {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	for _, n := range names {
+		fmt.Fprintf(tw, "  %s\t%s\n", n, commands[n].help)
+	}
+	tw.Flush()
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("sail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { usage(stderr) }
+	socket := fs.String("socket", api.DefaultSocket(), "the daemon's socket `path`")
+	asJSON := fs.Bool("json", false, "print JSON instead of text")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	if fs.NArg() == 0 {
+		usage(stderr)
+		return errUsage
+	}
+	name := fs.Arg(0)
+	cmd, ok := commands[name]
+	if !ok {
+		fmt.Fprintf(stderr, "sail: unknown command %q\n", name)
+		usage(stderr)
+		return errUsage
+	}
+	cfs := flag.NewFlagSet("sail "+name, flag.ContinueOnError)
+	cfs.SetOutput(stderr)
+	cfs.BoolVar(asJSON, "json", *asJSON, "print JSON instead of text")
+	cfs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: sail %s %s\n  %s\n", name, cmd.args, cmd.help)
+		cfs.PrintDefaults()
+	}
+	if cmd.flags != nil {
+		cmd.flags(cfs)
+	}
+	if err := cfs.Parse(fs.Args()[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return errUsage
+	}
+	rest := cfs.Args()
+	if n := cmd.nargs; (n >= 0 && len(rest) != n) || (n < 0 && len(rest) < 1) {
+		cfs.Usage()
+		return errUsage
+	}
+	s := &cli{c: client.New(*socket), stdout: stdout, stderr: stderr, json: *asJSON}
+	return cmd.run(ctx, s, cfs, rest)
+}
+
+// print writes v as JSON, or human as text.
+func (s *cli) print(v any, human func(w io.Writer)) error {
+	if s.json {
+		enc := json.NewEncoder(s.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	human(s.stdout)
+	return nil
+}
+
+func fmtTime(t *time.Time) string {
+	if t == nil || t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func printBox(w io.Writer, b api.Box) {
+	tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+	fmt.Fprintf(tw, "id\t%s\n", b.ID)
+	fmt.Fprintf(tw, "state\t%s\n", b.State)
+	fmt.Fprintf(tw, "guest schema\t%d", b.GuestSchemaVersion)
+	if b.PendingUpgrade {
+		fmt.Fprint(tw, " (upgrade pending)")
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "created\t%s\n", fmtTime(&b.Created))
+	fmt.Fprintf(tw, "last checkpoint\t%s", fmtTime(b.LastCheckpoint))
+	if b.LastCheckpointID != "" {
+		fmt.Fprintf(tw, " (%s)", b.LastCheckpointID)
+	}
+	fmt.Fprintln(tw)
+	fmt.Fprintf(tw, "parent\t%s\n", dash(b.ParentID))
+	fmt.Fprintf(tw, "host\t%s\n", b.HostID)
+	fmt.Fprintf(tw, "size\t%d MiB, %d vCPU\n", b.MemoryMiB, b.VCPUs)
+	for _, p := range b.Ports {
+		fmt.Fprintf(tw, "port\t%s → guest %d\n", p.HostAddr, p.GuestPort)
+	}
+	tw.Flush()
+}
+
+func createFlags(fs *flag.FlagSet) {
+	fs.Int("mem", 0, "guest memory in MiB (0: the daemon's default)")
+	fs.Int("cpus", 0, "vCPUs (0: the daemon's default)")
+	fs.String("image", "", "base disk image `path` on the daemon's host")
+}
+
+func intFlag(fs *flag.FlagSet, name string) int {
+	v, _ := strconv.Atoi(fs.Lookup(name).Value.String())
+	return v
+}
+
+func runCreate(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	b, err := s.c.Create(ctx, api.CreateRequest{
+		MemoryMiB: intFlag(fs, "mem"), VCPUs: intFlag(fs, "cpus"), Image: fs.Lookup("image").Value.String(),
+	})
+	if err != nil {
+		return err
+	}
+	return s.print(b, func(w io.Writer) { fmt.Fprintln(w, b.ID) })
+}
+
+func lsFlags(fs *flag.FlagSet) {
+	fs.Int("max-schema", -1, "only boxes whose guest agent reports at most this schema version")
+}
+
+func runList(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	var opts client.ListOptions
+	if n := intFlag(fs, "max-schema"); n >= 0 {
+		opts.MaxGuestSchemaVersion = &n
+	}
+	boxes, err := s.c.List(ctx, opts)
+	if err != nil {
+		return err
+	}
+	return s.print(api.BoxList{Boxes: boxes}, func(w io.Writer) {
+		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tSTATE\tSCHEMA\tCREATED\tLAST CHECKPOINT\tPARENT\tHOST")
+		for _, b := range boxes {
+			schema := strconv.Itoa(b.GuestSchemaVersion)
+			if b.PendingUpgrade {
+				schema += "*"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.State, schema, fmtTime(&b.Created), fmtTime(b.LastCheckpoint), dash(b.ParentID), b.HostID)
+		}
+		tw.Flush()
+	})
+}
+
+// boxCall runs a call that answers a box.
+func boxCall(call func(*client.Client, context.Context, string) (api.Box, error)) func(context.Context, *cli, *flag.FlagSet, []string) error {
+	return func(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+		b, err := call(s.c, ctx, args[0])
+		if err != nil {
+			return err
+		}
+		return s.print(b, func(w io.Writer) { printBox(w, b) })
+	}
+}
+
+func runCheckpoint(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	ck, err := s.c.Checkpoint(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return s.print(ck, func(w io.Writer) { fmt.Fprintln(w, ck.ID) })
+}
+
+func runCheckpoints(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	cks, err := s.c.Checkpoints(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return s.print(api.CheckpointList{Checkpoints: cks}, func(w io.Writer) {
+		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tBOX\tPARENT\tCREATED")
+		for _, c := range cks {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", c.ID, c.BoxID, dash(c.ParentID), fmtTime(&c.Created))
+		}
+		tw.Flush()
+	})
+}
+
+func runFork(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	res, err := s.c.Fork(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return s.print(res, func(w io.Writer) { fmt.Fprintln(w, res.Box.ID) })
+}
+
+func runUpgrade(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	res, err := s.c.Upgrade(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return s.print(res, func(w io.Writer) {
+		if res.Upgraded {
+			fmt.Fprintf(w, "%s runs guest schema %d\n", res.Box.ID, res.Box.GuestSchemaVersion)
+		} else {
+			fmt.Fprintf(w, "%s is %s: upgrade recorded, applied when it next wakes\n", res.Box.ID, res.Box.State)
+		}
+	})
+}
+
+func runTerminate(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	res, err := s.c.Terminate(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return s.print(res, func(w io.Writer) {
+		fmt.Fprintf(w, "%s terminated; %d checkpoints freed\n", res.ID, len(res.FreedCheckpoints))
+	})
+}
+
+// envFlags collects repeated -e KEY=VALUE.
+type envFlags []string
+
+func (e *envFlags) String() string { return strings.Join(*e, " ") }
+func (e *envFlags) Set(v string) error {
+	if !strings.Contains(v, "=") {
+		return fmt.Errorf("%q is not KEY=VALUE", v)
+	}
+	*e = append(*e, v)
+	return nil
+}
+
+func execFlags(fs *flag.FlagSet) {
+	fs.Var(&envFlags{}, "e", "set an environment variable, `KEY=VALUE` (repeatable)")
+	fs.String("w", "", "working `directory` in the guest")
+	fs.Duration("timeout", 0, "kill the command after this long (0: no limit)")
+	fs.String("stdin", "", "local `file` to feed the command's stdin")
+}
+
+func runExec(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	id, argv := args[0], args[1:]
+	if len(argv) > 0 && argv[0] == "--" {
+		argv = argv[1:]
+	}
+	if len(argv) == 0 {
+		fs.Usage()
+		return errUsage
+	}
+	timeout, _ := time.ParseDuration(fs.Lookup("timeout").Value.String())
+	req := api.ExecRequest{
+		Argv:      argv,
+		Env:       *fs.Lookup("e").Value.(*envFlags),
+		Dir:       fs.Lookup("w").Value.String(),
+		TimeoutMS: timeout.Milliseconds(),
+	}
+	if path := fs.Lookup("stdin").Value.String(); path != "" {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		req.Stdin = data
+	}
+	res, err := s.c.Exec(ctx, id, req, s.stdout, s.stderr)
+	if err != nil {
+		return err
+	}
+	if s.json {
+		s.print(res, nil)
+	} else if res.Signal != 0 || res.TimedOut {
+		fmt.Fprintf(s.stderr, "sail: %s: killed by signal %d (timed out: %v)\n", argv[0], res.Signal, res.TimedOut)
+	}
+	switch {
+	case res.ExitCode > 0:
+		return exitCode(res.ExitCode)
+	case res.ExitCode < 0:
+		return exitCode(128 + res.Signal)
+	}
+	return nil
+}
+
+func runCat(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	_, err := s.c.ReadFile(ctx, args[0], args[1], s.stdout)
+	return err
+}
+
+func putFlags(fs *flag.FlagSet) {
+	fs.String("mode", "", "octal permission bits of a created file (default 644)")
+	fs.Bool("append", false, "append instead of replacing")
+	fs.Bool("mkdir", false, "create missing parent directories")
+}
+
+func runPut(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	var opts client.WriteOptions
+	if m := fs.Lookup("mode").Value.String(); m != "" {
+		mode, err := strconv.ParseUint(m, 8, 32)
+		if err != nil {
+			return fmt.Errorf("-mode %q is not octal", m)
+		}
+		opts.Mode = uint32(mode)
+	}
+	opts.Append = fs.Lookup("append").Value.String() == "true"
+	opts.CreateDirs = fs.Lookup("mkdir").Value.String() == "true"
+	f, err := os.Open(args[2])
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	n, err := s.c.WriteFile(ctx, args[0], args[1], f, opts)
+	if err != nil {
+		return err
+	}
+	return s.print(api.WriteFileResponse{Written: n}, func(w io.Writer) { fmt.Fprintf(w, "%d bytes written\n", n) })
+}
+
+func exposeFlags(fs *flag.FlagSet) {
+	fs.String("addr", "", "host IP `address` to listen on (default 127.0.0.1)")
+}
+
+func runExpose(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	req := api.ExposeRequest{HostAddr: fs.Lookup("addr").Value.String()}
+	host, guest, ok := strings.Cut(args[1], ":")
+	if !ok {
+		host, guest = "0", host
+	}
+	var err1, err2 error
+	req.HostPort, err1 = strconv.Atoi(host)
+	req.GuestPort, err2 = strconv.Atoi(guest)
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("%q is not [HOST-PORT:]GUEST-PORT", args[1])
+	}
+	p, err := s.c.Expose(ctx, args[0], req)
+	if err != nil {
+		return err
+	}
+	return s.print(p, func(w io.Writer) { fmt.Fprintf(w, "%s → guest port %d\n", p.HostAddr, p.GuestPort) })
+}
+
+func runUnexpose(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	port, err := strconv.Atoi(args[1])
+	if err != nil {
+		return fmt.Errorf("host port %q is not a number", args[1])
+	}
+	return s.c.Unexpose(ctx, args[0], port)
+}

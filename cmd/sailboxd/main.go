@@ -1,0 +1,38 @@
+// Command sailboxd is the Sailbox daemon: it owns every box on the host,
+// runs one sailbox-vmm per running box, keeps their records and
+// checkpoint catalog in its state directory, and serves the API
+// (api/openapi.yaml) as HTTP+JSON on a Unix socket.
+//
+//	sailboxd -kernel bzImage -initrd initramfs.cpio -image base.raw
+//
+// State directory (-state-dir): /var/lib/sailbox when run as root;
+// otherwise $XDG_STATE_HOME/sailbox, or ~/.local/state/sailbox. It holds
+// catalog.db (box records and the checkpoint catalog), store/ (the
+// checkpoint store: manifests, layers, disk tops) and run/<box>/ (each
+// VMM's sockets and logs).
+//
+// Socket (-socket): see api.DefaultSocket. Mode 0600; with -socket-group
+// 0660 and owned by that group.
+//
+// Stopping the daemon (SIGINT, SIGTERM) leaves running boxes running; the
+// next start takes them back, and restores those whose VMM died from
+// their last completed checkpoint.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sailboxd:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+
+	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/api/server"
+	"github.com/sailbox-dev/sailbox/internal/catalog"
+	"github.com/sailbox-dev/sailbox/internal/daemon"
+	"github.com/sailbox-dev/sailbox/internal/vmmbackend"
+)
+
+// config is the daemon's configuration, from flags.
+type config struct {
+	StateDir    string
+	Socket      string
+	SocketGroup string
+	VMM         string
+	Kernel      string
+	Initrd      string
+	Cmdline     string
+	Image       string
+	MemoryMiB   int
+	VCPUs       int
+	HostID      string
+	Inference   string
+	LogLevel    slog.Level
+}
+
+// newBackend builds the backend; tests replace it with the fake.
+var newBackend = func(c config, log *slog.Logger) (daemon.Backend, error) {
+	return vmmbackend.New(vmmbackend.Config{
+		VMM: c.VMM, Kernel: c.Kernel, Initrd: c.Initrd, Cmdline: c.Cmdline,
+		Store: filepath.Join(c.StateDir, "store"), RunDir: filepath.Join(c.StateDir, "run"), Logger: log,
+	})
+}
+
+// defaultStateDir: /var/lib/sailbox for root; $XDG_STATE_HOME/sailbox or
+// ~/.local/state/sailbox for others.
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return "/var/lib/sailbox"
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "sailbox")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "sailbox")
+	}
+	return filepath.Join(os.TempDir(), fmt.Sprintf("sailbox-state-%d", os.Geteuid()))
+}
+
+// defaultVMM is sailbox-vmm beside this executable, or on $PATH.
+func defaultVMM() string {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), "sailbox-vmm")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath("sailbox-vmm"); err == nil {
+		return p
+	}
+	return "sailbox-vmm"
+}
+
+func parseArgs(args []string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("sailboxd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	host, _ := os.Hostname()
+	c := config{MemoryMiB: 256, VCPUs: 1}
+	fs.StringVar(&c.StateDir, "state-dir", defaultStateDir(), "state `dir`: catalog.db, store/, run/")
+	fs.StringVar(&c.Socket, "socket", api.DefaultSocket(), "API socket `path`")
+	fs.StringVar(&c.SocketGroup, "socket-group", "", "`group` (name or ID) that may use the socket too (mode 0660)")
+	fs.StringVar(&c.VMM, "vmm", defaultVMM(), "sailbox-vmm `binary`")
+	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
+	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "initramfs with the guest agent (default $SAILBOX_GUEST_INITRAMFS)")
+	fs.StringVar(&c.Cmdline, "cmdline", "", "extra guest kernel command line")
+	fs.StringVar(&c.Image, "image", "", "default base disk `image` of new boxes (absolute path)")
+	fs.IntVar(&c.MemoryMiB, "mem", c.MemoryMiB, "default guest memory of new boxes, MiB")
+	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "default vCPUs of new boxes")
+	fs.StringVar(&c.HostID, "host-id", host, "this host's placement ID")
+	fs.StringVar(&c.Inference, "inference-upstream", "", "base `URL` that /v1/inference/... is proxied to")
+	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	case c.HostID == "":
+		return c, errors.New("no host ID: give -host-id")
+	case c.Image != "" && !filepath.IsAbs(c.Image):
+		return c, fmt.Errorf("-image %q is not an absolute path", c.Image)
+	}
+	return c, nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c, err := parseArgs(args, stderr)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.LogLevel}))
+	var upstream *url.URL
+	if c.Inference != "" {
+		if upstream, err = url.Parse(c.Inference); err != nil || upstream.Scheme == "" || upstream.Host == "" {
+			return fmt.Errorf("-inference-upstream %q is not an absolute URL", c.Inference)
+		}
+	}
+	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(c.Socket), 0o755); err != nil {
+		return err
+	}
+	cat, err := catalog.Open(filepath.Join(c.StateDir, "catalog.db"), nil)
+	if err != nil {
+		return err
+	}
+	defer cat.Close()
+	be, err := newBackend(c, log)
+	if err != nil {
+		return err
+	}
+	m, err := daemon.New(daemon.Config{
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log,
+		Defaults: catalog.Spec{MemoryMiB: c.MemoryMiB, VCPUs: c.VCPUs, Image: c.Image},
+	})
+	if err != nil {
+		return err
+	}
+	if err := m.Start(ctx); err != nil {
+		return err
+	}
+	defer m.Close()
+	l, err := server.Listen(c.Socket, c.SocketGroup)
+	if err != nil {
+		return err
+	}
+	log.Info("sailboxd listening", "socket", c.Socket, "state_dir", c.StateDir, "host_id", c.HostID)
+	srv := server.New(server.Config{Manager: m, Logger: log, InferenceUpstream: upstream})
+	err = server.Serve(ctx, l, srv)
+	log.Info("sailboxd stopped; boxes keep running")
+	return err
+}

@@ -1,0 +1,91 @@
+package daemon
+
+import (
+	"context"
+	"io"
+	"net"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/internal/catalog"
+)
+
+// Backend runs boxes' VMs: on a real host, one sailbox-vmm process per
+// running box (internal/vmmbackend); in tests, a fake
+// (internal/daemon/fakebackend).
+//
+// The Manager calls the methods that change a box's VM (Boot, Restore,
+// Reboot, Checkpoint, Fork, Stop, Attach) with the box's lock held, so
+// never two at once for one box; different boxes' calls run
+// concurrently. Exec, ReadFile, WriteFile and DialGuest are called
+// without the lock, concurrently with each other and possibly with a
+// Stop that cuts them short. Every call identifies boxes by ID; the
+// backend keeps whatever per-box handles it needs.
+//
+// A call that fails must leave nothing running or half-written: a Boot or
+// Restore that fails has stopped what it started, a Checkpoint that fails
+// has left no completed checkpoint.
+type Backend interface {
+	// GuestSchemaVersion is the guest agent's schema version that a boot
+	// (Boot, Reboot) starts now; a box reporting less needs an upgrade.
+	GuestSchemaVersion() int
+
+	// Boot starts box's first VM from spec and returns when its guest
+	// agent answers.
+	Boot(ctx context.Context, box string, spec catalog.Spec) (Instance, error)
+	// Restore starts a VM for box from completed checkpoint ckpt and
+	// returns when its agent answers. With fork, the checkpoint is
+	// another box's and the guest becomes a new machine named box (its
+	// own hostname, machine-id and entropy).
+	Restore(ctx context.Context, box, ckpt string, fork bool) (Instance, error)
+	// Reboot boots the current kernel and guest agent for box on the
+	// disks of completed checkpoint ckpt (a fresh boot: memory is not
+	// restored). The box runs no VM when it is called.
+	Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (Instance, error)
+	// Checkpoint writes completed checkpoint id of box's running VM,
+	// which keeps running. Its parent is the box's previous checkpoint
+	// (or, for a fork, the one it was restored from).
+	Checkpoint(ctx context.Context, box, id string) (CheckpointInfo, error)
+	// Fork writes completed checkpoint ckpt of running box parent and
+	// starts box child restored from it as a new machine. The parent
+	// keeps running.
+	Fork(ctx context.Context, parent, ckpt, child string) (CheckpointInfo, Instance, error)
+	// Stop powers box's VM down and forgets it. It is not an error if the
+	// box runs no VM.
+	Stop(ctx context.Context, box string) error
+	// Attach takes back control of box's VM after a daemon restart and
+	// reports whether it still runs.
+	Attach(ctx context.Context, box string) (bool, error)
+	// RemoveCheckpoints frees the storage of checkpoints that no box
+	// references, given children before parents. An ID the store does
+	// not hold is not an error.
+	RemoveCheckpoints(ctx context.Context, ids []string) error
+
+	// Exec runs req in box's guest, writing its output to stdout and
+	// stderr as it arrives.
+	Exec(ctx context.Context, box string, req api.ExecRequest, stdout, stderr io.Writer) (api.ExecResult, error)
+	// ReadFile writes the guest file at path to w.
+	ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error)
+	// WriteFile replaces (or appends to) the guest file at path with r.
+	WriteFile(ctx context.Context, box, path string, r io.Reader, opts FileOptions) (int64, error)
+	// DialGuest opens a stream to TCP port port inside box's guest.
+	DialGuest(ctx context.Context, box string, port int) (net.Conn, error)
+}
+
+// Instance describes a VM a backend started.
+type Instance struct {
+	// GuestSchemaVersion is what the box's guest agent reports.
+	GuestSchemaVersion int
+}
+
+// CheckpointInfo describes a completed checkpoint.
+type CheckpointInfo struct {
+	Created time.Time
+}
+
+// FileOptions tune WriteFile.
+type FileOptions struct {
+	Mode       uint32 // permission bits of a created file; 0 means 0644
+	Append     bool
+	CreateDirs bool
+}

@@ -1,0 +1,411 @@
+// Package fakebackend is an in-memory daemon.Backend for tests: boxes are
+// maps of files, checkpoints are copies of them, and exec understands a
+// handful of commands. It fakes the semantics (what a restore or fork
+// sees, which calls need a running VM), not processes.
+//
+// Commands exec understands:
+//
+//	echo ARGS...      ARGS and a newline on stdout
+//	cat PATH          the file's contents on stdout (exit 1 if none)
+//	write PATH DATA   DATA into the file
+//	hostname          the guest's hostname (the box ID of a fork, else "sailbox")
+//	stderr TEXT       TEXT on stderr
+//	exit N            exit code N
+//	stdin             the request's stdin echoed to stdout
+//	schema            the agent's guest schema version
+//
+// Any other command fails to start (an error). A connection to any guest
+// port echoes what it reads.
+package fakebackend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/internal/catalog"
+	"github.com/sailbox-dev/sailbox/internal/daemon"
+)
+
+// ErrNotRunning is returned by calls that need a running VM.
+var ErrNotRunning = errors.New("fake: box runs no VM")
+
+// Backend is the fake. The zero value is not usable; call New.
+type Backend struct {
+	mu          sync.Mutex
+	schema      int               // current guest schema version
+	vms         map[string]*vm    // running VMs by box ID
+	checkpoints map[string]*vm    // completed checkpoints by ID (frozen copies)
+	fail        map[string]error  // method name → error for its next call
+	calls       []string          // "Method box [arg]" in order
+	removed     []string          // checkpoint IDs freed
+	dead        map[string]bool   // boxes whose VM Attach reports gone
+	hook        map[string]func() // method name → run at the start of its next call
+}
+
+type vm struct {
+	schema   int
+	hostname string
+	files    map[string][]byte
+}
+
+func (v *vm) clone() *vm {
+	return &vm{schema: v.schema, hostname: v.hostname, files: maps.Clone(v.files)}
+}
+
+// New returns a fake whose agent has guest schema version schema.
+func New(schema int) *Backend {
+	return &Backend{
+		schema: schema, vms: map[string]*vm{}, checkpoints: map[string]*vm{},
+		fail: map[string]error{}, dead: map[string]bool{}, hook: map[string]func(){},
+	}
+}
+
+var _ daemon.Backend = (*Backend)(nil)
+
+// SetSchema changes the guest schema version new boots get.
+func (f *Backend) SetSchema(v int) {
+	f.mu.Lock()
+	f.schema = v
+	f.mu.Unlock()
+}
+
+// FailNext makes the next call of method (e.g. "Boot") fail with err.
+func (f *Backend) FailNext(method string, err error) {
+	f.mu.Lock()
+	f.fail[method] = err
+	f.mu.Unlock()
+}
+
+// OnNext runs fn at the start of the next call of method, without the
+// fake's lock held.
+func (f *Backend) OnNext(method string, fn func()) {
+	f.mu.Lock()
+	f.hook[method] = fn
+	f.mu.Unlock()
+}
+
+// Kill makes box's VM vanish, as a crashed VMM does: Attach reports it
+// gone.
+func (f *Backend) Kill(box string) {
+	f.mu.Lock()
+	delete(f.vms, box)
+	f.dead[box] = true
+	f.mu.Unlock()
+}
+
+// Running reports whether box has a VM.
+func (f *Backend) Running(box string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.vms[box] != nil
+}
+
+// RunningCount is the number of VMs.
+func (f *Backend) RunningCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.vms)
+}
+
+// Checkpoints returns the IDs of the stored checkpoints, sorted.
+func (f *Backend) Checkpoints() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Sorted(maps.Keys(f.checkpoints))
+}
+
+// Calls returns the calls made so far, as "Method box [arg]".
+func (f *Backend) Calls() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// begin records a call and returns the error injected for it, if any.
+// It returns with f.mu held.
+func (f *Backend) begin(method string, args ...string) error {
+	f.mu.Lock()
+	hook := f.hook[method]
+	delete(f.hook, method)
+	f.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
+	f.mu.Lock()
+	f.calls = append(f.calls, strings.TrimSpace(method+" "+strings.Join(args, " ")))
+	err := f.fail[method]
+	delete(f.fail, method)
+	return err
+}
+
+func (f *Backend) GuestSchemaVersion() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.schema
+}
+
+func (f *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daemon.Instance, error) {
+	err := f.begin("Boot", box)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.Instance{}, err
+	}
+	if f.vms[box] != nil {
+		return daemon.Instance{}, fmt.Errorf("fake: boot %s: already running", box)
+	}
+	f.vms[box] = &vm{schema: f.schema, hostname: "sailbox", files: map[string][]byte{"/etc/image": []byte(spec.Image)}}
+	delete(f.dead, box)
+	return daemon.Instance{GuestSchemaVersion: f.schema}, nil
+}
+
+func (f *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (daemon.Instance, error) {
+	err := f.begin("Restore", box, ckpt)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.Instance{}, err
+	}
+	c := f.checkpoints[ckpt]
+	switch {
+	case c == nil:
+		return daemon.Instance{}, fmt.Errorf("fake: restore %s: no checkpoint %s", box, ckpt)
+	case f.vms[box] != nil:
+		return daemon.Instance{}, fmt.Errorf("fake: restore %s: already running", box)
+	}
+	v := c.clone()
+	if fork {
+		v.hostname = box
+	}
+	f.vms[box] = v
+	delete(f.dead, box)
+	return daemon.Instance{GuestSchemaVersion: v.schema}, nil
+}
+
+func (f *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (daemon.Instance, error) {
+	err := f.begin("Reboot", box, ckpt)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.Instance{}, err
+	}
+	c := f.checkpoints[ckpt]
+	switch {
+	case c == nil:
+		return daemon.Instance{}, fmt.Errorf("fake: reboot %s: no checkpoint %s", box, ckpt)
+	case f.vms[box] != nil:
+		return daemon.Instance{}, fmt.Errorf("fake: reboot %s: still running", box)
+	}
+	v := c.clone() // the disk survives, the agent is new
+	v.schema = f.schema
+	f.vms[box] = v
+	return daemon.Instance{GuestSchemaVersion: v.schema}, nil
+}
+
+func (f *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.CheckpointInfo, error) {
+	err := f.begin("Checkpoint", box, id)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.CheckpointInfo{}, err
+	}
+	return f.checkpointLocked(box, id)
+}
+
+func (f *Backend) checkpointLocked(box, id string) (daemon.CheckpointInfo, error) {
+	v := f.vms[box]
+	switch {
+	case v == nil:
+		return daemon.CheckpointInfo{}, fmt.Errorf("fake: checkpoint %s: %w", box, ErrNotRunning)
+	case f.checkpoints[id] != nil:
+		return daemon.CheckpointInfo{}, fmt.Errorf("fake: checkpoint %s exists", id)
+	}
+	f.checkpoints[id] = v.clone()
+	return daemon.CheckpointInfo{Created: time.Now()}, nil
+}
+
+func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.CheckpointInfo, daemon.Instance, error) {
+	err := f.begin("Fork", parent, ckpt, child)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.CheckpointInfo{}, daemon.Instance{}, err
+	}
+	info, err := f.checkpointLocked(parent, ckpt)
+	if err != nil {
+		return info, daemon.Instance{}, err
+	}
+	v := f.checkpoints[ckpt].clone()
+	v.hostname = child
+	f.vms[child] = v
+	return info, daemon.Instance{GuestSchemaVersion: v.schema}, nil
+}
+
+func (f *Backend) Stop(ctx context.Context, box string) error {
+	err := f.begin("Stop", box)
+	defer f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	delete(f.vms, box)
+	return nil
+}
+
+func (f *Backend) Attach(ctx context.Context, box string) (bool, error) {
+	err := f.begin("Attach", box)
+	defer f.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	return f.vms[box] != nil && !f.dead[box], nil
+}
+
+func (f *Backend) RemoveCheckpoints(ctx context.Context, ids []string) error {
+	err := f.begin("RemoveCheckpoints", ids...)
+	defer f.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if f.checkpoints[id] != nil {
+			f.removed = append(f.removed, id)
+		}
+		delete(f.checkpoints, id)
+	}
+	return nil
+}
+
+// running returns box's VM; f.mu is held.
+func (f *Backend) running(box string) (*vm, error) {
+	v := f.vms[box]
+	if v == nil {
+		return nil, fmt.Errorf("fake: %s: %w", box, ErrNotRunning)
+	}
+	return v, nil
+}
+
+func (f *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, stdout, stderr io.Writer) (api.ExecResult, error) {
+	err := f.begin("Exec", box, req.Argv[0])
+	if err != nil {
+		f.mu.Unlock()
+		return api.ExecResult{}, err
+	}
+	v, err := f.running(box)
+	if err != nil {
+		f.mu.Unlock()
+		return api.ExecResult{}, err
+	}
+	var out, errOut bytes.Buffer
+	code := 0
+	args := req.Argv[1:]
+	switch req.Argv[0] {
+	case "echo":
+		fmt.Fprintln(&out, strings.Join(args, " "))
+	case "cat":
+		if data, ok := v.files[strings.Join(args, "")]; ok {
+			out.Write(data)
+		} else {
+			fmt.Fprintf(&errOut, "cat: %s: no such file\n", strings.Join(args, ""))
+			code = 1
+		}
+	case "write":
+		if len(args) == 2 {
+			v.files[args[0]] = []byte(args[1])
+		}
+	case "hostname":
+		fmt.Fprintln(&out, v.hostname)
+	case "stderr":
+		fmt.Fprintln(&errOut, strings.Join(args, " "))
+	case "exit":
+		if len(args) == 1 {
+			code, _ = strconv.Atoi(args[0])
+		}
+	case "stdin":
+		out.Write(req.Stdin)
+	case "schema":
+		fmt.Fprintln(&out, v.schema)
+	default:
+		f.mu.Unlock()
+		return api.ExecResult{}, fmt.Errorf("fake: exec %q: no such command", req.Argv[0])
+	}
+	f.mu.Unlock()
+	if out.Len() > 0 && stdout != nil {
+		if _, err := stdout.Write(out.Bytes()); err != nil {
+			return api.ExecResult{}, err
+		}
+	}
+	if errOut.Len() > 0 && stderr != nil {
+		if _, err := stderr.Write(errOut.Bytes()); err != nil {
+			return api.ExecResult{}, err
+		}
+	}
+	return api.ExecResult{ExitCode: code}, nil
+}
+
+// ErrNoFile is the fake's missing file.
+var ErrNoFile = errors.New("fake: no such file")
+
+func (f *Backend) ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error) {
+	err := f.begin("ReadFile", box, path)
+	if err != nil {
+		f.mu.Unlock()
+		return 0, err
+	}
+	v, err := f.running(box)
+	if err != nil {
+		f.mu.Unlock()
+		return 0, err
+	}
+	data, ok := v.files[path]
+	f.mu.Unlock()
+	if !ok {
+		return 0, fmt.Errorf("%s: %w", path, ErrNoFile)
+	}
+	n, err := w.Write(data)
+	return int64(n), err
+}
+
+func (f *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, opts daemon.FileOptions) (int64, error) {
+	data, rerr := io.ReadAll(r)
+	err := f.begin("WriteFile", box, path)
+	defer f.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if rerr != nil {
+		return 0, rerr
+	}
+	v, err := f.running(box)
+	if err != nil {
+		return 0, err
+	}
+	n := int64(len(data))
+	if opts.Append {
+		data = append(slices.Clone(v.files[path]), data...)
+	}
+	v.files[path] = data
+	return n, nil
+}
+
+func (f *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn, error) {
+	err := f.begin("DialGuest", box, strconv.Itoa(port))
+	defer f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := f.running(box); err != nil {
+		return nil, err
+	}
+	a, b := net.Pipe()
+	go func() {
+		defer b.Close()
+		io.Copy(b, b)
+	}()
+	return a, nil
+}

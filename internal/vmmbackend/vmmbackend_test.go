@@ -1,0 +1,67 @@
+package vmmbackend
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/sailbox-dev/sailbox/internal/catalog"
+)
+
+func newBackend(t *testing.T) *Backend {
+	dir := t.TempDir()
+	b, err := New(Config{VMM: "/bin/false", Kernel: "/k", Initrd: "/i", Store: filepath.Join(dir, "store"), RunDir: filepath.Join(dir, "run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The flags are those cmd/sailbox-vmm takes (see its parseArgs).
+func TestArgs(t *testing.T) {
+	b := newBackend(t)
+	got := strings.Join(b.bootArgs("sb-1", catalog.Spec{MemoryMiB: 512, VCPUs: 2, Image: "/img/base.raw"}), " ")
+	run := filepath.Join(b.cfg.RunDir, "sb-1")
+	want := "-kernel /k -mem 512 -cpus 2 -store " + b.cfg.Store + " -vsock-cid 3 -vsock-uds " + run + "/vsock.sock -api-sock " +
+		run + "/api.sock -console=false -console-log " + run + "/console.log -initrd /i -disk /img/base.raw,layered,id=vda"
+	if got != want {
+		t.Errorf("boot args\n got %s\nwant %s", got, want)
+	}
+	got = strings.Join(b.restoreArgs("sb-2", "sb-1-c3", true), " ")
+	if !strings.HasPrefix(got, "-store "+b.cfg.Store+" -restore sb-1-c3 ") || !strings.HasSuffix(got, "-fork-name sb-2") || strings.Contains(got, "-kernel") {
+		t.Errorf("restore args: %s", got)
+	}
+	if args := b.restoreArgs("sb-1", "sb-1-c3", false); slices.Contains(args, "-fork-name") {
+		t.Errorf("plain restore names a fork: %v", args)
+	}
+}
+
+func TestWithoutVM(t *testing.T) {
+	b := newBackend(t)
+	ctx := context.Background()
+	if err := b.Stop(ctx, "sb-x"); err != nil {
+		t.Errorf("stop of a box without VM: %v", err)
+	}
+	if alive, err := b.Attach(ctx, "sb-x"); alive || err != nil {
+		t.Errorf("attach of a box without VM: %v, %v", alive, err)
+	}
+	if _, err := b.Checkpoint(ctx, "sb-x", "c"); err == nil {
+		t.Error("checkpoint of a box without VM succeeded")
+	}
+	if _, err := b.Reboot(ctx, "sb-x", catalog.Spec{}, "c"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Errorf("reboot: %v", err)
+	}
+	if err := b.RemoveCheckpoints(ctx, []string{"nope"}); err != nil {
+		t.Errorf("remove of unknown checkpoints: %v", err)
+	}
+	// A VMM that exits at once fails the boot and leaves nothing running.
+	if _, err := b.Boot(ctx, "sb-y", catalog.Spec{MemoryMiB: 256, VCPUs: 1}); err == nil {
+		t.Error("boot with /bin/false as the VMM succeeded")
+	}
+	if _, err := b.get("sb-y"); err == nil {
+		t.Error("a failed boot left a VM registered")
+	}
+}
