@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -128,6 +129,8 @@ func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []tim
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
 		"-kernel", o.kernel, "-initrd", o.initrd, "-append", "console=ttyS0 quiet panic=-1",
 		"-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", cid))
+	var qerr bytes.Buffer
+	cmd.Stderr = &qerr
 	if err := cmd.Start(); err != nil {
 		return 0, nil, err
 	}
@@ -137,7 +140,15 @@ func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []tim
 	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
 		return vsock.Dial(cid, guestagent.Port, nil)
 	}}
-	return measure(ctx, c, start, o, done)
+	boot, execs, err := measure(ctx, c, start, o, done)
+	if err != nil {
+		select {
+		case <-done:
+			err = fmt.Errorf("%w; qemu exited: %s", err, qerr.String())
+		default:
+		}
+	}
+	return boot, execs, err
 }
 
 // measure waits for the agent to be healthy, then times o.execs execs.
@@ -152,7 +163,9 @@ func measure(ctx context.Context, c *guestagent.Client, start time.Time, o optio
 	var rtts []time.Duration
 	for range o.execs {
 		t0 := time.Now()
-		_, _, code, err := c.Run(ctx, "true")
+		ectx, cancel := context.WithTimeout(ctx, time.Minute) // a hang detector, not a measure
+		_, _, code, err := c.Run(ectx, "true")
+		cancel()
 		if err != nil || code != 0 {
 			return 0, nil, fmt.Errorf("exec true: exit %d: %v", code, err)
 		}

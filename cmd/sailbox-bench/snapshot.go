@@ -163,5 +163,27 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "fork of a running box to first exec in child", median(forkTimes).Round(time.Millisecond), ratio(median(forkTimes), coldBoot))
 	fmt.Fprintf(stdout, "\n%d forks running: private host memory %d KiB in all, %d KiB per fork, of %d MiB guest memory each\n",
 		forks, private>>10, private/forks>>10, o.memMiB)
+
+	if o.qemu == "" {
+		return nil
+	}
+	var qs []qemuSnapshot
+	for i := range o.runs {
+		q, err := benchQEMUSnapshot(ctx, o, uint32(200+i))
+		if err != nil {
+			return fmt.Errorf("qemu snapshot run %d: %w", i, err)
+		}
+		fmt.Fprintf(stderr, "qemu snapshot run %d: save %v (%d MiB file), restore to first exec %v\n", i, q.save.Round(time.Millisecond), q.fileBytes>>20, q.restore.Round(time.Millisecond))
+		qs = append(qs, q)
+	}
+	var saves, qrestores []time.Duration
+	for _, q := range qs {
+		saves, qrestores = append(saves, q.save), append(qrestores, q.restore)
+	}
+	fmt.Fprintf(stdout, "\nqemu's own snapshot of the same guest (stop + migrate to a file; -incoming + cont), same run:\n")
+	fmt.Fprintf(stdout, "  save                                     %12v   (%d MiB file)\n", median(saves).Round(time.Millisecond), qs[0].fileBytes>>20)
+	fmt.Fprintf(stdout, "  restore to first exec                    %12v\n", median(qrestores).Round(time.Millisecond))
+	fmt.Fprintf(stdout, "  sailbox restore / qemu restore           %12.4f\n", ratio(median(restores), median(qrestores)))
+	fmt.Fprintf(stdout, "  sailbox fork / qemu save+restore         %12.4f\n", ratio(median(forkTimes), median(saves)+median(qrestores)))
 	return nil
 }

@@ -47,6 +47,9 @@ func RunInit(out io.Writer) error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.dst, err)
 		}
 	}
+	if err := pinGuestMemory(); err != nil {
+		return err
+	}
 	if err := loadModules("/modules"); err != nil {
 		return err
 	}
@@ -88,6 +91,26 @@ func ReportError(out io.Writer, err error) {
 	fmt.Fprintf(out, "%s%v\n", markerError, err)
 }
 
+// pinGuestMemory stops the lab kernel from moving the pages of a guest's
+// memory behind its back: no transparent huge pages (khugepaged collapses
+// them) and no proactive compaction (which migrates them). Every such move
+// makes the lab's KVM zap the guest's nested page tables, which QEMU's
+// emulation of SVM must then flush; under load, guests running on the
+// lab's KVM were seen executing from addresses nothing maps, in a loop of
+// page faults, with the nested-paging state of TCG out of step.
+func pinGuestMemory() error {
+	for _, w := range []struct{ path, value string }{
+		{"/sys/kernel/mm/transparent_hugepage/enabled", "never"},
+		{"/sys/kernel/mm/transparent_hugepage/defrag", "never"},
+		{"/proc/sys/vm/compaction_proactiveness", "0"},
+	} {
+		if err := os.WriteFile(w.path, []byte(w.value), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("lab memory settings: %w", err)
+		}
+	}
+	return nil
+}
+
 func loadModules(dir string) error {
 	names, err := filepath.Glob(filepath.Join(dir, "*.ko"))
 	if err != nil {
@@ -99,7 +122,11 @@ func loadModules(dir string) error {
 		if err != nil {
 			return fmt.Errorf("load module: %w", err)
 		}
-		err = unix.FinitModule(int(f.Fd()), "", 0)
+		params := ""
+		if strings.Contains(filepath.Base(n), "kvm-amd") || strings.Contains(filepath.Base(n), "kvm_amd") {
+			params = strings.ReplaceAll(os.Getenv("KVMLAB_AMD_PARAMS"), ",", " ")
+		}
+		err = unix.FinitModule(int(f.Fd()), params, 0)
 		f.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("load module %s: %w", filepath.Base(n), err)

@@ -56,7 +56,7 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 		"-m", fmt.Sprint(l.MemoryMiB), "-smp", fmt.Sprint(l.CPUs),
 		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
+		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"+amdParams(),
 		// multidevs=remap: the host root spans file systems (/, /proc,
 		// /sys, ...) whose inode numbers collide; without remapping, the
 		// lab's 9p client takes /proc and /sys for one directory.
@@ -135,4 +135,13 @@ func (l *Lab) printConsoleTail(n int) {
 		fmt.Fprintln(l.Out, s)
 	}
 	fmt.Fprintf(l.Out, "kvmlab: ---- end of console log ----\n")
+}
+
+// amdParams passes $KVMLAB_AMD_PARAMS (kvm-amd module parameters,
+// comma-separated) to the lab's init through the kernel command line.
+func amdParams() string {
+	if p := os.Getenv("KVMLAB_AMD_PARAMS"); p != "" {
+		return " KVMLAB_AMD_PARAMS=" + p
+	}
+	return ""
 }
