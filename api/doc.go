@@ -1,4 +1,10 @@
-// Package api holds Sailbox's JSON APIs: the per-VM control socket of
-// sailbox-vmm (package vmmapi) and, later, the daemon's API. It is the one
-// place where domain errors become HTTP status codes.
+// Package api holds Sailbox's JSON APIs and is the one place where domain
+// errors become HTTP status codes:
+//
+//   - this package: the daemon's wire types (Box, requests, the error
+//     body) and its OpenAPI document (openapi.yaml);
+//   - api/lifecycle: the box state machine, one table;
+//   - api/server: sailboxd's HTTP server on a Unix socket;
+//   - api/client: the Go client of that server;
+//   - api/vmmapi: the per-VM control socket of sailbox-vmm and its client.
 package api
