@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/mdlayher/vsock"
-
 	"github.com/sailbox-dev/sailbox/guestagent"
 )
 
@@ -90,9 +88,7 @@ func benchQEMUSnapshot(ctx context.Context, o options, cid uint32) (qemuSnapshot
 	}
 	defer os.RemoveAll(dir)
 	state := filepath.Join(dir, "state")
-	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return vsock.Dial(cid, guestagent.Port, nil)
-	}}
+	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) { return dialVsock(ctx, cid) }}
 	start := func(mon string, extra ...string) (*exec.Cmd, chan struct{}, *hmp, error) {
 		cmd := exec.CommandContext(ctx, o.qemu, append(qemuArgs(o, cid, mon), extra...)...)
 		if err := cmd.Start(); err != nil {

@@ -171,10 +171,14 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 	for i := range o.runs {
 		q, err := benchQEMUSnapshot(ctx, o, uint32(200+i))
 		if err != nil {
-			return fmt.Errorf("qemu snapshot run %d: %w", i, err)
+			fmt.Fprintf(stderr, "qemu snapshot run %d: failed, left out: %v\n", i, err)
+			continue
 		}
 		fmt.Fprintf(stderr, "qemu snapshot run %d: save %v (%d MiB file), restore to first exec %v\n", i, q.save.Round(time.Millisecond), q.fileBytes>>20, q.restore.Round(time.Millisecond))
 		qs = append(qs, q)
+	}
+	if len(qs) == 0 {
+		return nil
 	}
 	var saves, qrestores []time.Duration
 	for _, q := range qs {

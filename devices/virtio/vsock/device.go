@@ -92,7 +92,12 @@ func (d *Device) WriteConfig(offset uint64, data []byte) {}
 
 // Notify tells the device that the driver made buffers available. It
 // never blocks.
-func (d *Device) Notify(index int) { d.m.notify() }
+func (d *Device) Notify(index int) {
+	if index == eventQueue {
+		d.m.eventKicked.Store(true)
+	}
+	d.m.notify()
+}
 
 // Reset stops the device after a driver reset: every connection is
 // closed, its host client or socket with it, and the queues are dropped.
@@ -100,7 +105,7 @@ func (d *Device) Notify(index int) { d.m.notify() }
 func (d *Device) Reset() {
 	d.m.call(func(m *muxer) error {
 		m.removeAll()
-		m.q, m.eventPending = nil, false
+		m.q, m.eventPending, m.resetUnacked = nil, false, false
 		return nil
 	})
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -108,16 +109,26 @@ type muxer struct {
 	ctx      context.Context   // cancelled on Close: stops handshakes and dials
 	events   chan func(*muxer) // unbuffered: work for the loop
 	kick     chan struct{}     // capacity 1: the driver made buffers available
-	done     chan struct{}     // closed on Close: the loop exits, posts fail
-	wg       sync.WaitGroup    // every goroutine but timers'
+	// eventKicked is set by a driver notification of the event queue: it
+	// made an event buffer available.
+	eventKicked atomic.Bool
+	done        chan struct{}  // closed on Close: the loop exits, posts fail
+	wg          sync.WaitGroup // every goroutine but timers'
 
 	// Owned by the event loop.
-	q              driverQueues // nil while the driver is not active
-	conns          map[connKey]*conn
-	ready          []*conn   // connections with packets for the guest, served round robin
-	resets         []connKey // RST replies owed, for connections gone or never known
-	nextPort       uint32    // next local port to try for a host-initiated connection
-	eventPending   bool      // TRANSPORT_RESET owed to the driver
+	q            driverQueues // nil while the driver is not active
+	conns        map[connKey]*conn
+	ready        []*conn   // connections with packets for the guest, served round robin
+	resets       []connKey // RST replies owed, for connections gone or never known
+	nextPort     uint32    // next local port to try for a host-initiated connection
+	eventPending bool      // TRANSPORT_RESET owed to the driver
+	// resetUnacked: TRANSPORT_RESET was delivered and the driver has not
+	// yet made a new event buffer available, which Linux does only after
+	// it has reset its sockets. Until then connection packets wait: a
+	// REQUEST the guest took before handling the reset would be reset
+	// with the old connections, and the host client would wait out its
+	// connect deadline.
+	resetUnacked   bool
 	txBuf          []byte    // one tx packet, header and largest payload
 	warnPeriod     time.Time // start of the current guestWarn second
 	warnCount      int       // guest warnings logged in it
@@ -212,6 +223,9 @@ func (m *muxer) pump() {
 			m.fromGuest(m.txBuf[:n], chainLen)
 		}
 	}
+	if m.resetUnacked && m.eventKicked.Swap(false) {
+		m.resetUnacked = false
+	}
 	m.fillRx()
 	for m.eventPending {
 		ok, err := m.q.putEvent(eventTransportReset)
@@ -222,6 +236,11 @@ func (m *muxer) pump() {
 			break
 		}
 		m.eventPending = err != nil
+		if !m.eventPending {
+			// Only a buffer made available from now on acknowledges it.
+			m.eventKicked.Store(false)
+			m.resetUnacked = true
+		}
 	}
 	if err := m.q.interrupt(); err != nil {
 		m.log.Error("interrupting the driver", "err", err)
@@ -256,6 +275,9 @@ func (m *muxer) emit(room int) bool {
 			m.guestWarn("dropping RST", "conn", key, "err", err)
 		}
 		return true
+	}
+	if m.resetUnacked {
+		return false // connections wait for the driver to handle the reset
 	}
 	var skipped []*conn // wanting to send, but more than room
 	defer func() {

@@ -366,8 +366,16 @@ func TestResetTransport(t *testing.T) {
 	expectClosed(t, client)
 	g.expectNothing(t, 50*time.Millisecond) // the guest resets its own sockets
 
-	// The listening socket survives.
-	establish(t, g, path, 100, 64<<10)
+	// The listening socket survives; a new connection's REQUEST waits
+	// until the driver has handled the reset, which it shows by making an
+	// event buffer available again.
+	next := hostConnect(t, path, "CONNECT 100\n")
+	g.expectNothing(t, 50*time.Millisecond)
+	g.postEvent()
+	if h, _ := g.recv(t); h.op != opRequest || h.dstPort != 100 {
+		t.Fatalf("device sent %s, want REQUEST to port 100", h)
+	}
+	next.Close()
 }
 
 // TestResetTransportWaitsForEventBuffer checks that the event is delivered

@@ -215,6 +215,12 @@ func (v *vsockDev) Check(t *testing.T) {
 	if id := binary.LittleEndian.Uint32(v.g.drv.Bytes(event)); used[0].Len != eventSize || id != eventTransportReset {
 		t.Fatalf("event %d of %d bytes, want TRANSPORT_RESET (0) of %d", id, used[0].Len, eventSize)
 	}
+	// The driver handled the reset and posts an event buffer again, as
+	// Linux does; only then do new connections go ahead.
+	if _, err := v.g.drv.Queue(eventQueue).Offer(v.g.drv.Writable(eventSize)); err != nil {
+		t.Fatal(err)
+	}
+	v.g.drv.Kick(eventQueue)
 
 	client := hostConnect(t, v.path, "CONNECT 1234\n")
 	h, _, size := v.g.takeRx()

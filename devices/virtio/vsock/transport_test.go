@@ -171,6 +171,11 @@ func TestMMIOTransport(t *testing.T) {
 		t.Fatalf("event %d of %d bytes, want TRANSPORT_RESET (0) of %d", id, used[0].Len, eventSize)
 	}
 	expectClosed(t, client)
+	// The driver acknowledges the reset by posting an event buffer again.
+	if _, err := drv.Queue(eventQueue).Offer(drv.Writable(eventSize)); err != nil {
+		t.Fatal(err)
+	}
+	drv.Kick(eventQueue)
 
 	// A driver reset closes connections too, and the device can start
 	// again.
