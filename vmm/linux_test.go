@@ -75,12 +75,13 @@ func boot(t *testing.T, cfg vmm.Config) *guest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return start(t, m, con, uds)
+	return start(t, m, con, uds, false)
 }
 
 // start runs m, whose console is con and whose vsock device listens on
-// uds, and waits until its agent answers a health check.
-func start(t *testing.T, m *vmm.Machine, con *console, uds string) *guest {
+// uds, and waits until its agent answers a health check; a restored
+// machine must answer the first one.
+func start(t *testing.T, m *vmm.Machine, con *console, uds string, restored bool) *guest {
 	t.Helper()
 	g := &guest{m: m, console: con, exited: make(chan struct{})}
 	go func() {
@@ -101,7 +102,17 @@ func start(t *testing.T, m *vmm.Machine, con *console, uds string) *guest {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
 	defer cancel()
-	h, err := g.agent.WaitHealthy(ctx, 200*time.Millisecond, g.exited)
+	var h guestagent.HealthResponse
+	var err error
+	if restored {
+		// A restored guest's agent is listening already: its very first
+		// connection must be answered, with no retry. (A TRANSPORT_RESET
+		// interrupt lost during the restore used to leave it unanswered
+		// until the device's connect deadline reset it.)
+		h, err = g.agent.Health(ctx)
+	} else {
+		h, err = g.agent.WaitHealthy(ctx, 200*time.Millisecond, g.exited)
+	}
 	if err != nil && !errors.Is(err, guestagent.ErrGone) {
 		g.diagnose(t)
 	}

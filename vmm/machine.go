@@ -277,6 +277,9 @@ func (m *Machine) Run(ctx context.Context) (Exit, error) {
 	m.lifeMu.Lock()
 	m.running = ok
 	m.lifeMu.Unlock()
+	if ok && m.restored != nil {
+		m.raisePendingInterrupts()
+	}
 	select {
 	case <-ctx.Done():
 		m.stop(ExitStopped, nil)

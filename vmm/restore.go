@@ -192,6 +192,26 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 	return m, nil
 }
 
+// raisePendingInterrupts raises again every device interrupt that is
+// pending, once the vCPUs of a restored machine exist: restoring and
+// activating the devices happens before, and an interrupt raised then has
+// no LAPIC to reach and is lost (a restored vsock's TRANSPORT_RESET event,
+// say, whose loss left the guest unaware of the reset until another
+// interrupt came, and the first host connection waiting out its deadline).
+func (m *Machine) raisePendingInterrupts() {
+	if err := m.serial.RaisePending(); err != nil {
+		deviceLogger(m.cfg).Warn("restore: serial interrupt", "err", err)
+	}
+	for i, s := range m.slots {
+		if s.transport == nil {
+			continue
+		}
+		if err := s.transport.RaisePending(); err != nil {
+			deviceLogger(m.cfg).Warn("restore: device interrupt", "slot", i, "kind", s.kind, "err", err)
+		}
+	}
+}
+
 // memoryPlan maps a chain of memory layers: each guest page from the
 // topmost layer holding it.
 func memoryPlan(chain []*memlayer.Layer, size uint64) ([]memory.FileRange, error) {

@@ -92,7 +92,7 @@ func restoreAs(t *testing.T, b *box, id string, args guestagent.RestoredArgs) *g
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := start(t, m, con, uds)
+	g := start(t, m, con, uds, true)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	res, err := g.agent.Restored(ctx, args)

@@ -82,3 +82,18 @@ func Restore(st State, irq devices.Interrupt, out io.Writer) (*Serial, error) {
 	}
 	return s, nil
 }
+
+// RaisePending raises the interrupt again if one is pending; see
+// virtio.MMIO.RaisePending for when a VMM needs it after a restore.
+func (s *Serial) RaisePending() error {
+	s.mu.Lock()
+	pending := s.pendingLocked() != iirNone
+	s.mu.Unlock()
+	if !pending {
+		return nil
+	}
+	if err := s.irq.Trigger(); err != nil {
+		return fmt.Errorf("serial: raise pending interrupt: %w", err)
+	}
+	return nil
+}

@@ -91,3 +91,17 @@ func TestPersist(t *testing.T) {
 		},
 	})
 }
+
+// RaisePending raises the interrupt exactly when one is pending.
+func TestRaisePending(t *testing.T) {
+	irq := &countIRQ{}
+	s := New(irq, nil)
+	if err := s.RaisePending(); err != nil || irq.n != 0 {
+		t.Fatalf("nothing pending: %v, %d interrupts", err, irq.n)
+	}
+	s.Write(regIER, []byte{ierTHRI}) // enabling THRE with the holder empty raises it
+	before := irq.n
+	if err := s.RaisePending(); err != nil || irq.n != before+1 {
+		t.Fatalf("THRE pending: %v, %d interrupts, want %d", err, irq.n, before+1)
+	}
+}

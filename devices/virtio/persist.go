@@ -253,6 +253,14 @@ func RestoreMMIO(st MMIOState, dev Device, mem devices.GuestMemory, irq devices.
 	return m, m.reraise()
 }
 
+// RaisePending raises the device's interrupt again if InterruptStatus has
+// bits set. RestoreMMIO does so itself, and a restored device may raise
+// its interrupt as soon as it is active; a VMM whose vCPUs (and so their
+// interrupt controllers) are created after the devices calls this once
+// they exist, because an interrupt with nowhere to go is lost. A spurious
+// interrupt is harmless: the driver reads InterruptStatus.
+func (m *MMIO) RaisePending() error { return m.reraise() }
+
 // reraise raises the interrupt if InterruptStatus has bits set.
 func (m *MMIO) reraise() error {
 	if m.interruptStatus.Load() == 0 {

@@ -197,6 +197,19 @@ func (q *Queue) Pop(mem devices.GuestMemory) (c Chain, ok bool, err error) {
 	return c, true, nil
 }
 
+// Available reports how many chains the driver has made available and the
+// device has not taken yet.
+func (q *Queue) Available(mem devices.GuestMemory) (uint16, error) {
+	if !q.Ready {
+		return 0, nil
+	}
+	availIdx, err := readIndex(mem, q.AvailRing+2)
+	if err != nil {
+		return 0, fmt.Errorf("virtio queue %d: read available index: %w", q.index, err)
+	}
+	return availIdx - q.nextAvail, nil
+}
+
 // walk follows the chain starting at descriptor head, validating it.
 func (q *Queue) walk(mem devices.GuestMemory, head uint16) (Chain, error) {
 	c := Chain{Head: head}

@@ -92,12 +92,7 @@ func (d *Device) WriteConfig(offset uint64, data []byte) {}
 
 // Notify tells the device that the driver made buffers available. It
 // never blocks.
-func (d *Device) Notify(index int) {
-	if index == eventQueue {
-		d.m.eventKicked.Store(true)
-	}
-	d.m.notify()
-}
+func (d *Device) Notify(index int) { d.m.notify() }
 
 // Reset stops the device after a driver reset: every connection is
 // closed, its host client or socket with it, and the queues are dropped.

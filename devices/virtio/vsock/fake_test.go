@@ -88,6 +88,12 @@ func (g *fakeDriver) putEvent(id uint32) (bool, error) {
 	return true, nil
 }
 
+func (g *fakeDriver) eventBuffers() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.events
+}
+
 func (g *fakeDriver) interrupt() error { return nil }
 
 // sendRaw queues raw tx chains, all at once, and kicks the device.

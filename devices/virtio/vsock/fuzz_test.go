@@ -142,6 +142,7 @@ type sinkQueues struct{ t *testing.T }
 func (s *sinkQueues) popTx([]byte) (int, uint64, bool, error) { return 0, 0, false, nil }
 func (s *sinkQueues) rxRoom() (int, bool, error)              { return rxBufSize - headerSize, true, nil }
 func (s *sinkQueues) putEvent(uint32) (bool, error)           { return true, nil }
+func (s *sinkQueues) eventBuffers() int                       { return 1 }
 func (s *sinkQueues) interrupt() error                        { return nil }
 
 func (s *sinkQueues) putRx(h *header, payload []byte) error {

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -49,8 +48,11 @@ type limits struct {
 	linger   time.Duration // to flush guest data to a host socket being closed
 }
 
+// The connect deadline only ends a connection the guest does not answer:
+// a guest kernel answers a REQUEST in microseconds on hardware, but an
+// emulated or heavily loaded host can take seconds, so it is generous.
 var defaultLimits = limits{
-	connect:  2 * time.Second,
+	connect:  10 * time.Second,
 	shutdown: 2 * time.Second,
 	dial:     2 * time.Second,
 	linger:   5 * time.Second,
@@ -77,6 +79,11 @@ type driverQueues interface {
 	putRx(h *header, payload []byte) error
 	// putEvent writes an event into the next event chain and returns it.
 	putEvent(id uint32) (ok bool, err error)
+	// eventBuffers is how many event chains the driver has made
+	// available and the device has not taken. Counting buffers, not
+	// notifications, tells that the driver handled TRANSPORT_RESET: a
+	// restore notifies every queue itself.
+	eventBuffers() int
 	// interrupt raises the used-buffer interrupt if chains were returned
 	// since the last call and the driver wants to hear of it.
 	interrupt() error
@@ -109,11 +116,8 @@ type muxer struct {
 	ctx      context.Context   // cancelled on Close: stops handshakes and dials
 	events   chan func(*muxer) // unbuffered: work for the loop
 	kick     chan struct{}     // capacity 1: the driver made buffers available
-	// eventKicked is set by a driver notification of the event queue: it
-	// made an event buffer available.
-	eventKicked atomic.Bool
-	done        chan struct{}  // closed on Close: the loop exits, posts fail
-	wg          sync.WaitGroup // every goroutine but timers'
+	done     chan struct{}     // closed on Close: the loop exits, posts fail
+	wg       sync.WaitGroup    // every goroutine but timers'
 
 	// Owned by the event loop.
 	q            driverQueues // nil while the driver is not active
@@ -129,6 +133,7 @@ type muxer struct {
 	// with the old connections, and the host client would wait out its
 	// connect deadline.
 	resetUnacked   bool
+	eventsLeft     int       // event buffers available once the reset took one; one more acknowledges it
 	txBuf          []byte    // one tx packet, header and largest payload
 	warnPeriod     time.Time // start of the current guestWarn second
 	warnCount      int       // guest warnings logged in it
@@ -223,7 +228,7 @@ func (m *muxer) pump() {
 			m.fromGuest(m.txBuf[:n], chainLen)
 		}
 	}
-	if m.resetUnacked && m.eventKicked.Swap(false) {
+	if m.resetUnacked && m.q.eventBuffers() > m.eventsLeft {
 		m.resetUnacked = false
 	}
 	m.fillRx()
@@ -237,9 +242,7 @@ func (m *muxer) pump() {
 		}
 		m.eventPending = err != nil
 		if !m.eventPending {
-			// Only a buffer made available from now on acknowledges it.
-			m.eventKicked.Store(false)
-			m.resetUnacked = true
+			m.resetUnacked, m.eventsLeft = true, m.q.eventBuffers()
 		}
 	}
 	if err := m.q.interrupt(); err != nil {

@@ -115,6 +115,15 @@ func (v *virtqueues) putEvent(id uint32) (bool, error) {
 	return true, v.push(eventQueue, c.Head, w.Written())
 }
 
+// eventBuffers implements driverQueues.
+func (v *virtqueues) eventBuffers() int {
+	n, err := v.q[eventQueue].Available(v.mem)
+	if err != nil {
+		return 0
+	}
+	return int(n)
+}
+
 // interrupt implements driverQueues.
 func (v *virtqueues) interrupt() error {
 	want := false
