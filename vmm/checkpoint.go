@@ -64,8 +64,8 @@ type CheckpointStats struct {
 }
 
 // ErrNotCheckpointable reports a machine Checkpoint cannot capture: one
-// with a writable raw disk (its writes cannot be sealed) or an extra MMIO
-// device (Config.MMIODevices: state unknown to the VMM).
+// with a raw disk (only layered disks have a chain a restore can rebuild)
+// or an extra MMIO device (Config.MMIODevices: state unknown to the VMM).
 var ErrNotCheckpointable = errors.New("machine cannot be checkpointed")
 
 // Checkpoint writes a checkpoint of the machine while it runs (or while
@@ -113,8 +113,11 @@ func (m *Machine) checkpointable() error {
 		}
 	}
 	for i, d := range m.cfg.Disks {
-		if d.Layered == nil && !d.ReadOnly {
-			return fmt.Errorf("%w: disk %d (%s) is a writable raw image, not a layered disk", ErrNotCheckpointable, i, d.Path)
+		if d.Layered == nil {
+			// A restore rebuilds every disk from the checkpoint's chain;
+			// a raw image has none (a read-only one could be a chain's
+			// base: not done yet).
+			return fmt.Errorf("%w: disk %d (%s) is a raw image, not a layered disk", ErrNotCheckpointable, i, d.Path)
 		}
 	}
 	return nil

@@ -18,8 +18,8 @@ import (
 // Disk is a virtio-blk device; the guest sees the disks as /dev/vda,
 // /dev/vdb, ... in order.
 type Disk struct {
-	// Path is a raw image, served as is. A machine with a writable raw
-	// disk cannot be checkpointed: its writes could not be sealed.
+	// Path is a raw image, served as is. A machine with a raw disk cannot
+	// be checkpointed: a restore rebuilds disks from layered chains.
 	Path     string
 	ReadOnly bool
 	// Layered, if set, serves the disk instead of Path: a base image,
