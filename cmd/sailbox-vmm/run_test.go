@@ -27,6 +27,12 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"-config", bad, "-mem", "5"}, "cannot be combined"},
 		{[]string{"-config", filepath.Join(dir, "none.json")}, "no such file"},
 		{[]string{"-mem", "x"}, "invalid value"},
+		{[]string{"-kernel", "k", "-disk", "x,ro,layered", "-store", dir}, "either ro or layered"},
+		{[]string{"-kernel", "k", "-disk", ",layered"}, "empty path"},
+		{[]string{"-kernel", "k", "-disk", "x,layered"}, "needs -store"},
+		{[]string{"-restore", "c1"}, "-restore needs -store"},
+		{[]string{"-restore", "c1", "-store", dir, "-kernel", "k"}, "takes the machine from the checkpoint"},
+		{[]string{"-kernel", "k", "-fork-name", "kid"}, "-fork-name needs -restore"},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), c.args, &bytes.Buffer{}, &stderr)
