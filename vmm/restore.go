@@ -4,9 +4,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
+	"slices"
 
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/acpi"
@@ -224,6 +227,73 @@ func memoryPlan(chain []*memlayer.Layer, size uint64) ([]memory.FileRange, error
 		out[i] = memory.FileRange{GuestOffset: mp.GuestOffset, Length: mp.Length, File: chain[mp.Layer].File(), FileOffset: mp.FileOffset}
 	}
 	return out, nil
+}
+
+// CheckpointDisks opens the disks of completed checkpoint id for a cold
+// boot on them: a new kernel and guest agent on the same disks, memory not
+// restored. Each layered disk gets a new writable top over the
+// checkpoint's sealed chain, named "<topPrefix>-<disk ID>.top" in root's
+// tops (an empty topPrefix means a random one). The disks come in the
+// checkpoint's device order, so the guest finds each where it was (vda
+// stays vda), with their IDs and read-only flags. Each Disk's Chain is the
+// checkpoint's: the booted machine's checkpoints build on its layers.
+//
+// The caller owns the disks until it gives them to New.
+func CheckpointDisks(root *snapshot.Root, id, topPrefix string) ([]Disk, error) {
+	man, err := root.Load(id)
+	if err != nil {
+		return nil, fmt.Errorf("disks of checkpoint: %w", err)
+	}
+	var shape machineState
+	if err := decodeSection(man, sectionMachine, &shape); err != nil {
+		return nil, fmt.Errorf("disks of checkpoint %s: %w", id, err)
+	}
+	if topPrefix == "" {
+		var b [6]byte
+		rand.Read(b[:])
+		topPrefix = id + "-" + hex.EncodeToString(b[:])
+	}
+	var disks []Disk
+	fail := func(err error) ([]Disk, error) {
+		for _, d := range disks {
+			d.Layered.Close()
+		}
+		return nil, err
+	}
+	diskErr := func(disk string, err error) error {
+		return fmt.Errorf("checkpoint %s disk %q: %w", id, disk, err)
+	}
+	for i, ss := range shape.Slots {
+		if ss.Kind != kindBlock {
+			continue
+		}
+		chain, ok := man.Disks[ss.Disk]
+		if !ok {
+			return fail(diskErr(ss.Disk, fmt.Errorf("mmio device %d serves it, the manifest has no such disk", i)))
+		}
+		if slices.ContainsFunc(disks, func(d Disk) bool { return d.ID == ss.Disk }) {
+			return fail(diskErr(ss.Disk, fmt.Errorf("mmio device %d serves it again", i)))
+		}
+		var st virtio.MMIOState
+		if err := decodeDevice(man, sectionMMIO(i), &st); err != nil {
+			return fail(diskErr(ss.Disk, err))
+		}
+		var bs blk.State
+		if err := devices.DecodeState("virtio-blk", st.Device, &bs); err != nil {
+			return fail(diskErr(ss.Disk, err))
+		}
+		layered, err := root.OpenDisk(man, ss.Disk, root.TopPath(topPrefix+"-"+ss.Disk+".top"))
+		if err != nil {
+			return fail(err) // it names the checkpoint and the disk
+		}
+		disks = append(disks, Disk{Layered: layered, Chain: chain, ID: ss.Disk, ReadOnly: bs.ReadOnly})
+	}
+	for _, disk := range slices.Sorted(maps.Keys(man.Disks)) {
+		if !slices.ContainsFunc(disks, func(d Disk) bool { return d.ID == disk }) {
+			return fail(diskErr(disk, errors.New("no device serves it")))
+		}
+	}
+	return disks, nil
 }
 
 // restoreSlot rebuilds MMIO slot i from its saved transport and device.

@@ -2,6 +2,7 @@
 //
 //	sailbox-vmm -kernel bzImage -initrd initramfs.cpio -mem 256 -cpus 1
 //	sailbox-vmm -config vm.json
+//	sailbox-vmm -kernel bzImage -initrd initramfs.cpio -store DIR -disks-from CHECKPOINT
 //
 // It exits 0 when the guest powers off or reboots, or when it is told to
 // shut down; non-zero with a message naming the problem otherwise.

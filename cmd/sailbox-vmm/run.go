@@ -42,6 +42,12 @@ type config struct {
 	// ForkName, with Restore, makes the restored guest a fork: it gets a
 	// hostname derived from the name and a new machine-id.
 	ForkName string `json:"fork_name,omitempty"`
+	// DisksFrom, with Store and instead of Disks, boots Kernel on the
+	// disks of this checkpoint (memory is not restored): each gets a new
+	// top over the checkpoint's layers, in the checkpoint's device order,
+	// and the VM's checkpoints continue those layers. This is how a box
+	// is upgraded onto a new kernel or guest agent.
+	DisksFrom string `json:"disks_from,omitempty"`
 }
 
 // diskConfig is one disk: a raw image, or with Layered the read-only base
@@ -125,7 +131,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		})
 	} else {
 		var disks []vmm.Disk
-		if disks, err = openDisks(c, root); err != nil {
+		if c.DisksFrom != "" {
+			disks, err = vmm.CheckpointDisks(root, c.DisksFrom, "boot-"+randomName())
+		} else {
+			disks, err = openDisks(c, root)
+		}
+		if err != nil {
 			return err
 		}
 		var vs *vmm.Vsock
@@ -143,6 +154,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			Logger:     log,
 			Serial:     io.MultiWriter(console...),
 		})
+		if err != nil {
+			// The machine never owned the disks: close them, which
+			// deletes their new tops.
+			for _, d := range disks {
+				if d.Layered != nil {
+					d.Layered.Close()
+				}
+			}
+		}
 	}
 	if err != nil {
 		return err
@@ -192,6 +212,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Store, "store", "", "checkpoint store `dir` (checkpoints, layered disk tops, restores)")
 	fs.StringVar(&c.Restore, "restore", "", "restore checkpoint `ID` from -store instead of booting")
 	fs.StringVar(&c.ForkName, "fork-name", "", "with -restore: the guest is a fork named `NAME` (new hostname and machine-id)")
+	fs.StringVar(&c.DisksFrom, "disks-from", "", "boot -kernel on the disks of checkpoint `ID` from -store (a fresh boot; memory is not restored) instead of -disk")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -223,6 +244,12 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	switch {
 	case c.Restore != "" && c.Store == "":
 		return c, errors.New("-restore needs -store")
+	case c.DisksFrom != "" && c.Restore != "":
+		return c, errors.New("-disks-from boots afresh, -restore resumes a checkpoint: give one")
+	case c.DisksFrom != "" && c.Store == "":
+		return c, errors.New("-disks-from needs -store")
+	case c.DisksFrom != "" && len(c.Disks) > 0:
+		return c, errors.New("-disks-from takes the disks from the checkpoint: no -disk")
 	case c.Restore != "" && (c.Kernel != "" || len(c.Disks) > 0 || c.VsockCID != 0):
 		return c, errors.New("-restore takes the machine from the checkpoint: no -kernel, -disk or -vsock-cid")
 	case c.ForkName != "" && c.Restore == "":

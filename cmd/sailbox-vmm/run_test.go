@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -14,6 +15,10 @@ func TestRunRejectsBadInput(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.json")
 	os.WriteFile(bad, []byte(`{"kernel": "k", "memory": 5}`), 0o644)
+	disksBoth := filepath.Join(dir, "disks-both.json")
+	os.WriteFile(disksBoth, []byte(`{"kernel": "k", "store": "/s", "disks_from": "c1", "disks": [{"path": "x", "layered": true}]}`), 0o644)
+	disksNoStore := filepath.Join(dir, "disks-no-store.json")
+	os.WriteFile(disksNoStore, []byte(`{"kernel": "k", "disks_from": "c1"}`), 0o644)
 	for _, c := range []struct {
 		args []string
 		want string
@@ -33,11 +38,36 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"-restore", "c1"}, "-restore needs -store"},
 		{[]string{"-restore", "c1", "-store", dir, "-kernel", "k"}, "takes the machine from the checkpoint"},
 		{[]string{"-kernel", "k", "-fork-name", "kid"}, "-fork-name needs -restore"},
+		{[]string{"-kernel", "k", "-disks-from", "c1"}, "-disks-from needs -store"},
+		{[]string{"-store", dir, "-disks-from", "c1"}, "no kernel"},
+		{[]string{"-kernel", "k", "-store", dir, "-disks-from", "c1", "-disk", "x,layered"}, "no -disk"},
+		{[]string{"-store", dir, "-restore", "c1", "-disks-from", "c1"}, "-disks-from boots afresh, -restore resumes"},
+		{[]string{"-kernel", "k", "-store", dir, "-disks-from", "c1", "-fork-name", "kid"}, "-fork-name needs -restore"},
+		{[]string{"-config", disksBoth}, "no -disk"},
+		{[]string{"-config", disksNoStore}, "-disks-from needs -store"},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), c.args, &bytes.Buffer{}, &stderr)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("run(%q) = %v, want an error containing %q", c.args, err, c.want)
 		}
+	}
+}
+
+// -disks-from and the config's disks_from say the same thing.
+func TestParseDisksFrom(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "vm.json")
+	os.WriteFile(cfg, []byte(`{"kernel": "k", "memory_mib": 256, "vcpus": 1, "console": true, "store": "/s", "disks_from": "c1"}`), 0o644)
+	fromFlags, err := parseArgs([]string{"-kernel", "k", "-store", "/s", "-disks-from", "c1"}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fromFile, err := parseArgs([]string{"-config", cfg}, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fromFlags.DisksFrom != "c1" || !reflect.DeepEqual(fromFlags, fromFile) {
+		t.Errorf("flags give %+v, the config %+v; want both with disks from c1", fromFlags, fromFile)
 	}
 }

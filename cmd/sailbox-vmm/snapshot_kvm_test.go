@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -14,6 +16,7 @@ import (
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/guestagent"
 	"github.com/sailbox-dev/sailbox/internal/kvmtest"
+	"github.com/sailbox-dev/sailbox/snapshot"
 )
 
 // asMain makes the test binary run sailbox-vmm's main when started as a
@@ -114,5 +117,98 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 	// The parent runs on.
 	if out, _, _, err := agent.Run(ctx, "cat", "/tmp/who"); err != nil || string(out) != "parent" {
 		t.Errorf("parent after fork: %q, %v", out, err)
+	}
+}
+
+// A kernel boots afresh on the disks of a checkpoint (-disks-from), as an
+// upgrade does: the new guest reads what the old one wrote to /dev/vda,
+// and its own checkpoints chain onto the old checkpoint's disk layers.
+func TestKVMBootOnCheckpointDisks(t *testing.T) {
+	kvmtest.Require(t)
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.raw")
+	if err := os.WriteFile(base, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(base, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	// Raw sectors of /dev/vda, written through to the device.
+	const before, after = "written before the checkpoint", "written after the reboot"
+	const beforeSector, afterSector = 2048, 6144
+	write := func(agent *guestagent.Client, sector int, data string) {
+		t.Helper()
+		script := fmt.Sprintf("printf %%s '%s' | dd of=/dev/vda bs=512 seek=%d count=1 conv=notrunc,sync,fsync", data, sector)
+		if out, errOut, code, err := agent.Run(ctx, "sh", "-c", script); code != 0 || err != nil {
+			t.Fatalf("write sector %d: exit %d, %v: %s%s", sector, code, err, out, errOut)
+		}
+	}
+	read := func(agent *guestagent.Client, sector, n int) string {
+		t.Helper()
+		script := fmt.Sprintf("dd if=/dev/vda bs=512 skip=%d count=1 2>/dev/null | head -c %d", sector, n)
+		out, errOut, code, err := agent.Run(ctx, "sh", "-c", script)
+		if code != 0 || err != nil {
+			t.Fatalf("read sector %d: exit %d, %v: %s", sector, code, err, errOut)
+		}
+		return string(out)
+	}
+
+	p := startVMM(t, "-store", store, "-disk", base+",layered,id=vda")
+	write(p.waitAgent(t), beforeSector, before)
+	api := vmmapi.NewClient(p.api)
+	if _, err := api.Checkpoint(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t); err != nil {
+		t.Fatalf("first VM: %v", err)
+	}
+
+	p2 := startVMM(t, "-store", store, "-disks-from", "c1")
+	agent := p2.waitAgent(t)
+	if got := read(agent, beforeSector, len(before)); got != before {
+		t.Fatalf("after a boot on c1's disks, sector %d holds %q, want %q", beforeSector, got, before)
+	}
+	write(agent, afterSector, after)
+	if _, err := vmmapi.NewClient(p2.api).Checkpoint(ctx, "c2"); err != nil {
+		t.Fatal(err)
+	}
+
+	root, err := snapshot.OpenRoot(store, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1, err := root.Load("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := root.Load("c2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, chained := c1.Disks["vda"], c2.Disks["vda"]
+	if len(old.Layers) == 0 || len(chained.Layers) != len(old.Layers)+1 || !slices.Equal(chained.Layers[:len(old.Layers)], old.Layers) ||
+		chained.Base != old.Base || chained.Size != old.Size || len(c2.Disks) != 1 {
+		t.Fatalf("c2's disks %+v, want vda as c1's %+v plus one layer", c2.Disks, old)
+	}
+	// The chain reads as the rebooted guest's disk: both writes.
+	disk, err := root.OpenDisk(c2, "vda", root.TopPath("test-vda.top"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	for _, w := range []struct {
+		sector int
+		data   string
+	}{{beforeSector, before}, {afterSector, after}} {
+		buf := make([]byte, len(w.data))
+		if _, err := disk.ReadAt(buf, int64(w.sector)*512); err != nil || string(buf) != w.data {
+			t.Errorf("c2's vda at sector %d: %q, %v; want %q", w.sector, buf, err, w.data)
+		}
 	}
 }
