@@ -18,7 +18,9 @@ import (
 
 // Client is the host side of the agent protocol. Each call dials a new
 // connection, sends one request, reads the answer and closes the
-// connection, so a Client is safe for concurrent use.
+// connection, so a Client is safe for concurrent use. DialTCP is the
+// exception: its connection lasts until the caller closes the net.Conn it
+// returns.
 type Client struct {
 	// Dial opens a connection to the agent. For a guest behind a hybrid
 	// vsock device:
@@ -227,20 +229,7 @@ func (c *Client) Restored(ctx context.Context, args RestoredArgs) (RestoredResul
 	wire := &restoredArgs{RestoredArgs: args, TimeUnixNano: t.UnixNano()}
 	var res restoredResult
 	if err := c.do(ctx, &call{op: opRestored, args: wire}, &res); err != nil {
-		var ae *Error
-		if errors.As(err, &ae) && ae.Code == CodeUnknownOp {
-			// An older agent does not know the op, and has done nothing.
-			// Ask it which revision it speaks, to say so.
-			if h, herr := c.Health(ctx); herr == nil && h.GuestSchemaVersion < RestoredSchemaVersion {
-				return RestoredResult{}, &AgentTooOldError{
-					Op:               opRestored,
-					AgentVersion:     h.AgentVersion,
-					SchemaVersion:    h.GuestSchemaVersion,
-					MinSchemaVersion: RestoredSchemaVersion,
-				}
-			}
-		}
-		return RestoredResult{}, err
+		return RestoredResult{}, c.tooOld(ctx, opRestored, RestoredSchemaVersion, err)
 	}
 	out := res.RestoredResult
 	out.ClockBefore = time.Unix(0, res.ClockBeforeUnixNano)
@@ -257,7 +246,7 @@ var (
 // AgentTooOldError reports a call to an op that the agent's protocol
 // revision predates. The guest's agent needs an upgrade.
 type AgentTooOldError struct {
-	// Op is the op called, such as "restored".
+	// Op is the op called, such as "restored" or "dial_tcp".
 	Op string
 	// AgentVersion and SchemaVersion are the agent's AgentVersion and
 	// GuestSchemaVersion, as its health op reports them.
@@ -274,6 +263,28 @@ func (e *AgentTooOldError) Error() string {
 
 // Is reports that an AgentTooOldError is an errors.ErrUnsupported.
 func (e *AgentTooOldError) Is(target error) bool { return target == errors.ErrUnsupported }
+
+// tooOld returns err, the failure of a call to op, unless the agent
+// answered that it does not know op and its protocol revision predates
+// minSchema, the first that has op: it then returns an *AgentTooOldError.
+func (c *Client) tooOld(ctx context.Context, op string, minSchema int, err error) error {
+	var ae *Error
+	if !errors.As(err, &ae) || ae.Code != CodeUnknownOp {
+		return err
+	}
+	// An older agent does not know the op, and has done nothing. Ask it
+	// which revision it speaks, to say so.
+	h, herr := c.Health(ctx)
+	if herr != nil || h.GuestSchemaVersion >= minSchema {
+		return err
+	}
+	return &AgentTooOldError{
+		Op:               op,
+		AgentVersion:     h.AgentVersion,
+		SchemaVersion:    h.GuestSchemaVersion,
+		MinSchemaVersion: minSchema,
+	}
+}
 
 // restoredEntropy is how many bytes of entropy RestoreArgs sends: 512
 // bits, twice a CRNG key.

@@ -26,7 +26,8 @@
 // 64 bytes, and every exchange honours the caller's context deadline.
 // Callers should always pass a context with a deadline. The output of exec
 // and read_file goes to the caller's writers frame by frame and is never
-// accumulated, except by [Client.Run], which stops at 64 MiB.
+// accumulated, except by [Client.Run], which stops at 64 MiB; the bytes of
+// a dial_tcp connection go straight into the caller's Read buffers.
 //
 // # Framing
 //
@@ -52,9 +53,10 @@
 // the connection once it has the terminal frame; until then the agent
 // discards anything more it receives, since closing a Unix or vsock socket
 // with unread data resets the connection and can destroy an answer still
-// in flight. Half-closing a stream (shutdown(SHUT_WR)) is never part of
-// the protocol, since not every transport between host and guest passes it
-// on: the end of a stream is always an explicit frame.
+// in flight. (The host of a dial_tcp exchange may close it sooner, to
+// close the TCP connection.) Half-closing a stream (shutdown(SHUT_WR)) is
+// never part of the protocol, since not every transport between host and
+// guest passes it on: the end of a stream is always an explicit frame.
 //
 // # Operations
 //
@@ -79,6 +81,12 @@
 //	restored    → Request{time_unix_nano, entropy, hostname, machine_id}
 //	            ← Response{entropy_bits, reseeded, clock_before_unix_nano,
 //	                       clock_after_unix_nano, hostname, machine_id} | Error
+//	dial_tcp    → Request{host, port}
+//	            ← Connected{remote_addr} | Error
+//	            then, both directions at once:
+//	            → Stdin* StdinEOF
+//	            ← Stdout* StdoutEOF
+//	            ← Response{} | Error
 //
 // exec starts argv (argv[0] looked up in the PATH of the process's
 // environment) in dir, with env added to a default environment; see
@@ -126,6 +134,28 @@
 // a guest's ([Server].Guest) performs the op; others answer
 // [CodeUnknownOp].
 //
+// dial_tcp (schema version 3) forwards a TCP connection into the guest:
+// the agent connects to port (1 to 65535) of host, an IP address or a
+// name the guest resolves, 127.0.0.1 if it is left out; any address the
+// guest can reach is allowed; invalid arguments are answered with
+// [CodeBadRequest]. The dial must succeed within the server's
+// RequestTimeout. If it fails, the agent answers [CodeConnRefused] when
+// nothing listens on the port and [CodeNetwork] otherwise, with a message
+// that names the address. Once connected, it sends a Connected frame holding the address
+// it connected to, and from then on the exchange carries the connection's
+// bytes both ways at once: the host's as Stdin frames, the guest's as
+// Stdout frames. Each direction ends with its own frame, so that either
+// end may half-close: the host's StdinEOF makes the agent shut down its
+// sending side of the TCP connection (shutdown(SHUT_WR)), and the agent
+// sends StdoutEOF when the guest's end has shut down its own, after which
+// the host may still send. Once both directions have ended, the agent
+// answers Response{}. A failure of the connection, such as a reset, is
+// answered with [CodeNetwork] in place of whatever frames remain, and a
+// host frame that has no place, such as Stdin after StdinEOF, with
+// [CodeProtocol]. The host may close the agent connection at any time, which closes the TCP
+// connection; so does the agent's shutdown, answered with [CodeInternal].
+// See [Client.DialTCP].
+//
 // # Streams and flow control
 //
 // Stream frames (Stdin, Stdout, Stderr) are bounded by MaxPayload like any
@@ -135,7 +165,12 @@
 // agent does not wait forever: every frame it sends must be taken within
 // the server's RequestTimeout, and every frame of write_file's input must
 // arrive within it; otherwise the agent gives up on the exchange, killing
-// an exec's process. A host must therefore keep reading an exec's output.
+// an exec's process. dial_tcp is the exception: either end of a TCP
+// connection may rightly keep quiet, or stop reading, for as long as it
+// likes, so its stream frames wait without a deadline, and the connection
+// lasts until an end closes it. Its frames too are read in order: bytes
+// that the guest's end does not read hold back whatever the host sends
+// after them. A host must therefore keep reading an exec's output.
 // The agent reads the host's frames in order, so Stdin that a process does
 // not read holds back whatever the host sends after it, Signal frames and
 // the end of the connection included, until the process reads it or
@@ -170,6 +205,13 @@
 //     revision 2 serves a host of revision 1, and a host of revision 2 can
 //     use an agent of revision 1 for everything but restored, for which
 //     [Client.Restored] returns an [AgentTooOldError].
+//   - 3: adds dial_tcp ([DialTCPSchemaVersion]), which forwards a TCP
+//     connection into the guest, with the frame types Connected (9) and
+//     StdoutEOF (10) that only it uses, and the error codes
+//     connection_refused and network. Nothing else changed: an agent of
+//     revision 3 serves hosts of revisions 1 and 2, and a host of revision
+//     3 can use older agents for everything but dial_tcp, for which
+//     [Client.DialTCP] returns an [AgentTooOldError].
 //
 // Some things never change, in any revision, so that any host can always ask
 // any agent which revision it speaks: the frame header, the numbers of

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"os"
@@ -78,6 +79,30 @@ func ExampleClient_Exec() {
 	case res.TimedOut || res.ExitCode != 0:
 		log.Fatalf("command failed: %+v", res)
 	}
+}
+
+// The host forwards a TCP connection to a server in the guest, and
+// half-closes it once its request is sent.
+func ExampleClient_DialTCP() {
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm0/vsock.sock", guestagent.Port)
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := c.DialTCP(ctx, "", 8080) // the guest's 127.0.0.1:8080
+	var ae *guestagent.Error
+	switch {
+	case errors.Is(err, errors.ErrUnsupported):
+		log.Fatalf("the guest's agent needs an upgrade: %v", err)
+	case errors.As(err, &ae) && ae.Code == guestagent.CodeConnRefused:
+		log.Fatalf("nothing listens on port 8080 in the guest: %v", err)
+	case err != nil:
+		log.Fatal(err)
+	}
+	defer conn.Close() // ctx bounded the dial only
+	io.WriteString(conn, "GET / HTTP/1.0\r\n\r\n")
+	conn.(interface{ CloseWrite() error }).CloseWrite()
+	io.Copy(os.Stdout, conn) // until the server closes its side
 }
 
 // Inside the guest, the agent serves on its vsock port until ctx ends.

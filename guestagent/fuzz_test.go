@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -82,12 +84,13 @@ func FuzzReadFrame(f *testing.F) {
 // the op may send followed by exactly one well-formed terminal frame.
 //
 // The fuzzed requests run for real, but fenced in by the server's vet hook
-// (see fuzzVet): exec runs nothing but echo, and file paths are moved into
-// a scratch directory, so the fuzzer cannot run programs of its choosing
-// or touch files outside that directory. The restored op changes a
+// (see fuzzVet): exec runs nothing but echo, file paths are moved into a
+// scratch directory, and dial_tcp reaches only an echo server, so the
+// fuzzer cannot run programs of its choosing, touch files outside that
+// directory or connect anywhere else. The restored op changes a
 // fakeGuest, never the machine running the fuzzer.
 func FuzzServeConn(f *testing.F) {
-	vet := fuzzVet(f.TempDir())
+	vet := fuzzVet(f.TempDir(), fuzzEchoServer(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := &Server{vet: vet, sys: &fakeGuest{}}
 		c := &fakeConn{r: bytes.NewReader(data)}
@@ -107,6 +110,9 @@ func FuzzServeConn(f *testing.F) {
 			json.Unmarshal(p, &req)
 		}
 		fr := NewFrameReader(bytes.NewReader(out))
+		// For dial_tcp: the connected frame opens the stream frames, and
+		// stdout-eof closes them.
+		connected, outputEnded := false, false
 		for {
 			typ, p, err := fr.Next()
 			if err != nil {
@@ -114,10 +120,24 @@ func FuzzServeConn(f *testing.F) {
 			}
 			switch {
 			case typ == FrameStdout && (req.Op == opExec || req.Op == opReadFile),
-				typ == FrameStderr && req.Op == opExec:
+				typ == FrameStderr && req.Op == opExec,
+				typ == FrameStdout && req.Op == opDialTCP && connected && !outputEnded:
 				if len(p) > maxChunk {
 					t.Fatalf("%v frame of %d bytes", typ, len(p))
 				}
+				continue
+			case typ == FrameConnected && req.Op == opDialTCP && !connected:
+				var msg dialTCPConnected
+				if err := json.Unmarshal(p, &msg); err != nil || msg.RemoteAddr == "" {
+					t.Fatalf("connected frame %q: %v", p, err)
+				}
+				connected = true
+				continue
+			case typ == FrameStdoutEOF && req.Op == opDialTCP && connected && !outputEnded:
+				if len(p) != 0 {
+					t.Fatalf("%v frame with %d bytes", typ, len(p))
+				}
+				outputEnded = true
 				continue
 			case typ == FrameResponse:
 				switch {
@@ -141,6 +161,8 @@ func FuzzServeConn(f *testing.F) {
 						r.Hostname != args.Hostname || r.MachineID != args.MachineID {
 						t.Fatalf("restored %s answered %q", req.Args, p)
 					}
+				case req.Op == opDialTCP && (!connected || string(p) != "{}"):
+					t.Fatalf("dial_tcp answered %q, connected %v", p, connected)
 				case !json.Valid(p) || p[0] != '{':
 					t.Fatalf("%s response %q is not a JSON object", req.Op, p)
 				}
@@ -162,10 +184,12 @@ func FuzzServeConn(f *testing.F) {
 
 // fuzzVet returns a Server.vet hook for fuzzing: it refuses exec requests
 // for anything but echo, which it runs in scratch with the default
-// environment, and moves absolute file paths into scratch, leaving relative
-// ones for the server to reject. Nothing the fuzzer sends can create a
-// symbolic link, so a path in scratch stays in scratch.
-func fuzzVet(scratch string) func(any) error {
+// environment, moves absolute file paths into scratch, leaving relative
+// ones for the server to reject, and points dial_tcp requests at
+// echoPort on 127.0.0.1, leaving invalid ones for the server to reject.
+// Nothing the fuzzer sends can create a symbolic link, so a path in
+// scratch stays in scratch.
+func fuzzVet(scratch string, echoPort int) func(any) error {
 	inScratch := func(p *string) {
 		if filepath.IsAbs(*p) {
 			*p = filepath.Join(scratch, filepath.Clean(*p))
@@ -186,11 +210,105 @@ func fuzzVet(scratch string) func(any) error {
 			inScratch(&a.Path)
 		case *restoredArgs:
 			// The server's guestSystem is a fake.
+		case *dialTCPArgs:
+			if _, err := a.address(); err == nil {
+				a.Host, a.Port = "127.0.0.1", echoPort
+			}
 		default:
 			panic(fmt.Sprintf("fuzzVet: unexpected %T", args))
 		}
 		return nil
 	}
+}
+
+// fuzzEchoServer listens on a TCP port of 127.0.0.1 until the end of the
+// fuzz test, and sends back what each connection sends it. It returns the
+// port.
+func fuzzEchoServer(f *testing.F) int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				echo(c.(*net.TCPConn))
+			})
+		}
+	})
+	f.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+	})
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// FuzzDialTCPConn feeds arbitrary bytes to the host's side of dial_tcp, as
+// the agent's answer. DialTCP must succeed exactly when the answer begins
+// with a valid connected frame, and then reading must yield the payloads
+// of the stdout frames that follow, in order, and end with io.EOF exactly
+// when they are followed by an empty stdout-eof frame. Nothing may panic,
+// and a failed DialTCP must close the connection.
+func FuzzDialTCPConn(f *testing.F) {
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fc := &fakeConn{r: bytes.NewReader(data)}
+		c := &Client{Dial: func(context.Context) (net.Conn, error) { return fc, nil }}
+		conn, err := c.DialTCP(context.Background(), "", 80)
+
+		r := bytes.NewReader(data)
+		fr := NewFrameReader(r)
+		typ, p, ferr := fr.Next()
+		var msg dialTCPConnected
+		wantConnected := ferr == nil && typ == FrameConnected && json.Unmarshal(p, &msg) == nil
+		if wantConnected {
+			_, perr := netip.ParseAddrPort(msg.RemoteAddr)
+			wantConnected = perr == nil
+		}
+		if (err == nil) != wantConnected {
+			t.Fatalf("DialTCP = %v, want success %v (first frame %v %q, %v)", err, wantConnected, typ, head(p), ferr)
+		}
+		if err != nil {
+			if !fc.closed {
+				t.Fatal("DialTCP failed without closing the connection")
+			}
+			return
+		}
+		defer conn.Close()
+
+		// What the stream should yield: the stdout payloads up to the
+		// first other frame, and the part of a truncated one.
+		var want []byte
+		clean := false
+		for {
+			start := len(data) - r.Len()
+			typ, p, err := fr.Next()
+			if err != nil {
+				if errors.Is(err, io.ErrUnexpectedEOF) && len(data)-start > headerLen && FrameType(data[start]) == FrameStdout {
+					want = append(want, data[start+headerLen:]...)
+				}
+				break
+			}
+			if typ == FrameStdout {
+				want = append(want, p...)
+				continue
+			}
+			clean = typ == FrameStdoutEOF && len(p) == 0
+			break
+		}
+		got, err := io.ReadAll(conn)
+		switch {
+		case clean && (err != nil || !bytes.Equal(got, want)):
+			t.Fatalf("read %d bytes, %v; want %d bytes and EOF", len(got), err, len(want))
+		case !clean && (err == nil || !bytes.HasPrefix(want, got)):
+			t.Fatalf("read %d bytes, %v; want at most %d of them and an error", len(got), err, len(want))
+		}
+	})
 }
 
 // fakeConn is a net.Conn that reads from r and records what is written.

@@ -19,7 +19,7 @@ const Port uint32 = 1024
 // host must be able to count on; see "Evolution" in the package
 // documentation. Hosts compare it with the agent's, as reported by the
 // health op, before using any other op.
-const GuestSchemaVersion = 2
+const GuestSchemaVersion = 3
 
 // RestoredSchemaVersion is the first GuestSchemaVersion whose agents have
 // the restored op ([Client.Restored]). A box whose agent is older cannot be
@@ -27,6 +27,11 @@ const GuestSchemaVersion = 2
 // a fork a new identity. Hosts compare it with the guest_schema_version
 // recorded in a snapshot's manifest before restoring or forking from it.
 const RestoredSchemaVersion = 2
+
+// DialTCPSchemaVersion is the first GuestSchemaVersion whose agents have
+// the dial_tcp op ([Client.DialTCP]), which forwards a TCP connection into
+// the guest.
+const DialTCPSchemaVersion = 3
 
 // AgentVersion identifies the build of the agent, for humans and logs only.
 // Release builds set it with
@@ -59,13 +64,13 @@ const (
 	FrameResponse FrameType = 2
 
 	// FrameStdin (host → agent) carries the op's input byte stream: a
-	// process's stdin for exec, file contents for write_file. Payload: raw
-	// bytes.
+	// process's stdin for exec, file contents for write_file, what the host
+	// sends on a dial_tcp connection. Payload: raw bytes.
 	FrameStdin FrameType = 3
 
 	// FrameStdout (agent → host) carries the op's output byte stream: a
-	// process's stdout for exec, file contents for read_file. Payload: raw
-	// bytes.
+	// process's stdout for exec, file contents for read_file, what the
+	// guest sends on a dial_tcp connection. Payload: raw bytes.
 	FrameStdout FrameType = 4
 
 	// FrameStderr (agent → host) carries a process's stderr for exec.
@@ -83,17 +88,30 @@ const (
 	// FrameError (agent → host) ends a failed exchange. Payload: a JSON
 	// Error.
 	FrameError FrameType = 8
+
+	// FrameConnected (agent → host, schema version 3) tells the host that
+	// dial_tcp has connected, and that the stream frames may begin.
+	// Payload: JSON {"remote_addr":"<ip>:<port>"}.
+	FrameConnected FrameType = 9
+
+	// FrameStdoutEOF (agent → host, schema version 3) ends the output
+	// stream begun by FrameStdout frames, before the terminal frame: for
+	// dial_tcp, the guest's end of the connection has stopped sending.
+	// Payload: empty.
+	FrameStdoutEOF FrameType = 10
 )
 
 var frameTypeNames = [...]string{
-	FrameRequest:  "request",
-	FrameResponse: "response",
-	FrameStdin:    "stdin",
-	FrameStdout:   "stdout",
-	FrameStderr:   "stderr",
-	FrameStdinEOF: "stdin-eof",
-	FrameSignal:   "signal",
-	FrameError:    "error",
+	FrameRequest:   "request",
+	FrameResponse:  "response",
+	FrameStdin:     "stdin",
+	FrameStdout:    "stdout",
+	FrameStderr:    "stderr",
+	FrameStdinEOF:  "stdin-eof",
+	FrameSignal:    "signal",
+	FrameError:     "error",
+	FrameConnected: "connected",
+	FrameStdoutEOF: "stdout-eof",
 }
 
 // String returns the frame type's name, such as "request", or
@@ -268,6 +286,13 @@ const (
 	// CodeExecFailed reports a process that exec could not start: no such
 	// program, not executable, or no such working directory.
 	CodeExecFailed = "exec_failed"
+	// CodeConnRefused reports that dial_tcp's connection was refused:
+	// nothing listens on the port in the guest.
+	CodeConnRefused = "connection_refused"
+	// CodeNetwork reports any other failure of dial_tcp's connection in the
+	// guest: a dial that timed out or found no route or no such host, or a
+	// connection reset once it was up.
+	CodeNetwork = "network"
 )
 
 // Error is the payload of a FrameError: an error reported by the agent.
@@ -299,6 +324,9 @@ const (
 
 	// Schema version 2 (RestoredSchemaVersion).
 	opRestored = "restored"
+
+	// Schema version 3 (DialTCPSchemaVersion).
+	opDialTCP = "dial_tcp"
 )
 
 // maxChunk is the most that a peer puts in one stream frame (FrameStdin,
@@ -503,3 +531,31 @@ type restoredResult struct {
 	ClockBeforeUnixNano int64 `json:"clock_before_unix_nano"`
 	ClockAfterUnixNano  int64 `json:"clock_after_unix_nano"`
 }
+
+// defaultDialHost is the host that dial_tcp connects to when it is given
+// none: the guest's own loopback address.
+const defaultDialHost = "127.0.0.1"
+
+// maxDialHost bounds the host of a dial_tcp request, in bytes: the length
+// of the longest DNS name.
+const maxDialHost = 253
+
+// dialTCPArgs is the Args of a dial_tcp Request.
+type dialTCPArgs struct {
+	// Host is what to connect to in the guest: an IP address, or a name the
+	// guest resolves. Empty means defaultDialHost.
+	Host string `json:"host,omitempty"`
+	// Port is the TCP port, 1 to 65535.
+	Port int `json:"port"`
+}
+
+// dialTCPConnected is the payload of a FrameConnected.
+type dialTCPConnected struct {
+	// RemoteAddr is the address the agent connected to, as "<ip>:<port>"
+	// or "[<ipv6>]:<port>".
+	RemoteAddr string `json:"remote_addr"`
+}
+
+// dialTCPResult is the result of the dial_tcp op: an empty object, which
+// says that both directions of the connection ended cleanly.
+type dialTCPResult struct{}

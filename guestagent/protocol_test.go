@@ -16,7 +16,7 @@ import (
 // allFrameTypes lists every assigned frame type.
 var allFrameTypes = []FrameType{
 	FrameRequest, FrameResponse, FrameStdin, FrameStdout, FrameStderr,
-	FrameStdinEOF, FrameSignal, FrameError,
+	FrameStdinEOF, FrameSignal, FrameError, FrameConnected, FrameStdoutEOF,
 }
 
 // frame encodes one frame by hand, independently of WriteFrame.
@@ -32,6 +32,7 @@ func TestFrameTypeNumbersAreFrozen(t *testing.T) {
 	want := map[FrameType]uint8{
 		FrameRequest: 1, FrameResponse: 2, FrameStdin: 3, FrameStdout: 4,
 		FrameStderr: 5, FrameStdinEOF: 6, FrameSignal: 7, FrameError: 8,
+		FrameConnected: 9, FrameStdoutEOF: 10,
 	}
 	for typ, n := range want {
 		if uint8(typ) != n {
@@ -52,7 +53,7 @@ func TestFrameTypeString(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	for typ, want := range map[FrameType]string{0: "FrameType(0x00)", 9: "FrameType(0x09)", 0xff: "FrameType(0xff)"} {
+	for typ, want := range map[FrameType]string{0: "FrameType(0x00)", 11: "FrameType(0x0b)", 0xff: "FrameType(0xff)"} {
 		if got := typ.String(); got != want {
 			t.Errorf("FrameType(%d).String() = %q, want %q", uint8(typ), got, want)
 		}
@@ -257,6 +258,10 @@ func TestJSONWireFormat(t *testing.T) {
 		{restoredResult{RestoredResult: RestoredResult{EntropyBits: 24, Reseeded: true, ClockBefore: time.Now(), Hostname: "h", MachineID: "m"}, ClockBeforeUnixNano: 6, ClockAfterUnixNano: 7},
 			`{"entropy_bits":24,"reseeded":true,"hostname":"h","machine_id":"m","clock_before_unix_nano":6,"clock_after_unix_nano":7}`},
 		{restoredResult{}, `{"entropy_bits":0,"reseeded":false,"clock_before_unix_nano":0,"clock_after_unix_nano":0}`},
+		{dialTCPArgs{Host: "10.0.0.1", Port: 80}, `{"host":"10.0.0.1","port":80}`},
+		{dialTCPArgs{Port: 8080}, `{"port":8080}`},
+		{dialTCPConnected{RemoteAddr: "127.0.0.1:80"}, `{"remote_addr":"127.0.0.1:80"}`},
+		{dialTCPResult{}, `{}`},
 	} {
 		b, err := json.Marshal(tc.v)
 		if err != nil || string(b) != tc.want {

@@ -32,9 +32,11 @@ type Server struct {
 
 	// RequestTimeout bounds each wait on the host: for a connection's
 	// request, for every frame of write_file's input, and for the host to
-	// take every frame the agent sends. Zero means DefaultRequestTimeout.
-	// A host that stops taking an exec's output for this long is treated as
-	// gone, and the process is killed.
+	// take every frame the agent sends, except the stream frames of a
+	// dial_tcp connection, which wait as long as the connection lasts. It
+	// also bounds dial_tcp's dial. Zero means DefaultRequestTimeout. A host
+	// that stops taking an exec's output for this long is treated as gone,
+	// and the process is killed.
 	RequestTimeout time.Duration
 
 	// Guest says that the server is the agent of a Sailbox guest, which
@@ -46,11 +48,12 @@ type Server struct {
 	Guest bool
 
 	// vet, if set, sees the decoded arguments of every exec, read_file,
-	// write_file, stat and restored request (an *execArgs, *readFileArgs,
-	// and so on) before the op runs, and may rewrite them or refuse the
-	// request by returning an error, which is sent to the host. Fuzz tests
-	// use it so that fuzzed requests run no program but echo and touch no
-	// file outside a scratch directory.
+	// write_file, stat, restored and dial_tcp request (an *execArgs,
+	// *readFileArgs, and so on) before the op runs, and may rewrite them or
+	// refuse the request by returning an error, which is sent to the host.
+	// Fuzz tests use it so that fuzzed requests run no program but echo,
+	// touch no file outside a scratch directory and dial no port but an
+	// echo server's.
 	vet func(args any) error
 
 	// sys, if set, stands in for the guest's system in the restored op,
@@ -78,7 +81,8 @@ func (s *Server) requestTimeout() time.Duration {
 // When ctx is cancelled, Serve stops accepting, interrupts connections that
 // are still waiting for their request or for write_file's input, stops
 // read_file streams, kills (SIGKILL) the process groups of execs in
-// flight, waits for every request to be answered, and returns nil. It
+// flight, closes dial_tcp connections, waits for every request to be
+// answered, and returns nil. It
 // returns an error only if l fails for good, for example because someone
 // else closed it; transient accept errors are logged and retried.
 //
@@ -311,6 +315,12 @@ func (s *Server) dispatch(ctx context.Context, x *exchange, req *Request) (any, 
 			return nil, err
 		}
 		return s.restored(&args)
+	case opDialTCP:
+		var args dialTCPArgs
+		if err := s.decodeArgs(req, &args); err != nil {
+			return nil, err
+		}
+		return s.dialTCP(ctx, x, &args)
 	case "":
 		return nil, &Error{Code: CodeBadRequest, Message: "request has no op"}
 	default:

@@ -12,12 +12,26 @@ import (
 // peer would understand: every later write fails with the same error.
 type frameWriter struct {
 	conn net.Conn
-	// timeout, if positive, is how long each frame may take to write: the
-	// writer sets the connection's write deadline before every frame.
-	timeout time.Duration
 
-	mu  sync.Mutex // held while a frame is written
-	err error      // the first write error, guarded by mu
+	mu sync.Mutex // held while a frame is written
+	// timeout, if positive, is how long each frame may take to write: the
+	// writer sets the connection's write deadline before every frame. It
+	// is guarded by mu once the writer is shared.
+	timeout time.Duration
+	err     error // the first write error, guarded by mu
+}
+
+// setTimeout changes the timeout of the frames written from now on. Zero
+// means none: it clears the connection's write deadline, so that frames
+// wait for the peer for as long as it takes.
+func (w *frameWriter) setTimeout(d time.Duration) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.timeout = d
+	if d > 0 {
+		return nil
+	}
+	return w.conn.SetWriteDeadline(time.Time{})
 }
 
 // write sends one frame, or fails if an earlier one failed.
