@@ -128,6 +128,14 @@ func (b *Backend) bootArgs(box string, spec catalog.Spec) []string {
 	return args
 }
 
+// rebootArgs are sailbox-vmm's flags to boot box from spec on the disks of
+// checkpoint ckpt: bootArgs with the checkpoint's disks instead of a new
+// one over spec's image.
+func (b *Backend) rebootArgs(box string, spec catalog.Spec, ckpt string) []string {
+	spec.Image = ""
+	return append(b.bootArgs(box, spec), "-disks-from", ckpt)
+}
+
 // restoreArgs are sailbox-vmm's flags to restore box from ckpt.
 func (b *Backend) restoreArgs(box, ckpt string, fork bool) []string {
 	_, apiSock, vsockSock, console := b.paths(box)
@@ -147,11 +155,11 @@ func (b *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (dae
 	return b.start(ctx, box, b.restoreArgs(box, ckpt, fork))
 }
 
-// Reboot needs sailbox-vmm to boot a kernel on a checkpoint's disk chain
-// (a -disk option naming a checkpoint's sealed layers), which it cannot
-// yet.
+// Reboot boots the configured kernel and initramfs on the disks of ckpt
+// (sailbox-vmm -disks-from): a fresh boot, memory not restored, whose
+// checkpoints continue ckpt's disk layers.
 func (b *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (daemon.Instance, error) {
-	return daemon.Instance{}, fmt.Errorf("reboot %s on the disks of %s: %w: sailbox-vmm cannot boot on a checkpoint's disks yet", box, ckpt, errors.ErrUnsupported)
+	return b.start(ctx, box, b.rebootArgs(box, spec, ckpt))
 }
 
 // start runs sailbox-vmm with args for box and waits for its agent.
@@ -204,10 +212,31 @@ func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance
 // watchPID closes exited when process pid is gone (for VMMs this process
 // did not start: after a restart, or a fork's child).
 func watchPID(pid int, exited chan struct{}) {
-	for syscall.Kill(pid, 0) == nil {
+	for running(pid) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	close(exited)
+}
+
+// running reports whether process pid exists and has not exited. A
+// zombie has exited: a fork's VMM whose parent VMM is gone is reaped by
+// init, which may take its time (or, as a container's PID 1, never do it).
+func running(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return syscall.Kill(pid, 0) == nil // no /proc: existence is all we can tell
+	}
+	// "pid (comm) S ...": the state follows the last ')', as comm may
+	// hold anything.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return true
+	}
+	switch stat[i+2] {
+	case 'Z', 'X':
+		return false
+	}
+	return true
 }
 
 func (b *Backend) get(box string) (*vm, error) {
@@ -391,21 +420,22 @@ func (b *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, 
 	return v.agent.WriteFile(ctx, path, r, guestagent.WriteOptions{Mode: fs.FileMode(opts.Mode), Append: opts.Append, CreateDirs: opts.CreateDirs})
 }
 
-// DialGuest reaches a guest TCP port through the agent: it execs the
-// guest's nc (busybox) with its stdio as the stream. This needs nc in the
-// guest; a dedicated agent op would not.
+// DialGuest reaches TCP port port on the guest's 127.0.0.1 through the
+// agent's dial_tcp op. ctx bounds the dial only. The connection half-closes
+// (it has CloseWrite) and lasts until it is closed. A box whose agent
+// predates the op (guestagent.DialTCPSchemaVersion) fails with an error
+// that wraps errors.ErrUnsupported: it needs an upgrade.
 func (b *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn, error) {
 	v, err := b.get(box)
 	if err != nil {
 		return nil, err
 	}
-	host, guest := net.Pipe()
-	go func() {
-		defer guest.Close()
-		_, err := v.agent.Exec(context.WithoutCancel(ctx), guestagent.ExecRequest{Argv: []string{"nc", "127.0.0.1", strconv.Itoa(port)}}, guest, guest, io.Discard)
-		if err != nil {
-			b.log.Warn("guest port forward ended", "box", box, "port", port, "err", err)
-		}
-	}()
-	return host, nil
+	conn, err := v.agent.DialTCP(ctx, "", port)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return nil, fmt.Errorf("box %s needs an upgrade to reach guest port %d: %w", box, port, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("box %s: guest port %d: %w", box, port, err)
+	}
+	return conn, nil
 }

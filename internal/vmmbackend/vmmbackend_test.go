@@ -2,11 +2,13 @@ package vmmbackend
 
 import (
 	"context"
-	"errors"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 )
@@ -30,6 +32,13 @@ func TestArgs(t *testing.T) {
 	if got != want {
 		t.Errorf("boot args\n got %s\nwant %s", got, want)
 	}
+	// A reboot boots the same way on a checkpoint's disks instead of a
+	// new disk over the image.
+	got = strings.Join(b.rebootArgs("sb-1", catalog.Spec{MemoryMiB: 512, VCPUs: 2, Image: "/img/base.raw"}, "sb-1-c4"), " ")
+	want = strings.TrimSuffix(want, " -disk /img/base.raw,layered,id=vda") + " -disks-from sb-1-c4"
+	if got != want {
+		t.Errorf("reboot args\n got %s\nwant %s", got, want)
+	}
 	got = strings.Join(b.restoreArgs("sb-2", "sb-1-c3", true), " ")
 	if !strings.HasPrefix(got, "-store "+b.cfg.Store+" -restore sb-1-c3 ") || !strings.HasSuffix(got, "-fork-name sb-2") || strings.Contains(got, "-kernel") {
 		t.Errorf("restore args: %s", got)
@@ -51,9 +60,6 @@ func TestWithoutVM(t *testing.T) {
 	if _, err := b.Checkpoint(ctx, "sb-x", "c"); err == nil {
 		t.Error("checkpoint of a box without VM succeeded")
 	}
-	if _, err := b.Reboot(ctx, "sb-x", catalog.Spec{}, "c"); !errors.Is(err, errors.ErrUnsupported) {
-		t.Errorf("reboot: %v", err)
-	}
 	if err := b.RemoveCheckpoints(ctx, []string{"nope"}); err != nil {
 		t.Errorf("remove of unknown checkpoints: %v", err)
 	}
@@ -63,5 +69,33 @@ func TestWithoutVM(t *testing.T) {
 	}
 	if _, err := b.get("sb-y"); err == nil {
 		t.Error("a failed boot left a VM registered")
+	}
+	// So does a reboot.
+	if _, err := b.Reboot(ctx, "sb-z", catalog.Spec{MemoryMiB: 256, VCPUs: 1}, "c"); err == nil {
+		t.Error("reboot with /bin/false as the VMM succeeded")
+	}
+	if _, err := b.get("sb-z"); err == nil {
+		t.Error("a failed reboot left a VM registered")
+	}
+}
+
+// A process is running until it exits, zombie or not.
+func TestRunning(t *testing.T) {
+	if !running(os.Getpid()) {
+		t.Error("this process is not running")
+	}
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Not yet waited for: a zombie once it exits.
+	for deadline := time.Now().Add(10 * time.Second); running(cmd.Process.Pid); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("an exited child (a zombie) still counts as running")
+		}
+	}
+	cmd.Wait()
+	if running(cmd.Process.Pid) {
+		t.Error("a reaped child counts as running")
 	}
 }
