@@ -10,12 +10,17 @@ export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 
 .PHONY: demo test bench stress deps kernel initramfs lab-kernel fuzz
 
-# The main job: the demo on real KVM (in the KVM lab when the host has none).
+# The main job: the demo on real KVM (in the KVM lab when the host has none):
+# sailboxd and a box's lifecycle driven with sail, all from bin/.
 demo: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
-	go build -o bin/sailbox-demo ./cmd/sailbox-demo
+	go build -o bin/ ./cmd/sailboxd ./cmd/sailbox-vmm ./cmd/sail ./cmd/sailbox-demo
 	go run ./cmd/kvmlab run -timeout 20m -- bin/sailbox-demo
+
+# The last commit whose guest agent speaks schema 2: the kvm tier upgrades
+# boxes booted on it to the current agent.
+PREVIOUS_AGENT_REV := 77f2d1477150a2ef0d777501d18da74c154ee7ae
 
 # Every tier: static checks and unit tests on the host, then the kvm tier on
 # real /dev/kvm. Fails, never skips, when the kvm tier cannot run.
@@ -29,6 +34,9 @@ test: deps
 	echo "== unit tier (host)"
 	go test -count=1 ./...
 	echo "== kvm tier (real /dev/kvm)"
+	export SAILBOX_OLD_GUEST_INITRAMFS=$$(guestagent/initramfs.sh --rev $(PREVIOUS_AGENT_REV))
+	go build -o bin/ ./cmd/sailbox-vmm
+	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
 	go run ./cmd/kvmlab test ./...
 
 # Benchmarks on real KVM (in the lab here): Sailbox vs QEMU, same kernel and

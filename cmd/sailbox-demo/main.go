@@ -2,9 +2,18 @@
 // do today on this host's real KVM. `make demo` runs it, inside the KVM lab
 // when the host has no usable /dev/kvm.
 //
-// It boots the project's guest kernel and initramfs on the Sailbox VMM,
-// waits for the guest agent, runs commands in the guest over vsock, and
-// powers the guest off.
+// It starts the real daemon (sailboxd) on a fresh state directory and
+// socket, with a small ext4 base image, then walks one box through its
+// lifecycle with the real CLI (sail), printing each command as a user
+// would type it, its output and how long it took: create, list, exec,
+// checkpoint, fork of the running box (the child has the parent's memory
+// but its own hostname), sleep, wake by exec, terminate. Every step must
+// succeed; on a failure it prints the tail of the daemon's log. At the end,
+// on success or not, it terminates every box and stops the daemon.
+//
+// sailboxd, sail and sailbox-vmm are taken from beside this executable
+// unless flags say otherwise; the guest kernel and initramfs from
+// $SAILBOX_GUEST_KERNEL and $SAILBOX_GUEST_INITRAMFS.
 package main
 
 import (
@@ -13,16 +22,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"time"
 
-	"github.com/sailbox-dev/sailbox/guestagent"
-	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
@@ -36,96 +41,121 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// config is the demo's configuration, from flags.
+type config struct {
+	Sailboxd  string // the daemon binary
+	Sail      string // the CLI binary
+	VMM       string // sailbox-vmm, which the daemon runs per box
+	Kernel    string
+	Initrd    string
+	MemoryMiB int // the daemon's default for new boxes
+}
+
+// beside is the file name next to this executable ("" if that is unknown).
+func beside(name string) string {
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	return filepath.Join(filepath.Dir(self), name)
+}
+
+func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("sailbox-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	kernel := fs.String("kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel (default $SAILBOX_GUEST_KERNEL)")
-	initrd := fs.String("initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest initramfs (default $SAILBOX_GUEST_INITRAMFS)")
-	cpus := fs.Int("cpus", 2, "vCPUs")
+	var c config
+	fs.StringVar(&c.Sailboxd, "sailboxd", beside("sailboxd"), "the daemon `binary`")
+	fs.StringVar(&c.Sail, "sail", beside("sail"), "the CLI `binary`")
+	fs.StringVar(&c.VMM, "vmm", beside("sailbox-vmm"), "the sailbox-vmm `binary` the daemon runs")
+	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
+	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest `initramfs` (default $SAILBOX_GUEST_INITRAMFS)")
+	fs.IntVar(&c.MemoryMiB, "mem", 256, "guest memory of each box, MiB")
 	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if c.MemoryMiB <= 0 {
+		return c, fmt.Errorf("-mem %d is not positive", c.MemoryMiB)
+	}
+	return c, nil
+}
+
+// resolve makes c's paths absolute and reports, before anything starts, a
+// file or tool the demo lacks, with what provides it.
+func (c *config) resolve() error {
+	const built = "make demo builds it; or: go build -o bin/ ./cmd/..."
+	for _, f := range []struct {
+		what string
+		path *string
+		hint string
+	}{
+		{"sailboxd binary", &c.Sailboxd, built},
+		{"sail binary", &c.Sail, built},
+		{"sailbox-vmm binary", &c.VMM, built},
+		{"guest kernel", &c.Kernel, "make demo builds it (kernel/build.sh); or give -kernel or $SAILBOX_GUEST_KERNEL"},
+		{"guest initramfs", &c.Initrd, "make demo builds it (guestagent/initramfs.sh); or give -initrd or $SAILBOX_GUEST_INITRAMFS"},
+	} {
+		if *f.path == "" {
+			return fmt.Errorf("no %s (%s)", f.what, f.hint)
+		}
+		abs, err := filepath.Abs(*f.path)
+		if err == nil {
+			_, err = os.Stat(abs)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w (%s)", f.what, err, f.hint)
+		}
+		*f.path = abs
+	}
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		return fmt.Errorf("the base image needs mkfs.ext4: %w (build/deps.sh installs e2fsprogs)", err)
+	}
+	return nil
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	c, err := parseArgs(args, stderr)
+	if err != nil {
 		return err
 	}
-	if *kernel == "" || *initrd == "" {
-		return errors.New("need the guest kernel and initramfs (make demo builds them)")
+	if err := c.resolve(); err != nil {
+		return err
 	}
+	// Refuse early, with KVM's own reason, rather than in a box's VMM log.
 	sys, err := kvm.OpenUsable()
 	if err != nil {
 		return err
 	}
-	defer sys.Close()
-	say := func(format string, a ...any) { fmt.Fprintf(stdout, "== "+format+"\n", a...) }
-	say("KVM: %s backed by %s", kvm.DevicePath, kvm.HostBackend())
+	sys.Close()
+	fmt.Fprintf(stdout, "# Sailbox on %s, backed by %s\n", kvm.DevicePath, kvm.HostBackend())
 
-	dir, err := os.MkdirTemp("", "sailbox-demo")
+	// Short, because the daemon's and the boxes' Unix sockets live under
+	// it and their paths must fit in 108 bytes.
+	dir, err := os.MkdirTemp("", "sbdemo")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	uds := filepath.Join(dir, "vsock")
-	console, err := os.Create(filepath.Join(dir, "console.log"))
-	if err != nil {
+	if dir, err = filepath.Abs(dir); err != nil {
 		return err
 	}
-	defer console.Close()
 
-	say("Booting Linux on the Sailbox VMM (%d vCPUs, 256 MiB, virtio-rng and virtio-vsock)", *cpus)
-	start := time.Now()
-	m, err := vmm.New(sys, vmm.Config{
-		KernelPath: *kernel, InitrdPath: *initrd, MemoryMiB: 256, VCPUs: *cpus,
-		Cmdline: "quiet", Serial: console, Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
-	})
+	d, err := startDaemon(ctx, c, dir, stdout)
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	var (
-		exit    vmm.Exit
-		runErr  error
-		stopped = make(chan struct{}) // closed when Run returns, after exit and runErr are set
-	)
-	go func() {
-		exit, runErr = m.Run(ctx)
-		close(stopped)
+	defer func() {
+		if stopErr := d.stop(); stopErr != nil {
+			err = errors.Join(err, stopErr)
+		}
 	}()
-	defer func() { m.Stop(); <-stopped }()
-
-	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
-	}}
-	health, err := agent.WaitHealthy(ctx, 50*time.Millisecond, stopped)
-	if errors.Is(err, guestagent.ErrGone) {
-		return fmt.Errorf("the guest stopped (%v, %v) before its agent answered: %w", exit, runErr, err)
-	}
-	if err != nil {
+	fmt.Fprintf(stdout, "$ export %s\n", shellJoin(d.env()))
+	s := &session{sail: c.Sail, env: append(os.Environ(), d.env()...), out: stdout}
+	if err := s.walkthrough(ctx); err != nil {
+		d.printLogs(stderr)
 		return err
-	}
-	say("Guest agent %s (guest_schema_version %d) ready after %v", health.AgentVersion, health.GuestSchemaVersion, time.Since(start).Round(time.Millisecond))
-
-	for _, argv := range [][]string{
-		{"uname", "-a"},
-		{"nproc"},
-		{"sh", "-c", "echo hello from $(hostname), pid $$; exit 3"},
-	} {
-		t0 := time.Now()
-		out, errOut, code, err := agent.Run(ctx, argv...)
-		if err != nil {
-			return fmt.Errorf("exec %q: %w", argv, err)
-		}
-		say("$ %s   (exit %d, %v)", strings.Join(argv, " "), code, time.Since(t0).Round(time.Millisecond))
-		stdout.Write(out)
-		stdout.Write(errOut)
-	}
-
-	say("Powering the guest off from inside (poweroff -f)")
-	go agent.Run(ctx, "poweroff", "-f")
-	select {
-	case <-stopped:
-		if runErr != nil {
-			return runErr
-		}
-		say("The VM ended: %v", exit)
-	case <-time.After(2 * time.Minute):
-		return errors.New("the guest did not power off")
 	}
 	return nil
 }
