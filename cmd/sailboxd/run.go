@@ -33,6 +33,7 @@ type config struct {
 	VCPUs       int
 	HostID      string
 	Inference   string
+	MinSchema   int
 	LogLevel    slog.Level
 }
 
@@ -90,6 +91,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "default vCPUs of new boxes")
 	fs.StringVar(&c.HostID, "host-id", host, "this host's placement ID")
 	fs.StringVar(&c.Inference, "inference-upstream", "", "base `URL` that /v1/inference/... is proxied to")
+	fs.IntVar(&c.MinSchema, "min-resumable-schema", 0, "oldest guest schema `version` a box may be resumed on; older boxes are upgraded when they wake (0: any)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -99,6 +101,8 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	case c.HostID == "":
 		return c, errors.New("no host ID: give -host-id")
+	case c.MinSchema < 0:
+		return c, fmt.Errorf("-min-resumable-schema %d is negative", c.MinSchema)
 	case c.Image != "" && !filepath.IsAbs(c.Image):
 		return c, fmt.Errorf("-image %q is not an absolute path", c.Image)
 	}
@@ -133,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	m, err := daemon.New(daemon.Config{
-		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log,
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema,
 		Defaults: catalog.Spec{MemoryMiB: c.MemoryMiB, VCPUs: c.VCPUs, Image: c.Image},
 	})
 	if err != nil {

@@ -103,13 +103,13 @@ func TestRun(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	for _, args := range [][]string{{"extra"}, {"-image", "rel.img"}, {"-host-id", ""}, {"-log-level", "loud"}, {"-nope"}} {
+	for _, args := range [][]string{{"extra"}, {"-image", "rel.img"}, {"-host-id", ""}, {"-log-level", "loud"}, {"-nope"}, {"-min-resumable-schema", "-1"}} {
 		if _, err := parseArgs(args, io.Discard); err == nil {
 			t.Errorf("parseArgs(%q) succeeded", args)
 		}
 	}
-	c, err := parseArgs([]string{"-log-level", "debug", "-socket-group", "wheel"}, io.Discard)
-	if err != nil || c.LogLevel != slog.LevelDebug || c.SocketGroup != "wheel" || c.StateDir == "" || c.Socket == "" {
+	c, err := parseArgs([]string{"-log-level", "debug", "-socket-group", "wheel", "-min-resumable-schema", "3"}, io.Discard)
+	if err != nil || c.LogLevel != slog.LevelDebug || c.SocketGroup != "wheel" || c.StateDir == "" || c.Socket == "" || c.MinSchema != 3 {
 		t.Errorf("parseArgs = %+v, %v", c, err)
 	}
 	t.Setenv("XDG_STATE_HOME", "/xdg")
