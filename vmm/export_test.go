@@ -1,7 +1,11 @@
 package vmm
 
 import (
+	"bufio"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
@@ -16,6 +20,7 @@ func (m *Machine) DebugVCPUs() string {
 	for _, v := range m.vcpus {
 		v.do(func(cpu *kvm.VCPU) error {
 			r, err := cpu.Regs()
+			sr, _ := cpu.Sregs()
 			l, _ := cpu.LAPIC()
 			ev, _ := cpu.VCPUEvents()
 			mp, _ := cpu.MPState()
@@ -27,10 +32,43 @@ func (m *Machine) DebugVCPUs() string {
 				irr += fmt.Sprintf("%08x", reg(0x200+i*0x10))
 				isr += fmt.Sprintf("%08x", reg(0x100+i*0x10))
 			}
-			s += fmt.Sprintf("vcpu %d err=%v rip=%#x rflags=%#x mp=%v lvtt=%#x tmict=%#x tmcct=%#x\n irr=%s\n isr=%s\n events=%+v\n",
-				v.id, err, r.RIP, r.RFLAGS, mp, reg(0x320), reg(0x380), reg(0x390), irr, isr, ev)
+			s += fmt.Sprintf("vcpu %d err=%v rip=%#x rflags=%#x mp=%v lvtt=%#x tmict=%#x tmcct=%#x\n cr2=%#x cr3=%#x idt=%#x/%#x rsp=%#x\n irr=%s\n isr=%s\n events=%+v\n",
+				v.id, err, r.RIP, r.RFLAGS, mp, reg(0x320), reg(0x380), reg(0x390), sr.CR2, sr.CR3, sr.IDT.Base, sr.IDT.Limit, r.RSP, irr, isr, ev)
+			if sym := hostSymbol(r.RIP); sym != "" {
+				s += " rip is the host's " + sym + "\n"
+			}
 			return nil
 		})
 	}
 	return s
+}
+
+// hostSymbol names the host kernel symbol at addr, from /proc/kallsyms
+// (readable with addresses as root), or "". A guest RIP that is a host
+// kernel address means the guest's state was mixed with the host's: in
+// the KVM lab, a fault of the emulated SVM under it.
+func hostSymbol(addr uint64) string {
+	f, err := os.Open("/proc/kallsyms")
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var best uint64
+	var name string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 3 {
+			continue
+		}
+		a, err := strconv.ParseUint(fields[0], 16, 64)
+		if err != nil || a == 0 || a > addr || a < best {
+			continue
+		}
+		best, name = a, strings.Join(fields[2:], " ")
+	}
+	if name == "" || addr-best > 1<<20 {
+		return ""
+	}
+	return fmt.Sprintf("%s+%#x", name, addr-best)
 }

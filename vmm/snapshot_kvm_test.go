@@ -364,3 +364,23 @@ func TestKVMRestoreRefusesDamage(t *testing.T) {
 		t.Error("the manifest changed")
 	}
 }
+
+// A checkpoint taken right after a restore, while the guest may still be
+// handling the restore's vsock transport reset, restores like any other:
+// the new machine's agent answers its first connection. (sailboxd does
+// this when an inference call puts a box to sleep just after it woke.)
+func TestKVMCheckpointRightAfterRestore(t *testing.T) {
+	b := bootBox(t)
+	checkpoint(t, b, b.guest, "r0")
+	b.guest.stop()
+	g := restoreBox(t, b, "r0")
+	for i := 1; i <= 3; i++ {
+		id := fmt.Sprintf("r%d", i)
+		checkpoint(t, b, g, id)
+		g.stop()
+		g = restoreBox(t, b, id)
+		if got := g.sh(t, "echo -n ok"); got != "ok" {
+			t.Fatalf("after restoring %s: %q", id, got)
+		}
+	}
+}
