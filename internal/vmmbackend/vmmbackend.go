@@ -168,6 +168,13 @@ func (b *Backend) start(ctx context.Context, box string, args []string) (daemon.
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return daemon.Instance{}, err
 	}
+	// A VMM killed with the host (kill -9) leaves its sockets behind, and
+	// the new one could not listen on them. The box runs no VMM now.
+	for _, sock := range []string{apiSock, vsockSock} {
+		if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return daemon.Instance{}, fmt.Errorf("box %s: remove stale socket: %w", box, err)
+		}
+	}
 	logf, err := os.OpenFile(filepath.Join(dir, "vmm.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
 		return daemon.Instance{}, err

@@ -99,3 +99,24 @@ func TestRunning(t *testing.T) {
 		t.Error("a reaped child counts as running")
 	}
 }
+
+// A VMM killed with the host leaves its sockets; the next start of the box
+// removes them so that its new VMM can listen there.
+func TestStartRemovesStaleSockets(t *testing.T) {
+	b := newBackend(t)
+	dir, apiSock, vsockSock, _ := b.paths("sb-z")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{apiSock, vsockSock} {
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Boot(context.Background(), "sb-z", catalog.Spec{MemoryMiB: 256, VCPUs: 1}) // /bin/false: fails
+	for _, p := range []string{apiSock, vsockSock} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("stale %s still there: %v", p, err)
+		}
+	}
+}
