@@ -295,6 +295,7 @@ func (v *vcpu) handleExit(cpu *kvm.VCPU) (done bool, err error) {
 	case kvm.ExitHLT:
 		// Only without an in-kernel irqchip; nothing to do but re-enter.
 	case kvm.ExitShutdown:
+		v.reportShutdown(cpu)
 		v.m.stop(ExitShutdown, nil)
 		return true, nil
 	case kvm.ExitSystemEvent:
@@ -317,4 +318,20 @@ func (v *vcpu) handleExit(cpu *kvm.VCPU) (done bool, err error) {
 		return true, fmt.Errorf("unhandled %v", r)
 	}
 	return false, nil
+}
+
+// reportShutdown logs where a vCPU was when the guest shut down (a triple
+// fault): the registers that tell a wild jump from a broken page table or
+// IDT.
+func (v *vcpu) reportShutdown(cpu *kvm.VCPU) {
+	r, rerr := cpu.Regs()
+	sr, serr := cpu.Sregs()
+	ev, eerr := cpu.VCPUEvents()
+	deviceLogger(v.m.cfg).Error("guest shut down (triple fault)", "vcpu", v.id,
+		"rip", fmt.Sprintf("%#x", r.RIP), "rsp", fmt.Sprintf("%#x", r.RSP), "rflags", fmt.Sprintf("%#x", r.RFLAGS),
+		"cr0", fmt.Sprintf("%#x", sr.CR0), "cr2", fmt.Sprintf("%#x", sr.CR2), "cr3", fmt.Sprintf("%#x", sr.CR3),
+		"cr4", fmt.Sprintf("%#x", sr.CR4), "efer", fmt.Sprintf("%#x", sr.EFER),
+		"idt", fmt.Sprintf("%#x/%#x", sr.IDT.Base, sr.IDT.Limit),
+		"exception", fmt.Sprintf("nr=%d injected=%d pending=%d code=%#x", ev.Exception.Nr, ev.Exception.Injected, ev.Exception.Pending, ev.Exception.ErrorCode),
+		"err", errors.Join(rerr, serr, eerr))
 }
