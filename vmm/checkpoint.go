@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math/bits"
+	"os"
 	"slices"
 	"time"
 
@@ -77,7 +78,7 @@ var ErrNotCheckpointable = errors.New("machine cannot be checkpointed")
 // checkpoint it was restored from, then each checkpoint it took.
 //
 // The guest stops only for the final step: the pages changed since a
-// first copy made while it ran are copied again (to memory), the state
+// first copy made while it ran are copied again (to a spill file), the state
 // is saved and the disks sealed, and it runs on. Writing the layer
 // files and the manifest happens after, while it runs. The checkpoint
 // exists once Checkpoint returns without error.
@@ -125,7 +126,11 @@ func (m *Machine) checkpointable() error {
 
 // checkpoint does Checkpoint's work; m.lifeMu is held.
 func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats *CheckpointStats) (*snapshot.Manifest, error) {
-	pages := newPageCopy(m)
+	pages, err := newPageCopy(m.mem.Host(), m.dirty.words, p.StagingPath("memory-copy"))
+	if err != nil {
+		return nil, err
+	}
+	defer pages.close()
 	// Anything taken from the dirty log goes back to it if the checkpoint
 	// fails: the next one must still write those pages.
 	committed := false
@@ -138,7 +143,7 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	// First copy, while the guest runs.
 	wasPaused := m.paused
 	if !wasPaused {
-		if err := pages.take(); err != nil {
+		if err := m.takeDirtyInto(pages); err != nil {
 			return nil, err
 		}
 		for i, d := range m.cfg.Disks {
@@ -248,7 +253,7 @@ func (m *Machine) diskChain(i int) snapshot.DiskChain {
 // layered disks, whose new tops go in root. The sealed layers join
 // m.pendingSeals until a checkpoint commits them.
 func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages *pageCopy) (map[string][]byte, error) {
-	if err := pages.take(); err != nil {
+	if err := m.takeDirtyInto(pages); err != nil {
 		return nil, err
 	}
 	state := map[string][]byte{}
@@ -338,52 +343,99 @@ func snapshotCPUID(entries []kvm.CPUIDEntry) []snapshot.CPUIDEntry {
 
 // pageCopy collects copies of guest pages for one memory layer. Each take
 // adds the pages changed since the previous one; a page taken twice keeps
-// its latest copy.
+// its latest copy. The copies go to a spill file (unlinked, in the
+// checkpoint's staging directory), not to the VMM's heap: a checkpoint
+// costs the host page cache, which it can reclaim, rather than VMM memory
+// as large as the pages dirtied. Each page has a slot in the file, given
+// in the order pages are first taken; a take is in ascending page order,
+// so runs of pages mostly land in runs of slots and go in one write.
 type pageCopy struct {
-	m      *Machine
-	bitmap []uint64       // every page taken
-	slot   map[uint64]int // page → its copy's index in data
-	data   []byte         // the copies, PageSize each
-	last   uint64         // pages copied by the latest take
+	host   []byte // guest memory
+	spill  *os.File
+	bitmap []uint64          // every page taken
+	slot   map[uint64]uint64 // page → its copy's slot in spill
+	slots  uint64            // slots in use
+	last   uint64            // pages copied by the latest take
 }
 
-func newPageCopy(m *Machine) *pageCopy {
-	return &pageCopy{m: m, bitmap: make([]uint64, m.dirty.words), slot: map[uint64]int{}}
+// spillRun is how many pages a copy moves at most in one write or read.
+const spillRun = 256
+
+// newPageCopy returns a pageCopy of guest memory host, whose dirty
+// bitmaps have words words, spilling to a file created at spillPath.
+func newPageCopy(host []byte, words int, spillPath string) (*pageCopy, error) {
+	f, err := os.OpenFile(spillPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("page copy: %w", err)
+	}
+	if err := os.Remove(spillPath); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("page copy: %w", err)
+	}
+	return &pageCopy{host: host, spill: f, bitmap: make([]uint64, words), slot: map[uint64]uint64{}}, nil
 }
 
-// take copies the pages changed since the last take (with, the first
-// time, those a failed checkpoint left behind).
-func (c *pageCopy) take() error {
-	bm, err := c.m.takeDirty()
+// close releases the spill file.
+func (c *pageCopy) close() { c.spill.Close() }
+
+// takeDirtyInto copies into pages the guest pages changed since the last
+// take (with, the first time, those a failed checkpoint left behind).
+func (m *Machine) takeDirtyInto(pages *pageCopy) error {
+	bm, err := m.takeDirty()
 	if err != nil {
 		return err
 	}
-	if c.m.carryDirty != nil {
+	if m.carryDirty != nil {
 		for i := range bm {
-			bm[i] |= c.m.carryDirty[i]
+			bm[i] |= m.carryDirty[i]
 		}
-		c.m.carryDirty = nil
+		m.carryDirty = nil
 	}
-	host := c.m.mem.Host()
+	return pages.take(bm)
+}
+
+// take copies the pages set in bitmap (KVM's dirty-log layout).
+func (c *pageCopy) take(bitmap []uint64) error {
+	host := c.host
 	c.last = 0
-	for w, word := range bm {
+	// run: pages [runPFN, runPFN+runLen) go to slots [runSlot, +runLen).
+	var runPFN, runSlot, runLen uint64
+	flush := func() error {
+		if runLen == 0 {
+			return nil
+		}
+		off := runPFN * memlayer.PageSize
+		_, err := c.spill.WriteAt(host[off:off+runLen*memlayer.PageSize], int64(runSlot*memlayer.PageSize))
+		runLen = 0
+		if err != nil {
+			return fmt.Errorf("page copy: %w", err)
+		}
+		return nil
+	}
+	for w, word := range bitmap {
 		c.bitmap[w] |= word
 		for word != 0 {
 			b := bits.TrailingZeros64(word)
 			word &^= 1 << b
 			pfn := uint64(w)*64 + uint64(b)
-			off := pfn * memlayer.PageSize
-			i, ok := c.slot[pfn]
+			s, ok := c.slot[pfn]
 			if !ok {
-				i = len(c.data) / memlayer.PageSize
-				c.slot[pfn] = i
-				c.data = append(c.data, make([]byte, memlayer.PageSize)...)
+				s = c.slots
+				c.slots++
+				c.slot[pfn] = s
 			}
-			copy(c.data[i*memlayer.PageSize:(i+1)*memlayer.PageSize], host[off:off+memlayer.PageSize])
+			if runLen > 0 && runLen < spillRun && pfn == runPFN+runLen && s == runSlot+runLen {
+				runLen++
+			} else {
+				if err := flush(); err != nil {
+					return err
+				}
+				runPFN, runSlot, runLen = pfn, s, 1
+			}
 			c.last++
 		}
 	}
-	return nil
+	return flush()
 }
 
 // taken returns carry with every page taken so far added.
@@ -397,18 +449,30 @@ func (c *pageCopy) taken(carry []uint64) []uint64 {
 	return carry
 }
 
-// write writes the copies as a memory layer at path.
+// write writes the copies as a memory layer at path, in page order.
 func (c *pageCopy) write(path string) (memlayer.Info, error) {
 	w, err := memlayer.Create(path)
 	if err != nil {
 		return memlayer.Info{}, err
 	}
-	for _, pfn := range slices.Sorted(maps.Keys(c.slot)) {
-		i := c.slot[pfn]
-		if err := w.WritePages(pfn, c.data[i*memlayer.PageSize:(i+1)*memlayer.PageSize]); err != nil {
+	buf := make([]byte, spillRun*memlayer.PageSize)
+	pfns := slices.Sorted(maps.Keys(c.slot))
+	for i := 0; i < len(pfns); {
+		// The longest run of pages whose slots are a run too.
+		n := 1
+		for n < spillRun && i+n < len(pfns) && pfns[i+n] == pfns[i]+uint64(n) && c.slot[pfns[i+n]] == c.slot[pfns[i]]+uint64(n) {
+			n++
+		}
+		data := buf[:n*memlayer.PageSize]
+		if _, err := c.spill.ReadAt(data, int64(c.slot[pfns[i]]*memlayer.PageSize)); err != nil {
+			w.Abort()
+			return memlayer.Info{}, fmt.Errorf("page copy: %w", err)
+		}
+		if err := w.WritePages(pfns[i], data); err != nil {
 			w.Abort()
 			return memlayer.Info{}, err
 		}
+		i += n
 	}
 	return w.Finish()
 }
