@@ -71,6 +71,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	if err := os.MkdirAll(r.WorkDir, 0o755); err != nil {
 		return 1, err
 	}
+	unlock, err := kvmlab.LockWorkDir(r.WorkDir, stderr)
+	if err != nil {
+		return 1, err
+	}
+	defer unlock()
 
 	var plan *kvmlab.Plan
 	switch verb {
