@@ -14,11 +14,14 @@
 //     goroutines of their own.
 //   - Checkpoint (checkpoint.go) writes a checkpoint while the guest runs:
 //     the pages changed since the last one (dirty.go: KVM's dirty log
-//     merged with the VMM's own writes), then, stopped only briefly, the
-//     state of every vCPU and of the VM (persist.go) and of every device,
-//     and the sealed disk tops, into a snapshot.Root.
+//     merged with the VMM's own writes, copied to a spill file), then,
+//     stopped only briefly, the state of every vCPU and of the VM
+//     (persist.go) and of every device, and the sealed disk tops, into a
+//     snapshot.Root.
 //   - Restore maps the checkpoint's memory layers copy-on-write and loads
 //     that state back, so a fork is a Checkpoint followed by a Restore.
+//     CheckpointDisks (restore.go) opens only a checkpoint's disks, for a
+//     fresh boot on them: how a box is upgraded onto a new guest agent.
 //
 // Invariants: Pause, Resume and Checkpoint are serialized by the machine's
 // lifecycle lock and need Run to be running; a vCPU's KVM state is only
