@@ -138,13 +138,14 @@ func (l *Lab) printConsoleTail(n int) {
 }
 
 // defaultAMDParams are the lab kvm-amd's module parameters unless
-// $KVMLAB_AMD_PARAMS says otherwise. npt=0: the lab's KVM runs nested
-// guests on shadow page tables. With nested paging, QEMU 7.2's emulated
-// SVM now and then leaves the lab kernel's own RIP (the instruction after
-// VMRUN in __svm_vcpu_run) in the nested guest's state, which then faults
-// forever or triple-faults: 1 to 2 boots in 8 streaming ten MiB of exec
-// output, against none in 16 with shadow paging (make stress, twice).
-const defaultAMDParams = "npt=0"
+// $KVMLAB_AMD_PARAMS says otherwise: none. With nested paging, QEMU 7.2's
+// emulated SVM now and then leaves the lab kernel's own RIP (the
+// instruction after VMRUN in __svm_vcpu_run) in a nested guest's state,
+// which then faults forever or triple-faults: 1 to 2 boots in 8 streaming
+// ten MiB of exec output (make stress). npt=0 (shadow page tables) streamed
+// 16 of 16, but twice wedged the whole lab (both lab CPUs busy, no output
+// for over fifteen minutes) in four full kvm-tier runs, which is worse.
+const defaultAMDParams = ""
 
 // amdParams passes the kvm-amd module parameters (comma-separated) to the
 // lab's init through the kernel command line: $KVMLAB_AMD_PARAMS if set,
