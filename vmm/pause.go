@@ -54,7 +54,9 @@ func (m *Machine) Paused() bool {
 
 func (m *Machine) pauseLocked() error {
 	for _, v := range m.vcpus {
-		v.requestPause()
+		if err := v.requestPause(); err != nil {
+			return err
+		}
 	}
 	select {
 	case <-m.exitCh:

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -208,15 +209,52 @@ func (v *vcpu) gate(cpu *kvm.VCPU) bool {
 }
 
 // requestPause asks the loop to park and waits until it has, or has ended.
-func (v *vcpu) requestPause() {
+func (v *vcpu) requestPause() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.pause = true
 	v.interruptLocked()
+	if v.parked || v.stopped.Load() {
+		return nil
+	}
+	// Kick again now and then, and give up after parkTimeout: a vCPU
+	// that does not leave KVM_RUN is stuck in the kernel, and waiting
+	// for it would hang the pause (and a checkpoint) forever.
+	deadline := time.Now().Add(parkTimeout)
+	expired := false
+	var tick func()
+	var timer *time.Timer
+	tick = func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if v.parked || v.stopped.Load() {
+			return
+		}
+		if time.Now().After(deadline) {
+			expired = true
+			v.cond.Broadcast()
+			return
+		}
+		v.interruptLocked()
+		timer.Reset(rekickInterval)
+	}
+	timer = time.AfterFunc(rekickInterval, tick)
+	defer timer.Stop()
 	for !v.parked && !v.stopped.Load() {
+		if expired {
+			return fmt.Errorf("vcpu %d: did not leave KVM_RUN within %v of a pause request (stuck in the host kernel)", v.id, parkTimeout)
+		}
 		v.cond.Wait()
 	}
+	return nil
 }
+
+// How a pause waits for a vCPU to park: kicked again every
+// rekickInterval, given up on after parkTimeout.
+const (
+	rekickInterval = 100 * time.Millisecond
+	parkTimeout    = 10 * time.Second
+)
 
 // resume lets a parked loop run the guest again.
 func (v *vcpu) resume() {
