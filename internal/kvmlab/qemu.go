@@ -143,8 +143,8 @@ func (l *Lab) printConsoleTail(n int) {
 // instruction after VMRUN in __svm_vcpu_run) in a nested guest's state,
 // which then faults forever or triple-faults: 1 to 2 boots in 8 streaming
 // ten MiB of exec output (make stress). npt=0 (shadow page tables) streamed
-// 16 of 16, but twice wedged the whole lab (both lab CPUs busy, no output
-// for over fifteen minutes) in four full kvm-tier runs, which is worse.
+// 16 of 16, but wedged the whole lab (both lab CPUs busy, no output for
+// over fifteen minutes) in both full kvm-tier runs made with it: worse.
 const defaultAMDParams = ""
 
 // amdParams passes the kvm-amd module parameters (comma-separated) to the
