@@ -298,9 +298,12 @@ func startRawWrite(t *testing.T, sock, path string, frames ...[]byte) net.Conn {
 // TestWriteFileFailureKeepsOldFile checks that a replace that fails midway
 // leaves the old file and no temporary file behind.
 func TestWriteFileFailureKeepsOldFile(t *testing.T) {
+	// The directory first, so that its cleanup runs after the server has
+	// stopped: a request may still be removing its temporary file when
+	// the test ends.
+	dir := t.TempDir()
 	l, sock := listenUnix(t)
 	serve(t, &Server{Logger: testLogger(t), RequestTimeout: 200 * time.Millisecond}, l)
-	dir := t.TempDir()
 	path := filepath.Join(dir, "f")
 	check := func(what string) {
 		t.Helper()
