@@ -16,6 +16,7 @@ import (
 func RunDirect(ctx context.Context, plan *Plan, out io.Writer) (*Result, error) {
 	res := newResult("host", len(plan.Steps))
 	for i, s := range plan.Steps {
+		res.step = i
 		cmd := exec.CommandContext(ctx, s.Path, s.Args...)
 		cmd.Dir = s.Dir
 		cmd.Env = append(os.Environ(), s.Env...)

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,7 +24,17 @@ type Lab struct {
 	MemoryMiB  int           // lab RAM (guests run inside it)
 	CPUs       int           // lab vCPUs (TCG threads)
 	Timeout    time.Duration // the whole run, boot included
-	Out        io.Writer     // the console, streamed
+	// Quiet is how long the console may stay silent before the lab
+	// counts as wedged and is killed; zero means ten minutes.
+	Quiet time.Duration
+	Out   io.Writer // the console, streamed
+}
+
+func (l *Lab) quiet() time.Duration {
+	if l.Quiet > 0 {
+		return l.Quiet
+	}
+	return 10 * time.Minute
 }
 
 // ConsoleLog is the path of the last run's full console output.
@@ -75,34 +86,25 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 	}
 
 	res := newResult("lab", len(plan.Steps))
-	scanner := bufio.NewScanner(stdout)
-	scanner.Buffer(make([]byte, 64<<10), 1<<20)
-	for scanner.Scan() {
-		line := strings.TrimRight(scanner.Text(), "\r")
-		fmt.Fprintln(log, line)
-		switch i, code, ok := parseStepMarker(line); {
-		case ok && i >= 0 && i < len(res.Exit):
-			res.Exit[i] = code
-		case line == markerDone:
-			res.Done = true
-		case strings.HasPrefix(line, markerError):
-			res.LabError = strings.TrimPrefix(line, markerError)
-		}
-		res.observe(line)
-		fmt.Fprintln(l.Out, line)
-	}
+	wedged := l.readConsole(stdout, res, log, func() { cmd.Process.Kill() })
 	waitErr := cmd.Wait()
 	elapsed := time.Since(start).Round(time.Second)
-	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		res.LabError = fmt.Sprintf("timed out after %v and was killed", l.Timeout)
 		l.printConsoleTail(200)
-		return res, nil
-	}
-	if waitErr != nil && !res.Done {
-		res.LabError = fmt.Sprintf("QEMU ended after %v: %v (console log: %s)", elapsed, waitErr, l.ConsoleLog())
+	case res.Done:
+	case wedged:
+		res.LabError = fmt.Sprintf("the lab printed nothing for %v and was killed after %v (wedged)", l.quiet(), elapsed)
+		res.Crashed = true
 		l.printConsoleTail(60)
-	} else if !res.Done && res.LabError == "" {
+	case waitErr != nil:
+		res.LabError = fmt.Sprintf("QEMU ended after %v: %v (console log: %s)", elapsed, waitErr, l.ConsoleLog())
+		res.Crashed = true
+		l.printConsoleTail(60)
+	case res.LabError == "":
 		res.LabError = fmt.Sprintf("the lab powered off after %v without finishing its plan (kernel panic?)", elapsed)
+		res.Crashed = true
 		l.printConsoleTail(60)
 	}
 	return res, nil
@@ -146,6 +148,40 @@ func (l *Lab) printConsoleTail(n int) {
 // 16 of 16, but wedged the whole lab (both lab CPUs busy, no output for
 // over fifteen minutes) in both full kvm-tier runs made with it: worse.
 const defaultAMDParams = ""
+
+// readConsole reads the lab's console until it closes: each line goes to
+// log and l.Out and is accounted in res (step markers, test results). A
+// console silent for l.quiet() means the lab has wedged (both its CPUs
+// busy, no progress): readConsole calls kill and reports wedged, rather
+// than wait out the run's timeout.
+func (l *Lab) readConsole(console io.Reader, res *Result, log io.Writer, kill func()) (wedged bool) {
+	var silent atomic.Bool
+	quiet := time.AfterFunc(l.quiet(), func() {
+		silent.Store(true)
+		kill()
+	})
+	defer quiet.Stop()
+	scanner := bufio.NewScanner(console)
+	scanner.Buffer(make([]byte, 64<<10), 1<<20)
+	for scanner.Scan() {
+		line := strings.TrimRight(scanner.Text(), "\r")
+		fmt.Fprintln(log, line)
+		quiet.Reset(l.quiet())
+		switch i, code, ok := parseStepMarker(line); {
+		case ok && i >= 0 && i < len(res.Exit):
+			res.Exit[i] = code
+			res.step = i + 1 // steps run in order
+		case line == markerDone:
+			res.Done = true
+		case strings.HasPrefix(line, markerError):
+			res.LabError = strings.TrimPrefix(line, markerError)
+		}
+		res.observe(line)
+		fmt.Fprintln(l.Out, line)
+	}
+	quiet.Stop()
+	return silent.Load()
+}
 
 // amdParams passes the kvm-amd module parameters (comma-separated) to the
 // lab's init through the kernel command line: $KVMLAB_AMD_PARAMS if set,

@@ -3,6 +3,7 @@ package kvmlab
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -12,8 +13,24 @@ type Result struct {
 	Exit     []int  // per step; -1 when a step did not report
 	Done     bool   // every step ran to the end
 	LabError string // the lab's own failure, if any
+	// Crashed: the lab itself broke before its plan finished (its kernel
+	// panicked, it went silent, QEMU died), as opposed to running out of
+	// time or failing to set up; a fresh lab may run the rest.
+	Crashed bool
+	// Reruns lists the lab crashes after which unfinished steps ran
+	// again in a fresh lab.
+	Reruns []string
 
 	Passed, Failed, Skipped []string // top-level tests, from `-test.v` output
+
+	step int           // the step whose output is being read
+	obs  []observation // every test result, with its step
+}
+
+// observation is one top-level test's result in step step.
+type observation struct {
+	step         int
+	status, name string
 }
 
 // OK reports whether the run counts as a pass for the kvm tier: every step
@@ -33,7 +50,11 @@ func (r *Result) OK() bool {
 
 // Summary is the closing line: "kvm: N passed, N failed, N skipped".
 func (r *Result) Summary() string {
-	return fmt.Sprintf("kvm: %d passed, %d failed, %d skipped", len(r.Passed), len(r.Failed), len(r.Skipped))
+	s := fmt.Sprintf("kvm: %d passed, %d failed, %d skipped", len(r.Passed), len(r.Failed), len(r.Skipped))
+	if n := len(r.Reruns); n > 0 {
+		s += fmt.Sprintf(" (after %d lab crash(es), unfinished steps ran again: %s)", n, strings.Join(r.Reruns, "; "))
+	}
+	return s
 }
 
 // Problems lists why the run is not OK, one reason per entry.
@@ -78,14 +99,58 @@ func (r *Result) observe(line string) {
 	if m == nil {
 		return
 	}
-	switch m[1] {
+	r.obs = append(r.obs, observation{step: r.step, status: m[1], name: m[2]})
+	r.tally(m[1], m[2])
+}
+
+func (r *Result) tally(status, name string) {
+	switch status {
 	case "PASS":
-		r.Passed = append(r.Passed, m[2])
+		r.Passed = append(r.Passed, name)
 	case "FAIL":
-		r.Failed = append(r.Failed, m[2])
+		r.Failed = append(r.Failed, name)
 	case "SKIP":
-		r.Skipped = append(r.Skipped, m[2])
+		r.Skipped = append(r.Skipped, name)
 	}
+}
+
+// unfinished lists the steps that did not report an exit.
+func (r *Result) unfinished() []int {
+	var out []int
+	for i, c := range r.Exit {
+		if c < 0 {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+// mergeRerun returns the result of a run whose steps steps (indexes into
+// r's plan) ran again as rerun after r crashed: r's finished steps with
+// their tests, and rerun's for the others. Tests that r saw in an
+// unfinished step are dropped: that step ran again whole.
+func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
+	again := map[int]int{} // r's step → rerun's step
+	for j, i := range steps {
+		again[i] = j
+	}
+	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: rerun.Done, LabError: rerun.LabError,
+		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError)}
+	for _, o := range r.obs {
+		if _, ran := again[o.step]; !ran {
+			m.obs = append(m.obs, o)
+			m.tally(o.status, o.name)
+		}
+	}
+	for _, o := range rerun.obs {
+		o.step = steps[o.step]
+		m.obs = append(m.obs, o)
+		m.tally(o.status, o.name)
+	}
+	for j, i := range steps {
+		m.Exit[i] = rerun.Exit[j]
+	}
+	return m
 }
 
 func newResult(where string, steps int) *Result {

@@ -92,7 +92,34 @@ func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
 	}
 	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
 		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
-	return lab.Run(ctx, plan)
+	res, err := lab.Run(ctx, plan)
+	if err != nil || !res.Crashed {
+		return res, err
+	}
+	// The lab's emulated SVM breaks now and then (its kernel panics or
+	// wedges): that is not a test's failure, so the steps that did not
+	// finish run once more, in a fresh lab, and the crash is reported.
+	steps := res.unfinished()
+	if len(steps) == 0 {
+		return res, nil
+	}
+	crashLog := filepath.Join(r.WorkDir, "console-crash.log")
+	if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
+		crashLog = lab.ConsoleLog()
+	}
+	rerun := &Plan{}
+	var names []string
+	for _, i := range steps {
+		rerun.Steps = append(rerun.Steps, plan.Steps[i])
+		names = append(names, plan.Steps[i].Name)
+	}
+	fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s; console log %s); running the %d unfinished steps again in a fresh lab, once: %s\n",
+		res.LabError, crashLog, len(steps), strings.Join(names, ", "))
+	again, err := lab.Run(ctx, rerun)
+	if err != nil {
+		return res, err
+	}
+	return res.mergeRerun(steps, again), nil
 }
 
 // ForwardedEnv returns the SAILBOX_* variables of this process, which steps

@@ -1,0 +1,83 @@
+package kvmlab
+
+import (
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// After a lab crash in step 1 of three, steps 1 and 2 run again: the
+// merged result keeps step 0's tests and exit, drops what step 1 reported
+// before the crash, and takes steps 1 and 2 from the rerun.
+func TestMergeRerun(t *testing.T) {
+	first := newResult("lab", 3)
+	first.observe("--- PASS: TestKVMA (1.00s)")
+	first.Exit[0], first.step = 0, 1
+	first.observe("--- PASS: TestKVMB (1.00s)") // step 1, cut short by the crash
+	first.LabError, first.Crashed = "the lab powered off (kernel panic?)", true
+	if got := first.unfinished(); !slices.Equal(got, []int{1, 2}) {
+		t.Fatalf("unfinished = %v", got)
+	}
+
+	rerun := newResult("lab", 2)
+	rerun.observe("--- PASS: TestKVMB (1.00s)")
+	rerun.observe("--- FAIL: TestKVMC (1.00s)")
+	rerun.Exit[0], rerun.step = 0, 1
+	rerun.observe("--- PASS: TestKVMD (1.00s)")
+	rerun.Exit[1], rerun.Done = 0, true
+
+	m := first.mergeRerun([]int{1, 2}, rerun)
+	if !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMD"}) || !slices.Equal(m.Failed, []string{"TestKVMC"}) {
+		t.Errorf("merged passed %v, failed %v", m.Passed, m.Failed)
+	}
+	if !slices.Equal(m.Exit, []int{0, 0, 0}) || !m.Done || m.LabError != "" || m.Crashed {
+		t.Errorf("merged %+v", m)
+	}
+	if m.OK() {
+		t.Error("a run with a failed test is OK")
+	}
+	if s := m.Summary(); !strings.Contains(s, "3 passed, 1 failed") || !strings.Contains(s, "after 1 lab crash") || !strings.Contains(s, "kernel panic") {
+		t.Errorf("summary %q", s)
+	}
+
+	// A rerun that crashes too leaves the run failed.
+	rerun2 := newResult("lab", 2)
+	rerun2.LabError, rerun2.Crashed = "wedged", true
+	m = first.mergeRerun([]int{1, 2}, rerun2)
+	if m.OK() || len(m.Problems(&Plan{Steps: make([]Step, 3)})) == 0 {
+		t.Errorf("a twice-crashed run counts as OK: %+v", m)
+	}
+}
+
+// The console is read into the result, a test's results counted against
+// the step that printed them; a console that goes silent is killed and
+// reported wedged.
+func TestReadConsole(t *testing.T) {
+	pr, pw := io.Pipe()
+	l := &Lab{Quiet: 200 * time.Millisecond, Out: io.Discard}
+	res := newResult("lab", 2)
+	killed := make(chan struct{})
+	done := make(chan bool)
+	go func() {
+		done <- l.readConsole(pr, res, io.Discard, func() { close(killed); pw.Close() })
+	}()
+	io.WriteString(pw, "--- PASS: TestKVMA (1.00s)\n"+stepMarker(0, 0)+"\n--- FAIL: TestKVMB (1.00s)\n")
+	<-killed // the console then says nothing
+	if wedged := <-done; !wedged {
+		t.Error("a silent console was not reported wedged")
+	}
+	if res.Exit[0] != 0 || res.Exit[1] != -1 || res.Done {
+		t.Errorf("exits %v, done %v", res.Exit, res.Done)
+	}
+	if len(res.obs) != 2 || res.obs[0].step != 0 || res.obs[1].step != 1 {
+		t.Errorf("observations %+v", res.obs)
+	}
+
+	// A console that ends by itself is not wedged.
+	res = newResult("lab", 1)
+	if l.readConsole(strings.NewReader(stepMarker(0, 0)+"\n"+markerDone+"\n"), res, io.Discard, func() { t.Error("killed") }) || !res.Done {
+		t.Errorf("a finished console: done %v", res.Done)
+	}
+}
