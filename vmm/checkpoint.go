@@ -344,11 +344,12 @@ func snapshotCPUID(entries []kvm.CPUIDEntry) []snapshot.CPUIDEntry {
 // pageCopy collects copies of guest pages for one memory layer. Each take
 // adds the pages changed since the previous one; a page taken twice keeps
 // its latest copy. The copies go to a spill file (unlinked, in the
-// checkpoint's staging directory), not to the VMM's heap: a checkpoint
-// costs the host page cache, which it can reclaim, rather than VMM memory
-// as large as the pages dirtied. Each page has a slot in the file, given
-// in the order pages are first taken; a take is in ascending page order,
-// so runs of pages mostly land in runs of slots and go in one write.
+// checkpoint's staging directory), not to the VMM's heap, whose growth
+// the Go runtime is slow to give back: a checkpoint costs page cache and
+// some write-back of the file instead. Each page has a slot in the file,
+// given in the order pages are first taken; a take is in ascending page
+// order, so runs of pages mostly land in runs of slots and go in one
+// write.
 type pageCopy struct {
 	host   []byte // guest memory
 	spill  *os.File
@@ -394,8 +395,13 @@ func (m *Machine) takeDirtyInto(pages *pageCopy) error {
 	return pages.take(bm)
 }
 
-// take copies the pages set in bitmap (KVM's dirty-log layout).
+// take copies the pages set in bitmap (KVM's dirty-log layout). Every
+// page in bitmap counts as taken even if the copy fails, so that taken
+// hands it back to the dirty log for the next checkpoint.
 func (c *pageCopy) take(bitmap []uint64) error {
+	for w, word := range bitmap {
+		c.bitmap[w] |= word
+	}
 	host := c.host
 	c.last = 0
 	// run: pages [runPFN, runPFN+runLen) go to slots [runSlot, +runLen).
@@ -413,7 +419,6 @@ func (c *pageCopy) take(bitmap []uint64) error {
 		return nil
 	}
 	for w, word := range bitmap {
-		c.bitmap[w] |= word
 		for word != 0 {
 			b := bits.TrailingZeros64(word)
 			word &^= 1 << b

@@ -3,6 +3,7 @@ package vmm
 import (
 	"bytes"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/sailbox-dev/sailbox/snapshot/memlayer"
@@ -95,5 +96,25 @@ func TestPageCopy(t *testing.T) {
 		if !bytes.Equal(page, wantPage) {
 			t.Fatalf("page %d: first byte %#x, want %#x", pfn, page[0], v)
 		}
+	}
+}
+
+// A take whose copy fails still counts every page it was given as taken,
+// so the failed checkpoint hands them all back to the dirty log.
+func TestPageCopyFailedTakeKeepsPages(t *testing.T) {
+	const pages = 256
+	host := make([]byte, pages*memlayer.PageSize)
+	c, err := newPageCopy(host, pages/64, filepath.Join(t.TempDir(), "spill"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.close() // every write to the spill file now fails
+	bm := make([]uint64, pages/64)
+	bm[0], bm[3] = 1<<5, 1<<63
+	if err := c.take(bm); err == nil {
+		t.Fatal("take into a closed spill file succeeded")
+	}
+	if got := c.taken(nil); !slices.Equal(got, bm) {
+		t.Errorf("taken after a failed take = %x, want %x", got, bm)
 	}
 }
