@@ -12,6 +12,10 @@ import (
 // stopped, or (for Pause) already paused.
 var ErrNotRunning = errors.New("machine not running")
 
+// ErrVCPUStuck reports a pause (or checkpoint) that gave up on a vCPU
+// that would not leave KVM_RUN: it is stuck in the host kernel.
+var ErrVCPUStuck = errors.New("vCPU stuck in the host kernel")
+
 // Pause stops the guest: every vCPU leaves KVM_RUN and parks on its
 // thread, then the devices with goroutines of their own (disk requests in
 // flight, vsock traffic from host sockets) finish what they were doing and

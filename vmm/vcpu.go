@@ -219,15 +219,19 @@ func (v *vcpu) requestPause() error {
 	}
 	// Kick again now and then, and give up after parkTimeout: a vCPU
 	// that does not leave KVM_RUN is stuck in the kernel, and waiting
-	// for it would hang the pause (and a checkpoint) forever.
+	// for it would hang the pause (and a checkpoint) forever. (Not
+	// covered: a vCPU stuck in the immediate_exit KVM_RUN that gate
+	// makes while holding v.mu, which returns without running guest
+	// code.)
 	deadline := time.Now().Add(parkTimeout)
-	expired := false
+	expired, finished := false, false
+	defer func() { finished = true }() // under v.mu: a late tick does nothing
 	var tick func()
 	var timer *time.Timer
 	tick = func() {
 		v.mu.Lock()
 		defer v.mu.Unlock()
-		if v.parked || v.stopped.Load() {
+		if finished || v.parked || v.stopped.Load() {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -242,7 +246,7 @@ func (v *vcpu) requestPause() error {
 	defer timer.Stop()
 	for !v.parked && !v.stopped.Load() {
 		if expired {
-			return fmt.Errorf("vcpu %d: did not leave KVM_RUN within %v of a pause request (stuck in the host kernel)", v.id, parkTimeout)
+			return fmt.Errorf("vcpu %d: %w: not out of KVM_RUN %v after a pause request", v.id, ErrVCPUStuck, parkTimeout)
 		}
 		v.cond.Wait()
 	}

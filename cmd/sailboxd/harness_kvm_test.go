@@ -152,7 +152,7 @@ func (h *host) vmmPIDs() []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(cmdline, []byte(run)) && !bytes.Contains(cmdline, []byte(asMain)) {
+		if err == nil && bytes.Contains(cmdline, []byte(run)) {
 			pids = append(pids, pid)
 		}
 	}
