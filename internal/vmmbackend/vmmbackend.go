@@ -169,8 +169,13 @@ func (b *Backend) start(ctx context.Context, box string, args []string) (daemon.
 		return daemon.Instance{}, err
 	}
 	// A VMM killed with the host (kill -9) leaves its sockets behind, and
-	// the new one could not listen on them. The box runs no VMM now.
+	// the new one could not listen on them. Remove them, unless something
+	// still answers there: then a VMM of the box is alive after all.
 	for _, sock := range []string{apiSock, vsockSock} {
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			c.Close()
+			return daemon.Instance{}, fmt.Errorf("box %s: a process still serves %s", box, sock)
+		}
 		if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return daemon.Instance{}, fmt.Errorf("box %s: remove stale socket: %w", box, err)
 		}

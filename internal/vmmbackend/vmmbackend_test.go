@@ -2,6 +2,7 @@ package vmmbackend
 
 import (
 	"context"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -118,5 +119,26 @@ func TestStartRemovesStaleSockets(t *testing.T) {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("stale %s still there: %v", p, err)
 		}
+	}
+}
+
+// A socket something still listens on is not stale: the start refuses
+// rather than cut a live VMM off.
+func TestStartKeepsLiveSockets(t *testing.T) {
+	b := newBackend(t)
+	dir, apiSock, _, _ := b.paths("sb-live")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", apiSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := b.Boot(context.Background(), "sb-live", catalog.Spec{MemoryMiB: 256, VCPUs: 1}); err == nil || !strings.Contains(err.Error(), "still serves") {
+		t.Errorf("boot over a live socket: %v", err)
+	}
+	if _, err := os.Stat(apiSock); err != nil {
+		t.Errorf("live socket removed: %v", err)
 	}
 }
