@@ -72,6 +72,13 @@ func RunInit(out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The heartbeat: one whole line in one write, between the steps'
+	// own lines.
+	go func() {
+		for range time.Tick(heartbeatInterval) {
+			fmt.Fprintln(out, markerAlive)
+		}
+	}()
 	for i, s := range plan.Steps {
 		code := runStep(s, out)
 		fmt.Fprintln(out, stepMarker(i, code))

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Plan is what the lab's init runs, in order.
@@ -31,7 +32,13 @@ const (
 	markerDone   = markerPrefix + "done"   // all steps ran
 	markerError  = markerPrefix + "error " // the lab itself failed: "<message>"
 	markerReady  = markerPrefix + "ready " // "/dev/kvm ready after <uptime>"
+	// markerAlive is the init's heartbeat, every heartbeatInterval while
+	// steps run: a console silent for longer means the lab kernel itself
+	// is stuck, not a quiet test.
+	markerAlive = markerPrefix + "alive"
 )
+
+const heartbeatInterval = time.Minute
 
 func stepMarker(i, code int) string {
 	return fmt.Sprintf("%s%d exit %d", markerStep, i, code)

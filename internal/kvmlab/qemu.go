@@ -24,8 +24,9 @@ type Lab struct {
 	MemoryMiB  int           // lab RAM (guests run inside it)
 	CPUs       int           // lab vCPUs (TCG threads)
 	Timeout    time.Duration // the whole run, boot included
-	// Quiet is how long the console may stay silent before the lab
-	// counts as wedged and is killed; zero means ten minutes.
+	// Quiet is how long the console may stay silent (no step output and
+	// no heartbeat from the lab's init) before the lab counts as wedged
+	// and is killed; zero means five minutes.
 	Quiet time.Duration
 	Out   io.Writer // the console, streamed
 }
@@ -34,7 +35,7 @@ func (l *Lab) quiet() time.Duration {
 	if l.Quiet > 0 {
 		return l.Quiet
 	}
-	return 10 * time.Minute
+	return 5 * time.Minute
 }
 
 // ConsoleLog is the path of the last run's full console output.
@@ -93,6 +94,8 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 	case errors.Is(ctx.Err(), context.DeadlineExceeded):
 		res.LabError = fmt.Sprintf("timed out after %v and was killed", l.Timeout)
 		l.printConsoleTail(200)
+	case ctx.Err() != nil:
+		res.LabError = fmt.Sprintf("stopped after %v: %v", elapsed, ctx.Err())
 	case res.Done:
 	case wedged:
 		res.LabError = fmt.Sprintf("the lab printed nothing for %v and was killed after %v (wedged)", l.quiet(), elapsed)
@@ -150,10 +153,12 @@ func (l *Lab) printConsoleTail(n int) {
 const defaultAMDParams = ""
 
 // readConsole reads the lab's console until it closes: each line goes to
-// log and l.Out and is accounted in res (step markers, test results). A
-// console silent for l.quiet() means the lab has wedged (both its CPUs
-// busy, no progress): readConsole calls kill and reports wedged, rather
-// than wait out the run's timeout.
+// log and (but the init's heartbeats) to l.Out, and is accounted in res
+// (step markers, test results). A console silent for l.quiet(), without
+// even the init's heartbeat, means the lab kernel has wedged (both its
+// CPUs busy, no progress): readConsole calls kill and reports wedged,
+// rather than wait out the run's timeout. A test that hangs does not
+// silence the heartbeat; its own -test.timeout ends it.
 func (l *Lab) readConsole(console io.Reader, res *Result, log io.Writer, kill func()) (wedged bool) {
 	var silent atomic.Bool
 	quiet := time.AfterFunc(l.quiet(), func() {
@@ -167,6 +172,9 @@ func (l *Lab) readConsole(console io.Reader, res *Result, log io.Writer, kill fu
 		line := strings.TrimRight(scanner.Text(), "\r")
 		fmt.Fprintln(log, line)
 		quiet.Reset(l.quiet())
+		if line == markerAlive {
+			continue // the init's heartbeat: the console log keeps it
+		}
 		switch i, code, ok := parseStepMarker(line); {
 		case ok && i >= 0 && i < len(res.Exit):
 			res.Exit[i] = code

@@ -2,6 +2,7 @@ package kvmlab
 
 import (
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -23,8 +24,26 @@ type Result struct {
 
 	Passed, Failed, Skipped []string // top-level tests, from `-test.v` output
 
-	step int           // the step whose output is being read
-	obs  []observation // every test result, with its step
+	// Retried lists the tests that failed after the lab broke one of
+	// their guests and ran again in a fresh lab (see labFaultSigns).
+	Retried []string
+
+	step     int             // the step whose output is being read
+	obs      []observation   // every test result, with its step
+	running  string          // the top-level test running now
+	labFault map[string]bool // tests during which a guest showed a lab fault
+}
+
+// labFaultSigns are what the VMM and the kvm-tier tests print when a
+// guest's CPU state broke under it: a triple fault, or a vCPU stuck at a
+// lab-kernel address. In the lab both come from QEMU's emulated SVM
+// (README, make stress); on real KVM they would be bugs, and a test that
+// failed with one is not run again there (Where "host").
+var labFaultSigns = []string{
+	"guest shut down (triple fault)", // vmm's report, in sailbox-vmm's log
+	"sailbox-vmm: guest shutdown",    // sailbox-vmm's exit line
+	"the VM stopped (shutdown",       // vmm tests
+	"rip is the host's ",             // vmm tests' stuck-vCPU diagnostics
 }
 
 // observation is one top-level test's result in step step.
@@ -51,6 +70,9 @@ func (r *Result) OK() bool {
 // Summary is the closing line: "kvm: N passed, N failed, N skipped".
 func (r *Result) Summary() string {
 	s := fmt.Sprintf("kvm: %d passed, %d failed, %d skipped", len(r.Passed), len(r.Failed), len(r.Skipped))
+	if len(r.Retried) > 0 {
+		s += fmt.Sprintf(" (ran again after the lab broke a guest: %s)", strings.Join(r.Retried, ", "))
+	}
 	if n := len(r.Reruns); n > 0 {
 		s += fmt.Sprintf(" (after %d lab crash(es), unfinished steps ran again: %s)", n, strings.Join(r.Reruns, "; "))
 	}
@@ -93,8 +115,23 @@ func (r *Result) Problems(plan *Plan) []string {
 
 var testLine = regexp.MustCompile(`^--- (PASS|FAIL|SKIP): (\S+)`)
 
+var runLine = regexp.MustCompile(`^=== RUN\s+([^/\s]+)$`)
+
 // observe accounts one line of test output.
 func (r *Result) observe(line string) {
+	if m := runLine.FindStringSubmatch(line); m != nil {
+		r.running = m[1]
+	}
+	if r.running != "" {
+		for _, sign := range labFaultSigns {
+			if strings.Contains(line, sign) {
+				if r.labFault == nil {
+					r.labFault = map[string]bool{}
+				}
+				r.labFault[r.running] = true
+			}
+		}
+	}
 	m := testLine.FindStringSubmatch(line)
 	if m == nil {
 		return
@@ -143,12 +180,23 @@ func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
 		}
 	}
 	for _, o := range rerun.obs {
+		if o.step >= len(steps) {
+			continue // printed after the rerun's last step: no step's
+		}
 		o.step = steps[o.step]
 		m.obs = append(m.obs, o)
 		m.tally(o.status, o.name)
 	}
 	for j, i := range steps {
 		m.Exit[i] = rerun.Exit[j]
+	}
+	for _, f := range []map[string]bool{r.labFault, rerun.labFault} {
+		for name := range f {
+			if m.labFault == nil {
+				m.labFault = map[string]bool{}
+			}
+			m.labFault[name] = true
+		}
 	}
 	return m
 }
@@ -159,4 +207,63 @@ func newResult(where string, steps int) *Result {
 		r.Exit[i] = -1
 	}
 	return r
+}
+
+// labFaulted returns, by step, the tests that failed after a guest of
+// theirs showed a lab fault.
+func (r *Result) labFaulted() map[int][]string {
+	out := map[int][]string{}
+	for _, o := range r.obs {
+		if o.status == "FAIL" && r.labFault[o.name] {
+			out[o.step] = append(out[o.step], o.name)
+		}
+	}
+	return out
+}
+
+// mergeRetest returns r with the tests of retest (step index → test
+// names, as labFaulted gives) replaced by their results in rerun, whose
+// steps are retest's steps in ascending order. A step whose every failure
+// was retried takes the rerun's exit status.
+func (r *Result) mergeRetest(retest map[int][]string, rerun *Result) *Result {
+	steps := slices.Sorted(maps.Keys(retest))
+	again := map[string]bool{}
+	for _, names := range retest {
+		for _, n := range names {
+			again[n] = true
+		}
+	}
+	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: r.Done, LabError: r.LabError, Crashed: r.Crashed,
+		Reruns: r.Reruns, Retried: slices.Clone(r.Retried)}
+	failedOther := map[int]bool{}
+	for _, o := range r.obs {
+		if again[o.name] {
+			continue
+		}
+		if o.status == "FAIL" {
+			failedOther[o.step] = true
+		}
+		m.obs = append(m.obs, o)
+		m.tally(o.status, o.name)
+	}
+	for _, o := range rerun.obs {
+		if o.step >= len(steps) {
+			continue
+		}
+		o.step = steps[o.step]
+		m.obs = append(m.obs, o)
+		m.tally(o.status, o.name)
+	}
+	for j, i := range steps {
+		if !failedOther[i] && j < len(rerun.Exit) {
+			m.Exit[i] = rerun.Exit[j]
+		}
+	}
+	for _, i := range steps {
+		m.Retried = append(m.Retried, retest[i]...)
+	}
+	if rerun.LabError != "" {
+		m.LabError = rerun.LabError
+	}
+	return m
 }

@@ -56,7 +56,7 @@ func TestMergeRerun(t *testing.T) {
 // reported wedged.
 func TestReadConsole(t *testing.T) {
 	pr, pw := io.Pipe()
-	l := &Lab{Quiet: 200 * time.Millisecond, Out: io.Discard}
+	l := &Lab{Quiet: time.Second, Out: io.Discard}
 	res := newResult("lab", 2)
 	killed := make(chan struct{})
 	done := make(chan bool)
@@ -64,6 +64,16 @@ func TestReadConsole(t *testing.T) {
 		done <- l.readConsole(pr, res, io.Discard, func() { close(killed); pw.Close() })
 	}()
 	io.WriteString(pw, "--- PASS: TestKVMA (1.00s)\n"+stepMarker(0, 0)+"\n--- FAIL: TestKVMB (1.00s)\n")
+	// Heartbeats keep the lab alive: 3 of them, each well within Quiet.
+	for range 3 {
+		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-killed:
+			t.Fatal("a lab sending heartbeats was killed")
+		default:
+		}
+		io.WriteString(pw, markerAlive+"\n")
+	}
 	<-killed // the console then says nothing
 	if wedged := <-done; !wedged {
 		t.Error("a silent console was not reported wedged")
@@ -79,5 +89,58 @@ func TestReadConsole(t *testing.T) {
 	res = newResult("lab", 1)
 	if l.readConsole(strings.NewReader(stepMarker(0, 0)+"\n"+markerDone+"\n"), res, io.Discard, func() { t.Error("killed") }) || !res.Done {
 		t.Errorf("a finished console: done %v", res.Done)
+	}
+}
+
+// A test that failed after a guest of its showed a lab fault runs again;
+// one that failed otherwise does not. The rerun's verdict replaces the
+// first one's, and the summary names the retried test.
+func TestRetestLabFaults(t *testing.T) {
+	r := newResult("lab", 2)
+	for _, line := range []string{
+		"=== RUN   TestKVMA",
+		"    harness: sailbox-vmm: guest shutdown",
+		"--- FAIL: TestKVMA (1.00s)",
+		"=== RUN   TestKVMB",
+		"--- FAIL: TestKVMB (1.00s)",
+		stepMarker(0, 1),
+		"=== RUN   TestKVMC",
+		"=== RUN   TestKVMC/sub",
+		"    linux_test.go:142:  rip is the host's __svm_vcpu_run [kvm_amd]+0x9c",
+		"--- FAIL: TestKVMC (1.00s)",
+		stepMarker(1, 1),
+		markerDone,
+	} {
+		if i, code, ok := parseStepMarker(line); ok {
+			r.Exit[i], r.step = code, i+1
+		}
+		if line == markerDone {
+			r.Done = true
+		}
+		r.observe(line)
+	}
+	retest := r.labFaulted()
+	if len(retest) != 2 || !slices.Equal(retest[0], []string{"TestKVMA"}) || !slices.Equal(retest[1], []string{"TestKVMC"}) {
+		t.Fatalf("labFaulted = %v", retest)
+	}
+	if got := withTestRun([]string{"-test.v", "-test.run", "^TestKVM", "-test.count", "1"}, "^(TestKVMA)$"); !slices.Equal(got, []string{"-test.v", "-test.run", "^(TestKVMA)$", "-test.count", "1"}) {
+		t.Errorf("withTestRun = %v", got)
+	}
+
+	rerun := newResult("lab", 2)
+	rerun.observe("--- PASS: TestKVMA (1.00s)")
+	rerun.Exit[0], rerun.step = 0, 1
+	rerun.observe("--- PASS: TestKVMC (1.00s)")
+	rerun.Exit[1], rerun.Done = 0, true
+	m := r.mergeRetest(retest, rerun)
+	if !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMC"}) || !slices.Equal(m.Failed, []string{"TestKVMB"}) {
+		t.Errorf("merged passed %v, failed %v", m.Passed, m.Failed)
+	}
+	// Step 0 still failed (TestKVMB was not retried); step 1 passed.
+	if !slices.Equal(m.Exit, []int{1, 0}) || m.OK() {
+		t.Errorf("merged exits %v, OK %v", m.Exit, m.OK())
+	}
+	if s := m.Summary(); !strings.Contains(s, "ran again after the lab broke a guest: TestKVMA, TestKVMC") {
+		t.Errorf("summary %q", s)
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,8 +95,62 @@ func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
 	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
 		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
 	res, err := lab.Run(ctx, plan)
-	if err != nil || !res.Crashed {
-		return res, err
+	if err != nil {
+		return nil, err
+	}
+	if res, err = r.rerunCrashed(ctx, lab, plan, res); err != nil {
+		return nil, err
+	}
+	return r.retestLabFaults(ctx, lab, plan, res)
+}
+
+// retestLabFaults runs once more, in a fresh lab, the tests that failed
+// after the lab's emulator broke one of their guests (a triple fault, a
+// vCPU stuck at a lab-kernel address), and reports them as retried. A
+// test that fails again fails the run.
+func (r *Runner) retestLabFaults(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
+	retest := res.labFaulted()
+	if len(retest) == 0 || res.Crashed {
+		return res, nil
+	}
+	rerun := &Plan{}
+	var names []string
+	for _, i := range slices.Sorted(maps.Keys(retest)) {
+		s := plan.Steps[i]
+		s.Args = withTestRun(s.Args, "^("+strings.Join(retest[i], "|")+")$")
+		rerun.Steps = append(rerun.Steps, s)
+		names = append(names, retest[i]...)
+	}
+	crashLog := filepath.Join(r.WorkDir, "console-labfault.log")
+	if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
+		crashLog = lab.ConsoleLog()
+	}
+	fmt.Fprintf(r.Log, "kvmlab: %s failed after the lab broke a guest (console log %s); running them again in a fresh lab, once\n",
+		strings.Join(names, ", "), crashLog)
+	again, err := lab.Run(ctx, rerun)
+	if err != nil {
+		return nil, err
+	}
+	return res.mergeRetest(retest, again), nil
+}
+
+// withTestRun returns args with the value of -test.run replaced by run.
+func withTestRun(args []string, run string) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "-test.run" {
+			out[i+1] = run
+			return out
+		}
+	}
+	return append(out, "-test.run", run)
+}
+
+// rerunCrashed runs once more, in a fresh lab, the steps a crashed lab
+// did not finish.
+func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
+	if !res.Crashed {
+		return res, nil
 	}
 	// The lab's emulated SVM breaks now and then (its kernel panics or
 	// wedges): that is not a test's failure, so the steps that did not
@@ -117,7 +173,7 @@ func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
 		res.LabError, crashLog, len(steps), strings.Join(names, ", "))
 	again, err := lab.Run(ctx, rerun)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	return res.mergeRerun(steps, again), nil
 }
