@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -213,12 +214,45 @@ func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance
 	h, err := v.agent.WaitHealthy(wctx, 50*time.Millisecond, v.exited)
 	if err != nil {
 		b.kill(v)
-		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (see %s)", box, err, filepath.Join(v.dir, "vmm.log"))
+		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.dir))
 	}
+	b.register(box, v)
+	return daemon.Instance{GuestSchemaVersion: h.GuestSchemaVersion}, nil
+}
+
+// register makes v box's VM, and logs it if it exits while it still is:
+// nothing asked it to (Stop forgets a VM before it stops it).
+func (b *Backend) register(box string, v *vm) {
 	b.mu.Lock()
 	b.vms[box] = v
 	b.mu.Unlock()
-	return daemon.Instance{GuestSchemaVersion: h.GuestSchemaVersion}, nil
+	go func() {
+		<-v.exited
+		b.mu.Lock()
+		current := b.vms[box] == v
+		b.mu.Unlock()
+		if current {
+			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.dir))
+		}
+	}()
+}
+
+// vmmLogs are where a box's VMM writes its log: vmm.log for one the
+// backend started, <api socket>.log for a fork's child.
+var vmmLogs = []string{"vmm.log", "api.sock.log"}
+
+// logTail is the last line of the VMM log in dir: what it said last,
+// often why it stopped.
+func logTail(dir string) string {
+	for _, name := range vmmLogs {
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+		return lines[len(lines)-1]
+	}
+	return ""
 }
 
 // watchPID closes exited when process pid is gone (for VMMs this process
@@ -334,9 +368,7 @@ func (b *Backend) Attach(ctx context.Context, box string) (bool, error) {
 	}
 	v := &vm{dir: dir, pid: st.PID, ctl: ctl, agent: agentClient(vsockSock), exited: make(chan struct{})}
 	go watchPID(v.pid, v.exited)
-	b.mu.Lock()
-	b.vms[box] = v
-	b.mu.Unlock()
+	b.register(box, v)
 	return true, nil
 }
 

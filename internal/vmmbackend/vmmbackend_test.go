@@ -142,3 +142,21 @@ func TestStartKeepsLiveSockets(t *testing.T) {
 		t.Errorf("live socket removed: %v", err)
 	}
 }
+
+// A VMM that dies before its agent answers fails the boot with the last
+// line of its log: often the reason.
+func TestBootFailureQuotesTheVMMLog(t *testing.T) {
+	dir := t.TempDir()
+	vmm := filepath.Join(dir, "fake-vmm")
+	if err := os.WriteFile(vmm, []byte("#!/bin/sh\necho starting\necho 'sailbox-vmm: guest shutdown'\nexit 1\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := New(Config{VMM: vmm, Kernel: "/k", Store: filepath.Join(dir, "store"), RunDir: filepath.Join(dir, "run")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.Boot(context.Background(), "sb-dies", catalog.Spec{MemoryMiB: 256, VCPUs: 1})
+	if err == nil || !strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") {
+		t.Errorf("boot of a dying VMM: %v", err)
+	}
+}
