@@ -60,7 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.StringVar(&r.WorkDir, "work", filepath.Join(cache, "labrun", verb), "work `dir` for binaries, initramfs and console log")
 	fs.IntVar(&r.MemoryMiB, "mem", 4096, "lab memory in MiB")
 	fs.IntVar(&r.CPUs, "cpus", 2, "lab vCPUs")
-	fs.DurationVar(&r.Timeout, "timeout", 45*time.Minute, "kill the run after this long")
+	fs.DurationVar(&r.Timeout, "timeout", 45*time.Minute, "kill a lab after this long (a rerun after a lab fault gets its own)")
 	testRun := fs.String("run", "", "test: only kvm-tier tests matching this -test.run `pattern` (default ^TestKVM)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2, err

@@ -23,7 +23,7 @@ type Lab struct {
 	WorkDir    string        // initramfs and console log go here
 	MemoryMiB  int           // lab RAM (guests run inside it)
 	CPUs       int           // lab vCPUs (TCG threads)
-	Timeout    time.Duration // the whole run, boot included
+	Timeout    time.Duration // one Run, boot included
 	// Quiet is how long the console may stay silent (no step output and
 	// no heartbeat from the lab's init) before the lab counts as wedged
 	// and is killed; zero means five minutes.
