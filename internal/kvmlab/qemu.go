@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -149,8 +150,16 @@ func (l *Lab) printConsoleTail(n int) {
 // which then faults forever or triple-faults: 1 to 2 boots in 8 streaming
 // ten MiB of exec output (make stress). npt=0 (shadow page tables) streamed
 // 16 of 16, but wedged the whole lab (both lab CPUs busy, no output for
-// over fifteen minutes) in both full kvm-tier runs made with it: worse.
+// over fifteen minutes) in both full kvm-tier runs made with it. Nested
+// paging wedges the lab too now and then (soft lockups of both lab CPUs
+// for minutes, during the twenty-fork test): the runner reruns what a
+// wedged or crashed lab did not finish (Runner.rerunCrashed).
 const defaultAMDParams = ""
+
+// kernelMessage is a line the lab kernel printed ("[  477.04] ..."): the
+// steps' output never starts with a bracket and a timestamp, as guest
+// consoles in test logs are indented.
+var kernelMessage = regexp.MustCompile(`^\[\s*\d+\.\d+\] `)
 
 // readConsole reads the lab's console until it closes: each line goes to
 // log and (but the init's heartbeats) to l.Out, and is accounted in res
@@ -171,7 +180,11 @@ func (l *Lab) readConsole(console io.Reader, res *Result, log io.Writer, kill fu
 	for scanner.Scan() {
 		line := strings.TrimRight(scanner.Text(), "\r")
 		fmt.Fprintln(log, line)
-		quiet.Reset(l.quiet())
+		// The lab kernel's own messages are no sign of life: a wedged
+		// lab goes on reporting soft lockups.
+		if !kernelMessage.MatchString(line) {
+			quiet.Reset(l.quiet())
+		}
 		if line == markerAlive {
 			continue // the init's heartbeat: the console log keeps it
 		}

@@ -74,7 +74,18 @@ func TestReadConsole(t *testing.T) {
 		}
 		io.WriteString(pw, markerAlive+"\n")
 	}
-	<-killed // the console then says nothing
+	// The lab kernel reporting soft lockups is no sign of life.
+	go func() {
+		for {
+			select {
+			case <-killed:
+				return
+			case <-time.After(100 * time.Millisecond):
+				io.WriteString(pw, "[  477.040598] watchdog: BUG: soft lockup - CPU#1 stuck for 306s! [sailbox-vmm:394]\n")
+			}
+		}
+	}()
+	<-killed // the console then says nothing but kernel messages
 	if wedged := <-done; !wedged {
 		t.Error("a silent console was not reported wedged")
 	}
