@@ -226,9 +226,8 @@ func (v *vcpu) requestPause() error {
 	deadline := time.Now().Add(parkTimeout)
 	expired, finished := false, false
 	defer func() { finished = true }() // under v.mu: a late tick does nothing
-	var tick func()
 	var timer *time.Timer
-	tick = func() {
+	tick := func() {
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		if finished || v.parked || v.stopped.Load() {
