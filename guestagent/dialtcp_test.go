@@ -24,7 +24,7 @@ import (
 // in the guest, and runs handle on each connection in its own goroutine
 // until the end of the test, then closes the connection. It returns the
 // port.
-func guestListen(t *testing.T, handle func(*net.TCPConn)) int {
+func guestListen(t testing.TB, handle func(*net.TCPConn)) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/netip"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 )
@@ -90,7 +89,7 @@ func FuzzReadFrame(f *testing.F) {
 // directory or connect anywhere else. The restored op changes a
 // fakeGuest, never the machine running the fuzzer.
 func FuzzServeConn(f *testing.F) {
-	vet := fuzzVet(f.TempDir(), fuzzEchoServer(f))
+	vet := fuzzVet(f.TempDir(), guestListen(f, echo))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s := &Server{vet: vet, sys: &fakeGuest{}}
 		c := &fakeConn{r: bytes.NewReader(data)}
@@ -219,34 +218,6 @@ func fuzzVet(scratch string, echoPort int) func(any) error {
 		}
 		return nil
 	}
-}
-
-// fuzzEchoServer listens on a TCP port of 127.0.0.1 until the end of the
-// fuzz test, and sends back what each connection sends it. It returns the
-// port.
-func fuzzEchoServer(f *testing.F) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		f.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				echo(c.(*net.TCPConn))
-			})
-		}
-	})
-	f.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-	})
-	return l.Addr().(*net.TCPAddr).Port
 }
 
 // FuzzDialTCPConn feeds arbitrary bytes to the host's side of dial_tcp, as
