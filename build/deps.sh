@@ -9,6 +9,7 @@ packages=(
   linux-source-6.1   # the guest kernel source
   flex bison bc libelf-dev libssl-dev  # kernel build
   xz-utils cpio      # unpacking the kernel source and .debs
+  curl gpgv debian-archive-keyring  # the lab kernel from bookworm-backports, signature-checked
   build-essential
   e2fsprogs          # mkfs.ext4 for test disk images
   busybox-static     # the guest's shell and tools, copied into the initramfs

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
 // shareTag is the 9p mount tag of the host's root directory.
@@ -56,6 +58,11 @@ func RunInit(out io.Writer) error {
 	if err := waitFor("/dev/kvm", 10*time.Second); err != nil {
 		return fmt.Errorf("kvm-amd loaded but %w", err)
 	}
+	idle, err := holdKVM()
+	if err != nil {
+		return err
+	}
+	defer idle.Close()
 	fmt.Fprintf(out, "%s/dev/kvm after %s of lab uptime\n", markerReady, uptime())
 
 	if err := mountHostRoot(); err != nil {
@@ -85,6 +92,49 @@ func RunInit(out io.Writer) error {
 	}
 	fmt.Fprintln(out, markerDone)
 	return nil
+}
+
+// holdKVM creates a VM that stays for the lab's life: an in-kernel
+// irqchip and one vCPU that never runs. KVM switches static keys on with
+// its first VM and vCPU and off after its last (preempt notifiers in
+// __schedule, the LAPIC's software-disabled key), and each switch
+// live-patches the lab kernel's text with a breakpoint on the way. Under
+// QEMU 7.2's TCG the other lab CPU sometimes still executes that
+// breakpoint after the patch completed, and the lab kernel dies of an
+// "Oops: int3" in __schedule; the lab's 6.12 kernel did, twice in one
+// kvm-tier run, where every test creates and frees VMs. With this VM the
+// keys stay on and the text is never patched.
+func holdKVM() (io.Closer, error) {
+	sys, err := kvm.Open("")
+	if err != nil {
+		return nil, fmt.Errorf("lab idle VM: %w", err)
+	}
+	vm, err := sys.CreateVM()
+	if err == nil {
+		err = vm.CreateIRQChip()
+	}
+	var cpu *kvm.VCPU
+	if err == nil {
+		cpu, err = vm.CreateVCPU(0)
+	}
+	if err != nil {
+		if vm != nil {
+			vm.Close()
+		}
+		sys.Close()
+		return nil, fmt.Errorf("lab idle VM: %w", err)
+	}
+	return idleVM{sys, vm, cpu}, nil
+}
+
+type idleVM struct {
+	sys *kvm.System
+	vm  *kvm.VM
+	cpu *kvm.VCPU
+}
+
+func (v idleVM) Close() error {
+	return errors.Join(v.cpu.Close(), v.vm.Close(), v.sys.Close())
 }
 
 // PowerOff ends the lab; QEMU runs with -no-reboot and exits.

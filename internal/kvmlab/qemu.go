@@ -147,13 +147,14 @@ func (l *Lab) printConsoleTail(n int) {
 // $KVMLAB_AMD_PARAMS says otherwise: none. With nested paging, QEMU 7.2's
 // emulated SVM now and then leaves the lab kernel's own RIP (the
 // instruction after VMRUN in __svm_vcpu_run) in a nested guest's state,
-// which then faults forever or triple-faults: 1 to 2 boots in 8 streaming
-// ten MiB of exec output (make stress). npt=0 (shadow page tables) streamed
-// 16 of 16, but wedged the whole lab (both lab CPUs busy, no output for
-// over fifteen minutes) in both full kvm-tier runs made with it. Nested
-// paging wedges the lab too now and then (soft lockups of both lab CPUs
-// for minutes, during the twenty-fork test): the runner reruns what a
-// wedged or crashed lab did not finish (Runner.rerunCrashed).
+// which then faults forever or triple-faults: under the 6.1 lab kernel 1
+// to 2 boots in 8 streaming ten MiB of exec output (make stress), under
+// 6.12 one in 16. npt=0 (shadow page tables) streamed 16 of 16 under 6.1,
+// but wedged the whole lab (both lab CPUs busy, no output for over
+// fifteen minutes) in both full kvm-tier runs made with it. The runner
+// retries a test whose guest the lab broke (Runner.retestLabFaults) and
+// reruns what a wedged or crashed lab did not finish
+// (Runner.rerunCrashed).
 const defaultAMDParams = ""
 
 // kernelMessage is a line the lab kernel printed ("[  477.04] ..."): the
