@@ -9,6 +9,8 @@
 //	POST /checkpoint  CheckpointRequest → CheckpointResult (the VM keeps running)
 //	POST /fork        ForkRequest → ForkResult: a checkpoint, then a child
 //	                  VMM restored from it; the parent keeps running
+//	GET  /vcpus       → VCPUs: where each vCPU is, for a guest that stopped
+//	                  answering (the VM pauses for a moment)
 //
 // Errors are JSON {"error": "..."} with a 4xx/5xx status: 400 for a
 // malformed request, 409 for a call the VM's state does not allow (pause
@@ -72,6 +74,12 @@ type ForkResult struct {
 	ChildPID   int              `json:"child_pid"`
 }
 
+// VCPUs describes where each vCPU is: registers, pending interrupts and
+// events, in words for a person (no stable format).
+type VCPUs struct {
+	Description string `json:"description"`
+}
+
 // Controller is what the server drives; sailbox-vmm implements it.
 // Errors of type *Error carry their HTTP status; others are 500.
 type Controller interface {
@@ -81,6 +89,7 @@ type Controller interface {
 	Resume() error
 	Checkpoint(CheckpointRequest) (CheckpointResult, error)
 	Fork(ForkRequest) (ForkResult, error)
+	DescribeVCPUs() string
 }
 
 // Error is an error with the HTTP status the server answers it with.
@@ -138,6 +147,9 @@ func Handler(c Controller) http.Handler {
 		}
 		res, err := c.Fork(req)
 		reply(w, http.StatusOK, res, err)
+	})
+	mux.HandleFunc("GET /vcpus", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, VCPUs{c.DescribeVCPUs()})
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
@@ -245,6 +257,13 @@ func (c *Client) Fork(ctx context.Context, req ForkRequest) (ForkResult, error) 
 	var res ForkResult
 	err := c.doJSON(ctx, "/fork", req, &res)
 	return res, err
+}
+
+// DescribeVCPUs returns where each of the VM's vCPUs is.
+func (c *Client) DescribeVCPUs(ctx context.Context) (string, error) {
+	var v VCPUs
+	err := c.do(ctx, http.MethodGet, "/vcpus", http.StatusOK, &v)
+	return v.Description, err
 }
 
 func (c *Client) doJSON(ctx context.Context, path string, in, out any) error {

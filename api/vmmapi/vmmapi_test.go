@@ -33,6 +33,7 @@ func (f *fakeVM) Checkpoint(req CheckpointRequest) (CheckpointResult, error) {
 func (f *fakeVM) Fork(req ForkRequest) (ForkResult, error) {
 	return ForkResult{Checkpoint: CheckpointResult{ID: req.CheckpointID}, ChildPID: 99}, nil
 }
+func (f *fakeVM) DescribeVCPUs() string { return "vcpu 0 rip=0x1000\n" }
 
 func TestClientServer(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "vmm.sock")
@@ -70,6 +71,9 @@ func TestClientServer(t *testing.T) {
 	}
 	if res, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Name: "x"}); err != nil || res.ChildPID != 99 || res.Checkpoint.ID != "f1" {
 		t.Errorf("fork = %+v, %v", res, err)
+	}
+	if d, err := c.DescribeVCPUs(ctx); err != nil || d != vm.DescribeVCPUs() {
+		t.Errorf("vcpus = %q, %v; want %q", d, err, vm.DescribeVCPUs())
 	}
 	for _, bad := range []string{`{"id": 1}`, `{"idd": "x"}`, `{}`, `nope`} {
 		err := c.send(ctx, "POST", "/checkpoint", strings.NewReader(bad), 200, nil)

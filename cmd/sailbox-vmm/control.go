@@ -111,6 +111,9 @@ func (c *controller) Shutdown() { c.m.Stop() }
 func (c *controller) Pause() error  { return conflict(c.m.Pause()) }
 func (c *controller) Resume() error { return conflict(c.m.Resume()) }
 
+// DescribeVCPUs says where each vCPU is; of a paused VM, only that it is.
+func (c *controller) DescribeVCPUs() string { return c.m.DescribeVCPUs() }
+
 // conflict marks lifecycle errors as the caller's (HTTP 409).
 func conflict(err error) error {
 	if errors.Is(err, vmm.ErrNotRunning) || errors.Is(err, vmm.ErrNotCheckpointable) || errors.Is(err, snapshot.ErrExists) {

@@ -213,11 +213,32 @@ func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance
 	defer cancel()
 	h, err := v.agent.WaitHealthy(wctx, 50*time.Millisecond, v.exited)
 	if err != nil {
+		b.logVCPUs(box, v)
 		b.kill(v)
 		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.dir))
 	}
 	b.register(box, v)
 	return daemon.Instance{GuestSchemaVersion: h.GuestSchemaVersion}, nil
+}
+
+// logVCPUs logs where the vCPUs of v are, if its VMM still runs: for a
+// guest whose agent never answered (a hung boot, a guest stuck in a
+// fault loop).
+func (b *Backend) logVCPUs(box string, v *vm) {
+	select {
+	case <-v.exited:
+		return
+	default:
+	}
+	// A pause gives up on a vCPU stuck in the kernel after 10s.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	d, err := v.ctl.DescribeVCPUs(ctx)
+	if err != nil {
+		b.log.Warn("guest agent did not answer; its vCPUs cannot be described", "box", box, "err", err)
+		return
+	}
+	b.log.Warn("guest agent did not answer; its vCPUs", "box", box, "vcpus", d)
 }
 
 // register makes v box's VM, and logs it if it exits while it still is:

@@ -1,16 +1,22 @@
 package vmmbackend
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 )
 
@@ -159,4 +165,81 @@ func TestBootFailureQuotesTheVMMLog(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") {
 		t.Errorf("boot of a dying VMM: %v", err)
 	}
+}
+
+// hungVMMEnv makes this test binary a sailbox-vmm whose guest never
+// answers: it serves the control API on -api-sock and nothing on vsock.
+const hungVMMEnv = "SAILBOX_VMMBACKEND_HUNG_VMM"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(hungVMMEnv) == "1" {
+		args := os.Args[1:]
+		i := slices.Index(args, "-api-sock")
+		if i < 0 || i+1 >= len(args) {
+			os.Exit(2)
+		}
+		l, err := net.Listen("unix", args[i+1])
+		if err != nil {
+			os.Exit(2)
+		}
+		vmmapi.Serve(context.Background(), l, hungVM{})
+		return
+	}
+	os.Exit(m.Run())
+}
+
+type hungVM struct{}
+
+func (hungVM) Status() vmmapi.Status { return vmmapi.Status{State: "running"} }
+func (hungVM) Shutdown()             {}
+func (hungVM) Pause() error          { return nil }
+func (hungVM) Resume() error         { return nil }
+func (hungVM) Checkpoint(vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
+	return vmmapi.CheckpointResult{}, errors.New("hung")
+}
+func (hungVM) Fork(vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
+	return vmmapi.ForkResult{}, errors.New("hung")
+}
+func (hungVM) DescribeVCPUs() string { return "vcpu 0 rip=0xfeedface\n" }
+
+// A boot whose agent never answers logs where the VMM's vCPUs are before
+// the VMM is killed: the one clue to where a hung guest is.
+func TestBootTimeoutLogsVCPUs(t *testing.T) {
+	t.Setenv(hungVMMEnv, "1")
+	dir := t.TempDir()
+	var log bytes.Buffer
+	var mu sync.Mutex
+	b, err := New(Config{
+		VMM: os.Args[0], Kernel: "/k", Store: filepath.Join(dir, "store"), RunDir: filepath.Join(dir, "run"),
+		BootTimeout: 2 * time.Second,
+		Logger:      slog.New(slog.NewTextHandler(&lockedWriter{w: &log, mu: &mu}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Boot(context.Background(), "sb-hung", catalog.Spec{MemoryMiB: 256, VCPUs: 1}); err == nil {
+		t.Fatal("boot of a guest that never answers succeeded")
+	}
+	mu.Lock()
+	got := log.String()
+	mu.Unlock()
+	if !strings.Contains(got, "guest agent did not answer; its vCPUs") || !strings.Contains(got, "rip=0xfeedface") {
+		t.Errorf("log lacks the vCPUs:\n%s", got)
+	}
+	_, apiSock, _, _ := b.paths("sb-hung")
+	if c, err := net.DialTimeout("unix", apiSock, time.Second); err == nil {
+		c.Close()
+		t.Error("the hung VMM still serves its socket after the failed boot")
+	}
+}
+
+type lockedWriter struct {
+	w  io.Writer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -10,8 +10,13 @@ import (
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
-// DebugVCPUs pauses the machine and describes where each vCPU is.
-func (m *Machine) DebugVCPUs() string {
+// DescribeVCPUs pauses the machine for a moment and describes where each
+// vCPU is: its registers, pending interrupts and events, one paragraph
+// each. It is for a guest that stopped answering (sailbox-vmm logs it on
+// SIGUSR1). A guest RIP that is an address of the host kernel is named:
+// the guest's state was mixed with its host's, which the KVM lab's
+// emulated SVM does now and then.
+func (m *Machine) DescribeVCPUs() string {
 	if err := m.Pause(); err != nil {
 		return "pause: " + err.Error()
 	}
