@@ -88,7 +88,7 @@ func restoreAs(t *testing.T, b *box, id string, args guestagent.RestoredArgs) *g
 	sys := kvmtest.Require(t)
 	uds := filepath.Join(t.TempDir(), "vsock")
 	con := &console{}
-	m, err := vmm.Restore(sys, vmm.RestoreConfig{Root: b.root, ID: id, VsockUDSPath: uds, Serial: con})
+	m, err := vmm.Restore(sys, vmm.RestoreConfig{Root: b.root, ID: id, VsockUDSPath: uds, Serial: con, Logger: con.logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
