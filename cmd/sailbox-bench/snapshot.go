@@ -17,9 +17,11 @@ import (
 
 // running is a machine started by the benchmark, with its agent.
 type running struct {
-	m     *vmm.Machine
-	agent *guestagent.Client
-	done  chan struct{}
+	m       *vmm.Machine
+	agent   *guestagent.Client
+	done    chan struct{}
+	healthy time.Duration // from Run to the agent's first health answer
+	exec    time.Duration // then to the end of the first exec
 }
 
 func (r *running) stop() {
@@ -38,14 +40,17 @@ func startMachine(ctx context.Context, m *vmm.Machine, uds string, o options) (*
 	}}
 	wctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
+	t0 := time.Now()
 	if _, err := r.agent.WaitHealthy(wctx, 2*time.Millisecond, r.done); err != nil {
 		r.stop()
 		return nil, err
 	}
+	r.healthy = time.Since(t0)
 	if _, _, code, err := r.agent.Run(wctx, "true"); err != nil || code != 0 {
 		r.stop()
 		return nil, fmt.Errorf("first exec: exit %d, %v", code, err)
 	}
+	r.exec = time.Since(t0) - r.healthy
 	return r, nil
 }
 
@@ -139,10 +144,12 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 		if _, err := ckpt(id); err != nil {
 			return err
 		}
+		tCkpt := time.Since(t0)
 		cm, err := vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: id, VsockUDSPath: cuds})
 		if err != nil {
 			return err
 		}
+		tRestore := time.Since(t0) - tCkpt
 		c, err := startMachine(ctx, cm, cuds, o)
 		if err != nil {
 			return fmt.Errorf("fork %d: %w", i, err)
@@ -154,7 +161,9 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 			return err
 		}
 		private += u.Private
-		fmt.Fprintf(stderr, "fork %d: first exec after %v, private memory %d KiB\n", i, forkTimes[i].Round(time.Millisecond), u.Private>>10)
+		fmt.Fprintf(stderr, "fork %d: first exec after %v (checkpoint %v, restore %v, agent healthy %v, exec %v), private memory %d KiB\n",
+			i, forkTimes[i].Round(time.Millisecond), tCkpt.Round(time.Millisecond), tRestore.Round(time.Millisecond),
+			c.healthy.Round(time.Millisecond), c.exec.Round(time.Millisecond), u.Private>>10)
 	}
 
 	fmt.Fprintf(stdout, "\n%-44s %12s %10s\n", "median (same run)", "time", "÷ boot")
