@@ -108,6 +108,7 @@ type Machine struct {
 	carryDirty   []uint64                    // pages a failed checkpoint took from the dirty log
 	pendingSeals map[string][]disklayer.Info // disk layers sealed, not yet in a checkpoint
 	restored     []VCPUState                 // for a restored machine: its vCPUs, by ID
+	workingSet   *memory.WorkingSet          // for a restored machine: pages to map before it runs
 
 	// lifeMu guards running and paused, and serializes Pause, Resume and
 	// Checkpoint.

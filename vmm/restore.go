@@ -11,6 +11,8 @@ import (
 	"maps"
 	"slices"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/acpi"
 	"github.com/sailbox-dev/sailbox/devices/i8042"
@@ -41,6 +43,16 @@ type RestoreConfig struct {
 	TopPrefix string
 	Serial    io.Writer    // the guest console; nil discards it
 	Logger    *slog.Logger // device diagnostics; nil discards them
+	// WorkingSet, if set, is mapped before the guest runs: typically the
+	// memory.WorkingSet of an earlier machine restored from the same box,
+	// read after its first exec. Its written pages are copied for this
+	// VM at once (they would be at the guest's first write anyway), and
+	// all of them are entered in KVM's page tables
+	// (KVM_PRE_FAULT_MEMORY), so that the guest's first touch of each
+	// costs no exit to the host. Pages only read stay shared with the
+	// layers. Without KVM_PRE_FAULT_MEMORY (before Linux 6.10) or nested
+	// paging, only the copies are made.
+	WorkingSet *memory.WorkingSet
 }
 
 // Restore builds a machine from a checkpoint, ready to Run from the
@@ -104,7 +116,7 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 		Serial:    rc.Serial,
 		Logger:    rc.Logger,
 	}
-	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}, chain: man}
+	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}, chain: man, workingSet: rc.WorkingSet}
 	built := false
 	defer func() {
 		if !built {
@@ -193,6 +205,57 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 	}
 	built = true
 	return m, nil
+}
+
+// prefault maps m.workingSet through cpu before any vCPU runs
+// (KVM_PRE_FAULT_MEMORY works on the calling vCPU's thread and takes its
+// lock): its written pages copied for this VM, then every page entered in
+// KVM's page tables. Bits beyond guest memory are ignored.
+func (m *Machine) prefault(cpu *kvm.VCPU) error {
+	ws := m.workingSet
+	if ws == nil {
+		return nil
+	}
+	limit := m.mem.Size() / memory.PageSize
+	if err := forRuns(ws.Written, limit, m.mem.PopulateWrite); err != nil {
+		return err
+	}
+	if n, err := m.vm.CheckExtension(kvm.CapPreFaultMemory); err != nil || n == 0 {
+		return nil
+	}
+	all := make([]uint64, max(len(ws.Touched), len(ws.Written)))
+	for i := range all {
+		if i < len(ws.Touched) {
+			all[i] |= ws.Touched[i]
+		}
+		if i < len(ws.Written) {
+			all[i] |= ws.Written[i]
+		}
+	}
+	err := forRuns(all, limit, func(first, n uint64) error {
+		return cpu.PreFaultMemory(first*memory.PageSize, n*memory.PageSize)
+	})
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return nil // no nested paging (npt=0): nothing to enter ahead
+	}
+	return err
+}
+
+// forRuns calls fn for each run of consecutive pages set in bitmap below
+// limit, in order, and stops at its first error.
+func forRuns(bitmap []uint64, limit uint64, fn func(first, n uint64) error) error {
+	pages := kvm.DirtyPages(bitmap) // the set bits, in order
+	for i := 0; i < len(pages) && pages[i] < limit; {
+		j := i + 1
+		for j < len(pages) && pages[j] == pages[j-1]+1 && pages[j] < limit {
+			j++
+		}
+		if err := fn(pages[i], uint64(j-i)); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
 
 // raisePendingInterrupts raises again every device interrupt that is

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/bits"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +19,10 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/kvmtest"
 	"github.com/sailbox-dev/sailbox/snapshot"
 	"github.com/sailbox-dev/sailbox/snapshot/disklayer"
+	"github.com/sailbox-dev/sailbox/snapshot/memlayer"
 	"github.com/sailbox-dev/sailbox/vmm"
+	"github.com/sailbox-dev/sailbox/vmm/kvm"
+	"github.com/sailbox-dev/sailbox/vmm/memory"
 )
 
 // box is a booted guest whose disk is layered, so that it can be
@@ -383,4 +387,76 @@ func TestKVMCheckpointRightAfterRestore(t *testing.T) {
 			t.Fatalf("after restoring %s: %q", id, got)
 		}
 	}
+}
+
+// A restore given a working set maps it before the guest runs: here every
+// page the checkpoint holds as read (far more than the guest touches on its
+// way to its first exec) and a few pages as written, which the new VM gets
+// its own copies of, contents unchanged. The guest then runs on exactly as
+// it would have.
+func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
+	b := bootBox(t)
+	pid := startCounter(t, b.guest)
+	b.sh(t, "echo -n before > /tmp/value")
+	man, _ := checkpoint(t, b, b.guest, "ws")
+
+	chain, err := b.root.OpenMemory(man)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maps, err := memlayer.Plan(chain, man.MemorySize)
+	for _, l := range chain {
+		l.Close()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	words := (man.MemorySize/memlayer.PageSize + 63) / 64
+	ws := memory.WorkingSet{Touched: make([]uint64, words), Written: make([]uint64, words)}
+	held := 0
+	for _, mp := range maps {
+		for p := mp.GuestOffset / memlayer.PageSize; p < (mp.GuestOffset+mp.Length)/memlayer.PageSize; p++ {
+			ws.Touched[p/64] |= 1 << (p % 64)
+			held++
+		}
+	}
+	// Written: the first 32 pages the checkpoint holds, and 32 pages from
+	// 160 MiB on (zeros, unless the guest used them).
+	written := kvm.DirtyPages(ws.Touched)[:32]
+	for p := uint64(40960); p < 40960+32; p++ {
+		written = append(written, p)
+	}
+	for _, p := range written {
+		ws.Written[p/64] |= 1 << (p % 64)
+	}
+
+	sys := kvmtest.Require(t)
+	uds := filepath.Join(t.TempDir(), "vsock")
+	con := &console{}
+	m, err := vmm.Restore(sys, vmm.RestoreConfig{Root: b.root, ID: "ws", VsockUDSPath: uds, Serial: con, Logger: con.logger(), WorkingSet: &ws})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := start(t, m, con, uds, true)
+	got, err := g.m.Memory().WorkingSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	notMapped, notCopied := 0, 0
+	for w := range ws.Touched {
+		notMapped += bits.OnesCount64(ws.Touched[w] &^ got.Touched[w])
+		notCopied += bits.OnesCount64(ws.Written[w] &^ got.Written[w])
+	}
+	if notCopied > 0 {
+		t.Errorf("%d of the 64 pages given as written have no copy of their own", notCopied)
+	}
+	if n, err := sys.CheckExtension(kvm.CapPreFaultMemory); err != nil || n == 0 {
+		t.Logf("this kernel cannot enter pages in KVM's tables ahead (KVM_PRE_FAULT_MEMORY: %d, %v): %d of %d held pages mapped by use alone", n, err, held-notMapped, held)
+	} else if notMapped > 0 {
+		t.Errorf("%d of the %d pages the checkpoint holds were not mapped ahead", notMapped, held)
+	}
+	if got := g.sh(t, "cat /tmp/value"); got != "before" {
+		t.Errorf("/tmp/value = %q after the restore, want %q", got, "before")
+	}
+	counting(t, g, pid)
 }

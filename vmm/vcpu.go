@@ -103,6 +103,12 @@ func (v *vcpu) setup() error {
 		if err := restoreVCPU(cpu, &v.m.restored[v.id]); err != nil {
 			return fmt.Errorf("restore: %w", err)
 		}
+		if v.id == 0 {
+			// Only a head start: the pages fault in as usual otherwise.
+			if err := v.m.prefault(cpu); err != nil {
+				deviceLogger(v.m.cfg).Warn("restore: mapping the working set ahead", "err", err)
+			}
+		}
 		return cpu.NotifyGuestPaused()
 	}
 	if err := cpu.SetCPUID(guestCPUID(v.m.cpuid, v.id, v.m.cfg.VCPUs)); err != nil {

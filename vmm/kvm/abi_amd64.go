@@ -75,6 +75,9 @@ var (
 	ioctlEnableCap     = iocW(0xa3, sizeofEnableCap)
 	ioctlGetDirtyLog   = iocW(0x42, sizeofDirtyLog) // sic: _IOW, though KVM writes the bitmap
 	ioctlClearDirtyLog = iocWR(0xc0, sizeofClearDirtyLog)
+
+	// Mapping guest memory before the guest touches it.
+	ioctlPreFaultMemory = iocWR(0xd5, sizeofPreFaultMemory)
 )
 
 // APIVersion is the only KVM_GET_API_VERSION value the kernel has ever
@@ -115,6 +118,7 @@ const (
 	CapExceptionPayload    Capability = 164 // KVM_VCPUEVENT_VALID_PAYLOAD, once enabled
 	CapXSave2              Capability = 208 // value: bytes of KVM_GET_XSAVE2 (>= 4096)
 	CapVMTSCControl        Capability = 214 // KVM_SET_TSC_KHZ on a VM fd
+	CapPreFaultMemory      Capability = 236 // KVM_PRE_FAULT_MEMORY (Linux 6.10)
 	CapX86TripleFaultEvent Capability = 218 // KVM_VCPUEVENT_VALID_TRIPLE_FAULT, once enabled
 	CapTSCDeadlineTimer    Capability = 72  // the LAPIC emulates TSC-deadline mode (not in KVM_GET_SUPPORTED_CPUID)
 )
@@ -649,3 +653,14 @@ type clearDirtyLog struct {
 }
 
 const sizeofClearDirtyLog = 24
+
+// preFaultMemory mirrors struct kvm_pre_fault_memory (KVM_PRE_FAULT_MEMORY).
+// KVM advances GPA and shrinks Size as it maps.
+type preFaultMemory struct {
+	GPA   uint64
+	Size  uint64
+	Flags uint64 // must be 0
+	_     [5]uint64
+}
+
+const sizeofPreFaultMemory = 64

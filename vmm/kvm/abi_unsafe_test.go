@@ -47,6 +47,7 @@ func TestABISizes(t *testing.T) {
 		{"kvm_enable_cap", unsafe.Sizeof(enableCap{}), sizeofEnableCap},
 		{"kvm_dirty_log", unsafe.Sizeof(dirtyLog{}), sizeofDirtyLog},
 		{"kvm_clear_dirty_log", unsafe.Sizeof(clearDirtyLog{}), sizeofClearDirtyLog},
+		{"kvm_pre_fault_memory", unsafe.Sizeof(preFaultMemory{}), sizeofPreFaultMemory},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof %s = %d, want %d", c.name, c.got, c.want)
@@ -137,6 +138,7 @@ func TestIoctlNumbers(t *testing.T) {
 		{"KVM_KVMCLOCK_CTRL", ioctlKVMClockCtrl, 0xAEAD},
 		{"KVM_GET_IRQCHIP", ioctlGetIRQChip, 0xC208AE62},
 		{"KVM_SET_IRQCHIP", ioctlSetIRQChip, 0x8208AE63},
+		{"KVM_PRE_FAULT_MEMORY", ioctlPreFaultMemory, 0xC040AED5},
 		{"KVM_GET_PIT2", ioctlGetPIT2, 0x8070AE9F},
 		{"KVM_SET_PIT2", ioctlSetPIT2, 0x4070AEA0},
 		{"KVM_GET_CLOCK", ioctlGetClock, 0x8030AE7C},
