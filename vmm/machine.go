@@ -109,6 +109,8 @@ type Machine struct {
 	pendingSeals map[string][]disklayer.Info // disk layers sealed, not yet in a checkpoint
 	restored     []VCPUState                 // for a restored machine: its vCPUs, by ID
 	workingSet   *memory.WorkingSet          // for a restored machine: pages to map before it runs
+	restoredFrom string                      // for a restored machine: the checkpoint
+	restoredRoot *snapshot.Root              // and its store
 
 	// lifeMu guards running and paused, and serializes Pause, Resume and
 	// Checkpoint.

@@ -43,16 +43,20 @@ type RestoreConfig struct {
 	TopPrefix string
 	Serial    io.Writer    // the guest console; nil discards it
 	Logger    *slog.Logger // device diagnostics; nil discards them
-	// WorkingSet, if set, is mapped before the guest runs: typically the
-	// memory.WorkingSet of an earlier machine restored from the same box,
-	// read after its first exec. Its written pages are copied for this
-	// VM at once (they would be at the guest's first write anyway), and
-	// all of them are entered in KVM's page tables
+	// WorkingSet is mapped before the guest runs. Nil means the one
+	// recorded nearest the checkpoint in Root (Root.WorkingSet: saved by
+	// an earlier machine restored from it or an ancestor, see
+	// Machine.SaveWorkingSet), if any. Its written pages are copied for
+	// this VM at once (they would be at the guest's first write anyway),
+	// and all its pages are entered in KVM's page tables
 	// (KVM_PRE_FAULT_MEMORY), so that the guest's first touch of each
 	// costs no exit to the host. Pages only read stay shared with the
 	// layers. Without KVM_PRE_FAULT_MEMORY (before Linux 6.10) or nested
 	// paging, only the copies are made.
 	WorkingSet *memory.WorkingSet
+	// NoWorkingSet maps nothing ahead: every page faults in when first
+	// touched.
+	NoWorkingSet bool
 }
 
 // Restore builds a machine from a checkpoint, ready to Run from the
@@ -116,7 +120,7 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 		Serial:    rc.Serial,
 		Logger:    rc.Logger,
 	}
-	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}, chain: man, workingSet: rc.WorkingSet}
+	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}, chain: man, workingSet: rc.WorkingSet, restoredFrom: rc.ID, restoredRoot: rc.Root}
 	built := false
 	defer func() {
 		if !built {
@@ -151,6 +155,21 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 	}
 	if err != nil {
 		return nil, err
+	}
+
+	if m.workingSet == nil && !rc.NoWorkingSet {
+		// Only a head start: a damaged file costs the restore nothing.
+		switch ws, from, err := rc.Root.WorkingSet(man); {
+		case err != nil:
+			deviceLogger(cfg).Warn("restore: working set", "err", err)
+		case from != "":
+			mws := memory.WorkingSet(ws)
+			m.workingSet = &mws
+			deviceLogger(cfg).Debug("restore: working set", "from", from, "pages", ws.Pages())
+		}
+	}
+	if rc.NoWorkingSet {
+		m.workingSet = nil
 	}
 
 	if err := m.createVM(sys); err != nil {
@@ -239,6 +258,24 @@ func (m *Machine) prefault(cpu *kvm.VCPU) error {
 		return nil // no nested paging (npt=0): nothing to enter ahead
 	}
 	return err
+}
+
+// SaveWorkingSet records the pages the guest has touched and written
+// since this machine was restored as the working set of the checkpoint it
+// was restored from, unless that checkpoint has one: later restores of it
+// and of checkpoints chained onto it map those pages ahead. Call it once
+// the guest has done what a restore is for (its first exec, say). It
+// reports whether it saved; a machine that was not restored has nothing
+// to record.
+func (m *Machine) SaveWorkingSet() (saved bool, err error) {
+	if m.restoredFrom == "" {
+		return false, errors.New("save working set: the machine was booted, not restored")
+	}
+	ws, err := m.mem.WorkingSet()
+	if err != nil {
+		return false, err
+	}
+	return m.restoredRoot.SaveWorkingSet(m.restoredFrom, snapshot.WorkingSet(ws))
 }
 
 // forRuns calls fn for each run of consecutive pages set in bitmap below

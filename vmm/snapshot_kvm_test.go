@@ -22,7 +22,6 @@ import (
 	"github.com/sailbox-dev/sailbox/snapshot/memlayer"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
-	"github.com/sailbox-dev/sailbox/vmm/memory"
 )
 
 // box is a booted guest whose disk is layered, so that it can be
@@ -389,11 +388,12 @@ func TestKVMCheckpointRightAfterRestore(t *testing.T) {
 	}
 }
 
-// A restore given a working set maps it before the guest runs: here every
-// page the checkpoint holds as read (far more than the guest touches on its
-// way to its first exec) and a few pages as written, which the new VM gets
-// its own copies of, contents unchanged. The guest then runs on exactly as
-// it would have.
+// A restore maps the working set recorded for its checkpoint before the
+// guest runs: here every page the checkpoint holds as read (far more than
+// the guest touches on its way to its first exec) and a few pages as
+// written, which the new VM gets its own copies of, contents unchanged.
+// The guest then runs on exactly as it would have; its own working set is
+// not saved over the first, and a checkpoint of it inherits the first.
 func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
 	b := bootBox(t)
 	pid := startCounter(t, b.guest)
@@ -412,7 +412,7 @@ func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	words := (man.MemorySize/memlayer.PageSize + 63) / 64
-	ws := memory.WorkingSet{Touched: make([]uint64, words), Written: make([]uint64, words)}
+	ws := snapshot.WorkingSet{Touched: make([]uint64, words), Written: make([]uint64, words)}
 	held := 0
 	for _, mp := range maps {
 		for p := mp.GuestOffset / memlayer.PageSize; p < (mp.GuestOffset+mp.Length)/memlayer.PageSize; p++ {
@@ -430,10 +430,14 @@ func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
 		ws.Written[p/64] |= 1 << (p % 64)
 	}
 
+	if saved, err := b.root.SaveWorkingSet("ws", ws); err != nil || !saved {
+		t.Fatalf("save the working set: %v, %v", saved, err)
+	}
+
 	sys := kvmtest.Require(t)
 	uds := filepath.Join(t.TempDir(), "vsock")
 	con := &console{}
-	m, err := vmm.Restore(sys, vmm.RestoreConfig{Root: b.root, ID: "ws", VsockUDSPath: uds, Serial: con, Logger: con.logger(), WorkingSet: &ws})
+	m, err := vmm.Restore(sys, vmm.RestoreConfig{Root: b.root, ID: "ws", VsockUDSPath: uds, Serial: con, Logger: con.logger()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -459,4 +463,42 @@ func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
 		t.Errorf("/tmp/value = %q after the restore, want %q", got, "before")
 	}
 	counting(t, g, pid)
+	if saved, err := g.m.SaveWorkingSet(); err != nil || saved {
+		t.Errorf("the restored machine's SaveWorkingSet: saved %v, %v; want the first kept", saved, err)
+	}
+	next, _ := checkpoint(t, b, g, "ws2")
+	if got, from, err := b.root.WorkingSet(next); err != nil || from != "ws" || got.Pages() != ws.Pages() {
+		t.Errorf("working set of the next checkpoint: %d pages from %q, %v; want the %d of ws", got.Pages(), from, err, ws.Pages())
+	}
+}
+
+// A machine restored from a checkpoint without a working set records its
+// own: the pages its guest touched, among them what it wrote.
+func TestKVMRestoreRecordsWorkingSet(t *testing.T) {
+	b := bootBox(t)
+	man, _ := checkpoint(t, b, b.guest, "rec")
+	g := restoreBox(t, b, "rec")
+	g.sh(t, "echo -n after > /tmp/value")
+	if saved, err := g.m.SaveWorkingSet(); err != nil || !saved {
+		t.Fatalf("SaveWorkingSet: saved %v, %v", saved, err)
+	}
+	ws, from, err := b.root.WorkingSet(man)
+	if err != nil || from != "rec" {
+		t.Fatalf("working set of rec: from %q, %v", from, err)
+	}
+	var touched, written int
+	for w := range ws.Touched {
+		touched += bits.OnesCount64(ws.Touched[w])
+		written += bits.OnesCount64(ws.Written[w])
+		if ws.Written[w]&^ws.Touched[w] != 0 {
+			t.Errorf("word %d: written pages not touched: %#x", w, ws.Written[w]&^ws.Touched[w])
+		}
+	}
+	t.Logf("working set after the restore and two execs: %d pages touched, %d written", touched, written)
+	if touched == 0 || written == 0 || uint64(touched) >= man.MemorySize/memlayer.PageSize/2 {
+		t.Errorf("%d pages touched and %d written of %d: not a working set", touched, written, man.MemorySize/memlayer.PageSize)
+	}
+	if _, err := b.guest.m.SaveWorkingSet(); err == nil {
+		t.Error("a booted machine saved a working set")
+	}
 }

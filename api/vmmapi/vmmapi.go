@@ -11,6 +11,9 @@
 //	                  VMM restored from it; the parent keeps running
 //	GET  /vcpus       → VCPUs: where each vCPU is, for a guest that stopped
 //	                  answering (the VM pauses for a moment)
+//	POST /working-set → WorkingSetResult: a restored VM records the pages its
+//	                  guest used since the restore, for later restores of its
+//	                  checkpoint to map ahead (409 for a booted VM)
 //
 // Errors are JSON {"error": "..."} with a 4xx/5xx status: 400 for a
 // malformed request, 409 for a call the VM's state does not allow (pause
@@ -80,6 +83,12 @@ type VCPUs struct {
 	Description string `json:"description"`
 }
 
+// WorkingSetResult says whether the VM's working set was recorded: false
+// when its checkpoint had one already (the first recorded stays).
+type WorkingSetResult struct {
+	Saved bool `json:"saved"`
+}
+
 // Controller is what the server drives; sailbox-vmm implements it.
 // Errors of type *Error carry their HTTP status; others are 500.
 type Controller interface {
@@ -90,6 +99,7 @@ type Controller interface {
 	Checkpoint(CheckpointRequest) (CheckpointResult, error)
 	Fork(ForkRequest) (ForkResult, error)
 	DescribeVCPUs() string
+	SaveWorkingSet() (WorkingSetResult, error)
 }
 
 // Error is an error with the HTTP status the server answers it with.
@@ -150,6 +160,10 @@ func Handler(c Controller) http.Handler {
 	})
 	mux.HandleFunc("GET /vcpus", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, VCPUs{c.DescribeVCPUs()})
+	})
+	mux.HandleFunc("POST /working-set", func(w http.ResponseWriter, r *http.Request) {
+		res, err := c.SaveWorkingSet()
+		reply(w, http.StatusOK, res, err)
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, errorBody{fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
@@ -256,6 +270,13 @@ func (c *Client) Checkpoint(ctx context.Context, id string) (CheckpointResult, e
 func (c *Client) Fork(ctx context.Context, req ForkRequest) (ForkResult, error) {
 	var res ForkResult
 	err := c.doJSON(ctx, "/fork", req, &res)
+	return res, err
+}
+
+// SaveWorkingSet asks a restored VM to record its working set.
+func (c *Client) SaveWorkingSet(ctx context.Context) (WorkingSetResult, error) {
+	var res WorkingSetResult
+	err := c.send(ctx, http.MethodPost, "/working-set", nil, http.StatusOK, &res)
 	return res, err
 }
 

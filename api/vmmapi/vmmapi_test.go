@@ -12,6 +12,7 @@ import (
 )
 
 type fakeVM struct {
+	saves     atomic.Int32
 	shutdowns atomic.Int32
 	paused    atomic.Bool
 }
@@ -34,6 +35,12 @@ func (f *fakeVM) Fork(req ForkRequest) (ForkResult, error) {
 	return ForkResult{Checkpoint: CheckpointResult{ID: req.CheckpointID}, ChildPID: 99}, nil
 }
 func (f *fakeVM) DescribeVCPUs() string { return "vcpu 0 rip=0x1000\n" }
+func (f *fakeVM) SaveWorkingSet() (WorkingSetResult, error) {
+	if f.saves.Add(1) > 1 {
+		return WorkingSetResult{}, nil
+	}
+	return WorkingSetResult{Saved: true}, nil
+}
 
 func TestClientServer(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "vmm.sock")
@@ -74,6 +81,11 @@ func TestClientServer(t *testing.T) {
 	}
 	if d, err := c.DescribeVCPUs(ctx); err != nil || d != vm.DescribeVCPUs() {
 		t.Errorf("vcpus = %q, %v; want %q", d, err, vm.DescribeVCPUs())
+	}
+	for _, want := range []bool{true, false} {
+		if res, err := c.SaveWorkingSet(ctx); err != nil || res.Saved != want {
+			t.Errorf("working set = %+v, %v; want saved %v", res, err, want)
+		}
 	}
 	for _, bad := range []string{`{"id": 1}`, `{"idd": "x"}`, `{}`, `nope`} {
 		err := c.send(ctx, "POST", "/checkpoint", strings.NewReader(bad), 200, nil)

@@ -114,6 +114,15 @@ func (c *controller) Resume() error { return conflict(c.m.Resume()) }
 // DescribeVCPUs says where each vCPU is; of a paused VM, only that it is.
 func (c *controller) DescribeVCPUs() string { return c.m.DescribeVCPUs() }
 
+// SaveWorkingSet records a restored VM's working set in its checkpoint.
+func (c *controller) SaveWorkingSet() (vmmapi.WorkingSetResult, error) {
+	if c.cfg.Restore == "" {
+		return vmmapi.WorkingSetResult{}, &vmmapi.Error{Status: 409, Err: errors.New("working set: the VM was booted, not restored")}
+	}
+	saved, err := c.m.SaveWorkingSet()
+	return vmmapi.WorkingSetResult{Saved: saved}, err
+}
+
 // conflict marks lifecycle errors as the caller's (HTTP 409).
 func conflict(err error) error {
 	if errors.Is(err, vmm.ErrNotRunning) || errors.Is(err, vmm.ErrNotCheckpointable) || errors.Is(err, snapshot.ErrExists) {

@@ -28,6 +28,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,11 +71,13 @@ type Backend struct {
 
 // vm is one sailbox-vmm process.
 type vm struct {
-	dir    string
-	pid    int
-	ctl    *vmmapi.Client
-	agent  *guestagent.Client
-	exited chan struct{} // closed when the process is gone
+	dir      string
+	pid      int
+	ctl      *vmmapi.Client
+	agent    *guestagent.Client
+	exited   chan struct{} // closed when the process is gone
+	restored bool          // restored from a checkpoint: it can record a working set
+	wsAsked  atomic.Bool   // it was asked to
 }
 
 var _ daemon.Backend = (*Backend)(nil)
@@ -149,22 +152,23 @@ func (b *Backend) restoreArgs(box, ckpt string, fork bool) []string {
 }
 
 func (b *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daemon.Instance, error) {
-	return b.start(ctx, box, b.bootArgs(box, spec))
+	return b.start(ctx, box, b.bootArgs(box, spec), false)
 }
 
 func (b *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (daemon.Instance, error) {
-	return b.start(ctx, box, b.restoreArgs(box, ckpt, fork))
+	return b.start(ctx, box, b.restoreArgs(box, ckpt, fork), true)
 }
 
 // Reboot boots the configured kernel and initramfs on the disks of ckpt
 // (sailbox-vmm -disks-from): a fresh boot, memory not restored, whose
 // checkpoints continue ckpt's disk layers.
 func (b *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (daemon.Instance, error) {
-	return b.start(ctx, box, b.rebootArgs(box, spec, ckpt))
+	return b.start(ctx, box, b.rebootArgs(box, spec, ckpt), false)
 }
 
-// start runs sailbox-vmm with args for box and waits for its agent.
-func (b *Backend) start(ctx context.Context, box string, args []string) (daemon.Instance, error) {
+// start runs sailbox-vmm with args for box and waits for its agent;
+// restored says the args restore a checkpoint.
+func (b *Backend) start(ctx context.Context, box string, args []string, restored bool) (daemon.Instance, error) {
 	dir, apiSock, vsockSock, _ := b.paths(box)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return daemon.Instance{}, err
@@ -192,7 +196,7 @@ func (b *Backend) start(ctx context.Context, box string, args []string) (daemon.
 	if err := cmd.Start(); err != nil {
 		return daemon.Instance{}, fmt.Errorf("start sailbox-vmm: %w", err)
 	}
-	v := &vm{dir: dir, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(apiSock), agent: agentClient(vsockSock), exited: make(chan struct{})}
+	v := &vm{dir: dir, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(apiSock), agent: agentClient(vsockSock), exited: make(chan struct{}), restored: restored}
 	go func() {
 		cmd.Wait()
 		close(v.exited)
@@ -344,7 +348,7 @@ func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.
 	if err != nil {
 		return daemon.CheckpointInfo{}, daemon.Instance{}, err
 	}
-	cv := &vm{dir: dir, pid: res.ChildPID, ctl: vmmapi.NewClient(apiSock), agent: agentClient(vsockSock), exited: make(chan struct{})}
+	cv := &vm{dir: dir, pid: res.ChildPID, ctl: vmmapi.NewClient(apiSock), agent: agentClient(vsockSock), exited: make(chan struct{}), restored: true}
 	go watchPID(cv.pid, cv.exited)
 	inst, err := b.adopt(ctx, child, cv)
 	return daemon.CheckpointInfo{Created: res.Checkpoint.Created}, inst, err
@@ -466,7 +470,33 @@ func (b *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, std
 	if err != nil {
 		return api.ExecResult{}, err
 	}
+	b.recordWorkingSet(box, v)
 	return api.ExecResult{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}, nil
+}
+
+// recordWorkingSet has a restored VM record its working set once its
+// first exec is done: the pages its guest needed to wake and serve it,
+// which later restores of the box's checkpoints (wakes, forks) map ahead
+// (vmm.Machine.SaveWorkingSet). Once per VM, in the background.
+func (b *Backend) recordWorkingSet(box string, v *vm) {
+	if !v.restored || !v.wsAsked.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		res, err := v.ctl.SaveWorkingSet(ctx)
+		select {
+		case <-v.exited:
+			return // stopped meanwhile: nothing to say
+		default:
+		}
+		if err != nil {
+			b.log.Warn("record working set", "box", box, "err", err)
+			return
+		}
+		b.log.Debug("record working set", "box", box, "saved", res.Saved)
+	}()
 }
 
 func (b *Backend) ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error) {

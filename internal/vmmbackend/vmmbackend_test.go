@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,6 +202,55 @@ func (hungVM) Fork(vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
 	return vmmapi.ForkResult{}, errors.New("hung")
 }
 func (hungVM) DescribeVCPUs() string { return "vcpu 0 rip=0xfeedface\n" }
+func (hungVM) SaveWorkingSet() (vmmapi.WorkingSetResult, error) {
+	return vmmapi.WorkingSetResult{}, errors.New("hung")
+}
+
+// countingVM counts the working sets it is asked to record.
+type countingVM struct {
+	hungVM
+	saves atomic.Int32
+}
+
+func (c *countingVM) SaveWorkingSet() (vmmapi.WorkingSetResult, error) {
+	c.saves.Add(1)
+	return vmmapi.WorkingSetResult{Saved: true}, nil
+}
+
+// A restored VM is asked to record its working set once, after its first
+// exec, however many follow; a booted one never.
+func TestRecordWorkingSetOnce(t *testing.T) {
+	b := newBackend(t)
+	serve := func() (*countingVM, *vm) {
+		sock := filepath.Join(t.TempDir(), "api.sock")
+		l, err := net.Listen("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		c := &countingVM{}
+		go vmmapi.Serve(ctx, l, c)
+		return c, &vm{ctl: vmmapi.NewClient(sock), exited: make(chan struct{})}
+	}
+	restored, rv := serve()
+	rv.restored = true
+	booted, bv := serve()
+	for range 3 {
+		b.recordWorkingSet("sb-r", rv)
+		b.recordWorkingSet("sb-b", bv)
+	}
+	for deadline := time.Now().Add(10 * time.Second); restored.saves.Load() == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // room for a wrong second call
+	if n := restored.saves.Load(); n != 1 {
+		t.Errorf("restored VM asked %d times, want once", n)
+	}
+	if n := booted.saves.Load(); n != 0 {
+		t.Errorf("booted VM asked %d times, want never", n)
+	}
+}
 
 // A boot whose agent never answers logs where the VMM's vCPUs are before
 // the VMM is killed: the one clue to where a hung guest is.
