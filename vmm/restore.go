@@ -51,8 +51,9 @@ type RestoreConfig struct {
 	// and all its pages are entered in KVM's page tables
 	// (KVM_PRE_FAULT_MEMORY), so that the guest's first touch of each
 	// costs no exit to the host. Pages only read stay shared with the
-	// layers. Without KVM_PRE_FAULT_MEMORY (before Linux 6.10) or nested
-	// paging, only the copies are made.
+	// layers. The copied pages count as dirtied: the machine's next
+	// checkpoint holds them. Without KVM_PRE_FAULT_MEMORY (before Linux
+	// 6.10) or nested paging, only the copies are made.
 	WorkingSet *memory.WorkingSet
 	// NoWorkingSet maps nothing ahead: every page faults in when first
 	// touched.

@@ -10,8 +10,10 @@ import (
 // (KVM_PRE_FAULT_MEMORY, Linux 6.10; see CapPreFaultMemory). Guest pages
 // backed by a private file mapping are mapped read-only, still shared with
 // the page cache: a later guest write copies the page as it would have.
-// gpa and size must be page-aligned and inside a memory slot. Issue it from
-// the vCPU's own thread, before it runs.
+// Pages the process already holds writable are mapped writable, and in a
+// slot with dirty logging KVM logs them dirty at once. gpa and size must
+// be page-aligned and inside a memory slot. Issue it from the vCPU's own
+// thread, before it runs.
 func (v *VCPU) PreFaultMemory(gpa, size uint64) error {
 	r := preFaultMemory{GPA: gpa, Size: size}
 	for r.Size > 0 {
