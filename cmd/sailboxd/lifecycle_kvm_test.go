@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -83,6 +85,19 @@ func TestKVMDaemonLifecycle(t *testing.T) {
 	}
 	if pa, ka := h.run(a.ID, "hostname"), h.run(kid.ID, "hostname"); pa == ka {
 		t.Errorf("parent and child share hostname %q", pa)
+	}
+	// After its first exec the child recorded its working set in the
+	// checkpoint it came from (in the background), for later forks and
+	// wakes of the family to map ahead.
+	ws := filepath.Join(h.stateDir, "store", "checkpoints", fr.Checkpoint.ID, "workingset")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := os.Stat(ws); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("no working set recorded for %s a minute after the fork's first exec", fr.Checkpoint.ID)
+			break
+		}
 	}
 
 	// Sleep; a fork of the sleeping parent leaves it asleep.
