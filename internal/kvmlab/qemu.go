@@ -107,7 +107,7 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 		res.Crashed = true
 		l.printConsoleTail(60)
 	case res.LabError == "":
-		res.LabError = fmt.Sprintf("the lab powered off after %v without finishing its plan (kernel panic?)", elapsed)
+		res.LabError = fmt.Sprintf("the lab powered off after %v without finishing its plan (a kernel panic; a triple fault of the lab kernel if its console shows none)", elapsed)
 		res.Crashed = true
 		l.printConsoleTail(60)
 	}
