@@ -211,6 +211,13 @@ func (p *Pending) Commit(m *Manifest) error {
 	if err := p.r.checkRefs(m); err != nil {
 		return fmt.Errorf("commit checkpoint %s: %w", p.id, err)
 	}
+	if m.Parent != "" {
+		// The parent's working set, if it has one, is this checkpoint's
+		// too (a hard link: the file is never rewritten), so that a
+		// restore reads it here rather than up a long chain. Best effort:
+		// Root.WorkingSet walks the chain for what this misses.
+		os.Link(filepath.Join(p.r.checkpointDir(m.Parent), workingSetName), filepath.Join(p.dir, workingSetName))
+	}
 	tmp := filepath.Join(p.dir, manifestName+".tmp")
 	if err := writeFileSync(tmp, data); err != nil {
 		return fmt.Errorf("commit checkpoint %s: %w", p.id, err)

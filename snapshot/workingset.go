@@ -204,8 +204,9 @@ func (r *Root) SaveWorkingSet(id string, ws WorkingSet) (saved bool, err error) 
 // WorkingSet returns the working set recorded nearest to checkpoint m: its
 // own, else its parent's, and so on up its chain (a box's working set
 // changes slowly from one checkpoint to the next), with the ID of the
-// checkpoint that holds it. from is "" when none in the chain has one. A
-// damaged file is an error naming it.
+// checkpoint that holds it. A checkpoint committed on a parent with a
+// working set holds the same file from the start. from is "" when none in
+// the chain has one. A damaged file is an error naming it.
 func (r *Root) WorkingSet(m *Manifest) (ws WorkingSet, from string, err error) {
 	pages := m.MemorySize / memlayer.PageSize
 	for cur, depth := m, 0; cur != nil && depth < maxChain; depth++ {

@@ -88,7 +88,8 @@ func TestWorkingSetRefusesDamage(t *testing.T) {
 }
 
 // A checkpoint's working set is the first one saved for it, else its
-// nearest ancestor's; a removed ancestor ends the search.
+// nearest ancestor's (held from the start by a checkpoint committed after
+// it); a removed ancestor ends the search.
 func TestWorkingSetOfAChain(t *testing.T) {
 	root, err := OpenRoot(t.TempDir(), nil)
 	if err != nil {
@@ -148,6 +149,19 @@ func TestWorkingSetOfAChain(t *testing.T) {
 	}
 	if _, from, err := root.WorkingSet(c3); err != nil || from != "" {
 		t.Errorf("working set of c3 past a removed parent: from %q, %v", from, err)
+	}
+
+	// A checkpoint committed on one with a working set holds it itself.
+	if saved, err := root.SaveWorkingSet("c3", second); err != nil || !saved {
+		t.Fatalf("save c3: %v, %v", saved, err)
+	}
+	b.run()
+	c4 := b.checkpoint("c4")
+	if ws, from, err := root.WorkingSet(c4); err != nil || from != "c4" || ws.Touched[0] != second.Touched[0] {
+		t.Errorf("working set of c4 = %+v from %q, %v; want c3's, held by c4", ws, from, err)
+	}
+	if saved, err := root.SaveWorkingSet("c4", first); err != nil || saved {
+		t.Errorf("save over c4's inherited working set: saved %v, %v", saved, err)
 	}
 }
 

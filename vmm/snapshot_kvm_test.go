@@ -467,8 +467,8 @@ func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
 		t.Errorf("the restored machine's SaveWorkingSet: saved %v, %v; want the first kept", saved, err)
 	}
 	next, _ := checkpoint(t, b, g, "ws2")
-	if got, from, err := b.root.WorkingSet(next); err != nil || from != "ws" || got.Pages() != ws.Pages() {
-		t.Errorf("working set of the next checkpoint: %d pages from %q, %v; want the %d of ws", got.Pages(), from, err, ws.Pages())
+	if got, from, err := b.root.WorkingSet(next); err != nil || from != "ws2" || got.Pages() != ws.Pages() {
+		t.Errorf("working set of the next checkpoint: %d pages from %q, %v; want the %d of ws, inherited", got.Pages(), from, err, ws.Pages())
 	}
 }
 
