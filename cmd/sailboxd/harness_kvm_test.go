@@ -143,7 +143,16 @@ func (h *host) kill() {
 // vmmPIDs lists the sailbox-vmm processes serving this host's boxes: those
 // whose command line names a socket under its run directory.
 func (h *host) vmmPIDs() []int {
-	run := filepath.Join(h.stateDir, "run") + "/"
+	return h.pidsNaming(filepath.Join(h.stateDir, "run") + "/")
+}
+
+// vmmPIDsOf lists the sailbox-vmm processes serving box id.
+func (h *host) vmmPIDsOf(id string) []int {
+	return h.pidsNaming(filepath.Join(h.stateDir, "run", id) + "/")
+}
+
+// pidsNaming lists the processes whose command line contains run.
+func (h *host) pidsNaming(run string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -237,5 +238,48 @@ func TestKVMDaemonConcurrentForks(t *testing.T) {
 	}
 	if left := h.storeFiles(); len(left) != 0 {
 		t.Errorf("files left in the checkpoint store: %s", strings.Join(left, " "))
+	}
+}
+
+// A box's VMM killed while the daemon runs is noticed at once: the box is
+// restored from its last completed checkpoint (what it did after is gone)
+// and works on; a box without a checkpoint is marked failed.
+func TestKVMDaemonRestoresAKilledVMM(t *testing.T) {
+	h := newHost(t)
+	ctx := ctxFor(t, 10*time.Minute)
+	c := h.c
+	a, err := c.Create(ctx, api.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.run(a.ID, "sh", "-c", "echo -n checkpointed > /tmp/f")
+	if _, err := c.Checkpoint(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	h.run(a.ID, "sh", "-c", "echo -n after > /tmp/f")
+	fresh, err := c.Create(ctx, api.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{a.ID, fresh.ID} {
+		pids := h.vmmPIDsOf(id)
+		if len(pids) != 1 {
+			t.Fatalf("box %s has VMMs %v, want one", id, pids)
+		}
+		syscall.Kill(pids[0], syscall.SIGKILL)
+	}
+	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if h.state(fresh.ID) == string(lifecycle.Failed) && len(h.vmmPIDsOf(a.ID)) == 1 && h.state(a.ID) == string(lifecycle.Running) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the kills: %s is %s with VMMs %v, %s is %s", a.ID, h.state(a.ID), h.vmmPIDsOf(a.ID), fresh.ID, h.state(fresh.ID))
+		}
+	}
+	if out := h.run(a.ID, "cat", "/tmp/f"); out != "checkpointed" {
+		t.Errorf("box after its VMM was killed has %q, want its checkpoint's", out)
+	}
+	if _, err := c.Checkpoint(ctx, a.ID); err != nil {
+		t.Errorf("checkpoint of the restored box: %v", err)
 	}
 }

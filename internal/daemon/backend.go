@@ -56,6 +56,12 @@ type Backend interface {
 	// Attach takes back control of box's VM after a daemon restart and
 	// reports whether it still runs.
 	Attach(ctx context.Context, box string) (bool, error)
+	// Watch has the backend call lost(box), from a goroutine of its own,
+	// when box's VM exits without being asked to: its VMM crashed or was
+	// killed, or its guest powered off. A VM the backend stopped, or one
+	// replaced by a newer VM of the box, is not reported. A later call
+	// replaces the function; nil stops the reports.
+	Watch(lost func(box string))
 	// RemoveCheckpoints frees the storage of checkpoints that no box
 	// references, given children before parents. An ID the store does
 	// not hold is not an error.

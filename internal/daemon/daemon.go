@@ -25,6 +25,7 @@ import (
 	"log/slog"
 	"path"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
@@ -80,7 +81,8 @@ type Manager struct {
 	locks sync.Map   // box ID → *sync.Mutex, held for every change of the box
 	gcMu  sync.Mutex // one collection of unreferenced checkpoints at a time
 
-	fwd forwards
+	fwd    forwards
+	closed atomic.Bool // Close was called
 }
 
 // New returns a Manager; call Start before serving.
@@ -122,6 +124,7 @@ func (m *Manager) HostID() string { return m.hostID }
 // VMs (restoring from the last completed checkpoint those whose VM is
 // gone), frees unreferenced checkpoints and reopens exposed ports.
 func (m *Manager) Start(ctx context.Context) error {
+	m.be.Watch(m.vmLost)
 	var boxes []catalog.Box
 	var incomplete []catalog.Checkpoint
 	err := m.cat.View(func(tx *catalog.Tx) error {
@@ -213,9 +216,36 @@ func (m *Manager) lost(ctx context.Context, id string) (catalog.Box, error) {
 	return b, err
 }
 
+// vmLost handles the backend's report that box id's VM exited on its
+// own while the daemon runs: a box that should be running is restored
+// from its last completed checkpoint at once, as after a host failure, or
+// marked failed if it has none.
+func (m *Manager) vmLost(id string) {
+	if m.closed.Load() {
+		return
+	}
+	unlock := m.lock(id)
+	defer unlock()
+	b, err := m.record(id)
+	if err != nil || b.State != lifecycle.Running {
+		return // gone, or going down on purpose
+	}
+	ctx := context.Background()
+	if alive, _ := m.be.Attach(ctx, id); alive {
+		return // a newer VM of the box runs
+	}
+	m.log.Warn("box's VM exited on its own; restoring it from its last checkpoint", "box", id)
+	if _, err := m.lost(ctx, id); err != nil {
+		m.log.Error("box not restored", "box", id, "err", err)
+	}
+}
+
 // Close stops the exposed ports' listeners and waits for their
-// connections to end. Boxes' VMs keep running.
+// connections to end, and stops acting on VMs that exit. Boxes' VMs keep
+// running.
 func (m *Manager) Close() error {
+	m.closed.Store(true)
+	m.be.Watch(nil)
 	m.fwd.closeAll()
 	return nil
 }

@@ -406,6 +406,45 @@ func TestRestart(t *testing.T) {
 	}
 }
 
+// A VM that dies while the daemon runs is noticed at once: its box is
+// restored from its last checkpoint, or failed without one. A box that
+// sleeps is left alone.
+func TestVMLostWhileRunning(t *testing.T) {
+	e := newEnv(t)
+	a := e.create()
+	if _, err := e.m.Checkpoint(e.ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	bx := e.create()
+	c := e.create()
+	e.m.Sleep(e.ctx, c.ID)
+	e.fake.Crash(a.ID)
+	e.fake.Crash(bx.ID)
+	e.fake.Crash(c.ID)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if e.fake.Running(a.ID) && e.get(bx.ID).State == lifecycle.Failed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the crashes: %+v (VM running: %v), %+v", e.get(a.ID), e.fake.Running(a.ID), e.get(bx.ID))
+		}
+	}
+	if got := e.get(a.ID); got.State != lifecycle.Running {
+		t.Errorf("box restored from its checkpoint: %+v", got)
+	}
+	if got := e.get(c.ID); got.State != lifecycle.Sleeping || e.fake.Running(c.ID) {
+		t.Errorf("sleeping box after a crash report: %+v", got)
+	}
+	// Once the manager is closed, reports are not acted on.
+	e.close()
+	e.fake.Crash(a.ID)
+	time.Sleep(50 * time.Millisecond)
+	if e.fake.Running(a.ID) {
+		t.Error("a closed manager restored a box")
+	}
+	e.open()
+}
+
 func TestExpose(t *testing.T) {
 	e := newEnv(t)
 	b := e.create()

@@ -67,6 +67,8 @@ type Backend struct {
 
 	mu  sync.Mutex
 	vms map[string]*vm // running VMs by box ID; guarded by mu
+
+	lost atomic.Pointer[func(box string)] // Watch's function
 }
 
 // vm is one sailbox-vmm process.
@@ -258,9 +260,15 @@ func (b *Backend) register(box string, v *vm) {
 		b.mu.Unlock()
 		if current {
 			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.dir))
+			if lost := b.lost.Load(); lost != nil && *lost != nil {
+				(*lost)(box)
+			}
 		}
 	}()
 }
+
+// Watch has lost called when a box's VMM exits on its own.
+func (b *Backend) Watch(lost func(box string)) { b.lost.Store(&lost) }
 
 // vmmLogs are where a box's VMM writes its log: vmm.log for one the
 // backend started, <api socket>.log for a fork's child.

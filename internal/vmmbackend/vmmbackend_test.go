@@ -293,3 +293,33 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(p)
 }
+
+// A VMM that exits on its own is reported to Watch's function; one the
+// backend stopped (forgot first) is not.
+func TestWatchReportsVMMsThatExitOnTheirOwn(t *testing.T) {
+	b := newBackend(t)
+	lost := make(chan string, 2)
+	b.Watch(func(box string) { lost <- box })
+	crashed := &vm{dir: t.TempDir(), exited: make(chan struct{})}
+	stopped := &vm{dir: t.TempDir(), exited: make(chan struct{})}
+	b.register("sb-crashed", crashed)
+	b.register("sb-stopped", stopped)
+	b.mu.Lock()
+	delete(b.vms, "sb-stopped") // as Stop does before it shuts the VMM down
+	b.mu.Unlock()
+	close(stopped.exited)
+	close(crashed.exited)
+	select {
+	case box := <-lost:
+		if box != "sb-crashed" {
+			t.Errorf("reported %s, want sb-crashed", box)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the crashed VMM was not reported")
+	}
+	select {
+	case box := <-lost:
+		t.Errorf("also reported %s", box)
+	case <-time.After(100 * time.Millisecond):
+	}
+}

@@ -51,6 +51,7 @@ type Backend struct {
 	removed     []string          // checkpoint IDs freed
 	dead        map[string]bool   // boxes whose VM Attach reports gone
 	hook        map[string]func() // method name → run at the start of its next call
+	lost        func(box string)  // Watch's function
 }
 
 type vm struct {
@@ -95,8 +96,27 @@ func (f *Backend) OnNext(method string, fn func()) {
 	f.mu.Unlock()
 }
 
+// Crash makes box's VM vanish as Kill does, and reports it to the
+// function given to Watch, as a VMM that dies while the daemon runs.
+func (f *Backend) Crash(box string) {
+	f.Kill(box)
+	f.mu.Lock()
+	lost := f.lost
+	f.mu.Unlock()
+	if lost != nil {
+		go lost(box)
+	}
+}
+
+// Watch records the function Crash reports to.
+func (f *Backend) Watch(lost func(box string)) {
+	f.mu.Lock()
+	f.lost = lost
+	f.mu.Unlock()
+}
+
 // Kill makes box's VM vanish, as a crashed VMM does: Attach reports it
-// gone.
+// gone. Nothing is reported to Watch's function (the daemon is down).
 func (f *Backend) Kill(box string) {
 	f.mu.Lock()
 	delete(f.vms, box)
