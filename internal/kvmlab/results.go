@@ -162,10 +162,22 @@ func (r *Result) unfinished() []int {
 	return out
 }
 
+// passedIn returns the tests r saw pass in step i.
+func (r *Result) passedIn(i int) []string {
+	var out []string
+	for _, o := range r.obs {
+		if o.step == i && o.status == "PASS" {
+			out = append(out, o.name)
+		}
+	}
+	return out
+}
+
 // mergeRerun returns the result of a run whose steps steps (indexes into
-// r's plan) ran again as rerun after r crashed: r's finished steps with
-// their tests, and rerun's for the others. Tests that r saw in an
-// unfinished step are dropped: that step ran again whole.
+// r's plan) ran again as rerun after r crashed, without the tests that
+// had passed in them: r's finished steps with their tests, the tests r
+// saw pass in an unfinished step, and rerun's results for the rest. A
+// test that failed or skipped in a step cut short ran again.
 func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
 	again := map[int]int{} // r's step → rerun's step
 	for j, i := range steps {
@@ -174,7 +186,7 @@ func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
 	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: rerun.Done, LabError: rerun.LabError,
 		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError)}
 	for _, o := range r.obs {
-		if _, ran := again[o.step]; !ran {
+		if _, ran := again[o.step]; !ran || o.status == "PASS" {
 			m.obs = append(m.obs, o)
 			m.tally(o.status, o.name)
 		}

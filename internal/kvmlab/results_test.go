@@ -16,20 +16,25 @@ func TestMergeRerun(t *testing.T) {
 	first.observe("--- PASS: TestKVMA (1.00s)")
 	first.Exit[0], first.step = 0, 1
 	first.observe("--- PASS: TestKVMB (1.00s)") // step 1, cut short by the crash
+	first.observe("--- FAIL: TestKVMX (1.00s)") // failed in the crashed step: runs again
 	first.LabError, first.Crashed = "the lab powered off (kernel panic?)", true
 	if got := first.unfinished(); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("unfinished = %v", got)
 	}
+	if got := first.passedIn(1); !slices.Equal(got, []string{"TestKVMB"}) {
+		t.Errorf("passed in the crashed step: %v; the rerun skips these", got)
+	}
 
+	// The rerun skips TestKVMB, which passed.
 	rerun := newResult("lab", 2)
-	rerun.observe("--- PASS: TestKVMB (1.00s)")
+	rerun.observe("--- PASS: TestKVMX (1.00s)")
 	rerun.observe("--- FAIL: TestKVMC (1.00s)")
 	rerun.Exit[0], rerun.step = 0, 1
 	rerun.observe("--- PASS: TestKVMD (1.00s)")
 	rerun.Exit[1], rerun.Done = 0, true
 
 	m := first.mergeRerun([]int{1, 2}, rerun)
-	if !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMD"}) || !slices.Equal(m.Failed, []string{"TestKVMC"}) {
+	if !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMX", "TestKVMD"}) || !slices.Equal(m.Failed, []string{"TestKVMC"}) {
 		t.Errorf("merged passed %v, failed %v", m.Passed, m.Failed)
 	}
 	if !slices.Equal(m.Exit, []int{0, 0, 0}) || !m.Done || m.LabError != "" || m.Crashed {
@@ -38,16 +43,45 @@ func TestMergeRerun(t *testing.T) {
 	if m.OK() {
 		t.Error("a run with a failed test is OK")
 	}
-	if s := m.Summary(); !strings.Contains(s, "3 passed, 1 failed") || !strings.Contains(s, "after 1 lab crash") || !strings.Contains(s, "kernel panic") {
+	if s := m.Summary(); !strings.Contains(s, "4 passed, 1 failed") || !strings.Contains(s, "after 1 lab crash") || !strings.Contains(s, "kernel panic") {
 		t.Errorf("summary %q", s)
 	}
 
-	// A rerun that crashes too leaves the run failed.
+	// A rerun that crashes too is not done: its unfinished steps, less
+	// what passed in either lab, can run in another.
 	rerun2 := newResult("lab", 2)
+	rerun2.observe("--- PASS: TestKVMX (1.00s)")
 	rerun2.LabError, rerun2.Crashed = "wedged", true
 	m = first.mergeRerun([]int{1, 2}, rerun2)
 	if m.OK() || len(m.Problems(&Plan{Steps: make([]Step, 3)})) == 0 {
 		t.Errorf("a twice-crashed run counts as OK: %+v", m)
+	}
+	if got := m.unfinished(); !slices.Equal(got, []int{1, 2}) {
+		t.Errorf("unfinished after two crashes = %v", got)
+	}
+	if got := m.passedIn(1); !slices.Equal(got, []string{"TestKVMB", "TestKVMX"}) {
+		t.Errorf("passed in step 1 over both labs: %v", got)
+	}
+	rerun3 := newResult("lab", 2)
+	rerun3.observe("--- PASS: TestKVMC (1.00s)")
+	rerun3.Exit[0], rerun3.step = 0, 1
+	rerun3.observe("--- PASS: TestKVMD (1.00s)")
+	rerun3.Exit[1], rerun3.Done = 0, true
+	m = m.mergeRerun([]int{1, 2}, rerun3)
+	if !m.OK() || !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMX", "TestKVMC", "TestKVMD"}) || len(m.Reruns) != 2 {
+		t.Errorf("after a second rerun: OK %v, passed %v, reruns %v", m.OK(), m.Passed, m.Reruns)
+	}
+	if s := m.Summary(); !strings.Contains(s, "after 2 lab crash") {
+		t.Errorf("summary %q", s)
+	}
+}
+
+func TestWithTestSkip(t *testing.T) {
+	if got := withTestSkip([]string{"-test.v", "-test.run", "^TestKVM"}, "^(TestA)$"); !slices.Equal(got, []string{"-test.v", "-test.run", "^TestKVM", "-test.skip", "^(TestA)$"}) {
+		t.Errorf("added: %q", got)
+	}
+	if got := withTestSkip([]string{"-test.skip", "x", "-test.v"}, "y"); !slices.Equal(got, []string{"-test.skip", "y", "-test.v"}) {
+		t.Errorf("replaced: %q", got)
 	}
 }
 

@@ -146,36 +146,60 @@ func withTestRun(args []string, run string) []string {
 	return append(out, "-test.run", run)
 }
 
-// rerunCrashed runs once more, in a fresh lab, the steps a crashed lab
-// did not finish.
+// maxCrashReruns bounds how many fresh labs run what crashed labs left.
+const maxCrashReruns = 2
+
+// rerunCrashed runs in a fresh lab, up to maxCrashReruns times, the steps
+// a crashed lab did not finish, without the tests that passed in them.
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
-	if !res.Crashed {
-		return res, nil
+	for range maxCrashReruns {
+		if !res.Crashed {
+			return res, nil
+		}
+		// The lab's emulated SVM breaks now and then (its kernel panics,
+		// triple-faults or wedges): that is not a test's failure, so what
+		// did not finish runs again in a fresh lab, and the crash is
+		// reported.
+		steps := res.unfinished()
+		if len(steps) == 0 {
+			return res, nil
+		}
+		crashLog := filepath.Join(r.WorkDir, fmt.Sprintf("console-crash%d.log", len(res.Reruns)+1))
+		if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
+			crashLog = lab.ConsoleLog()
+		}
+		rerun := &Plan{}
+		var names []string
+		for _, i := range steps {
+			s := plan.Steps[i]
+			if passed := res.passedIn(i); len(passed) > 0 {
+				s.Args = withTestSkip(s.Args, "^("+strings.Join(passed, "|")+")$")
+			}
+			rerun.Steps = append(rerun.Steps, s)
+			names = append(names, s.Name)
+		}
+		fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s; console log %s); running the %d unfinished steps again in a fresh lab, without the tests that passed: %s\n",
+			res.LabError, crashLog, len(steps), strings.Join(names, ", "))
+		again, err := lab.Run(ctx, rerun)
+		if err != nil {
+			return nil, err
+		}
+		res = res.mergeRerun(steps, again)
 	}
-	// The lab's emulated SVM breaks now and then (its kernel panics or
-	// wedges): that is not a test's failure, so the steps that did not
-	// finish run once more, in a fresh lab, and the crash is reported.
-	steps := res.unfinished()
-	if len(steps) == 0 {
-		return res, nil
+	return res, nil
+}
+
+// withTestSkip returns args with -test.skip skip (Go 1.20), replacing one
+// there was: the tests it matches do not run.
+func withTestSkip(args []string, skip string) []string {
+	out := slices.Clone(args)
+	for i := 0; i+1 < len(out); i++ {
+		if out[i] == "-test.skip" {
+			out[i+1] = skip
+			return out
+		}
 	}
-	crashLog := filepath.Join(r.WorkDir, "console-crash.log")
-	if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
-		crashLog = lab.ConsoleLog()
-	}
-	rerun := &Plan{}
-	var names []string
-	for _, i := range steps {
-		rerun.Steps = append(rerun.Steps, plan.Steps[i])
-		names = append(names, plan.Steps[i].Name)
-	}
-	fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s; console log %s); running the %d unfinished steps again in a fresh lab, once: %s\n",
-		res.LabError, crashLog, len(steps), strings.Join(names, ", "))
-	again, err := lab.Run(ctx, rerun)
-	if err != nil {
-		return nil, err
-	}
-	return res.mergeRerun(steps, again), nil
+	return append(out, "-test.skip", skip)
 }
 
 // ForwardedEnv returns the SAILBOX_* variables of this process, which steps
