@@ -135,15 +135,23 @@ func (r *Runner) retestLabFaults(ctx context.Context, lab *Lab, plan *Plan, res 
 }
 
 // withTestRun returns args with the value of -test.run replaced by run.
-func withTestRun(args []string, run string) []string {
+func withTestRun(args []string, run string) []string { return withFlag(args, "-test.run", run) }
+
+// withTestSkip returns args with -test.skip skip (Go 1.20): the tests it
+// matches do not run.
+func withTestSkip(args []string, skip string) []string { return withFlag(args, "-test.skip", skip) }
+
+// withFlag returns a copy of args with flag's value set to value, added
+// if args lack it.
+func withFlag(args []string, flag, value string) []string {
 	out := slices.Clone(args)
 	for i := 0; i+1 < len(out); i++ {
-		if out[i] == "-test.run" {
-			out[i+1] = run
+		if out[i] == flag {
+			out[i+1] = value
 			return out
 		}
 	}
-	return append(out, "-test.run", run)
+	return append(out, flag, value)
 }
 
 // maxCrashReruns bounds how many fresh labs run what crashed labs left.
@@ -187,19 +195,6 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		res = res.mergeRerun(steps, again)
 	}
 	return res, nil
-}
-
-// withTestSkip returns args with -test.skip skip (Go 1.20), replacing one
-// there was: the tests it matches do not run.
-func withTestSkip(args []string, skip string) []string {
-	out := slices.Clone(args)
-	for i := 0; i+1 < len(out); i++ {
-		if out[i] == "-test.skip" {
-			out[i+1] = skip
-			return out
-		}
-	}
-	return append(out, "-test.skip", skip)
 }
 
 // ForwardedEnv returns the SAILBOX_* variables of this process, which steps
