@@ -2,9 +2,10 @@
 //
 // Where the host's /dev/kvm is usable (see vmm/kvm.OpenUsable) the test
 // binaries run directly. Elsewhere — development and CI machines are VMs
-// without nested hardware virtualisation — they run in the KVM lab: Debian's
-// stock kernel booted under QEMU's emulator (TCG) with an emulated AMD CPU
-// that offers SVM, so the lab kernel's kvm-amd gives a real /dev/kvm. The
+// without nested hardware virtualisation — they run in the KVM lab: a
+// Debian kernel (6.12 from bookworm-backports, see build/lab-kernel.sh)
+// booted under QEMU's emulator (TCG) with an emulated AMD CPU that offers
+// SVM, so the lab kernel's kvm-amd gives a real /dev/kvm. The
 // project's code then runs on real KVM code paths, slowly but faithfully.
 //
 // A run is a Plan: steps (a binary, its arguments, environment and working
