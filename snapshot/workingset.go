@@ -201,6 +201,13 @@ func (r *Root) SaveWorkingSet(id string, ws WorkingSet) (saved bool, err error) 
 	return true, nil
 }
 
+// HasWorkingSet reports whether checkpoint id has a working set of its own,
+// so that SaveWorkingSet would keep the one it has.
+func (r *Root) HasWorkingSet(id string) bool {
+	_, err := os.Stat(filepath.Join(r.checkpointDir(id), workingSetName))
+	return err == nil
+}
+
 // WorkingSet returns the working set recorded nearest to checkpoint m: its
 // own, else its parent's, and so on up its chain (a box's working set
 // changes slowly from one checkpoint to the next), with the ID of the

@@ -27,6 +27,9 @@ type Memory struct {
 	// have written through Slice since the last TakeWritten: KVM's dirty
 	// log sees only the guest's own writes.
 	written []atomic.Uint64
+
+	tracking WriteTracking // how written pages are tracked (track.go)
+	uffd     int           // WriteProtect: the userfaultfd holding the protection; -1 otherwise
 }
 
 // PageSize is the granularity of dirty tracking and of file mappings.
@@ -48,8 +51,11 @@ func New(size uint64) (*Memory, error) {
 
 func newMemory(data []byte) *Memory {
 	pages := uint64(len(data)) / PageSize
-	return &Memory{data: data, written: make([]atomic.Uint64, (pages+63)/64)}
+	return &Memory{data: data, written: make([]atomic.Uint64, (pages+63)/64), uffd: -1}
 }
+
+// words is the length of a bitmap with a bit per guest page.
+func (m *Memory) words() int { return int((m.Size()/PageSize + 63) / 64) }
 
 // Size is the number of bytes of guest RAM.
 func (m *Memory) Size() uint64 { return uint64(len(m.data)) }
@@ -132,7 +138,7 @@ func (m *Memory) Close() error {
 	if m.data == nil {
 		return nil
 	}
-	err := unix.Munmap(m.data)
+	err := errors.Join(m.StopTracking(), unix.Munmap(m.data))
 	m.data = nil
 	return err
 }

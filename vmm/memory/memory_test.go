@@ -144,71 +144,9 @@ func TestUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if grew := u1.Private - u0.Private; grew != 64*PageSize {
-		t.Errorf("private memory grew by %d bytes after writing 64 pages, want %d", grew, 64*PageSize)
-	}
-}
-
-// WorkingSet names the pages read or written since the mapping, including
-// a page of a file mapped copy-on-write that was only read, and no
-// untouched anonymous page (a read of a file page may map its neighbours
-// too: the kernel's fault-around); of them, exactly those written, or
-// populated for writing, as Written.
-func TestWorkingSet(t *testing.T) {
-	f, err := os.CreateTemp(t.TempDir(), "layer")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(8 * PageSize); err != nil {
-		t.Fatal(err)
-	}
-	m, err := NewFromFiles(200*PageSize, []FileRange{{GuestOffset: 100 * PageSize, Length: 8 * PageSize, File: f}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	read := map[uint64]bool{5: true, 101: true, 199: true}
-	written := map[uint64]bool{3: true, 64: true, 107: true, 150: true, 151: true, 104: true}
-	b := make([]byte, 1)
-	for p := range read {
-		m.ReadAt(b, int64(p*PageSize))
-	}
-	for p := range written {
-		if p == 150 || p == 151 || p == 104 {
-			continue
-		}
-		m.WriteAt([]byte{1}, int64(p*PageSize))
-	}
-	if err := m.PopulateWrite(150, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.PopulateWrite(104, 1); err != nil {
-		t.Fatal(err)
-	}
-	if err := m.PopulateWrite(199, 2); err == nil {
-		t.Error("PopulateWrite beyond guest memory succeeded")
-	}
-	ws, err := m.WorkingSet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(ws.Touched) != 4 || len(ws.Written) != 4 {
-		t.Fatalf("bitmaps of %d and %d words for 200 pages, want 4", len(ws.Touched), len(ws.Written))
-	}
-	for p := uint64(0); p < 200; p++ {
-		touched := ws.Touched[p/64]&(1<<(p%64)) != 0
-		wrote := ws.Written[p/64]&(1<<(p%64)) != 0
-		want := read[p] || written[p]
-		if inFile := p >= 100 && p < 108; touched != want && !(inFile && touched) {
-			t.Errorf("page %d touched = %v, want %v", p, touched, want)
-		}
-		if wrote != written[p] {
-			t.Errorf("page %d written = %v, want %v", p, wrote, written[p])
-		}
-	}
-	// Populating kept the contents: the file's zeros.
-	if _, err := m.ReadAt(b, 104*PageSize); err != nil || b[0] != 0 {
-		t.Errorf("page 104 after populating reads %v, %v", b, err)
+	// At least the pages written: a kernel may back a write with a large
+	// folio (THP), which the mapping then holds whole.
+	if grew := u1.Private - u0.Private; grew < 64*PageSize || grew > m.Size() {
+		t.Errorf("private memory grew by %d bytes after writing 64 pages, want %d to %d", grew, 64*PageSize, m.Size())
 	}
 }

@@ -78,57 +78,118 @@ func parseRange(s string) (lo, hi uintptr, ok bool) {
 // WorkingSet is what a guest used of its memory, as two bitmaps over its
 // pages (bit i of word i/64 is guest page i).
 type WorkingSet struct {
-	// Touched are the pages read or written, plus neighbours of the file
-	// pages read (the kernel maps those ahead: fault-around).
+	// Touched are the pages read or written, plus whatever the kernel
+	// mapped with them (the neighbours of a file page read: fault-around).
 	Touched []uint64
-	// Written are the pages of Touched this VM holds a copy of its own:
-	// written by the guest or the VMM (copied on write from a layer, or
-	// anonymous memory filled in).
+	// Written are the pages of Touched written since the tracking began
+	// (Memory.TrackWrites), by the guest or the VMM, populating for
+	// writing included; empty without tracking.
 	Written []uint64
+}
+
+// Pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pmPresent   = 1 << 63
+	pmSwapped   = 1 << 62
+	pmFile      = 1 << 61 // a page-cache page: a layer's, not copied
+	pmUffdWP    = 1 << 57 // write-protected by a userfaultfd (Linux 5.13)
+	pmExclusive = 1 << 56 // mapped by this process alone
+	pmSoftDirty = 1 << 55
+)
+
+// Private reports, as a bitmap over guest pages, those this process holds
+// a copy of its own of, in RAM or swapped: anonymous pages mapped only
+// here. Those written, or populated for writing, are among them; so may
+// be pages only read, on kernels that give a read fault a page of its
+// own, and the neighbours of a written page that the kernel backed with
+// a large folio. Which pages were written is WorkingSet's to say.
+func (m *Memory) Private() ([]uint64, error) {
+	own := make([]uint64, m.words())
+	err := m.scanPagemap(func(p, e uint64) {
+		if e&(pmPresent|pmSwapped) != 0 && e&pmFile == 0 && e&(pmExclusive|pmSwapped) != 0 {
+			own[p/64] |= 1 << (p % 64)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("guest pages held privately: %w", err)
+	}
+	return own, nil
 }
 
 // WorkingSet reports the guest pages mapped in this process now: every
 // page the guest or the VMM has touched since the memory was mapped that
-// the host has not reclaimed, and which of them were written. Of a
-// restored machine, these are the pages its guest needed since the
-// restore. From /proc/self/pagemap.
+// the host has not reclaimed, and which of them were written since
+// tracking began, as Tracking() tells. Of a restored machine, these are
+// the pages its guest needed since the restore. From /proc/self/pagemap.
 func (m *Memory) WorkingSet() (WorkingSet, error) {
-	f, err := os.Open("/proc/self/pagemap")
+	ws := WorkingSet{Touched: make([]uint64, m.words()), Written: make([]uint64, m.words())}
+	set := func(bitmap []uint64, p uint64) { bitmap[p/64] |= 1 << (p % 64) }
+	mapped := func(e uint64) bool { return e&(pmPresent|pmSwapped) != 0 }
+	var err error
+	switch m.tracking {
+	case WriteProtect:
+		err = m.scanPagemap(func(p, e uint64) {
+			written := mapped(e) && e&pmUffdWP == 0
+			// A page never touched carries a protection marker, which
+			// pagemap shows as swapped and protected.
+			if e&pmPresent != 0 || written {
+				set(ws.Touched, p)
+			}
+			if written {
+				set(ws.Written, p)
+			}
+		})
+	case SoftDirty:
+		var saved []uint64
+		saved, err = softDirty.read(m, func() error {
+			return m.scanPagemap(func(p, e uint64) {
+				if mapped(e) {
+					set(ws.Touched, p)
+					if e&pmSoftDirty != 0 {
+						set(ws.Written, p)
+					}
+				}
+			})
+		})
+		for i := range saved {
+			ws.Written[i] |= saved[i]
+			ws.Touched[i] |= saved[i]
+		}
+	default:
+		err = m.scanPagemap(func(p, e uint64) {
+			if mapped(e) {
+				set(ws.Touched, p)
+			}
+		})
+	}
 	if err != nil {
 		return WorkingSet{}, fmt.Errorf("guest working set: %w", err)
 	}
+	return ws, nil
+}
+
+// scanPagemap calls fn with each guest page's pagemap entry, in order.
+func (m *Memory) scanPagemap(fn func(page, entry uint64)) error {
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return err
+	}
 	defer f.Close()
-	const (
-		present   = 1 << 63
-		swapped   = 1 << 62
-		fileOrShm = 1 << 61 // a page-cache page: a layer's, not copied yet
-		exclusive = 1 << 56 // mapped by this process alone
-	)
 	start, _ := m.span()
 	pages := m.Size() / PageSize
-	ws := WorkingSet{Touched: make([]uint64, (pages+63)/64), Written: make([]uint64, (pages+63)/64)}
 	buf := make([]byte, 8*4096)
 	for first := uint64(0); first < pages; {
 		n := min(pages-first, uint64(len(buf)/8))
 		off := int64(uint64(start)/PageSize+first) * 8
 		if _, err := f.ReadAt(buf[:n*8], off); err != nil {
-			return WorkingSet{}, fmt.Errorf("guest working set: read pagemap: %w", err)
+			return fmt.Errorf("read pagemap: %w", err)
 		}
 		for i := range n {
-			e := binary.LittleEndian.Uint64(buf[i*8:])
-			p := first + i
-			if e&(present|swapped) != 0 {
-				ws.Touched[p/64] |= 1 << (p % 64)
-			}
-			// The shared zero page (an anonymous page only read) is
-			// neither a file page nor exclusive.
-			if e&(present|swapped) != 0 && e&fileOrShm == 0 && e&(exclusive|swapped) != 0 {
-				ws.Written[p/64] |= 1 << (p % 64)
-			}
+			fn(first+i, binary.LittleEndian.Uint64(buf[i*8:]))
 		}
 		first += n
 	}
-	return ws, nil
+	return nil
 }
 
 // PopulateWrite gives this VM its own copy of guest pages [first,
