@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 
-.PHONY: demo test bench stress deps kernel initramfs lab-kernel fuzz
+.PHONY: demo test bench stress soak deps kernel initramfs lab-kernel fuzz
 
 # The main job: the demo on real KVM (in the KVM lab when the host has none):
 # sailboxd and a box's lifecycle driven with sail, all from bin/.
@@ -53,6 +53,16 @@ stress: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	go run ./cmd/kvmlab test -timeout 30m -run '^TestStressKVM' ./vmm/
+
+# The lab's own stability, not part of `make test`: TestKVMChurn (VMs
+# booted, killed with SIGKILL inside KVM_RUN, shut down) in SOAK_BOOTS
+# fresh labs one after another, with no reruns; every lab that crashes
+# is counted. KVMLAB_TCG=multi measures the multi-threaded lab.
+SOAK_BOOTS ?= 40
+soak: deps
+	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
+	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	go run ./cmd/kvmlab test -boots $(SOAK_BOOTS) -timeout 10m -run '^TestKVMChurn$$' ./cmd/sailbox-vmm/
 
 deps:
 	build/deps.sh

@@ -3,6 +3,7 @@
 // internal/kvmlab).
 //
 //	kvmlab test [flags] [packages]     build and run the TestKVM tests (default ./...)
+//	kvmlab test -boots N ...           the same in N fresh labs: a soak of the lab itself
 //	kvmlab run  [flags] -- prog args   run one program
 package main
 
@@ -60,13 +61,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.StringVar(&r.WorkDir, "work", filepath.Join(cache, "labrun", verb), "work `dir` for binaries, initramfs and console log")
 	fs.IntVar(&r.MemoryMiB, "mem", 4096, "lab memory in MiB")
 	fs.IntVar(&r.CPUs, "cpus", 2, "lab vCPUs")
+	fs.StringVar(&r.TCG, "tcg", os.Getenv("KVMLAB_TCG"), "the lab's TCG threading, `single` or multi (env KVMLAB_TCG; default single)")
+	boots := fs.Int("boots", 0, "test: soak the lab itself: run the tests in this many fresh labs one after another, without reruns, and count the labs that crashed")
 	fs.DurationVar(&r.Timeout, "timeout", 45*time.Minute, "kill a lab after this long (a rerun after a lab fault gets its own)")
 	testRun := fs.String("run", "", "test: only kvm-tier tests matching this -test.run `pattern` (default ^TestKVM)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return 2, err
 	}
-	if r.MemoryMiB < 512 || r.CPUs < 1 || r.Timeout <= 0 {
-		return 2, fmt.Errorf("-mem must be >= 512, -cpus >= 1, -timeout > 0")
+	if r.MemoryMiB < 512 || r.CPUs < 1 || r.Timeout <= 0 || *boots < 0 || (*boots > 0 && verb != "test") {
+		return 2, fmt.Errorf("-mem must be >= 512, -cpus >= 1, -timeout > 0, -boots >= 0 and only with test")
+	}
+	if r.TCG != "" && r.TCG != "single" && r.TCG != "multi" {
+		return 2, fmt.Errorf("-tcg %q: want single or multi", r.TCG)
 	}
 	if err := os.MkdirAll(r.WorkDir, 0o755); err != nil {
 		return 1, err
@@ -103,6 +109,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 		return 2, fmt.Errorf("unknown verb %q\n%s", verb, usage)
 	}
 
+	if *boots > 0 {
+		soak, err := r.Soak(ctx, plan, *boots)
+		if err != nil {
+			return 1, err
+		}
+		fmt.Fprintln(stdout, soak.Summary())
+		if !soak.OK() {
+			return 1, nil
+		}
+		return 0, nil
+	}
 	res, err := r.Run(ctx, plan)
 	if err != nil {
 		return 1, err

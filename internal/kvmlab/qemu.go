@@ -23,13 +23,24 @@ type Lab struct {
 	InitBinary string        // static build of cmd/kvmlab-init
 	WorkDir    string        // initramfs and console log go here
 	MemoryMiB  int           // lab RAM (guests run inside it)
-	CPUs       int           // lab vCPUs (TCG threads)
+	CPUs       int           // lab vCPUs
+	TCG        string        // "single" or "multi": the lab's vCPUs on one host thread or one each; "" means defaultTCG
 	Timeout    time.Duration // one Run, boot included
 	// Quiet is how long the console may stay silent (no step output and
 	// no heartbeat from the lab's init) before the lab counts as wedged
 	// and is killed; zero means five minutes.
 	Quiet time.Duration
 	Out   io.Writer // the console, streamed
+}
+
+// defaultTCG gives each lab vCPU a host thread of its own.
+const defaultTCG = "multi"
+
+func (l *Lab) tcg() string {
+	if l.TCG != "" {
+		return l.TCG
+	}
+	return defaultTCG
 }
 
 func (l *Lab) quiet() time.Duration {
@@ -65,7 +76,7 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, l.QEMU,
-		"-machine", "q35", "-cpu", "EPYC", "-accel", "tcg,thread=multi",
+		"-machine", "q35", "-cpu", "EPYC", "-accel", "tcg,thread="+l.tcg(),
 		"-m", fmt.Sprint(l.MemoryMiB), "-smp", fmt.Sprint(l.CPUs),
 		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
@@ -162,6 +173,9 @@ const defaultAMDParams = ""
 // consoles in test logs are indented.
 var kernelMessage = regexp.MustCompile(`^\[\s*\d+\.\d+\] `)
 
+// kernelFault is a lab kernel message reporting a fault of its own.
+var kernelFault = regexp.MustCompile(`Oops|BUG:|Kernel panic|general protection fault|soft lockup|int3`)
+
 // readConsole reads the lab's console until it closes: each line goes to
 // log and (but the init's heartbeats) to l.Out, and is accounted in res
 // (step markers, test results). A console silent for l.quiet(), without
@@ -185,6 +199,8 @@ func (l *Lab) readConsole(console io.Reader, res *Result, log io.Writer, kill fu
 		// lab goes on reporting soft lockups.
 		if !kernelMessage.MatchString(line) {
 			quiet.Reset(l.quiet())
+		} else if kernelFault.MatchString(line) {
+			res.KernelFaults = append(res.KernelFaults, line)
 		}
 		if line == markerAlive {
 			continue // the init's heartbeat: the console log keeps it

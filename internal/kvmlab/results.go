@@ -21,6 +21,9 @@ type Result struct {
 	// Reruns lists the lab crashes after which unfinished steps ran
 	// again in a fresh lab.
 	Reruns []string
+	// KernelFaults are the lab kernel's own reports of a fault (an Oops,
+	// a BUG, a panic, a soft lockup), which a lab may survive for a while.
+	KernelFaults []string
 
 	Passed, Failed, Skipped []string // top-level tests, from `-test.v` output
 

@@ -189,3 +189,25 @@ func TestRetestLabFaults(t *testing.T) {
 		t.Errorf("summary %q", s)
 	}
 }
+
+// A soak counts a lab whose kernel reported a fault as crashed, even when
+// its tests passed, and sums up in the closing line CI reads.
+func TestSoakSummary(t *testing.T) {
+	s := &SoakResult{Boots: 40, Crashed: []string{"lab 7: Oops"}}
+	if s.OK() {
+		t.Error("a soak with a crashed lab is OK")
+	}
+	if got := strings.SplitN(s.Summary(), "\n", 2)[0]; got != "soak: 39 passed, 1 failed" {
+		t.Errorf("summary %q", got)
+	}
+	for line, fault := range map[string]bool{
+		"[   12.345678] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI": true,
+		"[  100.000001] watchdog: BUG: soft lockup - CPU#1 stuck for 22s!": true,
+		"[    3.900000] kvm_amd: TSC scaling supported":                    false,
+		"--- FAIL: TestKVMChurn (1.00s)":                                   false,
+	} {
+		if got := kernelMessage.MatchString(line) && kernelFault.MatchString(line); got != fault {
+			t.Errorf("%q: a lab kernel fault = %v, want %v", line, got, fault)
+		}
+	}
+}

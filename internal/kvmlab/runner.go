@@ -29,6 +29,7 @@ type Runner struct {
 	WorkDir   string
 	MemoryMiB int
 	CPUs      int
+	TCG       string // the lab's TCG threading: "single" or "multi" (Lab.TCG)
 	Timeout   time.Duration
 	Out       io.Writer // streamed output of the steps (and the lab console)
 	Log       io.Writer // the runner's own progress
@@ -61,6 +62,23 @@ func (r *Runner) Run(ctx context.Context, plan *Plan) (*Result, error) {
 }
 
 func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
+	lab, err := r.newLab(ctx)
+	if err != nil {
+		return nil, err
+	}
+	res, err := lab.Run(ctx, plan)
+	if err != nil {
+		return nil, err
+	}
+	if res, err = r.rerunCrashed(ctx, lab, plan, res); err != nil {
+		return nil, err
+	}
+	return r.retestLabFaults(ctx, lab, plan, res)
+}
+
+// newLab readies a lab: QEMU found, the lab kernel fetched, the lab's
+// init built.
+func (r *Runner) newLab(ctx context.Context) (*Lab, error) {
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
 		return nil, fmt.Errorf("kvmlab: the lab needs QEMU (apt-get install qemu-system-x86; build/deps.sh does it): %w", err)
@@ -89,19 +107,13 @@ func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
 		WorkDir:    r.WorkDir,
 		MemoryMiB:  r.MemoryMiB,
 		CPUs:       r.CPUs,
+		TCG:        r.TCG,
 		Timeout:    r.Timeout,
 		Out:        r.Out,
 	}
-	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
-		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
-	res, err := lab.Run(ctx, plan)
-	if err != nil {
-		return nil, err
-	}
-	if res, err = r.rerunCrashed(ctx, lab, plan, res); err != nil {
-		return nil, err
-	}
-	return r.retestLabFaults(ctx, lab, plan, res)
+	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, TCG %s, timeout %v; console log %s)\n",
+		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, lab.tcg(), r.Timeout, lab.ConsoleLog())
+	return lab, nil
 }
 
 // retestLabFaults runs once more, in a fresh lab, the tests that failed
