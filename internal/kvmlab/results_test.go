@@ -201,7 +201,7 @@ func TestSoakSummary(t *testing.T) {
 		t.Errorf("summary %q", got)
 	}
 	for line, fault := range map[string]bool{
-		"[   12.345678] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI": true,
+		"[   12.345678] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI":           true,
 		"[  100.000001] watchdog: BUG: soft lockup - CPU#1 stuck for 22s!": true,
 		"[    3.900000] kvm_amd: TSC scaling supported":                    false,
 		"--- FAIL: TestKVMChurn (1.00s)":                                   false,

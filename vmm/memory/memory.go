@@ -3,6 +3,10 @@
 // devices through bounds-checked accessors. A guest controls the addresses
 // devices are asked to touch, so every access is checked against the
 // mapping; an out-of-range address is an error, never a host fault.
+//
+// It also tells what the guest used of it (WorkingSet, from the kernel's
+// pagemap): the pages touched, and those written since TrackWrites, in
+// the way the host kernel offers (WriteTracking).
 package memory
 
 import (
@@ -20,7 +24,8 @@ var ErrOutOfRange = errors.New("guest address out of range")
 // fixed for its lifetime, so slices returned by Slice stay valid until
 // Close. Concurrent access to distinct ranges is safe; ordering of
 // concurrent access to the same range is the guest's business, as on
-// hardware.
+// hardware. Starting and stopping write tracking, WorkingSet and Close
+// are for one goroutine at a time.
 type Memory struct {
 	data []byte
 	// written has one bit per page the VMM wrote through WriteAt or may
