@@ -57,7 +57,7 @@ stress: deps
 # The lab's own stability, not part of `make test`: TestKVMChurn (VMs
 # booted, killed with SIGKILL inside KVM_RUN, shut down) in SOAK_BOOTS
 # fresh labs one after another, with no reruns; every lab that crashes
-# is counted. KVMLAB_TCG=multi measures the multi-threaded lab.
+# is counted.
 SOAK_BOOTS ?= 40
 soak: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)

@@ -61,7 +61,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	fs.StringVar(&r.WorkDir, "work", filepath.Join(cache, "labrun", verb), "work `dir` for binaries, initramfs and console log")
 	fs.IntVar(&r.MemoryMiB, "mem", 4096, "lab memory in MiB")
 	fs.IntVar(&r.CPUs, "cpus", 2, "lab vCPUs")
-	fs.StringVar(&r.TCG, "tcg", os.Getenv("KVMLAB_TCG"), "the lab's TCG threading, `single` or multi (env KVMLAB_TCG; default single)")
 	boots := fs.Int("boots", 0, "test: soak the lab itself: run the tests in this many fresh labs one after another, without reruns, and count the labs that crashed")
 	fs.DurationVar(&r.Timeout, "timeout", 45*time.Minute, "kill a lab after this long (a rerun after a lab fault gets its own)")
 	testRun := fs.String("run", "", "test: only kvm-tier tests matching this -test.run `pattern` (default ^TestKVM)")
@@ -70,9 +69,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	}
 	if r.MemoryMiB < 512 || r.CPUs < 1 || r.Timeout <= 0 || *boots < 0 || (*boots > 0 && verb != "test") {
 		return 2, fmt.Errorf("-mem must be >= 512, -cpus >= 1, -timeout > 0, -boots >= 0 and only with test")
-	}
-	if r.TCG != "" && r.TCG != "single" && r.TCG != "multi" {
-		return 2, fmt.Errorf("-tcg %q: want single or multi", r.TCG)
 	}
 	if err := os.MkdirAll(r.WorkDir, 0o755); err != nil {
 		return 1, err

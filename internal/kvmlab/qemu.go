@@ -24,23 +24,12 @@ type Lab struct {
 	WorkDir    string        // initramfs and console log go here
 	MemoryMiB  int           // lab RAM (guests run inside it)
 	CPUs       int           // lab vCPUs
-	TCG        string        // "single" or "multi": the lab's vCPUs on one host thread or one each; "" means defaultTCG
 	Timeout    time.Duration // one Run, boot included
 	// Quiet is how long the console may stay silent (no step output and
 	// no heartbeat from the lab's init) before the lab counts as wedged
 	// and is killed; zero means five minutes.
 	Quiet time.Duration
 	Out   io.Writer // the console, streamed
-}
-
-// defaultTCG gives each lab vCPU a host thread of its own.
-const defaultTCG = "multi"
-
-func (l *Lab) tcg() string {
-	if l.TCG != "" {
-		return l.TCG
-	}
-	return defaultTCG
 }
 
 func (l *Lab) quiet() time.Duration {
@@ -76,7 +65,7 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, l.QEMU,
-		"-machine", "q35", "-cpu", "EPYC", "-accel", "tcg,thread="+l.tcg(),
+		"-machine", "q35", "-cpu", "EPYC", "-accel", "tcg,thread=multi",
 		"-m", fmt.Sprint(l.MemoryMiB), "-smp", fmt.Sprint(l.CPUs),
 		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,

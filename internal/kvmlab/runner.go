@@ -29,7 +29,6 @@ type Runner struct {
 	WorkDir   string
 	MemoryMiB int
 	CPUs      int
-	TCG       string // the lab's TCG threading: "single" or "multi" (Lab.TCG)
 	Timeout   time.Duration
 	Out       io.Writer // streamed output of the steps (and the lab console)
 	Log       io.Writer // the runner's own progress
@@ -107,12 +106,11 @@ func (r *Runner) newLab(ctx context.Context) (*Lab, error) {
 		WorkDir:    r.WorkDir,
 		MemoryMiB:  r.MemoryMiB,
 		CPUs:       r.CPUs,
-		TCG:        r.TCG,
 		Timeout:    r.Timeout,
 		Out:        r.Out,
 	}
-	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, TCG %s, timeout %v; console log %s)\n",
-		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, lab.tcg(), r.Timeout, lab.ConsoleLog())
+	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
+		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
 	return lab, nil
 }
 
