@@ -29,7 +29,7 @@
 //		HostCPU: host, CPUID: guestCPUID, MemorySize: memSize, VCPUs: 2,
 //		Memory: append(prev.Memory, mem),
 //		Disks:  map[string]snapshot.DiskChain{"vda": {Base: img, BaseSize: imgSize, Size: size, Layers: append(prev.Disks["vda"].Layers, vda)}},
-//		State:  map[string][]byte{"vcpu/0": vcpu0, "vm/irqchip": irqchip, "dev/virtio-blk/0": blk},
+//		State:  map[string][]byte{"machine": shape, "vcpu/0": vcpu0, "dev/mmio/0": blk},
 //	}
 //	err := p.Commit(m) // layers stored, then the manifest: now the checkpoint exists
 //	// on any error: p.Abort()

@@ -4,45 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"math/bits"
-	"os"
 	"slices"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/snapshot"
-	"github.com/sailbox-dev/sailbox/snapshot/memlayer"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
-
-// Checkpoint state section IDs (snapshot.Manifest.State). Device sections
-// are keyed by what the device is and where it sits, which a restore
-// rebuilds identically.
-const (
-	sectionMachine = "machine"
-	sectionVM      = "vm"
-	sectionSerial  = "dev/serial"
-	sectionI8042   = "dev/i8042"
-	sectionACPI    = "dev/acpi"
-)
-
-func sectionVCPU(id int) string { return fmt.Sprintf("vcpu/%d", id) }
-func sectionMMIO(i int) string  { return fmt.Sprintf("dev/mmio/%d", i) }
-
-// machineState is the shape of the machine: what a restore must build
-// before it can load the other sections into it.
-type machineState struct {
-	MemoryBytes uint64
-	VCPUs       int
-	Slots       []slotState // the MMIO window, in order
-}
-
-type slotState struct {
-	Kind deviceKind
-	Base uint64
-	GSI  uint32
-	Disk string `json:",omitempty"` // kindBlock: the disk's ID in the manifest
-}
 
 // CheckpointOptions says where a checkpoint goes and what it records.
 type CheckpointOptions struct {
@@ -192,7 +159,7 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	if man.HostCPU, err = snapshot.HostCPU(); err != nil {
 		return nil, err
 	}
-	var vcpu0 VCPUState
+	var vcpu0 vcpuSection
 	if err := json.Unmarshal(state[sectionVCPU(0)], &vcpu0); err != nil {
 		return nil, err
 	}
@@ -229,25 +196,6 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	return man, nil
 }
 
-// diskChain is disk i's chain below its top as the machine's chain
-// records it: from the last checkpoint, or from the disk's config.
-func (m *Machine) diskChain(i int) snapshot.DiskChain {
-	id := diskID(m.cfg, i)
-	if m.chain != nil {
-		if c, ok := m.chain.Disks[id]; ok {
-			c.Layers = slices.Clone(c.Layers)
-			return c
-		}
-	}
-	d := m.cfg.Disks[i]
-	c := d.Chain
-	c.Layers = slices.Clone(c.Layers)
-	if d.Layered != nil {
-		c.Size = d.Layered.Size()
-	}
-	return c
-}
-
 // captureLocked runs while the guest is stopped: it copies the pages
 // changed since the first copy, saves every part's state and seals the
 // layered disks, whose new tops go in root. The sealed layers join
@@ -257,19 +205,15 @@ func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages 
 		return nil, err
 	}
 	state := map[string][]byte{}
-	put := func(id string, v any) error {
-		b, err := json.Marshal(v)
-		if err != nil {
-			return fmt.Errorf("encode %s: %w", id, err)
-		}
-		state[id] = b
-		return nil
+	put := func(id string, v any) (err error) {
+		state[id], err = encodeSection(id, v)
+		return err
 	}
 	vmState, err := m.saveVM()
 	if err != nil {
 		return nil, err
 	}
-	if err := put(sectionVM, vmState); err != nil {
+	if err := put(sectionVM, vmSection{Version: vmStateVersion, VMState: vmState}); err != nil {
 		return nil, err
 	}
 	for _, v := range m.vcpus {
@@ -288,34 +232,15 @@ func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages 
 		if err != nil {
 			return nil, fmt.Errorf("save vcpu %d: %w", v.id, err)
 		}
-		if err := put(sectionVCPU(v.id), st); err != nil {
+		if err := put(sectionVCPU(v.id), vcpuSection{Version: vcpuStateVersion, VCPUState: st}); err != nil {
 			return nil, err
 		}
 	}
-	if err := put(sectionSerial, m.serial.Save()); err != nil {
+	slots, err := m.saveDevices(state)
+	if err != nil {
 		return nil, err
 	}
-	if err := put(sectionI8042, m.kbd.Save()); err != nil {
-		return nil, err
-	}
-	if err := put(sectionACPI, m.pm.Save()); err != nil {
-		return nil, err
-	}
-	shape := machineState{MemoryBytes: m.mem.Size(), VCPUs: m.cfg.VCPUs}
-	for i, s := range m.slots {
-		st, err := s.transport.Save()
-		if err != nil {
-			return nil, fmt.Errorf("save mmio device %d (%s): %w", i, s.kind, err)
-		}
-		if err := put(sectionMMIO(i), st); err != nil {
-			return nil, err
-		}
-		ss := slotState{Kind: s.kind, Base: s.base, GSI: s.gsi}
-		if s.kind == kindBlock {
-			ss.Disk = diskID(m.cfg, s.disk)
-		}
-		shape.Slots = append(shape.Slots, ss)
-	}
+	shape := machineState{Version: machineStateVersion, MemoryBytes: m.mem.Size(), VCPUs: m.cfg.VCPUs, Slots: slots}
 	if err := put(sectionMachine, shape); err != nil {
 		return nil, err
 	}
@@ -341,44 +266,6 @@ func snapshotCPUID(entries []kvm.CPUIDEntry) []snapshot.CPUIDEntry {
 	return out
 }
 
-// pageCopy collects copies of guest pages for one memory layer. Each take
-// adds the pages changed since the previous one; a page taken twice keeps
-// its latest copy. The copies go to a spill file (unlinked, in the
-// checkpoint's staging directory), not to the VMM's heap, whose growth
-// the Go runtime is slow to give back: a checkpoint costs page cache and
-// some write-back of the file instead. Each page has a slot in the file,
-// given in the order pages are first taken; a take is in ascending page
-// order, so runs of pages mostly land in runs of slots and go in one
-// write.
-type pageCopy struct {
-	host   []byte // guest memory
-	spill  *os.File
-	bitmap []uint64          // every page taken
-	slot   map[uint64]uint64 // page → its copy's slot in spill
-	slots  uint64            // slots in use
-	last   uint64            // pages copied by the latest take
-}
-
-// spillRun is how many pages a copy moves at most in one write or read.
-const spillRun = 256
-
-// newPageCopy returns a pageCopy of guest memory host, whose dirty
-// bitmaps have words words, spilling to a file created at spillPath.
-func newPageCopy(host []byte, words int, spillPath string) (*pageCopy, error) {
-	f, err := os.OpenFile(spillPath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("page copy: %w", err)
-	}
-	if err := os.Remove(spillPath); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("page copy: %w", err)
-	}
-	return &pageCopy{host: host, spill: f, bitmap: make([]uint64, words), slot: map[uint64]uint64{}}, nil
-}
-
-// close releases the spill file.
-func (c *pageCopy) close() { c.spill.Close() }
-
 // takeDirtyInto copies into pages the guest pages changed since the last
 // take (with, the first time, those a failed checkpoint left behind).
 func (m *Machine) takeDirtyInto(pages *pageCopy) error {
@@ -393,91 +280,4 @@ func (m *Machine) takeDirtyInto(pages *pageCopy) error {
 		m.carryDirty = nil
 	}
 	return pages.take(bm)
-}
-
-// take copies the pages set in bitmap (KVM's dirty-log layout). Every
-// page in bitmap counts as taken even if the copy fails, so that taken
-// hands it back to the dirty log for the next checkpoint.
-func (c *pageCopy) take(bitmap []uint64) error {
-	for w, word := range bitmap {
-		c.bitmap[w] |= word
-	}
-	host := c.host
-	c.last = 0
-	// run: pages [runPFN, runPFN+runLen) go to slots [runSlot, +runLen).
-	var runPFN, runSlot, runLen uint64
-	flush := func() error {
-		if runLen == 0 {
-			return nil
-		}
-		off := runPFN * memlayer.PageSize
-		_, err := c.spill.WriteAt(host[off:off+runLen*memlayer.PageSize], int64(runSlot*memlayer.PageSize))
-		runLen = 0
-		if err != nil {
-			return fmt.Errorf("page copy: %w", err)
-		}
-		return nil
-	}
-	for w, word := range bitmap {
-		for word != 0 {
-			b := bits.TrailingZeros64(word)
-			word &^= 1 << b
-			pfn := uint64(w)*64 + uint64(b)
-			s, ok := c.slot[pfn]
-			if !ok {
-				s = c.slots
-				c.slots++
-				c.slot[pfn] = s
-			}
-			if runLen > 0 && runLen < spillRun && pfn == runPFN+runLen && s == runSlot+runLen {
-				runLen++
-			} else {
-				if err := flush(); err != nil {
-					return err
-				}
-				runPFN, runSlot, runLen = pfn, s, 1
-			}
-			c.last++
-		}
-	}
-	return flush()
-}
-
-// taken returns carry with every page taken so far added.
-func (c *pageCopy) taken(carry []uint64) []uint64 {
-	if carry == nil {
-		carry = make([]uint64, len(c.bitmap))
-	}
-	for i, w := range c.bitmap {
-		carry[i] |= w
-	}
-	return carry
-}
-
-// write writes the copies as a memory layer at path, in page order.
-func (c *pageCopy) write(path string) (memlayer.Info, error) {
-	w, err := memlayer.Create(path)
-	if err != nil {
-		return memlayer.Info{}, err
-	}
-	buf := make([]byte, spillRun*memlayer.PageSize)
-	pfns := slices.Sorted(maps.Keys(c.slot))
-	for i := 0; i < len(pfns); {
-		// The longest run of pages whose slots are a run too.
-		n := 1
-		for n < spillRun && i+n < len(pfns) && pfns[i+n] == pfns[i]+uint64(n) && c.slot[pfns[i+n]] == c.slot[pfns[i]]+uint64(n) {
-			n++
-		}
-		data := buf[:n*memlayer.PageSize]
-		if _, err := c.spill.ReadAt(data, int64(c.slot[pfns[i]]*memlayer.PageSize)); err != nil {
-			w.Abort()
-			return memlayer.Info{}, fmt.Errorf("page copy: %w", err)
-		}
-		if err := w.WritePages(pfns[i], data); err != nil {
-			w.Abort()
-			return memlayer.Info{}, err
-		}
-		i += n
-	}
-	return w.Finish()
 }

@@ -1,18 +1,19 @@
 package vmm
 
 import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
-	"log/slog"
+	"maps"
 	"os"
+	"slices"
 
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/virtio"
 	"github.com/sailbox-dev/sailbox/devices/virtio/blk"
-	"github.com/sailbox-dev/sailbox/devices/virtio/rng"
-	"github.com/sailbox-dev/sailbox/devices/virtio/vsock"
 	"github.com/sailbox-dev/sailbox/snapshot"
 	"github.com/sailbox-dev/sailbox/snapshot/disklayer"
-	"github.com/sailbox-dev/sailbox/vmm/boot"
 )
 
 // Disk is a virtio-blk device; the guest sees the disks as /dev/vda,
@@ -32,34 +33,6 @@ type Disk struct {
 	// ID names the disk in checkpoints ("disk0" if empty for the first,
 	// and so on); it must be stable across restores.
 	ID string
-}
-
-// Vsock is a virtio-vsock device whose host side is Unix sockets: host
-// programs connect to UDSPath and send "CONNECT <port>\n"; guest connections
-// to the host's port P reach UDSPath_P.
-type Vsock struct {
-	CID     uint64
-	UDSPath string
-}
-
-// deviceKind names what sits in an MMIO slot, in checkpoints too.
-type deviceKind string
-
-const (
-	kindBlock   deviceKind = "virtio-blk"
-	kindEntropy deviceKind = "virtio-rng"
-	kindVsock   deviceKind = "virtio-vsock"
-	kindExtra   deviceKind = "extra" // Config.MMIODevices: not checkpointable
-)
-
-// slot is one device in the MMIO window.
-type slot struct {
-	kind      deviceKind
-	base      uint64
-	gsi       uint32
-	disk      int          // kindBlock: index in Config.Disks
-	transport *virtio.MMIO // nil for kindExtra
-	dev       virtio.Device
 }
 
 // diskID is the stable name of disk i in checkpoints.
@@ -103,81 +76,94 @@ func openDisk(cfg Config, i int) (*blk.Block, error) {
 	return b, nil
 }
 
-// deviceLogger is where devices log: cfg.Logger, or nowhere.
-func deviceLogger(cfg Config) *slog.Logger {
-	if cfg.Logger != nil {
-		return cfg.Logger
+// diskChain is disk i's chain below its top as the machine's chain
+// records it: from the last checkpoint, or from the disk's config.
+func (m *Machine) diskChain(i int) snapshot.DiskChain {
+	id := diskID(m.cfg, i)
+	if m.chain != nil {
+		if c, ok := m.chain.Disks[id]; ok {
+			c.Layers = slices.Clone(c.Layers)
+			return c
+		}
 	}
-	return slog.New(slog.DiscardHandler)
+	d := m.cfg.Disks[i]
+	c := d.Chain
+	c.Layers = slices.Clone(c.Layers)
+	if d.Layered != nil {
+		c.Size = d.Layered.Size()
+	}
+	return c
 }
 
-// addStandardDevices builds the machine's virtio devices from its config,
-// disks first (so the first disk is /dev/vda), then entropy, then vsock,
-// then cfg.MMIODevices, and places them in the MMIO window. It returns
-// the kernel command-line arguments that announce them.
-func (m *Machine) addStandardDevices() ([]string, error) {
-	cfg := m.cfg
-	var args []string
-	// place puts the device build returns in the next slot.
-	place := func(s *slot, size uint64, arg func(uint64, uint32) string, build func(devices.Interrupt) (devices.BusDevice, error)) error {
-		i := len(m.slots)
-		if i >= len(deviceIRQs) {
-			return fmt.Errorf("%w: more than %d MMIO devices (disks, entropy, vsock, extras)", ErrConfig, len(deviceIRQs))
-		}
-		s.base, s.gsi = mmioBase(i), deviceIRQs[i]
-		line, err := m.interruptLine(s.gsi)
-		if err != nil {
-			return fmt.Errorf("mmio device %d: %w", i, err)
-		}
-		bus, err := build(line)
-		if err != nil {
-			return fmt.Errorf("mmio device %d: %w", i, err)
-		}
-		if err := m.mmio.Insert(bus, s.base, size); err != nil {
-			return err
-		}
-		m.slots = append(m.slots, *s)
-		args = append(args, arg(s.base, s.gsi))
-		return nil
+// CheckpointDisks opens the disks of completed checkpoint id for a cold
+// boot on them: a new kernel and guest agent on the same disks, memory not
+// restored. Each layered disk gets a new writable top over the
+// checkpoint's sealed chain, named "<topPrefix>-<disk ID>.top" in root's
+// tops (an empty topPrefix means a random one). The disks come in the
+// checkpoint's device order, so the guest finds each where it was (vda
+// stays vda), with their IDs and read-only flags. Each Disk's Chain is the
+// checkpoint's: the booted machine's checkpoints build on its layers.
+//
+// The caller owns the disks until it gives them to New.
+func CheckpointDisks(root *snapshot.Root, id, topPrefix string) ([]Disk, error) {
+	man, err := root.Load(id)
+	if err != nil {
+		return nil, fmt.Errorf("disks of checkpoint: %w", err)
 	}
-	placeVirtio := func(s slot) error {
-		return place(&s, virtio.MMIOSize, virtio.KernelCmdline, func(line devices.Interrupt) (devices.BusDevice, error) {
-			s.transport = virtio.NewMMIO(s.dev, m.mem, line)
-			s.transport.Logger = cfg.Logger
-			return s.transport, nil
-		})
+	shape, err := decodeMachine(man)
+	if err != nil {
+		return nil, fmt.Errorf("disks of checkpoint %s: %w", id, err)
 	}
-	for i := range cfg.Disks {
-		b, err := openDisk(cfg, i)
-		if err != nil {
-			return nil, err
-		}
-		m.closers = append(m.closers, b)
-		if err := placeVirtio(slot{kind: kindBlock, disk: i, dev: b}); err != nil {
-			return nil, err
-		}
+	if topPrefix == "" {
+		topPrefix = randomTopPrefix(id)
 	}
-	if err := placeVirtio(slot{kind: kindEntropy, dev: rng.New()}); err != nil {
+	var disks []Disk
+	fail := func(err error) ([]Disk, error) {
+		for _, d := range disks {
+			d.Layered.Close()
+		}
 		return nil, err
 	}
-	if v := cfg.Vsock; v != nil {
-		d, err := vsock.New(vsock.Config{GuestCID: v.CID, UDSPath: v.UDSPath, Logger: deviceLogger(cfg)})
+	diskErr := func(disk string, err error) error {
+		return fmt.Errorf("checkpoint %s disk %q: %w", id, disk, err)
+	}
+	for i, ss := range shape.Slots {
+		if ss.Kind != kindBlock {
+			continue
+		}
+		chain, ok := man.Disks[ss.Disk]
+		if !ok {
+			return fail(diskErr(ss.Disk, fmt.Errorf("mmio device %d serves it, the manifest has no such disk", i)))
+		}
+		if slices.ContainsFunc(disks, func(d Disk) bool { return d.ID == ss.Disk }) {
+			return fail(diskErr(ss.Disk, fmt.Errorf("mmio device %d serves it again", i)))
+		}
+		var st virtio.MMIOState
+		if err := decodeSection(man, sectionMMIO(i), &st); err != nil {
+			return fail(diskErr(ss.Disk, err))
+		}
+		var bs blk.State
+		if err := devices.DecodeState("virtio-blk", st.Device, &bs); err != nil {
+			return fail(diskErr(ss.Disk, err))
+		}
+		layered, err := root.OpenDisk(man, ss.Disk, root.TopPath(topPrefix+"-"+ss.Disk+".top"))
 		if err != nil {
-			return nil, fmt.Errorf("%w: vsock: %w", ErrConfig, err)
+			return fail(err) // it names the checkpoint and the disk
 		}
-		m.closers = append(m.closers, d)
-		if err := placeVirtio(slot{kind: kindVsock, dev: d}); err != nil {
-			return nil, err
+		disks = append(disks, Disk{Layered: layered, Chain: chain, ID: ss.Disk, ReadOnly: bs.ReadOnly})
+	}
+	for _, disk := range slices.Sorted(maps.Keys(man.Disks)) {
+		if !slices.ContainsFunc(disks, func(d Disk) bool { return d.ID == disk }) {
+			return fail(diskErr(disk, errors.New("no device serves it")))
 		}
 	}
-	for _, x := range cfg.MMIODevices {
-		build := func(line devices.Interrupt) (devices.BusDevice, error) { return x.New(m.mem, line) }
-		if err := place(&slot{kind: kindExtra}, x.Size, x.CmdlineArg, build); err != nil {
-			return nil, err
-		}
-	}
-	return args, nil
+	return disks, nil
 }
 
-// mmioBase is the register window of MMIO slot i.
-func mmioBase(i int) uint64 { return uint64(boot.MMIOStart) + uint64(i)*0x1000 }
+// randomTopPrefix names the new disk tops of one machine made from
+// checkpoint id: every machine made from a checkpoint gets its own.
+func randomTopPrefix(id string) string {
+	var b [6]byte
+	rand.Read(b[:])
+	return id + "-" + hex.EncodeToString(b[:])
+}

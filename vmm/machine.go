@@ -38,6 +38,14 @@ type Config struct {
 	MMIODevices []MMIODevice
 }
 
+// Vsock is a virtio-vsock device whose host side is Unix sockets: host
+// programs connect to UDSPath and send "CONNECT <port>\n"; guest connections
+// to the host's port P reach UDSPath_P.
+type Vsock struct {
+	CID     uint64
+	UDSPath string
+}
+
 // MMIODevice is a device the VMM maps in the MMIO space. New builds it once
 // guest memory and its interrupt line exist; CmdlineArg describes it to the
 // kernel given its base address and interrupt.
@@ -60,18 +68,6 @@ const (
 func (e Exit) String() string {
 	return [...]string{"stopped", "reset", "shutdown", "poweroff"}[e]
 }
-
-// Platform interrupt lines and ports.
-const (
-	serialIRQ = 4
-	comPort   = 0x3f8
-)
-
-// deviceIRQs are the interrupt lines given to MMIO devices, in order: the
-// ISA lines nothing else uses. Not 8 (the RTC), not 9 (the ACPI SCI, level
-// triggered), not 16-23 (Linux treats them as PCI lines: level, active low),
-// while the devices pulse edges.
-var deviceIRQs = []uint32{5, 6, 7, 10, 11, 12, 13, 14, 15}
 
 // baseCmdline is what every guest gets: console on COM1, reboot through the
 // keyboard controller, no PCI probing, the TSC trusted (kvm-clock provides
@@ -159,19 +155,7 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 		return nil, err
 	}
 
-	// Platform devices.
-	serialLine, err := m.interruptLine(serialIRQ)
-	if err != nil {
-		return nil, err
-	}
-	m.serial = serial.New(serialLine, cfg.Serial)
-	m.kbd = i8042.New(m.guestReset)
-	m.pm = acpi.New(boot.SleepTypeS5, m.guestPowerOff)
-	if err := m.insertPlatformDevices(); err != nil {
-		return nil, err
-	}
-
-	devArgs, err := m.addStandardDevices()
+	devArgs, err := m.bootDevices()
 	if err != nil {
 		return nil, err
 	}
@@ -229,18 +213,6 @@ func (m *Machine) createVM(sys *kvm.System) error {
 	}
 	m.cpuid, err = sys.SupportedCPUID()
 	return err
-}
-
-// insertPlatformDevices puts the serial port, keyboard controller and ACPI
-// power management block on the port bus.
-func (m *Machine) insertPlatformDevices() error {
-	if err := m.pio.Insert(m.serial, comPort, serial.Size); err != nil {
-		return err
-	}
-	if err := m.pio.Insert(m.kbd, i8042.DataPort, i8042.Size); err != nil {
-		return err
-	}
-	return m.pio.Insert(m.pm, boot.PM1Port, acpi.Size)
 }
 
 func (m *Machine) guestReset()    { m.stop(ExitReset, nil) }
@@ -316,6 +288,9 @@ func (m *Machine) stop(e Exit, err error) {
 // Memory is the guest's RAM.
 func (m *Machine) Memory() *memory.Memory { return m.mem }
 
+// VCPUs is how many vCPUs the machine has.
+func (m *Machine) VCPUs() int { return m.cfg.VCPUs }
+
 // Close releases the VM and its memory. Run must have returned.
 func (m *Machine) Close() error {
 	var errs []error
@@ -339,4 +314,12 @@ func (m *Machine) Close() error {
 		errs = append(errs, m.mem.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// deviceLogger is where devices log: cfg.Logger, or nowhere.
+func deviceLogger(cfg Config) *slog.Logger {
+	if cfg.Logger != nil {
+		return cfg.Logger
+	}
+	return slog.New(slog.DiscardHandler)
 }
