@@ -3,12 +3,16 @@ package vmmapi
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/snapshot"
+	"github.com/sailbox-dev/sailbox/vmm"
 )
 
 type fakeVM struct {
@@ -23,7 +27,7 @@ func (f *fakeVM) Status() Status {
 func (f *fakeVM) Shutdown() { f.shutdowns.Add(1) }
 func (f *fakeVM) Pause() error {
 	if f.paused.Swap(true) {
-		return &Error{Status: 409, Err: errors.New("pause: machine not running")}
+		return fmt.Errorf("pause: %w", vmm.ErrNotRunning)
 	}
 	return nil
 }
@@ -67,8 +71,9 @@ func TestClientServer(t *testing.T) {
 	if err := c.Pause(ctx); err != nil {
 		t.Errorf("pause: %v", err)
 	}
-	if err := c.Pause(ctx); err == nil || !strings.Contains(err.Error(), "(409)") {
-		t.Errorf("second pause: %v, want a 409", err)
+	var e *Error
+	if err := c.Pause(ctx); !errors.As(err, &e) || e.Status != 409 || !errors.Is(err, ErrConflict) || !strings.Contains(e.Message, "machine not running") {
+		t.Errorf("second pause: %#v, want an *Error of status 409 matching ErrConflict with the VMM's message", err)
 	}
 	if err := c.Resume(ctx); err != nil {
 		t.Errorf("resume: %v", err)
@@ -76,8 +81,12 @@ func TestClientServer(t *testing.T) {
 	if res, err := c.Checkpoint(ctx, "c1"); err != nil || res.ID != "c1" || res.Pages != 7 {
 		t.Errorf("checkpoint = %+v, %v", res, err)
 	}
-	if res, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Name: "x"}); err != nil || res.ChildPID != 99 || res.Checkpoint.ID != "f1" {
+	child := Launch{ForkName: "x", APISocket: "/run/x/api.sock", VsockUDS: "/run/x/vsock.sock"}
+	if res, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Child: child}); err != nil || res.ChildPID != 99 || res.Checkpoint.ID != "f1" {
 		t.Errorf("fork = %+v, %v", res, err)
+	}
+	if _, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Child: Launch{ForkName: "x"}}); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("fork without the child's sockets: %v, want a 400", err)
 	}
 	if d, err := c.DescribeVCPUs(ctx); err != nil || d != vm.DescribeVCPUs() {
 		t.Errorf("vcpus = %q, %v; want %q", d, err, vm.DescribeVCPUs())
@@ -89,7 +98,7 @@ func TestClientServer(t *testing.T) {
 	}
 	for _, bad := range []string{`{"id": 1}`, `{"idd": "x"}`, `{}`, `nope`} {
 		err := c.send(ctx, "POST", "/checkpoint", strings.NewReader(bad), 200, nil)
-		if err == nil || !strings.Contains(err.Error(), "(400)") {
+		if !errors.Is(err, ErrBadRequest) || strings.Contains(err.Error(), "(500)") {
 			t.Errorf("checkpoint %s: %v, want a 400", bad, err)
 		}
 	}
@@ -106,5 +115,36 @@ func TestClientServer(t *testing.T) {
 	}
 	if _, err := NewClient(filepath.Join(t.TempDir(), "none.sock")).Status(context.Background()); err == nil {
 		t.Error("status on a missing socket succeeded")
+	}
+}
+
+// statusOf is the one place a Controller's errors get their status: the
+// VMM's refusals are 409 however deeply wrapped, a bad request 400, any
+// other failure 500.
+func TestStatusOf(t *testing.T) {
+	for err, want := range map[error]int{
+		fmt.Errorf("checkpoint c1: %w", vmm.ErrNotRunning):                  409,
+		fmt.Errorf("checkpoint c1: %w: disk 0", vmm.ErrNotCheckpointable):   409,
+		fmt.Errorf("checkpoint c1: %w", snapshot.ErrExists):                 409,
+		fmt.Errorf("working set: %w: booted", ErrConflict):                  409,
+		fmt.Errorf("fork: %w: -fork-name needs -restore", ErrBadRequest):    400,
+		errors.New("seal disk vda: no space left on device"):                500,
+		fmt.Errorf("restore: %w", errors.New("ErrConflict in the message")): 500,
+	} {
+		if got := statusOf(err); got != want {
+			t.Errorf("statusOf(%v) = %d, want %d", err, got, want)
+		}
+	}
+}
+
+// A client's *Error matches the sentinel of its status and no other.
+func TestErrorIs(t *testing.T) {
+	for status, want := range map[int]error{409: ErrConflict, 400: ErrBadRequest, 500: nil, 404: nil} {
+		e := &Error{Op: "POST /pause", Status: status, Message: "m"}
+		for _, s := range []error{ErrConflict, ErrBadRequest} {
+			if got := errors.Is(e, s); got != (s == want) {
+				t.Errorf("status %d: errors.Is(%v) = %v", status, s, got)
+			}
+		}
 	}
 }

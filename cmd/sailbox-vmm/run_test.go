@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 )
@@ -51,23 +50,5 @@ func TestRunRejectsBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("run(%q) = %v, want an error containing %q", c.args, err, c.want)
 		}
-	}
-}
-
-// -disks-from and the config's disks_from say the same thing.
-func TestParseDisksFrom(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "vm.json")
-	os.WriteFile(cfg, []byte(`{"kernel": "k", "memory_mib": 256, "vcpus": 1, "console": true, "store": "/s", "disks_from": "c1"}`), 0o644)
-	fromFlags, err := parseArgs([]string{"-kernel", "k", "-store", "/s", "-disks-from", "c1"}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fromFile, err := parseArgs([]string{"-config", cfg}, &bytes.Buffer{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fromFlags.DisksFrom != "c1" || !reflect.DeepEqual(fromFlags, fromFile) {
-		t.Errorf("flags give %+v, the config %+v; want both with disks from c1", fromFlags, fromFile)
 	}
 }

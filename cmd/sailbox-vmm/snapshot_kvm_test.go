@@ -76,13 +76,13 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 	}
 
 	t.Setenv(asMain, "1")
-	child := vmmapi.ForkRequest{
-		CheckpointID:   "f1",
-		Name:           "kid",
-		ChildAPISocket: filepath.Join(dir, "child.api"),
-		ChildVsockUDS:  filepath.Join(dir, "child.vsock"),
+	child := vmmapi.Launch{
+		ForkName:  "kid",
+		APISocket: filepath.Join(dir, "child.api"),
+		VsockUDS:  filepath.Join(dir, "child.vsock"),
+		Log:       filepath.Join(dir, "child.log"),
 	}
-	fr, err := api.Fork(ctx, child)
+	fr, err := api.Fork(ctx, vmmapi.ForkRequest{CheckpointID: "f1", Child: child})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,10 +91,10 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 	}
 	t.Cleanup(func() { syscall.Kill(fr.ChildPID, syscall.SIGKILL) })
 	kid := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, child.ChildVsockUDS, guestagent.Port)
+		return guestagent.DialHybridVsock(ctx, child.VsockUDS, guestagent.Port)
 	}}
 	if _, err := kid.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
-		log, _ := os.ReadFile(child.ChildAPISocket + ".log")
+		log, _ := os.ReadFile(child.Log)
 		t.Fatalf("child agent: %v; child log:\n%s", err, log)
 	}
 	out, _, _, err := kid.Run(ctx, "cat", "/tmp/who")
@@ -111,7 +111,7 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 			t.Fatalf("child hostname still %q", out)
 		}
 	}
-	if err := vmmapi.NewClient(child.ChildAPISocket).Shutdown(ctx); err != nil {
+	if err := vmmapi.NewClient(child.APISocket).Shutdown(ctx); err != nil {
 		t.Errorf("child shutdown: %v", err)
 	}
 	// The parent runs on.

@@ -23,9 +23,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -73,7 +71,7 @@ type Backend struct {
 
 // vm is one sailbox-vmm process.
 type vm struct {
-	dir      string
+	files    boxFiles
 	pid      int
 	ctl      *vmmapi.Client
 	agent    *guestagent.Client
@@ -108,77 +106,82 @@ func New(cfg Config) (*Backend, error) {
 // carries (the one it was built with).
 func (b *Backend) GuestSchemaVersion() int { return guestagent.GuestSchemaVersion }
 
-// paths of box's files.
-func (b *Backend) paths(box string) (dir, apiSock, vsockSock, console string) {
-	dir = filepath.Join(b.cfg.RunDir, box)
-	return dir, filepath.Join(dir, "api.sock"), filepath.Join(dir, "vsock.sock"), filepath.Join(dir, "console.log")
+// boxFiles are where box's VMM keeps its sockets and logs.
+type boxFiles struct {
+	dir, apiSock, vsockSock, console, log string
 }
 
-// bootArgs are sailbox-vmm's flags to boot box from spec.
-func (b *Backend) bootArgs(box string, spec catalog.Spec) []string {
-	_, apiSock, vsockSock, console := b.paths(box)
-	args := []string{
-		"-kernel", b.cfg.Kernel, "-mem", strconv.Itoa(spec.MemoryMiB), "-cpus", strconv.Itoa(spec.VCPUs),
-		"-store", b.cfg.Store, "-vsock-cid", strconv.Itoa(guestCID), "-vsock-uds", vsockSock,
-		"-api-sock", apiSock, "-console=false", "-console-log", console,
+func (b *Backend) files(box string) boxFiles {
+	dir := filepath.Join(b.cfg.RunDir, box)
+	return boxFiles{dir: dir, apiSock: filepath.Join(dir, "api.sock"), vsockSock: filepath.Join(dir, "vsock.sock"),
+		console: filepath.Join(dir, "console.log"), log: filepath.Join(dir, "vmm.log")}
+}
+
+// launch is what every VMM of box is started with: its sockets and logs,
+// the store, no console on stdout.
+func (b *Backend) launch(box string) vmmapi.Launch {
+	f := b.files(box)
+	return vmmapi.Launch{
+		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
+		Store: b.cfg.Store, VsockUDS: f.vsockSock, APISocket: f.apiSock, ConsoleLog: f.console, Log: f.log,
 	}
-	if b.cfg.Initrd != "" {
-		args = append(args, "-initrd", b.cfg.Initrd)
-	}
-	if b.cfg.Cmdline != "" {
-		args = append(args, "-cmdline", b.cfg.Cmdline)
-	}
+}
+
+// bootLaunch boots box from spec.
+func (b *Backend) bootLaunch(box string, spec catalog.Spec) vmmapi.Launch {
+	l := b.launch(box)
+	l.Kernel, l.Initrd, l.Cmdline = b.cfg.Kernel, b.cfg.Initrd, b.cfg.Cmdline
+	l.MemoryMiB, l.VCPUs, l.VsockCID = spec.MemoryMiB, spec.VCPUs, guestCID
 	if spec.Image != "" {
-		args = append(args, "-disk", spec.Image+",layered,id=vda")
+		l.Disks = []vmmapi.LaunchDisk{{Path: spec.Image, Layered: true, ID: "vda"}}
 	}
-	return args
+	return l
 }
 
-// rebootArgs are sailbox-vmm's flags to boot box from spec on the disks of
-// checkpoint ckpt: bootArgs with the checkpoint's disks instead of a new
-// one over spec's image.
-func (b *Backend) rebootArgs(box string, spec catalog.Spec, ckpt string) []string {
+// rebootLaunch boots box from spec on the disks of checkpoint ckpt: a
+// boot with the checkpoint's disks instead of a new one over spec's image.
+func (b *Backend) rebootLaunch(box string, spec catalog.Spec, ckpt string) vmmapi.Launch {
 	spec.Image = ""
-	return append(b.bootArgs(box, spec), "-disks-from", ckpt)
+	l := b.bootLaunch(box, spec)
+	l.DisksFrom = ckpt
+	return l
 }
 
-// restoreArgs are sailbox-vmm's flags to restore box from ckpt.
-func (b *Backend) restoreArgs(box, ckpt string, fork bool) []string {
-	_, apiSock, vsockSock, console := b.paths(box)
-	args := []string{"-store", b.cfg.Store, "-restore", ckpt, "-vsock-uds", vsockSock,
-		"-api-sock", apiSock, "-console=false", "-console-log", console}
+// restoreLaunch restores box from ckpt, as a fork named box if fork.
+func (b *Backend) restoreLaunch(box, ckpt string, fork bool) vmmapi.Launch {
+	l := b.launch(box)
+	l.Restore = ckpt
 	if fork {
-		args = append(args, "-fork-name", box)
+		l.ForkName = box
 	}
-	return args
+	return l
 }
 
 func (b *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daemon.Instance, error) {
-	return b.start(ctx, box, b.bootArgs(box, spec), false)
+	return b.start(ctx, box, b.bootLaunch(box, spec))
 }
 
 func (b *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (daemon.Instance, error) {
-	return b.start(ctx, box, b.restoreArgs(box, ckpt, fork), true)
+	return b.start(ctx, box, b.restoreLaunch(box, ckpt, fork))
 }
 
 // Reboot boots the configured kernel and initramfs on the disks of ckpt
 // (sailbox-vmm -disks-from): a fresh boot, memory not restored, whose
 // checkpoints continue ckpt's disk layers.
 func (b *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (daemon.Instance, error) {
-	return b.start(ctx, box, b.rebootArgs(box, spec, ckpt), false)
+	return b.start(ctx, box, b.rebootLaunch(box, spec, ckpt))
 }
 
-// start runs sailbox-vmm with args for box and waits for its agent;
-// restored says the args restore a checkpoint.
-func (b *Backend) start(ctx context.Context, box string, args []string, restored bool) (daemon.Instance, error) {
-	dir, apiSock, vsockSock, _ := b.paths(box)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+// start runs sailbox-vmm as l says for box and waits for its agent.
+func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemon.Instance, error) {
+	f := b.files(box)
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return daemon.Instance{}, err
 	}
 	// A VMM killed with the host (kill -9) leaves its sockets behind, and
 	// the new one could not listen on them. Remove them, unless something
 	// still answers there: then a VMM of the box is alive after all.
-	for _, sock := range []string{apiSock, vsockSock} {
+	for _, sock := range []string{f.apiSock, f.vsockSock} {
 		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
 			c.Close()
 			return daemon.Instance{}, fmt.Errorf("box %s: a process still serves %s", box, sock)
@@ -187,18 +190,11 @@ func (b *Backend) start(ctx context.Context, box string, args []string, restored
 			return daemon.Instance{}, fmt.Errorf("box %s: remove stale socket: %w", box, err)
 		}
 	}
-	logf, err := os.OpenFile(filepath.Join(dir, "vmm.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	cmd, err := l.Start(b.cfg.VMM) // in a session of its own: it outlives the daemon
 	if err != nil {
-		return daemon.Instance{}, err
+		return daemon.Instance{}, fmt.Errorf("box %s: %w", box, err)
 	}
-	defer logf.Close()
-	cmd := exec.Command(b.cfg.VMM, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives the daemon
-	if err := cmd.Start(); err != nil {
-		return daemon.Instance{}, fmt.Errorf("start sailbox-vmm: %w", err)
-	}
-	v := &vm{dir: dir, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(apiSock), agent: agentClient(vsockSock), exited: make(chan struct{}), restored: restored}
+	v := &vm{files: f, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(f.apiSock), agent: agentClient(f.vsockSock), exited: make(chan struct{}), restored: l.Restore != ""}
 	go func() {
 		cmd.Wait()
 		close(v.exited)
@@ -221,7 +217,7 @@ func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance
 	if err != nil {
 		b.logVCPUs(box, v)
 		b.kill(v)
-		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.dir))
+		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.files.log))
 	}
 	b.register(box, v)
 	return daemon.Instance{GuestSchemaVersion: h.GuestSchemaVersion}, nil
@@ -259,7 +255,7 @@ func (b *Backend) register(box string, v *vm) {
 		current := b.vms[box] == v
 		b.mu.Unlock()
 		if current {
-			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.dir))
+			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.files.log))
 			if lost := b.lost.Load(); lost != nil && *lost != nil {
 				(*lost)(box)
 			}
@@ -270,22 +266,15 @@ func (b *Backend) register(box string, v *vm) {
 // Watch has lost called when a box's VMM exits on its own.
 func (b *Backend) Watch(lost func(box string)) { b.lost.Store(&lost) }
 
-// vmmLogs are where a box's VMM writes its log: vmm.log for one the
-// backend started, <api socket>.log for a fork's child.
-var vmmLogs = []string{"vmm.log", "api.sock.log"}
-
-// logTail is the last line of the VMM log in dir: what it said last,
+// logTail is the last line of the VMM log at path: what it said last,
 // often why it stopped.
-func logTail(dir string) string {
-	for _, name := range vmmLogs {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			continue
-		}
-		lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-		return lines[len(lines)-1]
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
 	}
-	return ""
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
 }
 
 // watchPID closes exited when process pid is gone (for VMMs this process
@@ -323,9 +312,18 @@ func (b *Backend) get(box string) (*vm, error) {
 	defer b.mu.Unlock()
 	v := b.vms[box]
 	if v == nil {
-		return nil, fmt.Errorf("box %s runs no VM", box)
+		return nil, fmt.Errorf("box %s: %w: it runs no VM", box, daemon.ErrConflict)
 	}
 	return v, nil
+}
+
+// vmmError is err from box's VMM refusing or failing op, as the daemon
+// sees it: a refusal because of the VM's state is a daemon.ErrConflict.
+func vmmError(box, op string, err error) error {
+	if errors.Is(err, vmmapi.ErrConflict) {
+		return fmt.Errorf("box %s: %s: %w: %w", box, op, daemon.ErrConflict, err)
+	}
+	return fmt.Errorf("box %s: %s: %w", box, op, err)
 }
 
 func (b *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.CheckpointInfo, error) {
@@ -335,7 +333,7 @@ func (b *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.Checkp
 	}
 	res, err := v.ctl.Checkpoint(ctx, id)
 	if err != nil {
-		return daemon.CheckpointInfo{}, err
+		return daemon.CheckpointInfo{}, vmmError(box, "checkpoint", err)
 	}
 	b.log.Debug("checkpoint", "box", box, "id", id, "pages", res.Pages, "pause", time.Duration(res.PauseNanos))
 	return daemon.CheckpointInfo{Created: res.Created}, nil
@@ -346,17 +344,18 @@ func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.
 	if err != nil {
 		return daemon.CheckpointInfo{}, daemon.Instance{}, err
 	}
-	dir, apiSock, vsockSock, console := b.paths(child)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	f := b.files(child)
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return daemon.CheckpointInfo{}, daemon.Instance{}, err
 	}
-	res, err := v.ctl.Fork(ctx, vmmapi.ForkRequest{
-		CheckpointID: ckpt, Name: child, ChildAPISocket: apiSock, ChildVsockUDS: vsockSock, ChildConsoleLog: console,
-	})
+	// The parent VMM fills in the store and the checkpoint.
+	launch := b.restoreLaunch(child, "", true)
+	launch.Store = ""
+	res, err := v.ctl.Fork(ctx, vmmapi.ForkRequest{CheckpointID: ckpt, Child: launch})
 	if err != nil {
-		return daemon.CheckpointInfo{}, daemon.Instance{}, err
+		return daemon.CheckpointInfo{}, daemon.Instance{}, vmmError(parent, "fork", err)
 	}
-	cv := &vm{dir: dir, pid: res.ChildPID, ctl: vmmapi.NewClient(apiSock), agent: agentClient(vsockSock), exited: make(chan struct{}), restored: true}
+	cv := &vm{files: f, pid: res.ChildPID, ctl: vmmapi.NewClient(f.apiSock), agent: agentClient(f.vsockSock), exited: make(chan struct{}), restored: true}
 	go watchPID(cv.pid, cv.exited)
 	inst, err := b.adopt(ctx, child, cv)
 	return daemon.CheckpointInfo{Created: res.Checkpoint.Created}, inst, err
@@ -380,7 +379,7 @@ func (b *Backend) Stop(ctx context.Context, box string) error {
 	case <-time.After(10 * time.Second):
 		b.kill(v)
 	}
-	return os.RemoveAll(v.dir)
+	return os.RemoveAll(v.files.dir)
 }
 
 // kill ends v's process and waits (briefly) for it to go.
@@ -393,13 +392,13 @@ func (b *Backend) kill(v *vm) {
 }
 
 func (b *Backend) Attach(ctx context.Context, box string) (bool, error) {
-	dir, apiSock, vsockSock, _ := b.paths(box)
-	ctl := vmmapi.NewClient(apiSock)
+	f := b.files(box)
+	ctl := vmmapi.NewClient(f.apiSock)
 	st, err := ctl.Status(ctx)
 	if err != nil {
 		return false, nil
 	}
-	v := &vm{dir: dir, pid: st.PID, ctl: ctl, agent: agentClient(vsockSock), exited: make(chan struct{})}
+	v := &vm{files: f, pid: st.PID, ctl: ctl, agent: agentClient(f.vsockSock), exited: make(chan struct{})}
 	go watchPID(v.pid, v.exited)
 	b.register(box, v)
 	return true, nil

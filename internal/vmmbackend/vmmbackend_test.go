@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -30,29 +31,41 @@ func newBackend(t *testing.T) *Backend {
 	return b
 }
 
-// The flags are those cmd/sailbox-vmm takes (see its parseArgs).
-func TestArgs(t *testing.T) {
+// Every VMM of a box is started with the box's sockets and logs, and
+// each kind of start says what it is; sailbox-vmm parses back exactly
+// that (vmmapi.ParseLaunch).
+func TestLaunches(t *testing.T) {
 	b := newBackend(t)
-	got := strings.Join(b.bootArgs("sb-1", catalog.Spec{MemoryMiB: 512, VCPUs: 2, Image: "/img/base.raw"}), " ")
-	run := filepath.Join(b.cfg.RunDir, "sb-1")
-	want := "-kernel /k -mem 512 -cpus 2 -store " + b.cfg.Store + " -vsock-cid 3 -vsock-uds " + run + "/vsock.sock -api-sock " +
-		run + "/api.sock -console=false -console-log " + run + "/console.log -initrd /i -disk /img/base.raw,layered,id=vda"
-	if got != want {
-		t.Errorf("boot args\n got %s\nwant %s", got, want)
+	spec := catalog.Spec{MemoryMiB: 512, VCPUs: 2, Image: "/img/base.raw"}
+	f := b.files("sb-1")
+	boot := b.bootLaunch("sb-1", spec)
+	want := vmmapi.Launch{
+		Kernel: "/k", Initrd: "/i", MemoryMiB: 512, VCPUs: 2, VsockCID: guestCID,
+		Disks: []vmmapi.LaunchDisk{{Path: "/img/base.raw", Layered: true, ID: "vda"}},
+		Store: b.cfg.Store, VsockUDS: f.vsockSock, APISocket: f.apiSock, ConsoleLog: f.console, Log: f.log,
+	}
+	if !reflect.DeepEqual(boot, want) {
+		t.Errorf("boot launch\n got %+v\nwant %+v", boot, want)
 	}
 	// A reboot boots the same way on a checkpoint's disks instead of a
 	// new disk over the image.
-	got = strings.Join(b.rebootArgs("sb-1", catalog.Spec{MemoryMiB: 512, VCPUs: 2, Image: "/img/base.raw"}, "sb-1-c4"), " ")
-	want = strings.TrimSuffix(want, " -disk /img/base.raw,layered,id=vda") + " -disks-from sb-1-c4"
-	if got != want {
-		t.Errorf("reboot args\n got %s\nwant %s", got, want)
+	want.Disks, want.DisksFrom = nil, "sb-1-c4"
+	if got := b.rebootLaunch("sb-1", spec, "sb-1-c4"); !reflect.DeepEqual(got, want) {
+		t.Errorf("reboot launch\n got %+v\nwant %+v", got, want)
 	}
-	got = strings.Join(b.restoreArgs("sb-2", "sb-1-c3", true), " ")
-	if !strings.HasPrefix(got, "-store "+b.cfg.Store+" -restore sb-1-c3 ") || !strings.HasSuffix(got, "-fork-name sb-2") || strings.Contains(got, "-kernel") {
-		t.Errorf("restore args: %s", got)
+	fork := b.restoreLaunch("sb-2", "sb-1-c3", true)
+	if fork.Restore != "sb-1-c3" || fork.ForkName != "sb-2" || fork.Kernel != "" || fork.APISocket != b.files("sb-2").apiSock {
+		t.Errorf("fork launch: %+v", fork)
 	}
-	if args := b.restoreArgs("sb-1", "sb-1-c3", false); slices.Contains(args, "-fork-name") {
-		t.Errorf("plain restore names a fork: %v", args)
+	if l := b.restoreLaunch("sb-1", "sb-1-c3", false); l.ForkName != "" {
+		t.Errorf("plain restore names a fork: %+v", l)
+	}
+	for _, l := range []vmmapi.Launch{boot, want, fork} {
+		got, err := vmmapi.ParseLaunch(l.Args(), io.Discard)
+		l.Log = ""
+		if err != nil || !reflect.DeepEqual(got, l) {
+			t.Errorf("sailbox-vmm parses %q as %+v, %v; want %+v", l.Args(), got, err, l)
+		}
 	}
 }
 
@@ -112,17 +125,17 @@ func TestRunning(t *testing.T) {
 // removes them so that its new VMM can listen there.
 func TestStartRemovesStaleSockets(t *testing.T) {
 	b := newBackend(t)
-	dir, apiSock, vsockSock, _ := b.paths("sb-z")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	f := b.files("sb-z")
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{apiSock, vsockSock} {
+	for _, p := range []string{f.apiSock, f.vsockSock} {
 		if err := os.WriteFile(p, nil, 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	b.Boot(context.Background(), "sb-z", catalog.Spec{MemoryMiB: 256, VCPUs: 1}) // /bin/false: fails
-	for _, p := range []string{apiSock, vsockSock} {
+	for _, p := range []string{f.apiSock, f.vsockSock} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("stale %s still there: %v", p, err)
 		}
@@ -133,11 +146,11 @@ func TestStartRemovesStaleSockets(t *testing.T) {
 // rather than cut a live VMM off.
 func TestStartKeepsLiveSockets(t *testing.T) {
 	b := newBackend(t)
-	dir, apiSock, _, _ := b.paths("sb-live")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	f := b.files("sb-live")
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("unix", apiSock)
+	l, err := net.Listen("unix", f.apiSock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,7 +158,7 @@ func TestStartKeepsLiveSockets(t *testing.T) {
 	if _, err := b.Boot(context.Background(), "sb-live", catalog.Spec{MemoryMiB: 256, VCPUs: 1}); err == nil || !strings.Contains(err.Error(), "still serves") {
 		t.Errorf("boot over a live socket: %v", err)
 	}
-	if _, err := os.Stat(apiSock); err != nil {
+	if _, err := os.Stat(f.apiSock); err != nil {
 		t.Errorf("live socket removed: %v", err)
 	}
 }
@@ -276,8 +289,7 @@ func TestBootTimeoutLogsVCPUs(t *testing.T) {
 	if !strings.Contains(got, "guest agent did not answer; its vCPUs") || !strings.Contains(got, "rip=0xfeedface") {
 		t.Errorf("log lacks the vCPUs:\n%s", got)
 	}
-	_, apiSock, _, _ := b.paths("sb-hung")
-	if c, err := net.DialTimeout("unix", apiSock, time.Second); err == nil {
+	if c, err := net.DialTimeout("unix", b.files("sb-hung").apiSock, time.Second); err == nil {
 		c.Close()
 		t.Error("the hung VMM still serves its socket after the failed boot")
 	}
@@ -300,8 +312,8 @@ func TestWatchReportsVMMsThatExitOnTheirOwn(t *testing.T) {
 	b := newBackend(t)
 	lost := make(chan string, 2)
 	b.Watch(func(box string) { lost <- box })
-	crashed := &vm{dir: t.TempDir(), exited: make(chan struct{})}
-	stopped := &vm{dir: t.TempDir(), exited: make(chan struct{})}
+	crashed := &vm{files: b.files("sb-crashed"), exited: make(chan struct{})}
+	stopped := &vm{files: b.files("sb-stopped"), exited: make(chan struct{})}
 	b.register("sb-crashed", crashed)
 	b.register("sb-stopped", stopped)
 	b.mu.Lock()

@@ -1,0 +1,96 @@
+package vmmbackend
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/api/lifecycle"
+	"github.com/sailbox-dev/sailbox/api/server"
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	"github.com/sailbox-dev/sailbox/internal/catalog"
+	"github.com/sailbox-dev/sailbox/internal/daemon"
+	"github.com/sailbox-dev/sailbox/vmm"
+)
+
+// refusingVM is a VMM whose machine has stopped: it refuses checkpoints
+// and forks as the real one does (vmm.ErrNotRunning).
+type refusingVM struct{ hungVM }
+
+func (refusingVM) Status() vmmapi.Status { return vmmapi.Status{State: "running", PID: os.Getpid()} }
+func (refusingVM) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
+	return vmmapi.CheckpointResult{}, fmt.Errorf("checkpoint %s: %w", req.ID, vmm.ErrNotRunning)
+}
+func (refusingVM) Fork(req vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
+	return vmmapi.ForkResult{}, fmt.Errorf("checkpoint %s: %w", req.CheckpointID, vmm.ErrNotRunning)
+}
+
+// A call the VMM refuses because of the VM's state answers 409 through
+// sailboxd, with the VMM's reason, never 500: vmmapi's server maps the
+// VMM's sentinel, the client returns it typed, the backend maps it to the
+// daemon's conflict and the API server to 409. A box the backend runs no
+// VM for is a conflict too.
+func TestVMMRefusalsAnswer409(t *testing.T) {
+	b := newBackend(t)
+	cat, err := catalog.Open(filepath.Join(t.TempDir(), "catalog.db"), &catalog.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cat.Close()
+	box := catalog.Box{ID: "sb-1", State: lifecycle.Running, HostID: "h", Created: time.Now(), Spec: catalog.Spec{MemoryMiB: 256, VCPUs: 1}}
+	if err := cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(box) }); err != nil {
+		t.Fatal(err)
+	}
+	// The box's VMM, found by the daemon's start as after a restart.
+	f := b.files(box.ID)
+	os.MkdirAll(f.dir, 0o700)
+	l, err := net.Listen("unix", f.apiSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go vmmapi.Serve(ctx, l, refusingVM{})
+
+	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: b, HostID: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(server.New(server.Config{Manager: m}))
+	defer srv.Close()
+
+	post := func(path string) (int, api.ErrorBody) {
+		t.Helper()
+		resp, err := http.Post(srv.URL+path, "application/json", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var eb api.ErrorBody
+		json.NewDecoder(resp.Body).Decode(&eb)
+		return resp.StatusCode, eb
+	}
+	for _, call := range []string{"checkpoint", "fork"} {
+		status, eb := post("/v1/boxes/sb-1/" + call)
+		if status != http.StatusConflict || eb.Code != api.CodeConflict || !strings.Contains(eb.Error, "machine not running") {
+			t.Errorf("%s refused by the VMM: %d %+v, want 409 %s with the VMM's reason", call, status, eb, api.CodeConflict)
+		}
+	}
+	// No VM behind a box the catalog calls running.
+	if _, err := b.Checkpoint(ctx, "sb-none", "c"); !errors.Is(err, daemon.ErrConflict) {
+		t.Errorf("checkpoint of a box without a VM: %v, want daemon.ErrConflict", err)
+	}
+}
