@@ -28,6 +28,10 @@ const what = "disk layer"
 
 var magic = [8]byte{'S', 'B', 'X', 'D', 'S', 'K', 0, '\n'}
 
+// layerFormat is what this kind of layer shares with the others (package
+// format reads the header's frame and the index).
+var layerFormat = format.LayerFormat{What: what, Magic: magic, HeaderLen: headerLen, MinVersion: MinVersion, Version: Version}
+
 // Layer states.
 const (
 	stateTop    = 1 // a writable top: no index, not a valid layer
@@ -111,11 +115,8 @@ func (h header) encode() []byte {
 }
 
 func decodeHeader(b []byte) (header, error) {
-	if len(b) < headerLen {
-		return header{}, format.Corrupt(what, "header", "truncated: %d of %d bytes", len(b), headerLen)
-	}
-	if [8]byte(b[:8]) != magic {
-		return header{}, format.Corrupt(what, "header", "bad magic %q (not a disk layer)", b[:8])
+	if _, err := layerFormat.CheckHeader(b); err != nil {
+		return header{}, err
 	}
 	le := binary.LittleEndian
 	size := le.Uint64(b[offSize:])
@@ -129,12 +130,6 @@ func decodeHeader(b []byte) (header, error) {
 		indexCRC:    le.Uint32(b[offIndexCRC:]),
 		dataCRC:     le.Uint32(b[offDataCRC:]),
 		headerCRC:   le.Uint32(b[offHeaderCRC:]),
-	}
-	if h.version < MinVersion || h.version > Version {
-		return header{}, &format.VersionError{What: what, Got: h.version, Min: MinVersion, Max: Version}
-	}
-	if got := format.Checksum(b[:offHeaderCRC]); got != h.headerCRC {
-		return header{}, format.Corrupt(what, "header", "checksum %08x, stored %08x", got, h.headerCRC)
 	}
 	bs, do, res := le.Uint32(b[offBlockSize:]), le.Uint64(b[offDataOffset:]), le.Uint32(b[offReserved:])
 	switch {

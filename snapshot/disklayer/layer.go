@@ -62,32 +62,10 @@ func OpenLayer(path string) (*Layer, error) {
 // decode reads and validates the header and index of a layer file of the
 // given size. Its allocations are bounded by size.
 func decode(r io.ReaderAt, size int64) (header, []Extent, error) {
-	hb := make([]byte, headerLen)
-	if n, err := r.ReadAt(hb, 0); n < headerLen {
-		if err == io.EOF {
-			return header{}, nil, format.Corrupt(what, "header", "truncated: file is %d bytes", size)
-		}
-		return header{}, nil, fmt.Errorf("read header: %w", err)
-	}
-	h, err := decodeHeader(hb)
-	if err != nil {
-		return header{}, nil, err
-	}
-	if want := h.fileSize(); size < want {
-		return header{}, nil, format.Corrupt(what, "file", "truncated: %d bytes, header describes %d", size, want)
-	}
-	ib := make([]byte, h.indexLen)
-	if _, err := r.ReadAt(ib, int64(h.indexOffset)); err != nil {
-		return header{}, nil, fmt.Errorf("read index: %w", err)
-	}
-	if got := format.Checksum(ib); got != h.indexCRC {
-		return header{}, nil, format.Corrupt(what, "index", "checksum %08x, stored %08x", got, h.indexCRC)
-	}
-	index, err := format.DecodeExtents(ib, h.blocks, blockCount(h.size))
-	if err != nil {
-		return header{}, nil, format.Corrupt(what, "index", "%v", err)
-	}
-	return h, index, nil
+	return format.ReadLayer(layerFormat, r, size, func(b []byte) (header, format.IndexAt, error) {
+		h, err := decodeHeader(b)
+		return h, format.IndexAt{Offset: h.indexOffset, Len: h.indexLen, CRC: h.indexCRC, Total: h.blocks, Limit: blockCount(h.size)}, err
+	})
 }
 
 // Path returns the file's path as given to OpenLayer (or the top's path

@@ -29,6 +29,10 @@ const what = "memory layer"
 
 var magic = [8]byte{'S', 'B', 'X', 'M', 'E', 'M', 0, '\n'}
 
+// layerFormat is what this kind of layer shares with the others (package
+// format reads the header's frame and the index).
+var layerFormat = format.LayerFormat{What: what, Magic: magic, HeaderLen: headerLen, MinVersion: MinVersion, Version: Version}
+
 // Header fields, little endian. The header occupies the first PageSize
 // bytes of the file; bytes past headerLen are zero.
 const (
@@ -94,11 +98,8 @@ func (h header) encode() []byte {
 }
 
 func decodeHeader(b []byte) (header, error) {
-	if len(b) < headerLen {
-		return header{}, format.Corrupt(what, "header", "truncated: %d of %d bytes", len(b), headerLen)
-	}
-	if [8]byte(b[:8]) != magic {
-		return header{}, format.Corrupt(what, "header", "bad magic %q (not a memory layer)", b[:8])
+	if _, err := layerFormat.CheckHeader(b); err != nil {
+		return header{}, err
 	}
 	le := binary.LittleEndian
 	h := header{
@@ -110,14 +111,6 @@ func decodeHeader(b []byte) (header, error) {
 		indexCRC:    le.Uint32(b[offIndexCRC:]),
 		dataCRC:     le.Uint32(b[offDataCRC:]),
 		headerCRC:   le.Uint32(b[offHeaderCRC:]),
-	}
-	// The version is checked before the checksum: a newer format may
-	// have moved the checksum, and "too new" is the useful error.
-	if h.version < MinVersion || h.version > Version {
-		return header{}, &format.VersionError{What: what, Got: h.version, Min: MinVersion, Max: Version}
-	}
-	if got := format.Checksum(b[:offHeaderCRC]); got != h.headerCRC {
-		return header{}, format.Corrupt(what, "header", "checksum %08x, stored %08x", got, h.headerCRC)
 	}
 	ps, do := le.Uint32(b[offPageSize:]), le.Uint64(b[offDataOffset:])
 	switch {

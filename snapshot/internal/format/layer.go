@@ -1,0 +1,86 @@
+package format
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// LayerFormat is what sets one kind of layer file apart from the others
+// that share its layout: a header that starts with an 8-byte magic and a
+// le32 version and ends with the CRC-32C of the bytes before it, and an
+// index of extents at an offset the header gives. Each kind keeps its own
+// magic, version and header fields.
+type LayerFormat struct {
+	What                string // "memory layer", for errors
+	Magic               [8]byte
+	HeaderLen           int // the header's bytes, its CRC the last 4
+	MinVersion, Version uint32
+}
+
+// CheckHeader checks b's length, magic, version and checksum, in that
+// order, and returns the version. The version goes before the checksum:
+// a newer format may have moved the checksum, and "too new" is the
+// useful error.
+func (f LayerFormat) CheckHeader(b []byte) (uint32, error) {
+	if len(b) < f.HeaderLen {
+		return 0, Corrupt(f.What, "header", "truncated: %d of %d bytes", len(b), f.HeaderLen)
+	}
+	if [8]byte(b[:8]) != f.Magic {
+		return 0, Corrupt(f.What, "header", "bad magic %q (not a %s)", b[:8], f.What)
+	}
+	v := binary.LittleEndian.Uint32(b[8:])
+	if v < f.MinVersion || v > f.Version {
+		return 0, &VersionError{What: f.What, Got: v, Min: f.MinVersion, Max: f.Version}
+	}
+	crcAt := f.HeaderLen - 4
+	if got, stored := Checksum(b[:crcAt]), binary.LittleEndian.Uint32(b[crcAt:]); got != stored {
+		return 0, Corrupt(f.What, "header", "checksum %08x, stored %08x", got, stored)
+	}
+	return v, nil
+}
+
+// IndexAt is where a layer's header puts its index, and what bounds the
+// extents in it.
+type IndexAt struct {
+	Offset, Len uint64 // the index ends the file
+	CRC         uint32
+	Total       uint64 // pages or blocks the extents hold in all
+	Limit       uint64 // every extent ends at or below it
+}
+
+// ReadLayer reads the header and index of a layer file of size bytes:
+// decode checks the header (CheckHeader first) and says where the index
+// is; the file must be as long as header and index say (a truncated file
+// would fault when mapped), and the index must match its checksum and be
+// well formed. Its allocations are bounded by size.
+func ReadLayer[H any](f LayerFormat, r io.ReaderAt, size int64, decode func([]byte) (H, IndexAt, error)) (H, []Extent, error) {
+	var zero H
+	hb := make([]byte, f.HeaderLen)
+	if n, err := r.ReadAt(hb, 0); n < f.HeaderLen {
+		if err == io.EOF {
+			return zero, nil, Corrupt(f.What, "header", "truncated: file is %d bytes", size)
+		}
+		return zero, nil, fmt.Errorf("read header: %w", err)
+	}
+	h, at, err := decode(hb)
+	if err != nil {
+		return zero, nil, err
+	}
+	// The header's fields are bounded, so this cannot overflow.
+	if want := int64(at.Offset + at.Len); size < want {
+		return zero, nil, Corrupt(f.What, "file", "truncated: %d bytes, header describes %d", size, want)
+	}
+	ib := make([]byte, at.Len)
+	if _, err := r.ReadAt(ib, int64(at.Offset)); err != nil {
+		return zero, nil, fmt.Errorf("read index: %w", err)
+	}
+	if got := Checksum(ib); got != at.CRC {
+		return zero, nil, Corrupt(f.What, "index", "checksum %08x, stored %08x", got, at.CRC)
+	}
+	index, err := DecodeExtents(ib, at.Total, at.Limit)
+	if err != nil {
+		return zero, nil, Corrupt(f.What, "index", "%v", err)
+	}
+	return h, index, nil
+}
