@@ -9,20 +9,6 @@
 // absolute times mean little: compare the ratios, measured in one run.
 package main
 
-import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "github.com/sailbox-dev/sailbox/internal/cli"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sailbox-bench:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("sailbox-bench", run) }

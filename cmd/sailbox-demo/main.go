@@ -24,22 +24,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 
+	"github.com/sailbox-dev/sailbox/internal/cli"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sailbox-demo:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("sailbox-demo", run) }
 
 // config is the demo's configuration, from flags.
 type config struct {

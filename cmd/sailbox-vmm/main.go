@@ -8,20 +8,6 @@
 // shut down; non-zero with a message naming the problem otherwise.
 package main
 
-import (
-	"context"
-	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
-)
+import "github.com/sailbox-dev/sailbox/internal/cli"
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "sailbox-vmm:", err)
-		os.Exit(1)
-	}
-}
+func main() { cli.Main("sailbox-vmm", run) }
