@@ -4,7 +4,7 @@
 //   - this package: the daemon's wire types (Box, requests, the error
 //     body) and its OpenAPI document (openapi.yaml);
 //   - api/lifecycle: the box state machine, one table;
-//   - api/server: sailboxd's HTTP server on a Unix socket;
+//   - internal/apiserver (not importable): sailboxd's HTTP server on a Unix socket;
 //   - api/client: the Go client of that server;
 //   - api/vmmapi: the per-VM control socket of sailbox-vmm and its client.
 package api

@@ -8,7 +8,7 @@ import (
 
 // The daemon's API (sailboxd): HTTP+JSON on a Unix socket, every path
 // under /v1. openapi.yaml, beside this file, is its contract; a test in
-// api/server fails when the server and the document drift apart.
+// internal/apiserver fails when the server and the document drift apart.
 //
 // Errors are an ErrorBody with a 4xx or 5xx status: 400 for a malformed
 // request, 404 for an unknown box, 409 for a call the box's state does not

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/sailbox-dev/sailbox/api"
-	"github.com/sailbox-dev/sailbox/api/server/servertest"
+	"github.com/sailbox-dev/sailbox/internal/apiserver/servertest"
 )
 
 type sailer struct {

@@ -13,7 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/sailbox-dev/sailbox/api"
-	"github.com/sailbox-dev/sailbox/api/server"
+	"github.com/sailbox-dev/sailbox/internal/apiserver"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/vmmbackend"
@@ -147,13 +147,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer m.Close()
-	l, err := server.Listen(c.Socket, c.SocketGroup)
+	l, err := apiserver.Listen(c.Socket, c.SocketGroup)
 	if err != nil {
 		return err
 	}
 	log.Info("sailboxd listening", "socket", c.Socket, "state_dir", c.StateDir, "host_id", c.HostID)
-	srv := server.New(server.Config{Manager: m, Logger: log, InferenceUpstream: upstream})
-	err = server.Serve(ctx, l, srv)
+	srv := apiserver.New(apiserver.Config{Manager: m, Logger: log, InferenceUpstream: upstream})
+	err = apiserver.Serve(ctx, l, srv)
 	log.Info("sailboxd stopped; boxes keep running")
 	return err
 }

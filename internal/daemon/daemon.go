@@ -12,7 +12,7 @@
 //
 // Errors match ErrNotFound, ErrInvalidArgument, ErrConflict, ErrWrongHost,
 // lifecycle.ErrInvalidTransition, or errors.ErrUnsupported (a backend that
-// cannot do something yet); package api/server maps them to HTTP statuses.
+// cannot do something yet); package internal/apiserver maps them to HTTP statuses.
 package daemon
 
 import (

@@ -16,8 +16,8 @@ import (
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
-	"github.com/sailbox-dev/sailbox/api/server"
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	"github.com/sailbox-dev/sailbox/internal/apiserver"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/vmm"
@@ -69,7 +69,7 @@ func TestVMMRefusalsAnswer409(t *testing.T) {
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(server.New(server.Config{Manager: m}))
+	srv := httptest.NewServer(apiserver.New(apiserver.Config{Manager: m}))
 	defer srv.Close()
 
 	post := func(path string) (int, api.ErrorBody) {

@@ -1,6 +1,6 @@
-// Package server is sailboxd's HTTP API: JSON over a Unix socket, served
+// Package apiserver is sailboxd's HTTP API: JSON over a Unix socket, served
 // from a daemon.Manager. The routes are in one table (Routes), which
-// ../openapi.yaml documents and a test holds equal to it; statusOf is the
+// api/openapi.yaml documents and a test holds equal to it; statusOf is the
 // one place where errors become HTTP statuses.
 //
 // Exec answers in a stream: see api.ExecEvent for the framing. File reads
@@ -8,7 +8,7 @@
 // them; a read that fails after its first bytes were sent is cut short
 // (the connection is aborted), so a complete answer is always the whole
 // file.
-package server
+package apiserver
 
 import (
 	"bytes"

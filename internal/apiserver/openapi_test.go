@@ -1,4 +1,4 @@
-package server_test
+package apiserver_test
 
 import (
 	"fmt"
@@ -12,7 +12,7 @@ import (
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
-	"github.com/sailbox-dev/sailbox/api/server"
+	"github.com/sailbox-dev/sailbox/internal/apiserver"
 )
 
 type openAPIDoc struct {
@@ -56,7 +56,7 @@ func documented(doc openAPIDoc) []string {
 	return out
 }
 
-func served(routes []server.Route) []string {
+func served(routes []apiserver.Route) []string {
 	var out []string
 	for _, r := range routes {
 		out = append(out, r.Method+" "+strings.ReplaceAll(r.Pattern, "...}", "}"))
@@ -68,12 +68,12 @@ func served(routes []server.Route) []string {
 // The document and the server list the same endpoints.
 func TestOpenAPIRoutes(t *testing.T) {
 	doc, _ := loadOpenAPI(t)
-	srv := server.New(server.Config{})
+	srv := apiserver.New(apiserver.Config{})
 	if diff := symmetricDiff(documented(doc), served(srv.Routes())); diff != "" {
 		t.Errorf("openapi.yaml and the server's routes differ:\n%s", diff)
 	}
 	// The comparison catches a route on one side only.
-	extra := append(srv.Routes(), server.Route{Method: "POST", Pattern: "/v1/boxes/{id}/explode"})
+	extra := append(srv.Routes(), apiserver.Route{Method: "POST", Pattern: "/v1/boxes/{id}/explode"})
 	if symmetricDiff(documented(doc), served(extra)) == "" {
 		t.Error("an undocumented route went unnoticed")
 	}

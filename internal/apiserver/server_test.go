@@ -1,4 +1,4 @@
-package server_test
+package apiserver_test
 
 import (
 	"bytes"
@@ -18,8 +18,8 @@ import (
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/client"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
-	"github.com/sailbox-dev/sailbox/api/server"
-	"github.com/sailbox-dev/sailbox/api/server/servertest"
+	"github.com/sailbox-dev/sailbox/internal/apiserver"
+	"github.com/sailbox-dev/sailbox/internal/apiserver/servertest"
 )
 
 // raw sends a request over env's socket and returns the status and body.
@@ -285,7 +285,7 @@ func TestListen(t *testing.T) {
 	}
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "s.sock")
-	l, err := server.Listen(sock, "")
+	l, err := apiserver.Listen(sock, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +298,7 @@ func TestListen(t *testing.T) {
 	l.Close()
 	os.Rename(sock+".keep", sock)
 	gid := os.Getgid()
-	l, err = server.Listen(sock, strconv.Itoa(gid))
+	l, err = apiserver.Listen(sock, strconv.Itoa(gid))
 	if err != nil {
 		t.Fatalf("listen over a stale socket, with a group: %v", err)
 	}
@@ -310,10 +310,10 @@ func TestListen(t *testing.T) {
 		t.Errorf("socket left after Close: %v", err)
 	}
 	os.WriteFile(sock, nil, 0o600)
-	if _, err := server.Listen(sock, ""); err == nil {
+	if _, err := apiserver.Listen(sock, ""); err == nil {
 		t.Error("listen over a regular file succeeded")
 	}
-	if _, err := server.Listen(filepath.Join(dir, "g.sock"), "no-such-group-xyz"); err == nil {
+	if _, err := apiserver.Listen(filepath.Join(dir, "g.sock"), "no-such-group-xyz"); err == nil {
 		t.Error("listen with an unknown group succeeded")
 	}
 	entries, _ := os.ReadDir(dir)

@@ -10,7 +10,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/sailbox-dev/sailbox/api/server"
+	"github.com/sailbox-dev/sailbox/internal/apiserver"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
@@ -21,7 +21,7 @@ type Env struct {
 	Socket  string
 	Fake    *fakebackend.Backend
 	Manager *daemon.Manager
-	Server  *server.Server
+	Server  *apiserver.Server
 }
 
 // Options tune Start.
@@ -55,14 +55,14 @@ func Start(t testing.TB, opts *Options) *Env {
 	if err := m.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := server.New(server.Config{Manager: m, Logger: slog.New(slog.DiscardHandler), InferenceUpstream: opts.InferenceUpstream})
+	srv := apiserver.New(apiserver.Config{Manager: m, Logger: slog.New(slog.DiscardHandler), InferenceUpstream: opts.InferenceUpstream})
 	sock := filepath.Join(dir, "sailboxd.sock")
-	l, err := server.Listen(sock, "")
+	l, err := apiserver.Listen(sock, "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
-	go func() { done <- server.Serve(ctx, l, srv) }()
+	go func() { done <- apiserver.Serve(ctx, l, srv) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {

@@ -1,4 +1,4 @@
-package server_test
+package apiserver_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sailbox-dev/sailbox/api/server/servertest"
+	"github.com/sailbox-dev/sailbox/internal/apiserver/servertest"
 )
 
 // FuzzPostBodies sends arbitrary bodies to every POST and PUT route, for
