@@ -114,7 +114,12 @@ func startChildVMM(t *testing.T, dir string) *childVMM {
 func (v *childVMM) waitAgent(ctx context.Context, t *testing.T) {
 	t.Helper()
 	if _, err := v.agent.WaitHealthy(ctx, 200*time.Millisecond, v.done); err != nil {
-		t.Fatalf("%s: agent not ready: %v", v.name, err)
+		// Where the vCPUs are tells a guest the lab's emulated SVM
+		// broke (stuck at a lab-kernel address) from one of ours.
+		dctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		vcpus, derr := vmmapi.NewClient(v.api).DescribeVCPUs(dctx)
+		t.Fatalf("%s: agent not ready: %v; vCPUs (%v):\n%s", v.name, err, derr, vcpus)
 	}
 }
 
