@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/devices/virtio/vsock"
 )
 
 // Client is the host side of the agent protocol. Each call dials a new
@@ -23,11 +25,7 @@ import (
 // returns.
 type Client struct {
 	// Dial opens a connection to the agent. For a guest behind a hybrid
-	// vsock device:
-	//
-	//	func(ctx context.Context) (net.Conn, error) {
-	//		return guestagent.DialHybridVsock(ctx, socketPath, guestagent.Port)
-	//	}
+	// vsock device, NewHybridClient sets it.
 	Dial func(ctx context.Context) (net.Conn, error)
 }
 
@@ -594,87 +592,12 @@ func contextError(ctx context.Context, err error) error {
 	return err
 }
 
-// maxHybridReply bounds the hybrid vsock reply line, newline included. The
-// valid reply, "OK <u32>\n", is at most 14 bytes.
-const maxHybridReply = 64
-
-// DialHybridVsock connects to port on the guest behind a hybrid vsock
-// device whose host end is the Unix socket at path: it dials path, writes
-// "CONNECT <port>\n" and expects "OK <host port>\n" in reply. It returns
-// the connection, positioned at the first byte after the reply, with no
-// deadline set.
-//
-// ctx bounds the dial and the handshake only. A VMM closes the connection
-// without replying when nothing listens on the guest port, for example
-// while the guest is still booting; callers waiting for the agent retry.
-func DialHybridVsock(ctx context.Context, path string, port uint32) (net.Conn, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("hybrid vsock port %d: %w", port, err)
-	}
-	if err := handshakeContext(ctx, conn, port); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("hybrid vsock %s port %d: %w", path, port, err)
-	}
-	return conn, nil
-}
-
-// handshakeContext runs hybridHandshake on conn within ctx, and leaves
-// conn without a deadline if it succeeds.
-func handshakeContext(ctx context.Context, conn net.Conn, port uint32) error {
-	stop, err := watchContext(ctx, conn)
-	if err != nil {
-		return err
-	}
-	if err := hybridHandshake(conn, port); err != nil {
-		stop()
-		return contextError(ctx, err)
-	}
-	if !stop() {
-		// ctx was cancelled just now and has moved the deadline.
-		return ctx.Err()
-	}
-	if err := conn.SetDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("clear deadline: %w", err)
-	}
-	return nil
-}
-
-// hybridHandshake sends the CONNECT line and checks the reply. It reads the
-// reply a byte at a time, so that bytes the guest sends right after it stay
-// in the connection for the caller.
-func hybridHandshake(conn net.Conn, port uint32) error {
-	if _, err := conn.Write([]byte("CONNECT " + strconv.FormatUint(uint64(port), 10) + "\n")); err != nil {
-		return fmt.Errorf("write CONNECT: %w", err)
-	}
-	var buf [maxHybridReply]byte
-	n := 0
-	for n == 0 || buf[n-1] != '\n' {
-		if n == len(buf) {
-			return fmt.Errorf("reply longer than %d bytes: %q", maxHybridReply, buf[:n])
-		}
-		m, err := conn.Read(buf[n : n+1])
-		n += m
-		if err != nil && (m == 0 || buf[n-1] != '\n') {
-			if err == io.EOF {
-				if n == 0 {
-					return fmt.Errorf("VMM closed the connection without a reply (is anything listening on the guest port?): %w", io.ErrUnexpectedEOF)
-				}
-				return fmt.Errorf("VMM closed the connection inside reply %q: %w", buf[:n], io.ErrUnexpectedEOF)
-			}
-			return fmt.Errorf("read reply: %w", err)
-		}
-	}
-	reply := string(buf[:n])
-	hostPort, ok := strings.CutPrefix(strings.TrimSuffix(reply, "\n"), "OK ")
-	if !ok {
-		return fmt.Errorf("VMM refused the connection: reply %q, want \"OK <port>\\n\"", reply)
-	}
-	if _, err := strconv.ParseUint(hostPort, 10, 32); err != nil {
-		return fmt.Errorf("malformed reply %q, want \"OK <port>\\n\"", reply)
-	}
-	return nil
+// NewHybridClient returns a client of the agent of the guest behind the
+// hybrid vsock device whose host socket is at path (see vsock.Dial).
+func NewHybridClient(path string) *Client {
+	return &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		return vsock.Dial(ctx, path, Port)
+	}}
 }
 
 // ErrGone reports that the VM stopped while WaitHealthy waited for its agent.

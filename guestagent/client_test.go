@@ -160,7 +160,7 @@ func readLine(c net.Conn, limit int) (string, error) {
 	return string(line), errors.New("line too long")
 }
 
-func TestDialHybridVsockHealth(t *testing.T) {
+func TestHybridClientHealth(t *testing.T) {
 	s := &Server{Logger: testLogger(t)}
 	ctx := testContext(t)
 	path := fakeVMM(t, "1024", func(c net.Conn) {
@@ -170,113 +170,7 @@ func TestDialHybridVsockHealth(t *testing.T) {
 		}
 		s.serveConn(ctx, c)
 	})
-	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return DialHybridVsock(ctx, path, Port)
-	}}
-	checkHealth(t, ctx, c)
-}
-
-func TestDialHybridVsockKeepsBytesAfterOK(t *testing.T) {
-	health := frame(FrameResponse, `{"status":"ok"}`)
-	path := fakeVMM(t, "52", func(c net.Conn) {
-		// The reply and the guest's first bytes arrive in one segment.
-		c.Write(append([]byte("OK 7\n"), health...))
-		stall(c)
-	})
-	conn, err := DialHybridVsock(testContext(t), path, 52)
-	if err != nil {
-		t.Fatalf("DialHybridVsock: %v", err)
-	}
-	defer conn.Close()
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	typ, p, err := ReadFrame(conn)
-	if err != nil || typ != FrameResponse || string(p) != `{"status":"ok"}` {
-		t.Fatalf("frame after handshake = %v %q %v; want the response frame sent with OK", typ, p, err)
-	}
-}
-
-func TestDialHybridVsockRejections(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		reply string
-		want  string
-		is    error
-	}{
-		{"ERR", "ERR\n", `refused the connection: reply "ERR\n"`, nil},
-		{"ERR with reason", "ERR no listener\n", `reply "ERR no listener\n"`, nil},
-		{"lowercase", "ok 5\n", `reply "ok 5\n"`, nil},
-		{"no port", "OK\n", `reply "OK\n"`, nil},
-		{"bad port", "OK abc\n", `malformed reply "OK abc\n"`, nil},
-		{"port too big", "OK 4294967296\n", `malformed reply "OK 4294967296\n"`, nil},
-		{"extra field", "OK 5 6\n", `malformed reply "OK 5 6\n"`, nil},
-		{"CRLF", "OK 5\r\n", `malformed reply "OK 5\r\n"`, nil},
-		{"too long", strings.Repeat("A", 1000), "reply longer than 64 bytes", nil},
-		{"too long line", "OK " + strings.Repeat("1", 70) + "\n", "reply longer than 64 bytes", nil},
-		{"closed early", "", "closed the connection without a reply", io.ErrUnexpectedEOF},
-		{"closed mid-reply", "OK 12", `closed the connection inside reply "OK 12"`, io.ErrUnexpectedEOF},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			path := fakeVMM(t, "1024", func(c net.Conn) { c.Write([]byte(tc.reply)) })
-			conn, err := DialHybridVsock(testContext(t), path, Port)
-			if err == nil {
-				conn.Close()
-				t.Fatalf("DialHybridVsock succeeded on reply %q", tc.reply)
-			}
-			if !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), "hybrid vsock "+path+" port 1024: ") {
-				t.Fatalf("DialHybridVsock = %v, want an error naming the socket and port and containing %q", err, tc.want)
-			}
-			if tc.is != nil && !errors.Is(err, tc.is) {
-				t.Fatalf("DialHybridVsock = %v, want it to wrap %v", err, tc.is)
-			}
-		})
-	}
-}
-
-func TestDialHybridVsockContext(t *testing.T) {
-	path := fakeVMM(t, "1024", stall) // a VMM that never replies
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	if _, err := DialHybridVsock(ctx, path, Port); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("DialHybridVsock past deadline = %v, want context.DeadlineExceeded", err)
-	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("DialHybridVsock took %v with a 100ms deadline", d)
-	}
-
-	ctx, cancel = context.WithCancel(context.Background())
-	time.AfterFunc(50*time.Millisecond, cancel)
-	if _, err := DialHybridVsock(ctx, path, Port); !errors.Is(err, context.Canceled) {
-		t.Errorf("DialHybridVsock cancelled = %v, want context.Canceled", err)
-	}
-}
-
-func TestDialHybridVsockClearsDeadline(t *testing.T) {
-	path := fakeVMM(t, "1024", func(c net.Conn) {
-		c.Write([]byte("OK 1\n"))
-		time.Sleep(300 * time.Millisecond)
-		c.Write([]byte("late"))
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	conn, err := DialHybridVsock(ctx, path, Port)
-	cancel()
-	if err != nil {
-		t.Fatalf("DialHybridVsock: %v", err)
-	}
-	defer conn.Close()
-	// The handshake's deadline and the context's end must not leak into
-	// the connection the caller gets.
-	buf := make([]byte, 4)
-	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "late" {
-		t.Fatalf("read after handshake = %q, %v; want \"late\"", buf, err)
-	}
-}
-
-func TestDialHybridVsockNoSocket(t *testing.T) {
-	_, err := DialHybridVsock(testContext(t), socketPath(t), Port)
-	if err == nil || !strings.HasPrefix(err.Error(), "hybrid vsock port 1024: dial unix ") {
-		t.Fatalf("DialHybridVsock to a missing socket = %v, want a dial error", err)
-	}
+	checkHealth(t, ctx, NewHybridClient(path))
 }
 
 func TestWaitHealthy(t *testing.T) {

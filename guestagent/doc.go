@@ -12,9 +12,10 @@
 // The host reaches that port through the VMM's hybrid vsock device
 // (Firecracker's scheme): it connects to a Unix socket owned by the VMM,
 // writes "CONNECT <port>\n", reads "OK <host port>\n", and from then on the
-// Unix stream is joined to the guest's vsock stream. [DialHybridVsock]
-// performs that handshake; [Client] then speaks the protocol over any
-// [net.Conn], which also makes it testable over a Unix socket or a pipe.
+// Unix stream is joined to the guest's vsock stream. vsock.Dial, beside
+// the device that answers it, performs that handshake ([NewHybridClient]
+// uses it); [Client] then speaks the protocol over any [net.Conn], which
+// also makes it testable over a Unix socket or a pipe.
 //
 // # Trust
 //

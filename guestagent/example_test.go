@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"net"
 	"os"
 	"time"
 
@@ -15,9 +14,7 @@ import (
 
 // The host checks a guest's agent through the VMM's hybrid vsock socket.
 func ExampleClient_Health() {
-	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm0/vsock.sock", guestagent.Port)
-	}}
+	c := guestagent.NewHybridClient("/run/sailbox/vm0/vsock.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	h, err := c.Health(ctx)
@@ -34,9 +31,7 @@ func ExampleClient_Health() {
 // anything else, the host fixes up the guest: clock, entropy and, for a
 // fork, identity.
 func ExampleClient_Restored() {
-	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm1/vsock.sock", guestagent.Port)
-	}}
+	c := guestagent.NewHybridClient("/run/sailbox/vm1/vsock.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 
@@ -61,9 +56,7 @@ func ExampleClient_Restored() {
 
 // The host runs a command in the guest, streaming its output.
 func ExampleClient_Exec() {
-	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm0/vsock.sock", guestagent.Port)
-	}}
+	c := guestagent.NewHybridClient("/run/sailbox/vm0/vsock.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	res, err := c.Exec(ctx, guestagent.ExecRequest{
@@ -84,9 +77,7 @@ func ExampleClient_Exec() {
 // The host forwards a TCP connection to a server in the guest, and
 // half-closes it once its request is sent.
 func ExampleClient_DialTCP() {
-	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, "/run/sailbox/vm0/vsock.sock", guestagent.Port)
-	}}
+	c := guestagent.NewHybridClient("/run/sailbox/vm0/vsock.sock")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := c.DialTCP(ctx, "", 8080) // the guest's 127.0.0.1:8080

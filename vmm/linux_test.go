@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -105,9 +104,7 @@ func start(t *testing.T, m *vmm.Machine, con *console, uds string, restored bool
 			t.Logf("guest console:\n%s", g.console.String())
 		}
 	})
-	g.agent = &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
-	}}
+	g.agent = guestagent.NewHybridClient(uds)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
 	defer cancel()

@@ -116,9 +116,7 @@ func benchSailbox(ctx context.Context, sys *kvm.System, o options) (time.Duratio
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { m.Stop(); <-done }()
-	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
-	}}
+	c := guestagent.NewHybridClient(uds)
 	return measure(ctx, c, start, o, done)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -36,9 +35,7 @@ func (r *running) stop() {
 func startMachine(ctx context.Context, m *vmm.Machine, uds string, o options) (*running, error) {
 	r := &running{m: m, done: make(chan struct{})}
 	go func() { m.Run(ctx); close(r.done) }()
-	r.agent = &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, uds, guestagent.Port)
-	}}
+	r.agent = guestagent.NewHybridClient(uds)
 	wctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	t0 := time.Now()

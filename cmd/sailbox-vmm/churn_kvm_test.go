@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -97,9 +96,7 @@ func startChildVMM(t *testing.T, dir string) *childVMM {
 		log.Close()
 		close(v.done)
 	}()
-	v.agent = &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, v.vsock, guestagent.Port)
-	}}
+	v.agent = guestagent.NewHybridClient(v.vsock)
 	t.Cleanup(func() {
 		v.cmd.Process.Kill()
 		<-v.done

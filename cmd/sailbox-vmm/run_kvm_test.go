@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -108,9 +107,7 @@ func startVMM(t *testing.T, extra ...string) *vmmProcess {
 // waitAgent returns a client once the guest agent answers.
 func (p *vmmProcess) waitAgent(t *testing.T) *guestagent.Client {
 	t.Helper()
-	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, p.vsock, guestagent.Port)
-	}}
+	c := guestagent.NewHybridClient(p.vsock)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if _, err := c.WaitHealthy(ctx, 200*time.Millisecond, p.exited); err != nil {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,9 +89,7 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 		t.Errorf("fork checkpoint's parent %q, want c1", fr.Checkpoint.Parent)
 	}
 	t.Cleanup(func() { syscall.Kill(fr.ChildPID, syscall.SIGKILL) })
-	kid := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, child.VsockUDS, guestagent.Port)
-	}}
+	kid := guestagent.NewHybridClient(child.VsockUDS)
 	if _, err := kid.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
 		log, _ := os.ReadFile(child.Log)
 		t.Fatalf("child agent: %v; child log:\n%s", err, log)

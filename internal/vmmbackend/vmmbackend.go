@@ -194,18 +194,12 @@ func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemo
 	if err != nil {
 		return daemon.Instance{}, fmt.Errorf("box %s: %w", box, err)
 	}
-	v := &vm{files: f, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(f.apiSock), agent: agentClient(f.vsockSock), exited: make(chan struct{}), restored: l.Restore != ""}
+	v := &vm{files: f, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(f.apiSock), agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), restored: l.Restore != ""}
 	go func() {
 		cmd.Wait()
 		close(v.exited)
 	}()
 	return b.adopt(ctx, box, v)
-}
-
-func agentClient(vsockSock string) *guestagent.Client {
-	return &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, vsockSock, guestagent.Port)
-	}}
 }
 
 // adopt waits for v's agent and registers v as box's VM; on failure it
@@ -355,7 +349,7 @@ func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.
 	if err != nil {
 		return daemon.CheckpointInfo{}, daemon.Instance{}, vmmError(parent, "fork", err)
 	}
-	cv := &vm{files: f, pid: res.ChildPID, ctl: vmmapi.NewClient(f.apiSock), agent: agentClient(f.vsockSock), exited: make(chan struct{}), restored: true}
+	cv := &vm{files: f, pid: res.ChildPID, ctl: vmmapi.NewClient(f.apiSock), agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), restored: true}
 	go watchPID(cv.pid, cv.exited)
 	inst, err := b.adopt(ctx, child, cv)
 	return daemon.CheckpointInfo{Created: res.Checkpoint.Created}, inst, err
@@ -398,7 +392,7 @@ func (b *Backend) Attach(ctx context.Context, box string) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	v := &vm{files: f, pid: st.PID, ctl: ctl, agent: agentClient(f.vsockSock), exited: make(chan struct{})}
+	v := &vm{files: f, pid: st.PID, ctl: ctl, agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{})}
 	go watchPID(v.pid, v.exited)
 	b.register(box, v)
 	return true, nil

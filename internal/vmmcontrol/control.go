@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"time"
 
@@ -110,9 +109,7 @@ func (c *Controller) Fork(req vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
 // vsock socket of launch, to set its clock and reseed its entropy pool,
 // and a fork to take a new identity.
 func FixUpRestoredGuest(ctx context.Context, launch vmmapi.Launch, log *slog.Logger) {
-	agent := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
-		return guestagent.DialHybridVsock(ctx, launch.VsockUDS, guestagent.Port)
-	}}
+	agent := guestagent.NewHybridClient(launch.VsockUDS)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if _, err := agent.WaitHealthy(ctx, 50*time.Millisecond, nil); err != nil {

@@ -1,6 +1,7 @@
 package vsock
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -253,9 +254,21 @@ func hostConnect(t testing.TB, path, line string) *net.UnixConn {
 // establish connects a host client to guest port gport through the fake
 // guest, which advertises bufAlloc, and returns the client and the
 // host-side port.
+//
+// The client is the real one (Dial), against the device's real host side.
 func establish(t testing.TB, g *fakeDriver, path string, gport, bufAlloc uint32) (*net.UnixConn, uint32) {
 	t.Helper()
-	c := hostConnect(t, path, fmt.Sprintf("CONNECT %d\n", gport))
+	type dialed struct {
+		c   net.Conn
+		err error
+	}
+	done := make(chan dialed, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		c, err := Dial(ctx, path, gport)
+		done <- dialed{c, err}
+	}()
 	h, _ := g.recv(t)
 	if h.op != opRequest || h.dstPort != gport || h.dstCID != testCID || h.srcCID != hostCID || h.bufAlloc != connBufAlloc {
 		t.Fatalf("device sent %s buf_alloc %d, want REQUEST to port %d with buf_alloc %d", h, h.bufAlloc, gport, connBufAlloc)
@@ -263,16 +276,12 @@ func establish(t testing.TB, g *fakeDriver, path string, gport, bufAlloc uint32)
 	resp := guestHeader(opResponse, gport, h.srcPort)
 	resp.bufAlloc = bufAlloc
 	g.send(resp, nil)
-	c.SetReadDeadline(time.Now().Add(testTimeout))
-	line, err := readLine(c)
-	if err != nil {
-		t.Fatalf("reading OK line: %v", err)
+	d := <-done
+	if d.err != nil {
+		t.Fatalf("Dial: %v", d.err)
 	}
-	if want := fmt.Sprintf("OK %d\n", h.srcPort); line != want {
-		t.Fatalf("client read %q, want %q", line, want)
-	}
-	c.SetReadDeadline(time.Time{})
-	return c, h.srcPort
+	t.Cleanup(func() { d.c.Close() })
+	return d.c.(*net.UnixConn), h.srcPort
 }
 
 // readLine reads up to a newline one byte at a time, so as not to consume
