@@ -280,7 +280,12 @@ func (d *Driver) WaitUsed(index int, n int) ([]Used, error) {
 		if !d.IRQ.Wait(WaitTimeout) {
 			return all, fmt.Errorf("queue %d: %d of %d used buffers after %v without an interrupt", index, len(all), n, WaitTimeout)
 		}
-		if status := d.HandleInterrupt(); status&InterruptUsedBuffer == 0 {
+		switch status := d.HandleInterrupt(); {
+		case status == 0:
+			// A trigger whose status an earlier HandleInterrupt already
+			// acknowledged (the device raised it between that call's
+			// Wait and its read of InterruptStatus): nothing is lost.
+		case status&InterruptUsedBuffer == 0:
 			return all, fmt.Errorf("queue %d: interrupt without a used buffer notification (InterruptStatus %#x)", index, status)
 		}
 	}
