@@ -382,6 +382,11 @@ func (r *Root) Clean() ([]string, error) {
 		return nil, fmt.Errorf("clean checkpoint store: %w", err)
 	}
 	defer rl.Close()
+	return r.clean()
+}
+
+// clean is Clean with the root's lock held exclusively.
+func (r *Root) clean() ([]string, error) {
 	var removed []string
 	remove := func(p string) error {
 		busy, err := format.InUse(p)

@@ -36,7 +36,6 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/snapshot"
-	"github.com/sailbox-dev/sailbox/snapshot/layerstore"
 )
 
 // guestCID is every box's vsock CID: each VM has its own vsock device
@@ -398,62 +397,12 @@ func (b *Backend) Attach(ctx context.Context, box string) (bool, error) {
 	return true, nil
 }
 
-// RemoveCheckpoints removes the checkpoints' manifests, then the layers
-// they held that no remaining checkpoint holds, then the store's debris.
+// RemoveCheckpoints frees the checkpoints' storage in the store
+// (snapshot.Root.RemoveCheckpoints).
 func (b *Backend) RemoveCheckpoints(ctx context.Context, ids []string) error {
-	return removeCheckpoints(b.root, ids)
-}
-
-func removeCheckpoints(root *snapshot.Root, ids []string) error {
-	candidates := map[string]bool{}
-	for _, id := range ids {
-		m, err := root.Load(id)
-		if errors.Is(err, snapshot.ErrNotFound) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		for _, l := range layerRefs(m) {
-			candidates[l] = true
-		}
-		if err := root.Remove(id); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
-			return err
-		}
-	}
-	remaining, err := root.List()
-	if err != nil {
-		return err
-	}
-	for _, id := range remaining {
-		m, err := root.Load(id)
-		if err != nil {
-			return err
-		}
-		for _, l := range layerRefs(m) {
-			delete(candidates, l)
-		}
-	}
-	for l := range candidates {
-		if err := root.Layers().Delete(l); err != nil && !errors.Is(err, layerstore.ErrNotFound) {
-			return err
-		}
-	}
-	_, err = root.Clean()
+	deleted, err := b.root.RemoveCheckpoints(ids)
+	b.log.Debug("checkpoints removed", "ids", ids, "layers", len(deleted))
 	return err
-}
-
-func layerRefs(m *snapshot.Manifest) []string {
-	var out []string
-	for _, l := range m.Memory {
-		out = append(out, l.ID)
-	}
-	for _, d := range m.Disks {
-		for _, l := range d.Layers {
-			out = append(out, l.ID)
-		}
-	}
-	return out
 }
 
 func (b *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, stdout, stderr io.Writer) (api.ExecResult, error) {

@@ -1,0 +1,79 @@
+package snapshot
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/sailbox-dev/sailbox/snapshot/layerstore"
+)
+
+// RemoveCheckpoints frees the storage of completed checkpoints ids: their
+// manifests, then every layer they held that no remaining checkpoint
+// holds, then the store's debris (Clean). An ID the store does not hold
+// is not an error. It runs under the root's lock, so no checkpoint begins
+// and no Clean runs meanwhile; a checkpoint already in progress must not
+// build on the ones removed (the caller's to ensure: the daemon removes
+// only checkpoints no box references). It returns the layers it deleted.
+func (r *Root) RemoveCheckpoints(ids []string) ([]string, error) {
+	rl, err := r.lockRoot(unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("remove checkpoints: %w", err)
+	}
+	defer rl.Close()
+	candidates := map[string]bool{}
+	for _, id := range ids {
+		m, err := r.Load(id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("remove checkpoints: %w", err)
+		}
+		for _, l := range m.layerIDs() {
+			candidates[l] = true
+		}
+		if err := r.Remove(id); err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+	}
+	remaining, err := r.List()
+	if err != nil {
+		return nil, fmt.Errorf("remove checkpoints: %w", err)
+	}
+	for _, id := range remaining {
+		m, err := r.Load(id)
+		if err != nil {
+			return nil, fmt.Errorf("remove checkpoints: %w", err)
+		}
+		for _, l := range m.layerIDs() {
+			delete(candidates, l)
+		}
+	}
+	var deleted []string
+	for l := range candidates {
+		if err := r.layers.Delete(l); err != nil && !errors.Is(err, layerstore.ErrNotFound) {
+			return deleted, fmt.Errorf("remove checkpoints: %w", err)
+		}
+		deleted = append(deleted, l)
+	}
+	if _, err := r.clean(); err != nil {
+		return deleted, err
+	}
+	return deleted, nil
+}
+
+// layerIDs are the layers m's memory and disks are made of.
+func (m *Manifest) layerIDs() []string {
+	var out []string
+	for _, l := range m.Memory {
+		out = append(out, l.ID)
+	}
+	for _, d := range m.Disks {
+		for _, l := range d.Layers {
+			out = append(out, l.ID)
+		}
+	}
+	return out
+}
