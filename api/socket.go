@@ -1,7 +1,10 @@
 package api
 
 import (
+	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 )
@@ -24,4 +27,16 @@ func DefaultSocket() string {
 		return filepath.Join(d, "sailbox", "sailboxd.sock")
 	}
 	return filepath.Join(os.TempDir(), fmt.Sprintf("sailbox-%d", os.Geteuid()), "sailboxd.sock")
+}
+
+// UnixHTTPClient is an HTTP client whose every request goes to the Unix
+// socket at path, whatever the URL's host: the transport of sailboxd's
+// client and of each VMM's control socket.
+func UnixHTTPClient(path string) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}
 }

@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -40,12 +39,7 @@ type Client struct {
 func New(path string) *Client {
 	return &Client{
 		base: "http://sailboxd",
-		http: &http.Client{Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", path)
-			},
-		}},
+		http: api.UnixHTTPClient(path),
 	}
 }
 

@@ -6,8 +6,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
+
+	"github.com/sailbox-dev/sailbox/api"
 )
 
 // Client talks to one VMM's control socket.
@@ -17,12 +18,7 @@ type Client struct {
 
 // NewClient returns a client for the socket at path.
 func NewClient(path string) *Client {
-	return &Client{http: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}}
+	return &Client{http: api.UnixHTTPClient(path)}
 }
 
 // Status returns the VM's status.
