@@ -42,6 +42,13 @@ func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
 	}
 }
 
+// ioctlValue issues an ioctl whose argument points at *p, an ABI struct
+// (one of the mirrors in abi_amd64.go) that the kernel reads or fills in.
+// It retries EINTR as ioctlPtr does.
+func ioctlValue[T any](fd int, req uintptr, p *T) (uintptr, error) {
+	return ioctlPtr(fd, req, unsafe.Pointer(p))
+}
+
 // runIoctl issues KVM_RUN once. EINTR is returned to the caller: it is how
 // a kick (or any signal) takes the vCPU out of the guest.
 func runIoctl(fd int) error {
@@ -75,31 +82,6 @@ func (v *VCPU) internalExit() *runInternal {
 	return (*runInternal)(unsafe.Pointer(&v.run[runExitUnion]))
 }
 
-func (v *VCPU) getRegs(r *Regs) error {
-	_, err := ioctlPtr(v.fd, ioctlGetRegs, unsafe.Pointer(r))
-	return err
-}
-
-func (v *VCPU) setRegs(r *Regs) error {
-	_, err := ioctlPtr(v.fd, ioctlSetRegs, unsafe.Pointer(r))
-	return err
-}
-
-func (v *VCPU) getSregs(s *Sregs) error {
-	_, err := ioctlPtr(v.fd, ioctlGetSregs, unsafe.Pointer(s))
-	return err
-}
-
-func (v *VCPU) setSregs(s *Sregs) error {
-	_, err := ioctlPtr(v.fd, ioctlSetSregs, unsafe.Pointer(s))
-	return err
-}
-
-func (vm *VM) setUserMemoryRegion(r *UserspaceMemoryRegion) error {
-	_, err := ioctlPtr(vm.fd, ioctlSetUserMemoryRegion, unsafe.Pointer(r))
-	return err
-}
-
 // cpuid2 is struct kvm_cpuid2 with room for maxCPUIDEntries entries.
 type cpuid2 struct {
 	NEnt    uint32
@@ -109,7 +91,7 @@ type cpuid2 struct {
 
 func (s *System) supportedCPUID() ([]CPUIDEntry, error) {
 	c := &cpuid2{NEnt: maxCPUIDEntries}
-	if _, err := ioctlPtr(s.fd, ioctlGetSupportedCPUID, unsafe.Pointer(c)); err != nil {
+	if _, err := ioctlValue(s.fd, ioctlGetSupportedCPUID, c); err != nil {
 		return nil, err
 	}
 	return append([]CPUIDEntry(nil), c.Entries[:min(c.NEnt, maxCPUIDEntries)]...), nil
@@ -118,7 +100,7 @@ func (s *System) supportedCPUID() ([]CPUIDEntry, error) {
 func (v *VCPU) setCPUID2(entries []CPUIDEntry) error {
 	c := &cpuid2{NEnt: uint32(len(entries))}
 	copy(c.Entries[:], entries)
-	_, err := ioctlPtr(v.fd, ioctlSetCPUID2, unsafe.Pointer(c))
+	_, err := ioctlValue(v.fd, ioctlSetCPUID2, c)
 	return err
 }
 
@@ -140,37 +122,12 @@ func msrsIoctl(fd int, req uintptr, entries []MSREntry) (int, error) {
 	}
 	m := &msrs{NMSRs: uint32(len(entries))}
 	copy(m.Entries[:], entries)
-	n, err := ioctlPtr(fd, req, unsafe.Pointer(m))
+	n, err := ioctlValue(fd, req, m)
 	if err != nil {
 		return 0, err
 	}
 	copy(entries, m.Entries[:len(entries)])
 	return int(n), nil
-}
-
-func (v *VCPU) fpuIoctl(req uintptr, f *FPU) error {
-	_, err := ioctlPtr(v.fd, req, unsafe.Pointer(f))
-	return err
-}
-
-func (v *VCPU) lapicIoctl(req uintptr, l *LAPICState) error {
-	_, err := ioctlPtr(v.fd, req, unsafe.Pointer(l))
-	return err
-}
-
-func (vm *VM) createPIT2(c *pitConfig) error {
-	_, err := ioctlPtr(vm.fd, ioctlCreatePIT2, unsafe.Pointer(c))
-	return err
-}
-
-func (vm *VM) irqLine(l *irqLevel) error {
-	_, err := ioctlPtr(vm.fd, ioctlIRQLine, unsafe.Pointer(l))
-	return err
-}
-
-func (vm *VM) setIdentityMapAddr(addr *uint64) error {
-	_, err := ioctlPtr(vm.fd, ioctlSetIdentityMapAddr, unsafe.Pointer(addr))
-	return err
 }
 
 func (v *VCPU) systemEvent() *runSystemEvent {

@@ -2,13 +2,6 @@ package kvm
 
 import "unsafe"
 
-// ioctlValue issues an ioctl whose argument points at *p, an ABI struct
-// (one of the mirrors in abi_amd64.go) that the kernel reads or fills in.
-// It retries EINTR as ioctlPtr does.
-func ioctlValue[T any](fd int, req uintptr, p *T) (uintptr, error) {
-	return ioctlPtr(fd, req, unsafe.Pointer(p))
-}
-
 // xsaveIoctl runs KVM_GET_XSAVE, KVM_GET_XSAVE2 or KVM_SET_XSAVE with buf as
 // the struct kvm_xsave. The kernel reads or writes the vCPU's whole XSAVE
 // size, whatever the ioctl number says, so buf must be at least that long.

@@ -111,7 +111,7 @@ func (v *VCPU) InternalError() (suberror uint32, data []uint64) {
 // Regs reads the general-purpose registers (KVM_GET_REGS).
 func (v *VCPU) Regs() (Regs, error) {
 	var r Regs
-	if err := v.getRegs(&r); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlGetRegs, &r); err != nil {
 		return r, fmt.Errorf("KVM_GET_REGS vcpu %d: %w", v.id, err)
 	}
 	return r, nil
@@ -119,7 +119,7 @@ func (v *VCPU) Regs() (Regs, error) {
 
 // SetRegs writes the general-purpose registers (KVM_SET_REGS).
 func (v *VCPU) SetRegs(r Regs) error {
-	if err := v.setRegs(&r); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlSetRegs, &r); err != nil {
 		return fmt.Errorf("KVM_SET_REGS vcpu %d: %w", v.id, err)
 	}
 	return nil
@@ -128,7 +128,7 @@ func (v *VCPU) SetRegs(r Regs) error {
 // Sregs reads the special registers (KVM_GET_SREGS).
 func (v *VCPU) Sregs() (Sregs, error) {
 	var s Sregs
-	if err := v.getSregs(&s); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlGetSregs, &s); err != nil {
 		return s, fmt.Errorf("KVM_GET_SREGS vcpu %d: %w", v.id, err)
 	}
 	return s, nil
@@ -136,7 +136,7 @@ func (v *VCPU) Sregs() (Sregs, error) {
 
 // SetSregs writes the special registers (KVM_SET_SREGS).
 func (v *VCPU) SetSregs(s Sregs) error {
-	if err := v.setSregs(&s); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlSetSregs, &s); err != nil {
 		return fmt.Errorf("KVM_SET_SREGS vcpu %d: %w", v.id, err)
 	}
 	return nil
@@ -165,7 +165,7 @@ func (v *VCPU) SetMSRs(entries []MSREntry) error {
 // FPU reads the legacy FPU/SSE state (KVM_GET_FPU).
 func (v *VCPU) FPU() (FPU, error) {
 	var f FPU
-	if err := v.fpuIoctl(ioctlGetFPU, &f); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlGetFPU, &f); err != nil {
 		return f, fmt.Errorf("KVM_GET_FPU vcpu %d: %w", v.id, err)
 	}
 	return f, nil
@@ -173,7 +173,7 @@ func (v *VCPU) FPU() (FPU, error) {
 
 // SetFPU writes the legacy FPU/SSE state (KVM_SET_FPU).
 func (v *VCPU) SetFPU(f FPU) error {
-	if err := v.fpuIoctl(ioctlSetFPU, &f); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlSetFPU, &f); err != nil {
 		return fmt.Errorf("KVM_SET_FPU vcpu %d: %w", v.id, err)
 	}
 	return nil
@@ -182,7 +182,7 @@ func (v *VCPU) SetFPU(f FPU) error {
 // LAPIC reads the local APIC register page (KVM_GET_LAPIC).
 func (v *VCPU) LAPIC() (LAPICState, error) {
 	var l LAPICState
-	if err := v.lapicIoctl(ioctlGetLAPIC, &l); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlGetLAPIC, &l); err != nil {
 		return l, fmt.Errorf("KVM_GET_LAPIC vcpu %d: %w", v.id, err)
 	}
 	return l, nil
@@ -190,7 +190,7 @@ func (v *VCPU) LAPIC() (LAPICState, error) {
 
 // SetLAPIC writes the local APIC register page (KVM_SET_LAPIC).
 func (v *VCPU) SetLAPIC(l LAPICState) error {
-	if err := v.lapicIoctl(ioctlSetLAPIC, &l); err != nil {
+	if _, err := ioctlValue(v.fd, ioctlSetLAPIC, &l); err != nil {
 		return fmt.Errorf("KVM_SET_LAPIC vcpu %d: %w", v.id, err)
 	}
 	return nil

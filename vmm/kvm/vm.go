@@ -47,7 +47,7 @@ func (vm *VM) MapMemory(slot uint32, gpa uint64, mem []byte, flags uint32) error
 		MemorySize:    uint64(len(mem)),
 		UserspaceAddr: addressOf(mem),
 	}
-	if err := vm.setUserMemoryRegion(&r); err != nil {
+	if _, err := ioctlValue(vm.fd, ioctlSetUserMemoryRegion, &r); err != nil {
 		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION slot %d gpa %#x size %#x: %w", slot, gpa, len(mem), err)
 	}
 	vm.recordSlot(slot, r.MemorySize)
@@ -85,7 +85,7 @@ func (vm *VM) CreateVCPU(id int) (*VCPU, error) {
 // SetIdentityMapAddr places the one-page identity map Intel VMX needs for
 // real-mode emulation (KVM_SET_IDENTITY_MAP_ADDR). Call before CreateVCPU.
 func (vm *VM) SetIdentityMapAddr(addr uint64) error {
-	if err := vm.setIdentityMapAddr(&addr); err != nil {
+	if _, err := ioctlValue(vm.fd, ioctlSetIdentityMapAddr, &addr); err != nil {
 		return fmt.Errorf("KVM_SET_IDENTITY_MAP_ADDR %#x: %w", addr, err)
 	}
 	return nil
@@ -102,7 +102,7 @@ func (vm *VM) CreateIRQChip() error {
 // CreatePIT2 creates the in-kernel i8254 timer, with port 0x61 as a dummy
 // speaker. Requires CreateIRQChip first.
 func (vm *VM) CreatePIT2() error {
-	if err := vm.createPIT2(&pitConfig{Flags: pitSpeakerDummy}); err != nil {
+	if _, err := ioctlValue(vm.fd, ioctlCreatePIT2, &pitConfig{Flags: pitSpeakerDummy}); err != nil {
 		return fmt.Errorf("KVM_CREATE_PIT2: %w", err)
 	}
 	return nil
@@ -115,7 +115,7 @@ func (vm *VM) SetIRQLine(gsi uint32, high bool) error {
 	if high {
 		l.Level = 1
 	}
-	if err := vm.irqLine(&l); err != nil {
+	if _, err := ioctlValue(vm.fd, ioctlIRQLine, &l); err != nil {
 		return fmt.Errorf("KVM_IRQ_LINE gsi %d level %d: %w", gsi, l.Level, err)
 	}
 	return nil
