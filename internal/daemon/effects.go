@@ -1,0 +1,320 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api/lifecycle"
+	"github.com/sailbox-dev/sailbox/internal/catalog"
+)
+
+// Lifecycle effects: how a transition of the state machine
+// (api/lifecycle) is carried out on the backend and recorded, with the
+// record written before the act and undone if the act fails.
+
+// outcome carries what an op produced besides the box's new state.
+type outcome struct {
+	checkpoint catalog.Checkpoint // ActCheckpoint, ActForkLive, ActForkFromCheckpoint
+	child      catalog.Box        // the forks
+	upgraded   bool               // ActReboot
+	freed      []string           // ActDestroy
+}
+
+// apply runs op on box id, whose lock the caller holds: the lifecycle
+// decides, the Action is done to the VM, and the next state is recorded.
+// It returns the box as recorded afterwards. When the Action fails, the
+// record is left as it was (except for a reboot that lost the VM: see
+// reboot).
+func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *outcome) (catalog.Box, error) {
+	b, err := m.record(id)
+	if err != nil {
+		return b, err
+	}
+	eff, err := lifecycle.Next(b.State, op)
+	if err != nil {
+		return b, fmt.Errorf("box %s: %w", id, err)
+	}
+	if out == nil {
+		out = &outcome{}
+	}
+	switch eff.Action {
+	case lifecycle.ActNone:
+	case lifecycle.ActCheckpoint:
+		if out.checkpoint, err = m.checkpoint(ctx, &b); err != nil {
+			return b, err
+		}
+	case lifecycle.ActCheckpointStop:
+		if out.checkpoint, err = m.checkpoint(ctx, &b); err != nil {
+			return b, err
+		}
+		if err := m.be.Stop(ctx, id); err != nil {
+			return b, fmt.Errorf("box %s: %s: stop: %w", id, op, err)
+		}
+	case lifecycle.ActForkLive, lifecycle.ActForkFromCheckpoint:
+		if out.child, out.checkpoint, err = m.fork(ctx, &b, eff.Action); err != nil {
+			return b, err
+		}
+	case lifecycle.ActRestore:
+		if err := m.wake(ctx, &b); err != nil {
+			return b, err
+		}
+	case lifecycle.ActReboot:
+		if out.upgraded, err = m.reboot(ctx, &b); err != nil {
+			return b, err
+		}
+	case lifecycle.ActRecordUpgrade:
+		b.PendingUpgrade = true
+	case lifecycle.ActDestroy:
+		if err := m.be.Stop(ctx, id); err != nil {
+			return b, fmt.Errorf("box %s: terminate: stop: %w", id, err)
+		}
+		m.fwd.closeBox(id)
+		if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(id) }); err != nil {
+			return b, fmt.Errorf("box %s: terminate: %w", id, err)
+		}
+		m.locks.Delete(id)
+		b.State = eff.Next
+		freed, err := m.collect(ctx)
+		out.freed = freed
+		if err != nil {
+			// The box is gone; its storage is freed at the next
+			// collection.
+			m.log.Warn("freeing a terminated box's checkpoints failed", "box", id, "err", err)
+		}
+		m.log.Info("box terminated", "box", id, "freed", freed)
+		return b, nil
+	default:
+		return b, fmt.Errorf("box %s: %s: unknown action %q", id, op, eff.Action)
+	}
+	prev := b.State
+	b.State = eff.Next
+	if err := m.save(b); err != nil {
+		return b, fmt.Errorf("box %s: %s: %w", id, op, err)
+	}
+	if prev != b.State {
+		m.log.Info("box state", "box", id, "op", op, "from", prev, "to", b.State)
+	}
+	return b, nil
+}
+
+// checkpoint takes a live checkpoint of running box b and records it as
+// b's last. b's record is updated in place and in the catalog.
+func (m *Manager) checkpoint(ctx context.Context, b *catalog.Box) (catalog.Checkpoint, error) {
+	ck, err := m.beginCheckpoint(b)
+	if err != nil {
+		return ck, err
+	}
+	info, err := m.be.Checkpoint(ctx, b.ID, ck.ID)
+	if err != nil {
+		m.abortCheckpoint(ck.ID)
+		return ck, fmt.Errorf("box %s: checkpoint %s: %w", b.ID, ck.ID, err)
+	}
+	return m.completeCheckpoint(b, ck, info, nil)
+}
+
+// beginCheckpoint records a new, not yet completed checkpoint of b.
+func (m *Manager) beginCheckpoint(b *catalog.Box) (catalog.Checkpoint, error) {
+	next := *b
+	next.CheckpointSeq++
+	ck := catalog.Checkpoint{
+		ID:       fmt.Sprintf("%s-c%d", b.ID, next.CheckpointSeq),
+		BoxID:    b.ID,
+		ParentID: b.Head(),
+		Created:  time.Now().UTC(),
+	}
+	err := m.cat.Update(func(tx *catalog.Tx) error {
+		if err := tx.PutBox(next); err != nil {
+			return err
+		}
+		return tx.PutCheckpoint(ck)
+	})
+	if err != nil {
+		return ck, fmt.Errorf("box %s: checkpoint: %w", b.ID, err)
+	}
+	*b = next
+	return ck, nil
+}
+
+// abortCheckpoint deletes the record of a checkpoint that failed.
+func (m *Manager) abortCheckpoint(id string) {
+	if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteCheckpoint(id) }); err != nil {
+		m.log.Warn("cannot delete the record of a failed checkpoint; the next start does", "checkpoint", id, "err", err)
+	}
+}
+
+// completeCheckpoint marks ck completed and b's last checkpoint; child,
+// if not nil, is stored in the same transaction.
+func (m *Manager) completeCheckpoint(b *catalog.Box, ck catalog.Checkpoint, info CheckpointInfo, child *catalog.Box) (catalog.Checkpoint, error) {
+	ck.Completed = true
+	if !info.Created.IsZero() {
+		ck.Created = info.Created.UTC()
+	}
+	next := *b
+	next.LastCheckpoint = ck.ID
+	err := m.cat.Update(func(tx *catalog.Tx) error {
+		if err := tx.PutCheckpoint(ck); err != nil {
+			return err
+		}
+		if err := tx.PutBox(next); err != nil {
+			return err
+		}
+		if child != nil {
+			return tx.PutBox(*child)
+		}
+		return nil
+	})
+	if err != nil {
+		return ck, fmt.Errorf("box %s: checkpoint %s: %w", b.ID, ck.ID, err)
+	}
+	*b = next
+	m.log.Info("checkpoint completed", "box", b.ID, "checkpoint", ck.ID, "parent", ck.ParentID)
+	return ck, nil
+}
+
+// fork starts a child of b: live from a new checkpoint of running b, or
+// from b's last completed checkpoint for a box that is down. The child is
+// recorded as Creating first and deleted if its VM does not start.
+func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action) (catalog.Box, catalog.Checkpoint, error) {
+	child := catalog.Box{
+		ID:                 m.newID(),
+		State:              lifecycle.Creating,
+		GuestSchemaVersion: b.GuestSchemaVersion,
+		Created:            time.Now().UTC(),
+		ParentID:           b.ID,
+		HostID:             m.hostID,
+		PendingUpgrade:     b.PendingUpgrade,
+		Spec:               b.Spec,
+	}
+	var ck catalog.Checkpoint
+	var err error
+	if act == lifecycle.ActForkLive {
+		if ck, err = m.beginCheckpoint(b); err != nil {
+			return child, ck, err
+		}
+	} else {
+		if b.LastCheckpoint == "" {
+			return child, ck, fmt.Errorf("box %s: fork: %w: no completed checkpoint", b.ID, ErrConflict)
+		}
+		err = m.cat.View(func(tx *catalog.Tx) error {
+			ck, err = tx.Checkpoint(b.LastCheckpoint)
+			return err
+		})
+		if err != nil {
+			return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+		}
+	}
+	child.BaseCheckpoint = ck.ID
+	if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(child) }); err != nil {
+		if act == lifecycle.ActForkLive {
+			m.abortCheckpoint(ck.ID)
+		}
+		return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+	}
+	undo := func(err error) (catalog.Box, catalog.Checkpoint, error) {
+		if serr := m.be.Stop(context.WithoutCancel(ctx), child.ID); serr != nil {
+			m.log.Warn("cannot stop a failed fork", "box", child.ID, "err", serr)
+		}
+		if derr := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(child.ID) }); derr != nil {
+			m.log.Warn("cannot delete a failed fork; the next start does", "box", child.ID, "err", derr)
+		}
+		if act == lifecycle.ActForkLive {
+			m.abortCheckpoint(ck.ID)
+		}
+		return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+	}
+	var inst Instance
+	if act == lifecycle.ActForkLive {
+		var info CheckpointInfo
+		if info, inst, err = m.be.Fork(ctx, b.ID, ck.ID, child.ID); err != nil {
+			return undo(err)
+		}
+		child.State = lifecycle.Running
+		child.GuestSchemaVersion = inst.GuestSchemaVersion
+		if ck, err = m.completeCheckpoint(b, ck, info, &child); err != nil {
+			return undo(err)
+		}
+	} else {
+		if inst, err = m.be.Restore(ctx, child.ID, ck.ID, true); err != nil {
+			return undo(err)
+		}
+		child.State = lifecycle.Running
+		child.GuestSchemaVersion = inst.GuestSchemaVersion
+		if err := m.save(child); err != nil {
+			return undo(err)
+		}
+	}
+	m.log.Info("box forked", "parent", b.ID, "child", child.ID, "checkpoint", ck.ID, "live", act == lifecycle.ActForkLive)
+	return child, ck, nil
+}
+
+// wake starts a VM for b from its last completed checkpoint; with an
+// upgrade pending, or an agent too old to resume, it boots the current
+// agent on that checkpoint's disks instead.
+func (m *Manager) wake(ctx context.Context, b *catalog.Box) error {
+	if b.LastCheckpoint == "" {
+		return fmt.Errorf("box %s: wake: %w: no completed checkpoint to restore", b.ID, ErrConflict)
+	}
+	var inst Instance
+	var err error
+	restore := true
+	if b.PendingUpgrade || b.GuestSchemaVersion < m.minSchema {
+		inst, err = m.be.Reboot(ctx, b.ID, b.Spec, b.LastCheckpoint)
+		switch {
+		case err == nil:
+			restore = false
+			b.PendingUpgrade = false
+			m.log.Info("box upgraded on wake", "box", b.ID, "from", b.GuestSchemaVersion, "to", inst.GuestSchemaVersion)
+		case errors.Is(err, errors.ErrUnsupported):
+			// The backend cannot reboot yet: wake the box as it was,
+			// with the upgrade still pending.
+			m.log.Warn("upgrade on wake not supported; restoring instead", "box", b.ID, "err", err)
+		default:
+			restore = false
+		}
+	}
+	if restore {
+		inst, err = m.be.Restore(ctx, b.ID, b.LastCheckpoint, false)
+	}
+	if err != nil {
+		return fmt.Errorf("box %s: restore %s: %w", b.ID, b.LastCheckpoint, err)
+	}
+	b.GuestSchemaVersion = inst.GuestSchemaVersion
+	return nil
+}
+
+// reboot upgrades running box b onto the current agent: a checkpoint
+// seals its disk, its VM stops, and the current agent boots on that disk.
+// It reports true, without rebooting, when the agent is already current
+// (the mission's upgrade() answers True then too), and true once the new
+// boot is up. If the new boot fails, b is restored from the checkpoint; if
+// that fails too, b is recorded Failed.
+func (m *Manager) reboot(ctx context.Context, b *catalog.Box) (bool, error) {
+	if b.GuestSchemaVersion >= m.be.GuestSchemaVersion() {
+		return true, nil
+	}
+	ck, err := m.checkpoint(ctx, b)
+	if err != nil {
+		return false, err
+	}
+	if err := m.be.Stop(ctx, b.ID); err != nil {
+		return false, fmt.Errorf("box %s: upgrade: stop: %w", b.ID, err)
+	}
+	inst, err := m.be.Reboot(ctx, b.ID, b.Spec, ck.ID)
+	if err == nil {
+		m.log.Info("box upgraded", "box", b.ID, "from", b.GuestSchemaVersion, "to", inst.GuestSchemaVersion)
+		b.GuestSchemaVersion = inst.GuestSchemaVersion
+		b.PendingUpgrade = false
+		return true, nil
+	}
+	err = fmt.Errorf("box %s: upgrade: reboot: %w", b.ID, err)
+	if _, rerr := m.be.Restore(ctx, b.ID, ck.ID, false); rerr != nil {
+		b.State = lifecycle.Failed
+		if serr := m.save(*b); serr != nil {
+			m.log.Error("cannot record a failed box", "box", b.ID, "err", serr)
+		}
+		return false, errors.Join(err, fmt.Errorf("restore after failed upgrade: %w", rerr))
+	}
+	return false, err
+}
