@@ -1,0 +1,98 @@
+package vmmbackend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/daemon"
+)
+
+// Calls that reach the guest agent.
+
+func (b *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, stdout, stderr io.Writer) (api.ExecResult, error) {
+	v, err := b.get(box)
+	if err != nil {
+		return api.ExecResult{}, err
+	}
+	var stdin io.Reader
+	if len(req.Stdin) > 0 {
+		stdin = bytes.NewReader(req.Stdin)
+	}
+	res, err := v.agent.Exec(ctx, guestagent.ExecRequest{
+		Argv: req.Argv, Env: req.Env, Dir: req.Dir, Timeout: time.Duration(req.TimeoutMS) * time.Millisecond,
+	}, stdin, stdout, stderr)
+	if err != nil {
+		return api.ExecResult{}, err
+	}
+	b.recordWorkingSet(box, v)
+	return api.ExecResult{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}, nil
+}
+
+// recordWorkingSet has a restored VM record its working set once its
+// first exec is done: the pages its guest needed to wake and serve it,
+// which later restores of the box's checkpoints (wakes, forks) map ahead
+// (vmm.Machine.SaveWorkingSet). Once per VM, in the background.
+func (b *Backend) recordWorkingSet(box string, v *vm) {
+	if !v.restored || !v.wsAsked.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		res, err := v.ctl.SaveWorkingSet(ctx)
+		select {
+		case <-v.exited:
+			return // stopped meanwhile: nothing to say
+		default:
+		}
+		if err != nil {
+			b.log.Warn("record working set", "box", box, "err", err)
+			return
+		}
+		b.log.Debug("record working set", "box", box, "saved", res.Saved)
+	}()
+}
+
+func (b *Backend) ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error) {
+	v, err := b.get(box)
+	if err != nil {
+		return 0, err
+	}
+	return v.agent.ReadFile(ctx, path, w)
+}
+
+func (b *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, opts daemon.FileOptions) (int64, error) {
+	v, err := b.get(box)
+	if err != nil {
+		return 0, err
+	}
+	return v.agent.WriteFile(ctx, path, r, guestagent.WriteOptions{Mode: fs.FileMode(opts.Mode), Append: opts.Append, CreateDirs: opts.CreateDirs})
+}
+
+// DialGuest reaches TCP port port on the guest's 127.0.0.1 through the
+// agent's dial_tcp op. ctx bounds the dial only. The connection half-closes
+// (it has CloseWrite) and lasts until it is closed. A box whose agent
+// predates the op (guestagent.DialTCPSchemaVersion) fails with an error
+// that wraps errors.ErrUnsupported: it needs an upgrade.
+func (b *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn, error) {
+	v, err := b.get(box)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := v.agent.DialTCP(ctx, "", port)
+	if errors.Is(err, errors.ErrUnsupported) {
+		return nil, fmt.Errorf("box %s needs an upgrade to reach guest port %d: %w", box, port, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("box %s: guest port %d: %w", box, port, err)
+	}
+	return conn, nil
+}

@@ -1,0 +1,150 @@
+package vmmbackend
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/daemon"
+)
+
+// The VMM processes: started, adopted once their agent answers, watched,
+// killed.
+
+// start runs sailbox-vmm as l says for box and waits for its agent.
+func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemon.Instance, error) {
+	f := b.files(box)
+	if err := os.MkdirAll(f.dir, 0o700); err != nil {
+		return daemon.Instance{}, err
+	}
+	// A VMM killed with the host (kill -9) leaves its sockets behind, and
+	// the new one could not listen on them. Remove them, unless something
+	// still answers there: then a VMM of the box is alive after all.
+	for _, sock := range []string{f.apiSock, f.vsockSock} {
+		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+			c.Close()
+			return daemon.Instance{}, fmt.Errorf("box %s: a process still serves %s", box, sock)
+		}
+		if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return daemon.Instance{}, fmt.Errorf("box %s: remove stale socket: %w", box, err)
+		}
+	}
+	cmd, err := l.Start(b.cfg.VMM) // in a session of its own: it outlives the daemon
+	if err != nil {
+		return daemon.Instance{}, fmt.Errorf("box %s: %w", box, err)
+	}
+	v := &vm{files: f, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(f.apiSock), agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), restored: l.Restore != ""}
+	go func() {
+		cmd.Wait()
+		close(v.exited)
+	}()
+	return b.adopt(ctx, box, v)
+}
+
+// adopt waits for v's agent and registers v as box's VM; on failure it
+// kills v.
+func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance, error) {
+	wctx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
+	defer cancel()
+	h, err := v.agent.WaitHealthy(wctx, 50*time.Millisecond, v.exited)
+	if err != nil {
+		b.logVCPUs(box, v)
+		b.kill(v)
+		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.files.log))
+	}
+	b.register(box, v)
+	return daemon.Instance{GuestSchemaVersion: h.GuestSchemaVersion}, nil
+}
+
+// logVCPUs logs where the vCPUs of v are, if its VMM still runs: for a
+// guest whose agent never answered (a hung boot, a guest stuck in a
+// fault loop).
+func (b *Backend) logVCPUs(box string, v *vm) {
+	select {
+	case <-v.exited:
+		return
+	default:
+	}
+	// A pause gives up on a vCPU stuck in the kernel after 10s.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	d, err := v.ctl.DescribeVCPUs(ctx)
+	if err != nil {
+		b.log.Warn("guest agent did not answer; its vCPUs cannot be described", "box", box, "err", err)
+		return
+	}
+	b.log.Warn("guest agent did not answer; its vCPUs", "box", box, "vcpus", d)
+}
+
+// register makes v box's VM, and logs it if it exits while it still is:
+// nothing asked it to (Stop forgets a VM before it stops it).
+func (b *Backend) register(box string, v *vm) {
+	b.mu.Lock()
+	b.vms[box] = v
+	b.mu.Unlock()
+	go func() {
+		<-v.exited
+		b.mu.Lock()
+		current := b.vms[box] == v
+		b.mu.Unlock()
+		if current {
+			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.files.log))
+			if lost := b.lost.Load(); lost != nil && *lost != nil {
+				(*lost)(box)
+			}
+		}
+	}()
+}
+
+// Watch has lost called when a box's VMM exits on its own.
+func (b *Backend) Watch(lost func(box string)) { b.lost.Store(&lost) }
+
+// logTail is the last line of the VMM log at path: what it said last,
+// often why it stopped.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
+
+// watchPID closes exited when process pid is gone (for VMMs this process
+// did not start: after a restart, or a fork's child).
+func watchPID(pid int, exited chan struct{}) {
+	for running(pid) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	close(exited)
+}
+
+// running reports whether process pid exists and has not exited. A
+// zombie has exited: a fork's VMM whose parent VMM is gone is reaped by
+// init, which may take its time (or, as a container's PID 1, never do it).
+func running(pid int) bool {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return syscall.Kill(pid, 0) == nil // no /proc: existence is all we can tell
+	}
+	// "pid (comm) S ...": the state follows the last ')', as comm may
+	// hold anything.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return true
+	}
+	switch stat[i+2] {
+	case 'Z', 'X':
+		return false
+	}
+	return true
+}
