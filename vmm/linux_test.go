@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -278,15 +277,7 @@ func TestStressKVMStream(t *testing.T) {
 // on the same image.
 func TestKVMDiskPersistsAcrossBoots(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "disk.ext4")
-	if err := os.WriteFile(img, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 32<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4 (e2fsprogs, installed by build/deps.sh): %v: %s", err, out)
-	}
+	kvmtest.Ext4Image(t, img, 32<<20)
 	const data = "sailbox persists 0123456789"
 	disk := []vmm.Disk{{Path: img}}
 

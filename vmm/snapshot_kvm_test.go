@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -45,16 +44,8 @@ func bootBox(t *testing.T) *box {
 		t.Fatal(err)
 	}
 	base := filepath.Join(dir, "base.ext4")
-	if err := os.WriteFile(base, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
 	const size = 32 << 20
-	if err := os.Truncate(base, size); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", base).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4 (e2fsprogs, installed by build/deps.sh): %v: %s", err, out)
-	}
+	kvmtest.Ext4Image(t, base, size)
 	disk, err := disklayer.Open(disklayer.Layout{Base: base}, root.TopPath("box-vda.top"))
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -37,13 +36,7 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 	kvmtest.Require(t)
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.ext4")
-	if err := os.WriteFile(base, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	os.Truncate(base, 32<<20)
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", base).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
+	kvmtest.Ext4Image(t, base, 32<<20)
 	p := startVMM(t, "-store", filepath.Join(dir, "store"), "-disk", base+",layered,id=vda")
 	agent := p.waitAgent(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)

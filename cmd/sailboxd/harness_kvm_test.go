@@ -62,15 +62,7 @@ func newHost(t *testing.T, args ...string) *host {
 	}
 	h.dir, h.stateDir, h.sock = dir, filepath.Join(dir, "state"), filepath.Join(dir, "d.sock")
 	h.image = filepath.Join(dir, "base.ext4")
-	if err := os.WriteFile(h.image, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(h.image, 32<<20); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mkfs.ext4", "-q", "-F", h.image).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs.ext4: %v: %s", err, out)
-	}
+	kvmtest.Ext4Image(t, h.image, 32<<20)
 	t.Cleanup(func() {
 		if h.cmd != nil {
 			h.kill()

@@ -8,6 +8,7 @@ package kvmtest
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
@@ -45,4 +46,19 @@ func Artifact(t testing.TB, name string) string {
 		t.Fatalf("%s: %v", name, err)
 	}
 	return p
+}
+
+// Ext4Image makes an empty ext4 file system of size bytes at path (with
+// mkfs.ext4, from e2fsprogs, which build/deps.sh installs).
+func Ext4Image(t testing.TB, path string, size int64) {
+	t.Helper()
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, size); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", path).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4 (e2fsprogs, installed by build/deps.sh): %v: %s", err, out)
+	}
 }
