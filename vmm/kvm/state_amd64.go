@@ -55,59 +55,38 @@ func (v *VCPU) SetXSave(state []byte) error {
 // XCRs reads the extended control registers (KVM_GET_XCRS): XCR0 only, on
 // today's CPUs. NrXCRs is 0 when the host has no XSAVE.
 func (v *VCPU) XCRs() (XCRs, error) {
-	var x XCRs
-	if _, err := ioctlValue(v.fd, ioctlGetXCRs, &x); err != nil {
-		return x, fmt.Errorf("KVM_GET_XCRS vcpu %d: %w", v.id, err)
-	}
-	return x, nil
+	return vcpuGet[XCRs](v, ioctlGetXCRs, "KVM_GET_XCRS")
 }
 
 // SetXCRs writes the extended control registers (KVM_SET_XCRS). KVM checks
 // XCR0 against the vCPU's CPUID leaf 0xD, so SetCPUID must come first.
 func (v *VCPU) SetXCRs(x XCRs) error {
-	if _, err := ioctlValue(v.fd, ioctlSetXCRs, &x); err != nil {
-		return fmt.Errorf("KVM_SET_XCRS vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetXCRs, "KVM_SET_XCRS", x)
 }
 
 // DebugRegs reads DR0-DR3, DR6 and DR7 (KVM_GET_DEBUGREGS).
 func (v *VCPU) DebugRegs() (DebugRegs, error) {
-	var d DebugRegs
-	if _, err := ioctlValue(v.fd, ioctlGetDebugRegs, &d); err != nil {
-		return d, fmt.Errorf("KVM_GET_DEBUGREGS vcpu %d: %w", v.id, err)
-	}
-	return d, nil
+	return vcpuGet[DebugRegs](v, ioctlGetDebugRegs, "KVM_GET_DEBUGREGS")
 }
 
 // SetDebugRegs writes DR0-DR3, DR6 and DR7 (KVM_SET_DEBUGREGS). KVM refuses
 // (EINVAL) non-zero Flags and DR6/DR7 with bits set above bit 31.
 func (v *VCPU) SetDebugRegs(d DebugRegs) error {
-	if _, err := ioctlValue(v.fd, ioctlSetDebugRegs, &d); err != nil {
-		return fmt.Errorf("KVM_SET_DEBUGREGS vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetDebugRegs, "KVM_SET_DEBUGREGS", d)
 }
 
 // VCPUEvents reads the vCPU's pending and in-flight exception, interrupt,
 // NMI and SMI (KVM_GET_VCPU_EVENTS). The returned Flags are valid input for
 // SetVCPUEvents.
 func (v *VCPU) VCPUEvents() (VCPUEvents, error) {
-	var e VCPUEvents
-	if _, err := ioctlValue(v.fd, ioctlGetVCPUEvents, &e); err != nil {
-		return e, fmt.Errorf("KVM_GET_VCPU_EVENTS vcpu %d: %w", v.id, err)
-	}
-	return e, nil
+	return vcpuGet[VCPUEvents](v, ioctlGetVCPUEvents, "KVM_GET_VCPU_EVENTS")
 }
 
 // SetVCPUEvents restores what VCPUEvents saved (KVM_SET_VCPU_EVENTS).
 // SetRegs drops a pending exception and SetSregs re-queues the interrupt
 // of its interrupt bitmap, so this comes after both.
 func (v *VCPU) SetVCPUEvents(e VCPUEvents) error {
-	if _, err := ioctlValue(v.fd, ioctlSetVCPUEvents, &e); err != nil {
-		return fmt.Errorf("KVM_SET_VCPU_EVENTS vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetVCPUEvents, "KVM_SET_VCPU_EVENTS", e)
 }
 
 // MPState reads the vCPU's multiprocessing state (KVM_GET_MP_STATE).

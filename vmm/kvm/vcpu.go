@@ -110,36 +110,22 @@ func (v *VCPU) InternalError() (suberror uint32, data []uint64) {
 
 // Regs reads the general-purpose registers (KVM_GET_REGS).
 func (v *VCPU) Regs() (Regs, error) {
-	var r Regs
-	if _, err := ioctlValue(v.fd, ioctlGetRegs, &r); err != nil {
-		return r, fmt.Errorf("KVM_GET_REGS vcpu %d: %w", v.id, err)
-	}
-	return r, nil
+	return vcpuGet[Regs](v, ioctlGetRegs, "KVM_GET_REGS")
 }
 
 // SetRegs writes the general-purpose registers (KVM_SET_REGS).
 func (v *VCPU) SetRegs(r Regs) error {
-	if _, err := ioctlValue(v.fd, ioctlSetRegs, &r); err != nil {
-		return fmt.Errorf("KVM_SET_REGS vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetRegs, "KVM_SET_REGS", r)
 }
 
 // Sregs reads the special registers (KVM_GET_SREGS).
 func (v *VCPU) Sregs() (Sregs, error) {
-	var s Sregs
-	if _, err := ioctlValue(v.fd, ioctlGetSregs, &s); err != nil {
-		return s, fmt.Errorf("KVM_GET_SREGS vcpu %d: %w", v.id, err)
-	}
-	return s, nil
+	return vcpuGet[Sregs](v, ioctlGetSregs, "KVM_GET_SREGS")
 }
 
 // SetSregs writes the special registers (KVM_SET_SREGS).
 func (v *VCPU) SetSregs(s Sregs) error {
-	if _, err := ioctlValue(v.fd, ioctlSetSregs, &s); err != nil {
-		return fmt.Errorf("KVM_SET_SREGS vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetSregs, "KVM_SET_SREGS", s)
 }
 
 // SetCPUID sets the CPUID the guest sees on this vCPU (KVM_SET_CPUID2).
@@ -164,36 +150,22 @@ func (v *VCPU) SetMSRs(entries []MSREntry) error {
 
 // FPU reads the legacy FPU/SSE state (KVM_GET_FPU).
 func (v *VCPU) FPU() (FPU, error) {
-	var f FPU
-	if _, err := ioctlValue(v.fd, ioctlGetFPU, &f); err != nil {
-		return f, fmt.Errorf("KVM_GET_FPU vcpu %d: %w", v.id, err)
-	}
-	return f, nil
+	return vcpuGet[FPU](v, ioctlGetFPU, "KVM_GET_FPU")
 }
 
 // SetFPU writes the legacy FPU/SSE state (KVM_SET_FPU).
 func (v *VCPU) SetFPU(f FPU) error {
-	if _, err := ioctlValue(v.fd, ioctlSetFPU, &f); err != nil {
-		return fmt.Errorf("KVM_SET_FPU vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetFPU, "KVM_SET_FPU", f)
 }
 
 // LAPIC reads the local APIC register page (KVM_GET_LAPIC).
 func (v *VCPU) LAPIC() (LAPICState, error) {
-	var l LAPICState
-	if _, err := ioctlValue(v.fd, ioctlGetLAPIC, &l); err != nil {
-		return l, fmt.Errorf("KVM_GET_LAPIC vcpu %d: %w", v.id, err)
-	}
-	return l, nil
+	return vcpuGet[LAPICState](v, ioctlGetLAPIC, "KVM_GET_LAPIC")
 }
 
 // SetLAPIC writes the local APIC register page (KVM_SET_LAPIC).
 func (v *VCPU) SetLAPIC(l LAPICState) error {
-	if _, err := ioctlValue(v.fd, ioctlSetLAPIC, &l); err != nil {
-		return fmt.Errorf("KVM_SET_LAPIC vcpu %d: %w", v.id, err)
-	}
-	return nil
+	return vcpuSet(v, ioctlSetLAPIC, "KVM_SET_LAPIC", l)
 }
 
 // System event types of KVM_EXIT_SYSTEM_EVENT.
@@ -205,3 +177,21 @@ const (
 
 // SystemEventType returns the type of a KVM_EXIT_SYSTEM_EVENT.
 func (v *VCPU) SystemEventType() uint32 { return v.systemEvent().Type }
+
+// vcpuGet issues the vCPU ioctl req (KVM's name for it: name) that fills
+// in a T.
+func vcpuGet[T any](v *VCPU, req uintptr, name string) (T, error) {
+	var x T
+	if _, err := ioctlValue(v.fd, req, &x); err != nil {
+		return x, fmt.Errorf("%s vcpu %d: %w", name, v.id, err)
+	}
+	return x, nil
+}
+
+// vcpuSet issues the vCPU ioctl req (named name) that reads x.
+func vcpuSet[T any](v *VCPU, req uintptr, name string, x T) error {
+	if _, err := ioctlValue(v.fd, req, &x); err != nil {
+		return fmt.Errorf("%s vcpu %d: %w", name, v.id, err)
+	}
+	return nil
+}
