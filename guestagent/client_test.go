@@ -7,9 +7,10 @@ import (
 	"net"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/nettest"
 )
 
 // fakePeer accepts connections on a Unix socket and runs handle on each in
@@ -17,23 +18,7 @@ import (
 func fakePeer(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	l, path := listenUnix(t)
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				handle(c)
-			})
-		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-	})
+	nettest.Serve(t, l, handle)
 	return path
 }
 

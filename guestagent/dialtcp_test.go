@@ -18,6 +18,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/nettest"
 )
 
 // guestListen listens on a TCP port of 127.0.0.1, standing in for a server
@@ -30,23 +32,9 @@ func guestListen(t testing.TB, handle func(*net.TCPConn)) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				handle(c.(*net.TCPConn))
-			})
-		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
+	nettest.Serve(t, l, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		handle(c.(*net.TCPConn))
 	})
 	return l.Addr().(*net.TCPAddr).Port
 }

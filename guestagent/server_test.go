@@ -7,12 +7,12 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/nettest"
 )
 
 // testLogger logs to the test's output, so that failures show the server's
@@ -24,15 +24,7 @@ func testLogger(t *testing.T) *slog.Logger {
 // socketPath returns a path for a Unix socket in a fresh directory removed
 // at the end of the test. It avoids t.TempDir, whose long paths can exceed
 // the 108-byte limit on socket paths.
-func socketPath(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "sbx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return filepath.Join(dir, "s")
-}
+func socketPath(t *testing.T) string { return nettest.SocketPath(t) }
 
 // listenUnix listens on a fresh Unix socket.
 func listenUnix(t *testing.T) (net.Listener, string) {

@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/nettest"
 )
 
 // syncBuffer is a bytes.Buffer safe for one writer and one reader.
@@ -42,12 +41,7 @@ func (b *syncBuffer) String() string {
 // for.
 func fakeVsock(t *testing.T) (path string, port *atomic.Uint32) {
 	fakePrepareGuest(t, nil)
-	dir, err := os.MkdirTemp("", "sbx")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path = filepath.Join(dir, "s")
+	path = nettest.SocketPath(t)
 	port = new(atomic.Uint32)
 	old := listen
 	listen = func(p uint32) (net.Listener, error) {

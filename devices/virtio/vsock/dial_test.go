@@ -5,50 +5,31 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/nettest"
 )
 
 // fakeHost is a device's host socket that reads a client's CONNECT line,
 // checks it names port 1024, and hands the connection to reply.
 func fakeHost(t *testing.T, reply func(net.Conn)) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "sbx") // socket paths are short
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(dir, "s")
+	path := nettest.SocketPath(t)
 	l, err := net.Listen("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetReadDeadline(time.Now().Add(testTimeout))
-				if line, err := readLine(c); err != nil || line != "CONNECT 1024\n" {
-					t.Errorf("fake host: CONNECT line %q, %v", line, err)
-					return
-				}
-				c.SetReadDeadline(time.Time{})
-				reply(c)
-			})
+	nettest.Serve(t, l, func(c net.Conn) {
+		c.SetReadDeadline(time.Now().Add(testTimeout))
+		if line, err := readLine(c); err != nil || line != "CONNECT 1024\n" {
+			t.Errorf("fake host: CONNECT line %q, %v", line, err)
+			return
 		}
-	})
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-		os.RemoveAll(dir)
+		c.SetReadDeadline(time.Time{})
+		reply(c)
 	})
 	return path
 }
