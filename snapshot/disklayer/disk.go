@@ -412,7 +412,7 @@ func sealFile(f *os.File, size int64, index []Extent, blocks uint64) (header, er
 	}
 	ib := format.AppendExtents(nil, index)
 	h := newHeader(stateSealed, size, blocks, uint64(len(index)), format.Checksum(ib), crc)
-	if _, err := f.WriteAt(ib, int64(h.indexOffset)); err != nil {
+	if _, err := f.WriteAt(ib, int64(h.IndexOffset)); err != nil {
 		return header{}, err
 	}
 	if _, err := f.WriteAt(h.encode(), 0); err != nil {

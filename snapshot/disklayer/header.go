@@ -41,21 +41,16 @@ const (
 // Header fields, little endian. The header occupies the first BlockSize
 // bytes of the file; bytes past headerLen are zero.
 const (
-	offMagic       = 0  // [8]byte
-	offVersion     = 8  // le32
-	offBlockSize   = 12 // le32, BlockSize
-	offState       = 16 // le32, stateTop or stateSealed
-	offReserved    = 20 // le32, zero
-	offSize        = 24 // le64, virtual disk size in bytes
-	offBlocks      = 32 // le64, blocks present
-	offExtents     = 40 // le64, extents in the index
-	offDataOffset  = 48 // le64, dataOffset
-	offIndexOffset = 56 // le64, dataOffset + roundup(size, BlockSize)
-	offIndexLen    = 64 // le64, extents*16
-	offIndexCRC    = 72 // le32, CRC-32C of the index
-	offDataCRC     = 76 // le32, CRC-32C of the present blocks, ascending
-	offHeaderCRC   = 80 // le32, CRC-32C of bytes [0, offHeaderCRC)
-	headerLen      = 84
+	offMagic     = 0  // [8]byte
+	offVersion   = 8  // le32
+	offBlockSize = 12 // le32, BlockSize
+	offState     = 16 // le32, stateTop or stateSealed
+	offReserved  = 20 // le32, zero
+	offSize      = 24 // le64, virtual disk size in bytes
+	offBlocks    = 32 // le64, blocks present
+	offTail      = 40 // format.IndexTail: data offset = dataOffset, index offset = dataOffset + roundup(size, BlockSize), data CRC of the present blocks, ascending
+	offHeaderCRC = offTail + format.TailLen - 4
+	headerLen    = offTail + format.TailLen
 )
 
 // header is a decoded header. Invariants checked by decodeHeader for a
@@ -63,34 +58,22 @@ const (
 // blocks(size)*BlockSize, indexLen == extents*ExtentSize, extents <= blocks
 // <= blocks(size).
 type header struct {
-	version     uint32
-	state       uint32
-	size        int64
-	blocks      uint64
-	extents     uint64
-	indexOffset uint64
-	indexLen    uint64
-	indexCRC    uint32
-	dataCRC     uint32
-	headerCRC   uint32
+	version uint32
+	state   uint32
+	size    int64
+	blocks  uint64
+	format.IndexTail
 }
 
 // blockCount is the number of blocks of a disk of size bytes.
 func blockCount(size int64) uint64 { return uint64((size + BlockSize - 1) / BlockSize) }
 
 func newHeader(state uint32, size int64, blocks, extents uint64, indexCRC, dataCRC uint32) header {
-	h := header{
-		version:     Version,
-		state:       state,
-		size:        size,
-		blocks:      blocks,
-		extents:     extents,
-		indexOffset: dataOffset + blockCount(size)*BlockSize,
-		indexLen:    extents * format.ExtentSize,
-		indexCRC:    indexCRC,
-		dataCRC:     dataCRC,
-	}
-	h.headerCRC = format.Checksum(h.encode()[:offHeaderCRC])
+	h := header{version: Version, state: state, size: size, blocks: blocks, IndexTail: format.IndexTail{
+		Extents: extents, DataOffset: dataOffset, IndexOffset: dataOffset + blockCount(size)*BlockSize,
+		IndexLen: extents * format.ExtentSize, IndexCRC: indexCRC, DataCRC: dataCRC,
+	}}
+	h.HeaderCRC = format.Checksum(h.encode()[:offHeaderCRC])
 	return h
 }
 
@@ -104,13 +87,7 @@ func (h header) encode() []byte {
 	le.PutUint32(b[offState:], h.state)
 	le.PutUint64(b[offSize:], uint64(h.size))
 	le.PutUint64(b[offBlocks:], h.blocks)
-	le.PutUint64(b[offExtents:], h.extents)
-	le.PutUint64(b[offDataOffset:], dataOffset)
-	le.PutUint64(b[offIndexOffset:], h.indexOffset)
-	le.PutUint64(b[offIndexLen:], h.indexLen)
-	le.PutUint32(b[offIndexCRC:], h.indexCRC)
-	le.PutUint32(b[offDataCRC:], h.dataCRC)
-	le.PutUint32(b[offHeaderCRC:], h.headerCRC)
+	h.IndexTail.Put(b[offTail:])
 	return b
 }
 
@@ -120,18 +97,8 @@ func decodeHeader(b []byte) (header, error) {
 	}
 	le := binary.LittleEndian
 	size := le.Uint64(b[offSize:])
-	h := header{
-		version:     le.Uint32(b[offVersion:]),
-		state:       le.Uint32(b[offState:]),
-		blocks:      le.Uint64(b[offBlocks:]),
-		extents:     le.Uint64(b[offExtents:]),
-		indexOffset: le.Uint64(b[offIndexOffset:]),
-		indexLen:    le.Uint64(b[offIndexLen:]),
-		indexCRC:    le.Uint32(b[offIndexCRC:]),
-		dataCRC:     le.Uint32(b[offDataCRC:]),
-		headerCRC:   le.Uint32(b[offHeaderCRC:]),
-	}
-	bs, do, res := le.Uint32(b[offBlockSize:]), le.Uint64(b[offDataOffset:]), le.Uint32(b[offReserved:])
+	h := header{version: le.Uint32(b[offVersion:]), state: le.Uint32(b[offState:]), blocks: le.Uint64(b[offBlocks:]), IndexTail: format.GetTail(b[offTail:])}
+	bs, do, res := le.Uint32(b[offBlockSize:]), h.DataOffset, le.Uint32(b[offReserved:])
 	switch {
 	case h.state == stateTop:
 		return header{}, format.Corrupt(what, "header", "not sealed: a writable top, or a seal that did not finish")
@@ -151,15 +118,15 @@ func decodeHeader(b []byte) (header, error) {
 	switch {
 	case h.blocks > nb:
 		return header{}, format.Corrupt(what, "header", "%d blocks present in a disk of %d blocks", h.blocks, nb)
-	case h.extents > h.blocks:
-		return header{}, format.Corrupt(what, "header", "%d extents for %d blocks", h.extents, h.blocks)
-	case h.indexOffset != dataOffset+nb*BlockSize:
-		return header{}, format.Corrupt(what, "header", "index offset %d, want %d", h.indexOffset, dataOffset+nb*BlockSize)
-	case h.indexLen != h.extents*format.ExtentSize:
-		return header{}, format.Corrupt(what, "header", "index length %d for %d extents", h.indexLen, h.extents)
+	case h.Extents > h.blocks:
+		return header{}, format.Corrupt(what, "header", "%d extents for %d blocks", h.Extents, h.blocks)
+	case h.IndexOffset != dataOffset+nb*BlockSize:
+		return header{}, format.Corrupt(what, "header", "index offset %d, want %d", h.IndexOffset, dataOffset+nb*BlockSize)
+	case h.IndexLen != h.Extents*format.ExtentSize:
+		return header{}, format.Corrupt(what, "header", "index length %d for %d extents", h.IndexLen, h.Extents)
 	}
 	return h, nil
 }
 
 // fileSize is the (apparent) size of a complete layer file.
-func (h header) fileSize() int64 { return int64(h.indexOffset + h.indexLen) }
+func (h header) fileSize() int64 { return int64(h.IndexOffset + h.IndexLen) }

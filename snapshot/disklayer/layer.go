@@ -64,7 +64,7 @@ func OpenLayer(path string) (*Layer, error) {
 func decode(r io.ReaderAt, size int64) (header, []Extent, error) {
 	return format.ReadLayer(layerFormat, r, size, func(b []byte) (header, format.IndexAt, error) {
 		h, err := decodeHeader(b)
-		return h, format.IndexAt{Offset: h.indexOffset, Len: h.indexLen, CRC: h.indexCRC, Total: h.blocks, Limit: blockCount(h.size)}, err
+		return h, format.IndexAt{Offset: h.IndexOffset, Len: h.IndexLen, CRC: h.IndexCRC, Total: h.blocks, Limit: blockCount(h.size)}, err
 	})
 }
 
@@ -81,7 +81,7 @@ func (l *Layer) Extents() []Extent { return l.index }
 
 // Checksum returns the header's CRC-32C, which covers the index and data
 // checksums: what a manifest records to name this exact layer.
-func (l *Layer) Checksum() uint32 { return l.h.headerCRC }
+func (l *Layer) Checksum() uint32 { return l.h.HeaderCRC }
 
 // Info describes the layer.
 func (l *Layer) Info() Info {
@@ -91,7 +91,7 @@ func (l *Layer) Info() Info {
 		Blocks:    l.h.blocks,
 		DataBytes: int64(l.h.blocks) * BlockSize,
 		FileBytes: l.h.fileSize(),
-		Checksum:  l.h.headerCRC,
+		Checksum:  l.h.HeaderCRC,
 	}
 }
 
@@ -138,8 +138,8 @@ func (l *Layer) Verify() error {
 	if err != nil {
 		return fmt.Errorf("verify disk layer %s: %w", l.path, err)
 	}
-	if crc != l.h.dataCRC {
-		return fmt.Errorf("verify %s: %w", l.path, format.Corrupt(what, "block data", "checksum %08x, stored %08x", crc, l.h.dataCRC))
+	if crc != l.h.DataCRC {
+		return fmt.Errorf("verify %s: %w", l.path, format.Corrupt(what, "block data", "checksum %08x, stored %08x", crc, l.h.DataCRC))
 	}
 	return nil
 }

@@ -21,7 +21,7 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			f.Fatal(err)
 		}
-		head, gap, tail := format.SplitGap(b, headerLen, int64(h.indexOffset)-headerLen)
+		head, gap, tail := format.SplitGap(b, headerLen, int64(h.IndexOffset)-headerLen)
 		f.Add(head, gap, tail, false)
 		f.Add(head, gap, tail, true)
 	}
@@ -29,7 +29,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(empty.encode(), uint64(PageSize-headerLen), []byte{}, false)
 	idx := format.AppendExtents(nil, []Extent{{Start: 2, Count: 1}, {Start: 9, Count: 3}})
 	small := newHeader(4, 2, format.Checksum(idx), 0)
-	f.Add(small.encode(), uint64(small.indexOffset-headerLen), idx, false)
+	f.Add(small.encode(), uint64(small.IndexOffset-headerLen), idx, false)
 	f.Add([]byte("SBXMEM"), uint64(0), []byte{}, false)
 	f.Fuzz(func(t *testing.T, head []byte, gap uint64, tail []byte, fix bool) {
 		r := &format.GapReader{Head: head, Gap: int64(gap % (1 << 50)), Tail: tail}
@@ -49,8 +49,8 @@ func FuzzDecode(f *testing.F) {
 		if !bytes.Equal(h.encode(), hb) {
 			t.Fatal("accepted header does not re-encode to its bytes")
 		}
-		stored := make([]byte, h.indexLen)
-		if _, err := r.ReadAt(stored, int64(h.indexOffset)); err != nil {
+		stored := make([]byte, h.IndexLen)
+		if _, err := r.ReadAt(stored, int64(h.IndexOffset)); err != nil {
 			t.Fatal(err)
 		}
 		if enc := format.AppendExtents(nil, index); !bytes.Equal(enc, stored) {
@@ -70,11 +70,13 @@ func fixChecksums(r *format.GapReader) {
 	}
 	head := bytes.Clone(r.Head)
 	le := binary.LittleEndian
-	ioff, il := le.Uint64(head[offIndexOffset:]), le.Uint64(head[offIndexLen:])
+	tail := format.GetTail(head[offTail:])
+	ioff, il := tail.IndexOffset, tail.IndexLen
 	if il <= 1<<16 && ioff <= uint64(r.Size()) && il <= uint64(r.Size())-ioff {
 		idx := make([]byte, il)
 		if _, err := r.ReadAt(idx, int64(ioff)); err == nil {
-			le.PutUint32(head[offIndexCRC:], format.Checksum(idx))
+			tail.IndexCRC = format.Checksum(idx)
+			tail.Put(head[offTail:])
 		}
 	}
 	le.PutUint32(head[offHeaderCRC:], format.Checksum(head[:offHeaderCRC]))

@@ -36,18 +36,13 @@ var layerFormat = format.LayerFormat{What: what, Magic: magic, HeaderLen: header
 // Header fields, little endian. The header occupies the first PageSize
 // bytes of the file; bytes past headerLen are zero.
 const (
-	offMagic       = 0  // [8]byte
-	offVersion     = 8  // le32
-	offPageSize    = 12 // le32, PageSize
-	offPages       = 16 // le64, pages held
-	offExtents     = 24 // le64, extents in the index
-	offDataOffset  = 32 // le64, dataOffset
-	offIndexOffset = 40 // le64, dataOffset + pages*PageSize
-	offIndexLen    = 48 // le64, extents*16
-	offIndexCRC    = 56 // le32, CRC-32C of the index
-	offDataCRC     = 60 // le32, CRC-32C of the page data
-	offHeaderCRC   = 64 // le32, CRC-32C of bytes [0, offHeaderCRC)
-	headerLen      = 68
+	offMagic     = 0  // [8]byte
+	offVersion   = 8  // le32
+	offPageSize  = 12 // le32, PageSize
+	offPages     = 16 // le64, pages held
+	offTail      = 24 // format.IndexTail: data offset = dataOffset, index offset = dataOffset + pages*PageSize, data CRC of the page data
+	offHeaderCRC = offTail + format.TailLen - 4
+	headerLen    = offTail + format.TailLen
 )
 
 // header is the decoded header. Its invariants, checked by decodeHeader:
@@ -55,27 +50,17 @@ const (
 // pages*PageSize, indexLen == extents*ExtentSize, extents <= pages <=
 // MaxPages.
 type header struct {
-	version     uint32
-	pages       uint64
-	extents     uint64
-	indexOffset uint64
-	indexLen    uint64
-	indexCRC    uint32
-	dataCRC     uint32
-	headerCRC   uint32
+	version uint32
+	pages   uint64
+	format.IndexTail
 }
 
 func newHeader(pages, extents uint64, indexCRC, dataCRC uint32) header {
-	h := header{
-		version:     Version,
-		pages:       pages,
-		extents:     extents,
-		indexOffset: dataOffset + pages*PageSize,
-		indexLen:    extents * format.ExtentSize,
-		indexCRC:    indexCRC,
-		dataCRC:     dataCRC,
-	}
-	h.headerCRC = format.Checksum(h.encode()[:offHeaderCRC])
+	h := header{version: Version, pages: pages, IndexTail: format.IndexTail{
+		Extents: extents, DataOffset: dataOffset, IndexOffset: dataOffset + pages*PageSize,
+		IndexLen: extents * format.ExtentSize, IndexCRC: indexCRC, DataCRC: dataCRC,
+	}}
+	h.HeaderCRC = format.Checksum(h.encode()[:offHeaderCRC])
 	return h
 }
 
@@ -87,13 +72,7 @@ func (h header) encode() []byte {
 	le.PutUint32(b[offVersion:], h.version)
 	le.PutUint32(b[offPageSize:], PageSize)
 	le.PutUint64(b[offPages:], h.pages)
-	le.PutUint64(b[offExtents:], h.extents)
-	le.PutUint64(b[offDataOffset:], dataOffset)
-	le.PutUint64(b[offIndexOffset:], h.indexOffset)
-	le.PutUint64(b[offIndexLen:], h.indexLen)
-	le.PutUint32(b[offIndexCRC:], h.indexCRC)
-	le.PutUint32(b[offDataCRC:], h.dataCRC)
-	le.PutUint32(b[offHeaderCRC:], h.headerCRC)
+	h.IndexTail.Put(b[offTail:])
 	return b
 }
 
@@ -102,17 +81,8 @@ func decodeHeader(b []byte) (header, error) {
 		return header{}, err
 	}
 	le := binary.LittleEndian
-	h := header{
-		version:     le.Uint32(b[offVersion:]),
-		pages:       le.Uint64(b[offPages:]),
-		extents:     le.Uint64(b[offExtents:]),
-		indexOffset: le.Uint64(b[offIndexOffset:]),
-		indexLen:    le.Uint64(b[offIndexLen:]),
-		indexCRC:    le.Uint32(b[offIndexCRC:]),
-		dataCRC:     le.Uint32(b[offDataCRC:]),
-		headerCRC:   le.Uint32(b[offHeaderCRC:]),
-	}
-	ps, do := le.Uint32(b[offPageSize:]), le.Uint64(b[offDataOffset:])
+	h := header{version: le.Uint32(b[offVersion:]), pages: le.Uint64(b[offPages:]), IndexTail: format.GetTail(b[offTail:])}
+	ps, do := le.Uint32(b[offPageSize:]), h.DataOffset
 	switch {
 	case ps != PageSize:
 		return header{}, format.Corrupt(what, "header", "page size %d, want %d", ps, PageSize)
@@ -120,15 +90,15 @@ func decodeHeader(b []byte) (header, error) {
 		return header{}, format.Corrupt(what, "header", "data offset %d, want %d", do, dataOffset)
 	case h.pages > MaxPages:
 		return header{}, format.Corrupt(what, "header", "%d pages, at most %d", h.pages, uint64(MaxPages))
-	case h.extents > h.pages:
-		return header{}, format.Corrupt(what, "header", "%d extents for %d pages", h.extents, h.pages)
-	case h.indexOffset != dataOffset+h.pages*PageSize:
-		return header{}, format.Corrupt(what, "header", "index offset %d, want %d", h.indexOffset, dataOffset+h.pages*PageSize)
-	case h.indexLen != h.extents*format.ExtentSize:
-		return header{}, format.Corrupt(what, "header", "index length %d for %d extents", h.indexLen, h.extents)
+	case h.Extents > h.pages:
+		return header{}, format.Corrupt(what, "header", "%d extents for %d pages", h.Extents, h.pages)
+	case h.IndexOffset != dataOffset+h.pages*PageSize:
+		return header{}, format.Corrupt(what, "header", "index offset %d, want %d", h.IndexOffset, dataOffset+h.pages*PageSize)
+	case h.IndexLen != h.Extents*format.ExtentSize:
+		return header{}, format.Corrupt(what, "header", "index length %d for %d extents", h.IndexLen, h.Extents)
 	}
 	return h, nil
 }
 
 // fileSize is the size of a complete layer file with this header.
-func (h header) fileSize() int64 { return int64(h.indexOffset + h.indexLen) }
+func (h header) fileSize() int64 { return int64(h.IndexOffset + h.IndexLen) }

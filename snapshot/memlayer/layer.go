@@ -61,7 +61,7 @@ func Open(path string) (*Layer, error) {
 func decode(r io.ReaderAt, size int64) (header, []Extent, error) {
 	return format.ReadLayer(layerFormat, r, size, func(b []byte) (header, format.IndexAt, error) {
 		h, err := decodeHeader(b)
-		return h, format.IndexAt{Offset: h.indexOffset, Len: h.indexLen, CRC: h.indexCRC, Total: h.pages, Limit: MaxPages}, err
+		return h, format.IndexAt{Offset: h.IndexOffset, Len: h.IndexLen, CRC: h.IndexCRC, Total: h.pages, Limit: MaxPages}, err
 	})
 }
 
@@ -82,7 +82,7 @@ func (l *Layer) Size() int64 { return l.h.fileSize() }
 
 // Checksum returns the header's CRC-32C, which covers the index and the
 // page data checksums: what a manifest records to name this exact layer.
-func (l *Layer) Checksum() uint32 { return l.h.headerCRC }
+func (l *Layer) Checksum() uint32 { return l.h.HeaderCRC }
 
 // Lookup returns the file offset of page pfn and the number of
 // consecutive pages from pfn on stored contiguously from there, or ok
@@ -110,7 +110,7 @@ const verifyChunk = 1 << 20
 func (l *Layer) Verify() error {
 	buf := make([]byte, verifyChunk)
 	var crc uint32
-	end := int64(l.h.indexOffset)
+	end := int64(l.h.IndexOffset)
 	for off := int64(dataOffset); off < end; {
 		n := int(min(int64(len(buf)), end-off))
 		if _, err := l.f.ReadAt(buf[:n], off); err != nil {
@@ -119,8 +119,8 @@ func (l *Layer) Verify() error {
 		crc = format.UpdateChecksum(crc, buf[:n])
 		off += int64(n)
 	}
-	if crc != l.h.dataCRC {
-		return fmt.Errorf("verify %s: %w", l.path, format.Corrupt(what, "page data", "checksum %08x, stored %08x", crc, l.h.dataCRC))
+	if crc != l.h.DataCRC {
+		return fmt.Errorf("verify %s: %w", l.path, format.Corrupt(what, "page data", "checksum %08x, stored %08x", crc, l.h.DataCRC))
 	}
 	return nil
 }

@@ -190,7 +190,7 @@ func (w *Writer) Finish() (Info, error) {
 		Extents:   len(w.index),
 		DataBytes: int64(w.pages) * PageSize,
 		FileBytes: h.fileSize(),
-		Checksum:  h.headerCRC,
+		Checksum:  h.HeaderCRC,
 	}, nil
 }
 

@@ -84,3 +84,42 @@ func ReadLayer[H any](f LayerFormat, r io.ReaderAt, size int64, decode func([]by
 	}
 	return h, index, nil
 }
+
+// IndexTail is the part of a layer header that every layer kind shares,
+// at the header's end: the index's place and size, the checksums, and the
+// header's own checksum last. Encoded, it is TailLen bytes, little endian:
+// extents (8), data offset (8), index offset (8), index length (8), index
+// CRC (4), data CRC (4), header CRC (4).
+type IndexTail struct {
+	Extents     uint64
+	DataOffset  uint64
+	IndexOffset uint64
+	IndexLen    uint64
+	IndexCRC    uint32
+	DataCRC     uint32
+	HeaderCRC   uint32
+}
+
+// TailLen is the size of an encoded IndexTail.
+const TailLen = 44
+
+// Put encodes t into b[:TailLen].
+func (t IndexTail) Put(b []byte) {
+	le := binary.LittleEndian
+	le.PutUint64(b[0:], t.Extents)
+	le.PutUint64(b[8:], t.DataOffset)
+	le.PutUint64(b[16:], t.IndexOffset)
+	le.PutUint64(b[24:], t.IndexLen)
+	le.PutUint32(b[32:], t.IndexCRC)
+	le.PutUint32(b[36:], t.DataCRC)
+	le.PutUint32(b[40:], t.HeaderCRC)
+}
+
+// GetTail decodes the IndexTail in b[:TailLen].
+func GetTail(b []byte) IndexTail {
+	le := binary.LittleEndian
+	return IndexTail{
+		Extents: le.Uint64(b[0:]), DataOffset: le.Uint64(b[8:]), IndexOffset: le.Uint64(b[16:]), IndexLen: le.Uint64(b[24:]),
+		IndexCRC: le.Uint32(b[32:]), DataCRC: le.Uint32(b[36:]), HeaderCRC: le.Uint32(b[40:]),
+	}
+}
