@@ -50,12 +50,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		}
 	}
 	if err != nil {
-		if serr := m.be.Stop(context.WithoutCancel(ctx), b.ID); serr != nil {
-			m.log.Warn("cannot stop a box whose create failed", "box", b.ID, "err", serr)
-		}
-		if derr := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(b.ID) }); derr != nil {
-			m.log.Warn("cannot delete a box whose create failed; the next start does", "box", b.ID, "err", derr)
-		}
+		m.discardNewBox(ctx, b.ID)
 		return api.Box{}, fmt.Errorf("create box %s: %w", b.ID, err)
 	}
 	m.log.Info("box created", "box", b.ID, "memory_mib", spec.MemoryMiB, "vcpus", spec.VCPUs, "guest_schema_version", b.GuestSchemaVersion)

@@ -213,12 +213,7 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 		return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
 	}
 	undo := func(err error) (catalog.Box, catalog.Checkpoint, error) {
-		if serr := m.be.Stop(context.WithoutCancel(ctx), child.ID); serr != nil {
-			m.log.Warn("cannot stop a failed fork", "box", child.ID, "err", serr)
-		}
-		if derr := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(child.ID) }); derr != nil {
-			m.log.Warn("cannot delete a failed fork; the next start does", "box", child.ID, "err", derr)
-		}
+		m.discardNewBox(ctx, child.ID)
 		if act == lifecycle.ActForkLive {
 			m.abortCheckpoint(ck.ID)
 		}
@@ -317,4 +312,17 @@ func (m *Manager) reboot(ctx context.Context, b *catalog.Box) (bool, error) {
 		return false, errors.Join(err, fmt.Errorf("restore after failed upgrade: %w", rerr))
 	}
 	return false, err
+}
+
+// discardNewBox undoes box id, recorded Creating (a create or a fork)
+// when its VM did not come up: it stops whatever VM the box has and
+// deletes its record. What fails here is logged; the next start removes
+// boxes still Creating.
+func (m *Manager) discardNewBox(ctx context.Context, id string) {
+	if err := m.be.Stop(context.WithoutCancel(ctx), id); err != nil {
+		m.log.Warn("cannot stop a box whose creation failed", "box", id, "err", err)
+	}
+	if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(id) }); err != nil {
+		m.log.Warn("cannot delete a box whose creation failed; the next start does", "box", id, "err", err)
+	}
 }
