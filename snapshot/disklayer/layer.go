@@ -42,19 +42,9 @@ type Layer struct {
 // OpenLayer opens a sealed layer file and validates its header and index.
 // It reads no block data (see Verify).
 func OpenLayer(path string) (*Layer, error) {
-	f, err := os.Open(path)
+	f, h, index, err := format.OpenLayer(what, path, decode)
 	if err != nil {
-		return nil, fmt.Errorf("open disk layer: %w", err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open disk layer: %w", err)
-	}
-	h, index, err := decode(f, st.Size())
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err
 	}
 	return &Layer{path: path, f: f, h: h, index: index}, nil
 }

@@ -61,6 +61,16 @@ func (s *Dir) Put(id, path string) error {
 // copyIn copies src to dst through a locked temporary file, then removes
 // src.
 func (s *Dir) copyIn(src, dst string) error {
+	if err := writeLayer(s.dir, src, dst, copySparse); err != nil {
+		return err
+	}
+	return os.Remove(src)
+}
+
+// writeLayer makes dst from the file src: fill writes src's size bytes,
+// read from src, into a locked temporary file in dir, which then takes
+// dst's name (never replacing it). On error the temporary file is gone.
+func writeLayer(dir, src, dst string, fill func(tmp *os.File, in io.Reader, size int64) error) error {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -70,20 +80,19 @@ func (s *Dir) copyIn(src, dst string) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := createTemp(s.dir)
+	tmp, err := createTemp(dir)
 	if err != nil {
 		return err
 	}
-	err = copySparse(tmp, in, st.Size())
+	err = fill(tmp, in, st.Size())
 	if err == nil {
 		err = finishTemp(tmp, dst)
 	}
 	if err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
-		return err
 	}
-	return os.Remove(src)
+	return err
 }
 
 // Open implements Store: the stored file itself.

@@ -66,20 +66,7 @@ func (s *Zstd) Put(id, path string) error {
 }
 
 func (s *Zstd) compress(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	st, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	tmp, err := createTemp(s.dir)
-	if err != nil {
-		return err
-	}
-	err = func() error {
+	return writeLayer(s.dir, src, dst, func(tmp *os.File, in io.Reader, size int64) error {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(s.level), zstd.WithEncoderConcurrency(1))
 		if err != nil {
 			return err
@@ -87,24 +74,16 @@ func (s *Zstd) compress(src, dst string) error {
 		// A skippable frame first records the uncompressed size for
 		// Stat (zstd omits small sizes from its own frame header); zstd
 		// decoders skip it, so the file stays a standard .zst.
-		if _, err := tmp.Write(sizeFrame(st.Size())); err != nil {
+		if _, err := tmp.Write(sizeFrame(size)); err != nil {
 			return err
 		}
-		enc.ResetContentSize(tmp, st.Size())
+		enc.ResetContentSize(tmp, size)
 		if _, err := io.Copy(enc, in); err != nil {
 			enc.Close()
 			return err
 		}
-		if err := enc.Close(); err != nil {
-			return err
-		}
-		return finishTemp(tmp, dst)
-	}()
-	if err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-	}
-	return err
+		return enc.Close()
+	})
 }
 
 // Open implements Store: the cached uncompressed copy, made first if

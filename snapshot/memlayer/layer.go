@@ -33,19 +33,9 @@ type Layer struct {
 // Open opens a layer file and validates its header and index against
 // their checksums and the file's size. It reads no page data (see Verify).
 func Open(path string) (*Layer, error) {
-	f, err := os.Open(path)
+	f, h, index, err := format.OpenLayer(what, path, decode)
 	if err != nil {
-		return nil, fmt.Errorf("open memory layer: %w", err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open memory layer: %w", err)
-	}
-	h, index, err := decode(f, st.Size())
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
+		return nil, err
 	}
 	l := &Layer{path: path, f: f, h: h, index: index, before: make([]uint64, len(index))}
 	var n uint64

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"os"
 )
 
 // LayerFormat is what sets one kind of layer file apart from the others
@@ -122,4 +123,26 @@ func GetTail(b []byte) IndexTail {
 		Extents: le.Uint64(b[0:]), DataOffset: le.Uint64(b[8:]), IndexOffset: le.Uint64(b[16:]), IndexLen: le.Uint64(b[24:]),
 		IndexCRC: le.Uint32(b[32:]), DataCRC: le.Uint32(b[36:]), HeaderCRC: le.Uint32(b[40:]),
 	}
+}
+
+// OpenLayer opens the layer file at path and reads its header and index
+// with decode (which calls ReadLayer); the file is closed again on any
+// error, which names the operation and the path.
+func OpenLayer[H any](what, path string, decode func(io.ReaderAt, int64) (H, []Extent, error)) (*os.File, H, []Extent, error) {
+	var zero H
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, zero, nil, fmt.Errorf("open %s: %w", what, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, zero, nil, fmt.Errorf("open %s: %w", what, err)
+	}
+	h, index, err := decode(f, st.Size())
+	if err != nil {
+		f.Close()
+		return nil, zero, nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	return f, h, index, nil
 }
