@@ -77,3 +77,59 @@ func (m *Manifest) layerIDs() []string {
 	}
 	return out
 }
+
+// Sweep frees everything the store holds beyond what the caller still
+// needs, whatever crashed before: completed checkpoints for which keep is
+// false, then layers that no remaining checkpoint references and for
+// which live is false (a layer a running VM put for a checkpoint whose
+// commit failed: its disk builds on it, and its next checkpoint will
+// reference it), then the debris Clean removes. It runs under the root's
+// exclusive lock and returns what it removed: checkpoint IDs and layer
+// IDs. Call it when no checkpoint is in progress: a checkpoint being
+// written has put layers no manifest references yet.
+func (r *Root) Sweep(keep, live func(id string) bool) ([]string, error) {
+	rl, err := r.lockRoot(unix.LOCK_EX)
+	if err != nil {
+		return nil, fmt.Errorf("sweep checkpoint store: %w", err)
+	}
+	defer rl.Close()
+	ids, err := r.List()
+	if err != nil {
+		return nil, fmt.Errorf("sweep checkpoint store: %w", err)
+	}
+	var removed []string
+	referenced := map[string]bool{}
+	for _, id := range ids {
+		if !keep(id) {
+			if err := r.Remove(id); err != nil {
+				return removed, fmt.Errorf("sweep checkpoint store: %w", err)
+			}
+			removed = append(removed, id)
+			continue
+		}
+		m, err := r.Load(id)
+		if err != nil {
+			return removed, fmt.Errorf("sweep checkpoint store: %w", err)
+		}
+		for _, l := range m.layerIDs() {
+			referenced[l] = true
+		}
+	}
+	layers, err := r.layers.List()
+	if err != nil {
+		return removed, fmt.Errorf("sweep checkpoint store: %w", err)
+	}
+	for _, l := range layers {
+		if referenced[l.ID] || live(l.ID) {
+			continue
+		}
+		if err := r.layers.Delete(l.ID); err != nil && !errors.Is(err, layerstore.ErrNotFound) {
+			return removed, fmt.Errorf("sweep checkpoint store: %w", err)
+		}
+		removed = append(removed, l.ID)
+	}
+	if _, err := r.clean(); err != nil {
+		return removed, fmt.Errorf("sweep checkpoint store: %w", err)
+	}
+	return removed, nil
+}

@@ -1,7 +1,10 @@
 package snapshot
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -45,5 +48,58 @@ func TestRemoveCheckpoints(t *testing.T) {
 		if ids, _ := root.List(); len(ids) != 0 {
 			t.Errorf("checkpoints left: %v", ids)
 		}
+	})
+}
+
+// Sweep leaves exactly what the caller keeps: the checkpoints it names,
+// their layers and the layers a live VM may build on. Checkpoints the
+// caller forgot (a crash between the store's commit and the catalog's
+// record), their layers, and layers no manifest took (a VM killed in the
+// middle of a commit) go.
+func TestSweep(t *testing.T) {
+	eachStore(t, func(t *testing.T, root *Root) {
+		a := newBox(t, root, "a")
+		a.run()
+		a.checkpoint("a-c1")
+		a.run()
+		c2 := a.checkpoint("a-c2")
+		memA, diskA := slices.Clone(a.mem), a.diskContents(a.disk)
+		b := newBox(t, root, "b")
+		b.run()
+		forgotten := b.checkpoint("b-c1")
+		for _, id := range []string{"b-c2-memory", "a-c3-memory"} {
+			f := filepath.Join(t.TempDir(), id)
+			if err := os.WriteFile(f, make([]byte, 4096), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := root.Layers().Put(id, f); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		keep := func(id string) bool { return id == "a-c1" || id == "a-c2" }
+		live := func(layer string) bool { return strings.HasPrefix(layer, "a-") }
+		removed, err := root.Sweep(keep, live)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := append([]string{"b-c1", "b-c2-memory"}, forgotten.layerIDs()...)
+		slices.Sort(removed)
+		slices.Sort(want)
+		if !slices.Equal(removed, want) {
+			t.Errorf("swept %v, want %v", removed, want)
+		}
+		if ids, _ := root.List(); !slices.Equal(ids, []string{"a-c1", "a-c2"}) {
+			t.Errorf("checkpoints left: %v", ids)
+		}
+		if _, err := root.Layers().Stat("a-c3-memory"); err != nil {
+			t.Errorf("a live VM's uncommitted layer was swept: %v", err)
+		}
+		for _, l := range c2.layerIDs() {
+			if _, err := root.Layers().Stat(l); err != nil {
+				t.Errorf("kept checkpoint's layer %s: %v", l, err)
+			}
+		}
+		restore(t, root, "a-c2", memA, diskA, root.TopPath("r")).Close()
 	})
 }
