@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +26,14 @@ import (
 // start runs sailbox-vmm as l says for box and waits for its agent.
 func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemon.Instance, error) {
 	f := b.files(box)
+	// A VMM of the box the backend does not track is an orphan (of a
+	// wake or a create the daemon did not see through): it would keep the
+	// sockets from the new one.
+	if pids, err := vmmsServing(f.apiSock); err == nil && len(pids) > 0 {
+		if err := b.stopUntracked(box); err != nil {
+			return daemon.Instance{}, err
+		}
+	}
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return daemon.Instance{}, err
 	}
@@ -147,4 +158,52 @@ func running(pid int) bool {
 		return false
 	}
 	return true
+}
+
+// stopUntracked kills every VMM serving box's control socket that the
+// backend does not track, and removes the box's run directory.
+func (b *Backend) stopUntracked(box string) error {
+	f := b.files(box)
+	pids, err := vmmsServing(f.apiSock)
+	if err != nil {
+		return fmt.Errorf("box %s: find its VMM: %w", box, err)
+	}
+	for _, pid := range pids {
+		b.log.Warn("killing a VMM the daemon did not track", "box", box, "pid", pid)
+		exited := make(chan struct{})
+		go watchPID(pid, exited)
+		b.kill(&vm{pid: pid, exited: exited})
+	}
+	return os.RemoveAll(f.dir)
+}
+
+// vmmsServing returns the processes started as sailbox-vmm with control
+// socket apiSock: read from each process's command line, which
+// vmmapi.ParseLaunch understands, so a VMM is found before it listens
+// and after it stopped answering.
+func vmmsServing(apiSock string) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || len(cmdline) == 0 {
+			continue // gone, or a kernel thread
+		}
+		argv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+		if !slices.Contains(argv, apiSock) {
+			continue // cheap filter before parsing
+		}
+		l, err := vmmapi.ParseLaunch(argv[1:], io.Discard)
+		if err == nil && l.APISocket == apiSock && running(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
 }

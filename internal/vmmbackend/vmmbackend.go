@@ -18,6 +18,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -167,14 +169,17 @@ func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.
 }
 
 // Stop asks the VMM to shut down, and kills it if it has not exited in
-// ten seconds.
+// ten seconds. A box's VMM the backend does not track (one a crash left
+// behind: a create or a wake the daemon did not see through, a fork's
+// child the parent VMM started for a client that had gone) is found by
+// its control socket and killed.
 func (b *Backend) Stop(ctx context.Context, box string) error {
 	b.mu.Lock()
 	v := b.vms[box]
 	delete(b.vms, box)
 	b.mu.Unlock()
 	if v == nil {
-		return nil
+		return b.stopUntracked(box)
 	}
 	if err := v.ctl.Shutdown(ctx); err != nil {
 		b.log.Warn("shutdown request failed; killing the VMM", "box", box, "err", err)
@@ -215,4 +220,39 @@ func (b *Backend) RemoveCheckpoints(ctx context.Context, ids []string) error {
 	deleted, err := b.root.RemoveCheckpoints(ids)
 	b.log.Debug("checkpoints removed", "ids", ids, "layers", len(deleted))
 	return err
+}
+
+// Completed reports whether the store holds checkpoint ckpt's manifest:
+// the VMM commits a checkpoint by renaming its manifest into place.
+func (b *Backend) Completed(ctx context.Context, ckpt string) (daemon.CheckpointInfo, bool, error) {
+	m, err := b.root.Load(ckpt)
+	if errors.Is(err, snapshot.ErrNotFound) {
+		return daemon.CheckpointInfo{}, false, nil
+	}
+	if err != nil {
+		return daemon.CheckpointInfo{}, false, err
+	}
+	return daemon.CheckpointInfo{Created: m.Created}, true, nil
+}
+
+// Sweep frees the store of all but keep (snapshot.Root.Sweep). A layer
+// is live when it belongs to a box whose VMM runs: layers are named after
+// the checkpoint that put them, and checkpoints after their box.
+func (b *Backend) Sweep(ctx context.Context, keep []string) ([]string, error) {
+	kept := map[string]bool{}
+	for _, id := range keep {
+		kept[id] = true
+	}
+	b.mu.Lock()
+	var running []string
+	for box := range b.vms {
+		running = append(running, box+"-")
+	}
+	b.mu.Unlock()
+	live := func(layer string) bool {
+		return slices.ContainsFunc(running, func(prefix string) bool { return strings.HasPrefix(layer, prefix) })
+	}
+	removed, err := b.root.Sweep(func(id string) bool { return kept[id] }, live)
+	b.log.Debug("store swept", "removed", removed)
+	return removed, err
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -182,10 +183,14 @@ func TestBootFailureQuotesTheVMMLog(t *testing.T) {
 }
 
 // hungVMMEnv makes this test binary a sailbox-vmm whose guest never
-// answers: it serves the control API on -api-sock and nothing on vsock.
+// answers: it serves the control API on -api-sock and nothing on vsock
+// ("1"), or nothing at all ("silent").
 const hungVMMEnv = "SAILBOX_VMMBACKEND_HUNG_VMM"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(hungVMMEnv) == "silent" {
+		select {}
+	}
 	if os.Getenv(hungVMMEnv) == "1" {
 		args := os.Args[1:]
 		i := slices.Index(args, "-api-sock")
@@ -333,5 +338,56 @@ func TestWatchReportsVMMsThatExitOnTheirOwn(t *testing.T) {
 	case box := <-lost:
 		t.Errorf("also reported %s", box)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+// Stop finds and kills a box's VMM that the backend does not track (left
+// by a crash, or started by a fork for a client that had gone), whether
+// it answers on its control socket or not.
+func TestStopKillsUntrackedVMM(t *testing.T) {
+	b := newBackend(t)
+	for _, mode := range []string{"1", "silent"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Setenv(hungVMMEnv, mode)
+			box := "sb-orphan-" + mode
+			if err := os.MkdirAll(b.files(box).dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			cmd, err := b.bootLaunch(box, catalog.Spec{MemoryMiB: 256, VCPUs: 1}).Start(os.Args[0])
+			if err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan struct{})
+			go func() { cmd.Wait(); close(exited) }()
+			if mode == "1" { // wait until it serves, as a VMM the daemon lost would
+				for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+					if c, err := net.Dial("unix", b.files(box).apiSock); err == nil {
+						c.Close()
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("the orphan never served its socket")
+					}
+				}
+			}
+			if mode == "1" {
+				// A new start of the box (a wake after a crash in the
+				// middle of one) replaces the orphan.
+				if _, err := b.Boot(context.Background(), box, catalog.Spec{MemoryMiB: 256, VCPUs: 1}); err == nil || strings.Contains(err.Error(), "still serves") {
+					t.Errorf("boot over an orphan VMM: %v", err)
+				}
+			} else if err := b.Stop(context.Background(), box); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-exited:
+			case <-time.After(30 * time.Second):
+				cmd.Process.Kill()
+				t.Fatal("Stop left the untracked VMM running")
+			}
+			if _, err := os.Stat(b.files(box).dir); mode == "silent" && !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("run directory left: %v", err)
+			}
+		})
 	}
 }

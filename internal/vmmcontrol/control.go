@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
@@ -28,6 +29,9 @@ type Controller struct {
 	started time.Time
 	// self is the sailbox-vmm binary a fork starts.
 	self string
+	// busy is held by a checkpoint or a fork from start to end, which go
+	// on when their client has gone; Status waits for it.
+	busy sync.Mutex
 }
 
 // New returns the controller of machine m, which a VMM started with
@@ -39,7 +43,12 @@ func New(m *vmm.Machine, launch vmmapi.Launch, root *snapshot.Root, self string)
 
 var _ vmmapi.Controller = (*Controller)(nil)
 
+// Status describes the machine once no checkpoint or fork is in
+// progress: a daemon that restarted attaches with it, and then sees the
+// store as the previous daemon's last call left it (committed or not).
 func (c *Controller) Status() vmmapi.Status {
+	c.busy.Lock()
+	defer c.busy.Unlock()
 	state := "running"
 	if c.m.Paused() {
 		state = "paused"
@@ -64,6 +73,12 @@ func (c *Controller) SaveWorkingSet() (vmmapi.WorkingSetResult, error) {
 }
 
 func (c *Controller) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
+	c.busy.Lock()
+	defer c.busy.Unlock()
+	return c.checkpoint(req)
+}
+
+func (c *Controller) checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
 	if c.root == nil {
 		return vmmapi.CheckpointResult{}, fmt.Errorf("checkpoint: %w: the VMM runs without -store", vmmapi.ErrConflict)
 	}
@@ -82,12 +97,14 @@ func (c *Controller) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.Checkpoint
 // checkpoint as req.Child says, in this VMM's store. The parent keeps
 // running.
 func (c *Controller) Fork(req vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
+	c.busy.Lock()
+	defer c.busy.Unlock()
 	child := req.Child
 	child.Store, child.Restore = c.launch.Store, req.CheckpointID
 	if err := child.Validate(); err != nil {
 		return vmmapi.ForkResult{}, fmt.Errorf("fork: %w: %w", vmmapi.ErrBadRequest, err)
 	}
-	cp, err := c.Checkpoint(vmmapi.CheckpointRequest{ID: req.CheckpointID})
+	cp, err := c.checkpoint(vmmapi.CheckpointRequest{ID: req.CheckpointID})
 	if err != nil {
 		return vmmapi.ForkResult{}, err
 	}
