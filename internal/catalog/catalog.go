@@ -82,6 +82,10 @@ type Box struct {
 	// CheckpointSeq is the last number used in the box's checkpoint IDs.
 	CheckpointSeq int    `json:"checkpoint_seq,omitempty"`
 	Ports         []Port `json:"ports,omitempty"`
+	// Terminating is set before a terminate stops the box's VM: a daemon
+	// that crashes before deleting the record finishes the terminate at
+	// its next start instead of bringing the box back.
+	Terminating bool `json:"terminating,omitempty"`
 }
 
 // Head is the newest checkpoint of the box's chain: LastCheckpoint, or

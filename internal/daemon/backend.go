@@ -66,6 +66,16 @@ type Backend interface {
 	// references, given children before parents. An ID the store does
 	// not hold is not an error.
 	RemoveCheckpoints(ctx context.Context, ids []string) error
+	// Completed reports whether the store holds checkpoint ckpt
+	// completed, and when it was taken: after a crash, a checkpoint the
+	// catalog had not yet recorded as completed may be.
+	Completed(ctx context.Context, ckpt string) (CheckpointInfo, bool, error)
+	// Sweep frees what the store holds beyond the checkpoints keep:
+	// completed checkpoints not in keep, the debris of checkpoints that
+	// never completed, and layers that no checkpoint left references
+	// unless a VM the backend runs may still build on them. It returns
+	// what it removed. Start calls it once no call is in flight.
+	Sweep(ctx context.Context, keep []string) ([]string, error)
 
 	// Exec runs req in box's guest, writing its output to stdout and
 	// stderr as it arrives.

@@ -42,6 +42,8 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 	if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(b) }); err != nil {
 		return api.Box{}, fmt.Errorf("create: %w", err)
 	}
+	// Like every change, a boot runs to its end (see apply).
+	ctx = context.WithoutCancel(ctx)
 	inst, err := m.be.Boot(ctx, b.ID, spec)
 	if err == nil {
 		b.GuestSchemaVersion = inst.GuestSchemaVersion

@@ -123,12 +123,20 @@ func (m *Manager) Close() error {
 	return nil
 }
 
-// lock takes box id's lock and returns its release.
+// lock takes box id's lock and returns its release. The release forgets
+// the lock of a box that does not exist (any more), so that calls naming
+// unknown IDs do not grow the map; a caller that still waits on it finds
+// no box either.
 func (m *Manager) lock(id string) func() {
 	v, _ := m.locks.LoadOrStore(id, &sync.Mutex{})
 	mu := v.(*sync.Mutex)
 	mu.Lock()
-	return mu.Unlock
+	return func() {
+		if _, err := m.record(id); errors.Is(err, ErrNotFound) {
+			m.locks.CompareAndDelete(id, mu)
+		}
+		mu.Unlock()
+	}
 }
 
 // record returns box id's record.

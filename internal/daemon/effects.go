@@ -28,6 +28,11 @@ type outcome struct {
 // record is left as it was (except for a reboot that lost the VM: see
 // reboot).
 func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *outcome) (catalog.Box, error) {
+	// A change runs to its end once begun, whoever stops waiting for it:
+	// a VM started, or a checkpoint the VMM committed, must not be left
+	// unknown to the record because a client disconnected. The backend
+	// bounds its own waits.
+	ctx = context.WithoutCancel(ctx)
 	b, err := m.record(id)
 	if err != nil {
 		return b, err
@@ -67,6 +72,10 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 	case lifecycle.ActRecordUpgrade:
 		b.PendingUpgrade = true
 	case lifecycle.ActDestroy:
+		b.Terminating = true
+		if err := m.save(b); err != nil {
+			return b, fmt.Errorf("box %s: terminate: %w", id, err)
+		}
 		if err := m.be.Stop(ctx, id); err != nil {
 			return b, fmt.Errorf("box %s: terminate: stop: %w", id, err)
 		}
@@ -74,7 +83,6 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(id) }); err != nil {
 			return b, fmt.Errorf("box %s: terminate: %w", id, err)
 		}
-		m.locks.Delete(id)
 		b.State = eff.Next
 		freed, err := m.collect(ctx)
 		out.freed = freed
@@ -244,18 +252,22 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 	return child, ck, nil
 }
 
-// wake starts a VM for b from its last completed checkpoint; with an
+// wake starts a VM for b from its most recent completed checkpoint; with an
 // upgrade pending, or an agent too old to resume, it boots the current
 // agent on that checkpoint's disks instead.
 func (m *Manager) wake(ctx context.Context, b *catalog.Box) error {
-	if b.LastCheckpoint == "" {
+	// A fork that never took a checkpoint of its own comes back as it
+	// was born: from the checkpoint it was forked from, as a new machine
+	// of its name again.
+	head, fork := b.Head(), b.LastCheckpoint == ""
+	if head == "" {
 		return fmt.Errorf("box %s: wake: %w: no completed checkpoint to restore", b.ID, ErrConflict)
 	}
 	var inst Instance
 	var err error
 	restore := true
 	if b.PendingUpgrade || b.GuestSchemaVersion < m.minSchema {
-		inst, err = m.be.Reboot(ctx, b.ID, b.Spec, b.LastCheckpoint)
+		inst, err = m.be.Reboot(ctx, b.ID, b.Spec, head)
 		switch {
 		case err == nil:
 			restore = false
@@ -270,10 +282,10 @@ func (m *Manager) wake(ctx context.Context, b *catalog.Box) error {
 		}
 	}
 	if restore {
-		inst, err = m.be.Restore(ctx, b.ID, b.LastCheckpoint, false)
+		inst, err = m.be.Restore(ctx, b.ID, head, fork)
 	}
 	if err != nil {
-		return fmt.Errorf("box %s: restore %s: %w", b.ID, b.LastCheckpoint, err)
+		return fmt.Errorf("box %s: restore %s: %w", b.ID, head, err)
 	}
 	b.GuestSchemaVersion = inst.GuestSchemaVersion
 	return nil

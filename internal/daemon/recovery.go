@@ -12,79 +12,69 @@ import (
 // Recovery: what a starting daemon does with what the previous one left,
 // and what it does when a box's VM goes away on its own.
 
-// Start recovers from whatever the previous daemon left: it removes boxes
-// still creating and checkpoints not completed, takes back running boxes'
-// VMs (restoring from the last completed checkpoint those whose VM is
-// gone), frees unreferenced checkpoints and reopens exposed ports.
+// Start recovers from whatever the previous daemon left, in an order that
+// never takes from a VM that still runs what it builds on:
+//
+//  1. It takes back the VMs of running boxes that are still alive (the
+//     backend's Attach returns once a VMM has finished any call the
+//     previous daemon had begun), so nothing is in flight afterwards.
+//  2. It reconciles the checkpoints the catalog had not recorded as
+//     completed with the store: one the store holds completed is a
+//     completed checkpoint (the VMM committed it; the daemon died before
+//     recording it) and becomes its box's last; the others are deleted.
+//  3. It stops and deletes boxes still creating, and finishes off boxes
+//     whose terminate had begun.
+//  4. It restores running boxes whose VM is gone from their most recent
+//     completed checkpoint (or marks them failed).
+//  5. It frees unreferenced checkpoints, sweeps the store of everything
+//     the catalog does not reference, and reopens exposed ports.
 func (m *Manager) Start(ctx context.Context) error {
 	m.be.Watch(m.vmLost)
-	var boxes []catalog.Box
-	var incomplete []catalog.Checkpoint
-	err := m.cat.View(func(tx *catalog.Tx) error {
-		var err error
-		if boxes, err = tx.Boxes(); err != nil {
-			return err
-		}
-		incomplete, err = tx.Incomplete()
-		return err
-	})
+	boxes, err := m.boxes()
 	if err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
+	var lost []string
 	for _, b := range boxes {
-		if b.State != lifecycle.Creating {
-			continue
-		}
-		m.log.Warn("removing a box whose create did not finish", "box", b.ID)
-		if err := m.be.Stop(ctx, b.ID); err != nil {
-			return fmt.Errorf("start: stop unfinished box %s: %w", b.ID, err)
-		}
-		if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(b.ID) }); err != nil {
-			return fmt.Errorf("start: %w", err)
-		}
-	}
-	if len(incomplete) > 0 {
-		ids := make([]string, len(incomplete))
-		for i, c := range incomplete {
-			ids[i] = c.ID
-		}
-		m.log.Warn("removing checkpoints that did not complete", "checkpoints", ids)
-		if err := m.be.RemoveCheckpoints(ctx, ids); err != nil {
-			return fmt.Errorf("start: %w", err)
-		}
-		err := m.cat.Update(func(tx *catalog.Tx) error {
-			for _, id := range ids {
-				if err := tx.DeleteCheckpoint(id); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("start: %w", err)
-		}
-	}
-	for _, b := range boxes {
-		if b.State != lifecycle.Running {
+		if b.State != lifecycle.Running || b.Terminating {
 			continue
 		}
 		alive, err := m.be.Attach(ctx, b.ID)
 		if err != nil {
 			m.log.Warn("attach to box failed", "box", b.ID, "err", err)
 		}
-		if alive {
+		if !alive {
+			lost = append(lost, b.ID)
+		}
+	}
+	if err := m.reconcile(ctx); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	for _, b := range boxes {
+		if b.State != lifecycle.Creating && !b.Terminating {
 			continue
 		}
-		m.log.Warn("box's VM is gone; restoring it from its last checkpoint", "box", b.ID)
-		unlock := m.lock(b.ID)
-		_, err = m.lost(ctx, b.ID)
+		if err := m.finishOff(ctx, b); err != nil {
+			return fmt.Errorf("start: %w", err)
+		}
+	}
+	for _, id := range lost {
+		m.log.Warn("box's VM is gone; restoring it from its last checkpoint", "box", id)
+		unlock := m.lock(id)
+		_, err = m.lost(ctx, id)
 		unlock()
 		if err != nil {
-			m.log.Error("box not restored", "box", b.ID, "err", err)
+			m.log.Error("box not restored", "box", id, "err", err)
 		}
 	}
 	if _, err := m.collect(ctx); err != nil {
 		m.log.Warn("freeing unreferenced checkpoints failed", "err", err)
+	}
+	if err := m.sweep(ctx); err != nil {
+		m.log.Warn("sweeping the checkpoint store failed", "err", err)
+	}
+	if boxes, err = m.boxes(); err != nil {
+		return fmt.Errorf("start: %w", err)
 	}
 	for _, b := range boxes {
 		for _, p := range b.Ports {
@@ -94,6 +84,116 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// boxes returns every box's record.
+func (m *Manager) boxes() ([]catalog.Box, error) {
+	var boxes []catalog.Box
+	err := m.cat.View(func(tx *catalog.Tx) error {
+		var err error
+		boxes, err = tx.Boxes()
+		return err
+	})
+	return boxes, err
+}
+
+// reconcile settles the checkpoints the catalog records as not completed
+// against the store, which has the last word: a checkpoint whose manifest
+// is in place completed. It is promoted, and becomes its box's last
+// checkpoint when it is the newest of the box's chain (a live checkpoint
+// or a live fork's); the others are deleted, record and debris.
+func (m *Manager) reconcile(ctx context.Context) error {
+	var incomplete []catalog.Checkpoint
+	if err := m.cat.View(func(tx *catalog.Tx) error {
+		var err error
+		incomplete, err = tx.Incomplete()
+		return err
+	}); err != nil {
+		return err
+	}
+	var unfinished []string
+	for _, c := range incomplete {
+		info, done, err := m.be.Completed(ctx, c.ID)
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: %w", c.ID, err)
+		}
+		if !done {
+			unfinished = append(unfinished, c.ID)
+			continue
+		}
+		m.log.Warn("promoting a checkpoint the store holds completed", "box", c.BoxID, "checkpoint", c.ID)
+		c.Completed = true
+		if !info.Created.IsZero() {
+			c.Created = info.Created.UTC()
+		}
+		err = m.cat.Update(func(tx *catalog.Tx) error {
+			if err := tx.PutCheckpoint(c); err != nil {
+				return err
+			}
+			b, err := tx.Box(c.BoxID)
+			if errors.Is(err, catalog.ErrNotFound) {
+				return nil // its box is gone: collect frees it
+			}
+			if err != nil || b.Head() != c.ParentID {
+				return err
+			}
+			b.LastCheckpoint = c.ID
+			return tx.PutBox(b)
+		})
+		if err != nil {
+			return fmt.Errorf("checkpoint %s: %w", c.ID, err)
+		}
+	}
+	if len(unfinished) == 0 {
+		return nil
+	}
+	m.log.Warn("removing checkpoints that did not complete", "checkpoints", unfinished)
+	if err := m.be.RemoveCheckpoints(ctx, unfinished); err != nil {
+		return err
+	}
+	return m.cat.Update(func(tx *catalog.Tx) error {
+		for _, id := range unfinished {
+			if err := tx.DeleteCheckpoint(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// finishOff stops the VM of box b, left creating or terminating by a
+// crash, and deletes its record.
+func (m *Manager) finishOff(ctx context.Context, b catalog.Box) error {
+	if b.Terminating {
+		m.log.Warn("finishing a terminate that did not finish", "box", b.ID)
+	} else {
+		m.log.Warn("removing a box whose create did not finish", "box", b.ID)
+	}
+	if err := m.be.Stop(ctx, b.ID); err != nil {
+		return fmt.Errorf("stop box %s: %w", b.ID, err)
+	}
+	m.fwd.closeBox(b.ID)
+	return m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(b.ID) })
+}
+
+// sweep has the backend free whatever its store holds beyond the
+// checkpoints the catalog records.
+func (m *Manager) sweep(ctx context.Context) error {
+	var keep []string
+	if err := m.cat.View(func(tx *catalog.Tx) error {
+		all, err := tx.Checkpoints()
+		for _, c := range all {
+			keep = append(keep, c.ID)
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+	removed, err := m.be.Sweep(ctx, keep)
+	if len(removed) > 0 {
+		m.log.Warn("freed what the catalog did not reference", "removed", removed)
+	}
+	return err
 }
 
 // lost handles a running box whose VM is gone: restore it, or mark it

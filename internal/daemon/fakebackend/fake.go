@@ -16,6 +16,10 @@
 //
 // Any other command fails to start (an error). A connection to any guest
 // port echoes what it reads.
+//
+// Like a real VMM, which goes on when its client stops waiting, the calls
+// that start a VM or write a checkpoint do so even when their context is
+// cancelled, and then report the cancellation.
 package fakebackend
 
 import (
@@ -186,7 +190,7 @@ func (f *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daem
 	}
 	f.vms[box] = &vm{schema: f.schema, hostname: "sailbox", files: map[string][]byte{"/etc/image": []byte(spec.Image)}}
 	delete(f.dead, box)
-	return daemon.Instance{GuestSchemaVersion: f.schema}, nil
+	return daemon.Instance{GuestSchemaVersion: f.schema}, cancelled(ctx)
 }
 
 func (f *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (daemon.Instance, error) {
@@ -208,7 +212,7 @@ func (f *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (dae
 	}
 	f.vms[box] = v
 	delete(f.dead, box)
-	return daemon.Instance{GuestSchemaVersion: v.schema}, nil
+	return daemon.Instance{GuestSchemaVersion: v.schema}, cancelled(ctx)
 }
 
 func (f *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (daemon.Instance, error) {
@@ -236,7 +240,11 @@ func (f *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.Checkp
 	if err != nil {
 		return daemon.CheckpointInfo{}, err
 	}
-	return f.checkpointLocked(box, id)
+	info, err := f.checkpointLocked(box, id)
+	if err != nil {
+		return info, err
+	}
+	return info, cancelled(ctx)
 }
 
 func (f *Backend) checkpointLocked(box, id string) (daemon.CheckpointInfo, error) {
@@ -264,7 +272,7 @@ func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.
 	v := f.checkpoints[ckpt].clone()
 	v.hostname = child
 	f.vms[child] = v
-	return info, daemon.Instance{GuestSchemaVersion: v.schema}, nil
+	return info, daemon.Instance{GuestSchemaVersion: v.schema}, cancelled(ctx)
 }
 
 func (f *Backend) Stop(ctx context.Context, box string) error {
@@ -297,6 +305,41 @@ func (f *Backend) RemoveCheckpoints(ctx context.Context, ids []string) error {
 			f.removed = append(f.removed, id)
 		}
 		delete(f.checkpoints, id)
+	}
+	return nil
+}
+
+func (f *Backend) Completed(ctx context.Context, ckpt string) (daemon.CheckpointInfo, bool, error) {
+	err := f.begin("Completed", ckpt)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.CheckpointInfo{}, false, err
+	}
+	return daemon.CheckpointInfo{}, f.checkpoints[ckpt] != nil, nil
+}
+
+func (f *Backend) Sweep(ctx context.Context, keep []string) ([]string, error) {
+	err := f.begin("Sweep", keep...)
+	defer f.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for id := range f.checkpoints {
+		if !slices.Contains(keep, id) {
+			delete(f.checkpoints, id)
+			removed = append(removed, id)
+		}
+	}
+	f.removed = append(f.removed, removed...)
+	return removed, nil
+}
+
+// cancelled is what a call whose work is done reports: the cancellation
+// of a client that stopped waiting, if it did.
+func cancelled(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("fake: the call completed, but its caller had gone: %w", err)
 	}
 	return nil
 }
