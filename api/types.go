@@ -65,8 +65,10 @@ type Checkpoint struct {
 type CreateRequest struct {
 	MemoryMiB int `json:"memory_mib,omitempty"`
 	VCPUs     int `json:"vcpus,omitempty"`
-	// Image is the path, on the daemon's host, of the raw base disk
-	// image; the box writes to its own layer over it.
+	// Image names the raw base disk image: a path relative to one of
+	// the daemon's image directories (sailboxd -image-dir), or an
+	// absolute path inside one. The box writes to its own layer over it.
+	// Empty: the daemon's default image.
 	Image string `json:"image,omitempty"`
 }
 

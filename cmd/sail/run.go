@@ -48,7 +48,7 @@ var commands map[string]*command
 
 func init() {
 	commands = map[string]*command{
-		"create":      {args: "[-mem MiB] [-cpus N] [-image PATH]", help: "boot a new box", nargs: 0, flags: createFlags, run: runCreate},
+		"create":      {args: "[-mem MiB] [-cpus N] [-image NAME]", help: "boot a new box", nargs: 0, flags: createFlags, run: runCreate},
 		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
 		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
 		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
@@ -186,7 +186,7 @@ func printBox(w io.Writer, b api.Box) {
 func createFlags(fs *flag.FlagSet) {
 	fs.Int("mem", 0, "guest memory in MiB (0: the daemon's default)")
 	fs.Int("cpus", 0, "vCPUs (0: the daemon's default)")
-	fs.String("image", "", "base disk image `path` on the daemon's host")
+	fs.String("image", "", "base disk `image`: a name inside the daemon's image directories")
 }
 
 func intFlag(fs *flag.FlagSet, name string) int {

@@ -16,6 +16,7 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/apiserver"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
+	"github.com/sailbox-dev/sailbox/internal/images"
 	"github.com/sailbox-dev/sailbox/internal/vmmbackend"
 )
 
@@ -29,6 +30,7 @@ type config struct {
 	Initrd      string
 	Cmdline     string
 	Image       string
+	ImageDirs   []string
 	MemoryMiB   int
 	VCPUs       int
 	HostID      string
@@ -87,6 +89,10 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "initramfs with the guest agent (default $SAILBOX_GUEST_INITRAMFS)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "extra guest kernel command line")
 	fs.StringVar(&c.Image, "image", "", "default base disk `image` of new boxes (absolute path)")
+	fs.Func("image-dir", "`directory` whose regular files clients may name as a box's image (repeatable; none: clients name no image)", func(s string) error {
+		c.ImageDirs = append(c.ImageDirs, s)
+		return nil
+	})
 	fs.IntVar(&c.MemoryMiB, "mem", c.MemoryMiB, "default guest memory of new boxes, MiB")
 	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "default vCPUs of new boxes")
 	fs.StringVar(&c.HostID, "host-id", host, "this host's placement ID")
@@ -136,8 +142,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var imgs *images.Dirs
+	if len(c.ImageDirs) > 0 {
+		if imgs, err = images.NewDirs(c.ImageDirs, c.StateDir); err != nil {
+			return err
+		}
+	}
 	m, err := daemon.New(daemon.Config{
-		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema,
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Images: imgs,
 		Defaults: catalog.Spec{MemoryMiB: c.MemoryMiB, VCPUs: c.VCPUs, Image: c.Image},
 	})
 	if err != nil {

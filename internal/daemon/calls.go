@@ -18,23 +18,30 @@ import (
 // Create boots a new box. It is recorded as Creating while its VM boots,
 // and deleted if the boot fails.
 func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, error) {
-	spec := catalog.Spec{MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Image: req.Image}
+	spec := catalog.Spec{MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Image: m.defaults.Image}
 	if spec.MemoryMiB == 0 {
 		spec.MemoryMiB = m.defaults.MemoryMiB
 	}
 	if spec.VCPUs == 0 {
 		spec.VCPUs = m.defaults.VCPUs
 	}
-	if spec.Image == "" {
-		spec.Image = m.defaults.Image
-	}
 	switch {
 	case spec.MemoryMiB < MinMemoryMiB || spec.MemoryMiB > MaxMemoryMiB:
 		return api.Box{}, fmt.Errorf("create: %w: memory_mib %d is outside [%d, %d]", ErrInvalidArgument, spec.MemoryMiB, MinMemoryMiB, MaxMemoryMiB)
 	case spec.VCPUs < 1 || spec.VCPUs > MaxVCPUs:
 		return api.Box{}, fmt.Errorf("create: %w: vcpus %d is outside [1, %d]", ErrInvalidArgument, spec.VCPUs, MaxVCPUs)
-	case spec.Image != "" && !path.IsAbs(spec.Image):
-		return api.Box{}, fmt.Errorf("create: %w: image %q is not an absolute path", ErrInvalidArgument, spec.Image)
+	}
+	if req.Image != "" {
+		// A client names an image; only the operator's image directories
+		// hold one (the default image is the operator's own choice).
+		if m.images == nil {
+			return api.Box{}, fmt.Errorf("create: %w: image %q: the daemon has no image directories (sailboxd -image-dir)", ErrInvalidArgument, req.Image)
+		}
+		p, err := m.images.Resolve(req.Image)
+		if err != nil {
+			return api.Box{}, fmt.Errorf("create: %w: %w", ErrInvalidArgument, err)
+		}
+		spec.Image = p
 	}
 	b := catalog.Box{ID: m.newID(), State: lifecycle.Creating, Created: time.Now().UTC(), HostID: m.hostID, Spec: spec}
 	unlock := m.lock(b.ID)

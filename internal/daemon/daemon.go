@@ -25,6 +25,7 @@ import (
 	"sync/atomic"
 
 	"github.com/sailbox-dev/sailbox/internal/catalog"
+	"github.com/sailbox-dev/sailbox/internal/images"
 )
 
 // Errors.
@@ -53,6 +54,9 @@ type Config struct {
 	HostID string
 	// Defaults fill a create request's zero fields.
 	Defaults catalog.Spec
+	// Images resolves the images a create request names; nil refuses
+	// every image but the default.
+	Images *images.Dirs
 	// MinResumableSchema is the oldest guest schema version that can be
 	// restored safely; a box older than that is rebooted onto the
 	// current agent when it next wakes. 0: any.
@@ -68,6 +72,7 @@ type Manager struct {
 	be        Backend
 	hostID    string
 	defaults  catalog.Spec
+	images    *images.Dirs
 	minSchema int
 	log       *slog.Logger
 	newID     func() string
@@ -85,7 +90,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("daemon: a catalog and a backend are required")
 	}
 	m := &Manager{
-		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults,
+		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images,
 		minSchema: cfg.MinResumableSchema, log: cfg.Logger, newID: cfg.NewID,
 	}
 	if m.log == nil {
