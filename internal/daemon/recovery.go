@@ -22,8 +22,9 @@ import (
 //     completed with the store: one the store holds completed is a
 //     completed checkpoint (the VMM committed it; the daemon died before
 //     recording it) and becomes its box's last; the others are deleted.
-//  3. It stops and deletes boxes still creating, and finishes off boxes
-//     whose terminate had begun.
+//  3. It stops and deletes boxes still creating, finishes off boxes
+//     whose terminate had begun, and stops any VM of a box that is down
+//     (left by a wake that did not finish).
 //  4. It restores running boxes whose VM is gone from their most recent
 //     completed checkpoint (or marks them failed).
 //  5. It frees unreferenced checkpoints, sweeps the store of everything
@@ -51,11 +52,17 @@ func (m *Manager) Start(ctx context.Context) error {
 		return fmt.Errorf("start: %w", err)
 	}
 	for _, b := range boxes {
-		if b.State != lifecycle.Creating && !b.Terminating {
-			continue
-		}
-		if err := m.finishOff(ctx, b); err != nil {
-			return fmt.Errorf("start: %w", err)
+		switch {
+		case b.State == lifecycle.Creating || b.Terminating:
+			if err := m.finishOff(ctx, b); err != nil {
+				return fmt.Errorf("start: %w", err)
+			}
+		case b.State != lifecycle.Running:
+			// A box that is down runs no VM, but a wake the previous
+			// daemon did not see through may have left one.
+			if err := m.be.Stop(ctx, b.ID); err != nil {
+				return fmt.Errorf("start: stop the VM of box %s, which is %s: %w", b.ID, b.State, err)
+			}
 		}
 	}
 	for _, id := range lost {

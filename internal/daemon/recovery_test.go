@@ -193,3 +193,22 @@ func TestLocksOfUnknownBoxesForgotten(t *testing.T) {
 		t.Errorf("%d locks held after calls on unknown and terminated boxes", n)
 	}
 }
+
+// A wake the daemon did not see through leaves a VM for a box recorded
+// asleep; the restart stops it.
+func TestRestartStopsVMOfSleepingBox(t *testing.T) {
+	e := newEnv(t)
+	a := e.create()
+	s, err := e.m.Sleep(e.ctx, a.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.close()
+	if _, err := e.fake.Restore(e.ctx, a.ID, s.LastCheckpointID, false); err != nil {
+		t.Fatal(err)
+	}
+	e.open()
+	if got := e.get(a.ID); got.State != lifecycle.Sleeping || e.fake.Running(a.ID) {
+		t.Errorf("after restart: %+v, VM running %v", got, e.fake.Running(a.ID))
+	}
+}
