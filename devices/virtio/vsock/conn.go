@@ -48,6 +48,9 @@ type conn struct {
 	state  connState
 	stream *hostStream // nil while dialing
 	timer  *time.Timer // connect or shutdown deadline, nil when none is armed
+	// guestInitiated: the guest sent the REQUEST. Such connections count
+	// against limits.maxGuestConns.
+	guestInitiated bool
 
 	// Host → guest.
 	peerBufAlloc    uint32 // buf_alloc of the guest's latest packet

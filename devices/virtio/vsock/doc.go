@@ -31,6 +31,13 @@
 // answered with RST and resets its connection. Nothing a guest sends can
 // make the device panic or grow without bound.
 //
+// The connection table holds 1024 connections, of which at most 256 may be
+// guest-initiated: the rest is kept for the host's connections into the
+// guest, so that a guest cannot lock the host out of its own services. A
+// guest REQUEST past either bound is answered with RST; a host client the
+// full table has no room for reads "ERR connection table full\n" before
+// its socket is closed.
+//
 // Flow control (§5.10.6.3) runs both ways. The device never sends the
 // guest more than its advertised buf_alloc allows, and answers
 // CREDIT_REQUEST; it advertises 256 KiB per connection, sends

@@ -120,16 +120,23 @@ func FuzzTxPacket(f *testing.F) {
 			}
 			m.fromGuest(pkt, uint64(len(pkt)))
 			m.fillRx()
-			if len(m.resets) > maxPendingResets || len(m.conns) > maxConnections {
-				t.Fatalf("%d resets pending, %d connections", len(m.resets), len(m.conns))
+			if len(m.resets) > maxPendingResets || len(m.conns) > maxConnections || m.guestConns > maxGuestConnections {
+				t.Fatalf("%d resets pending, %d connections, %d guest-initiated", len(m.resets), len(m.conns), m.guestConns)
 			}
+			guestConns := 0
 			for _, c := range m.conns {
+				if c.guestInitiated {
+					guestConns++
+				}
 				if c.rxCnt-c.fwdCnt > connBufAlloc {
 					t.Fatalf("%s holds %d guest bytes, over buf_alloc", c.key, c.rxCnt-c.fwdCnt)
 				}
 				if len(c.pending) > hostReadSize {
 					t.Fatalf("%s holds %d host bytes", c.key, len(c.pending))
 				}
+			}
+			if guestConns != m.guestConns {
+				t.Fatalf("%d guest-initiated connections in the table, %d counted", guestConns, m.guestConns)
 			}
 		}
 	})

@@ -16,13 +16,20 @@ import (
 // the listening socket writes "CONNECT <port>\n", port in decimal, and,
 // once the guest accepts, reads "OK <local port>\n" before the guest's
 // stream. A malformed or late line, a refused or unanswered connection,
-// all close the client's socket with nothing written.
+// all close the client's socket with nothing written; only a full
+// connection table, which is the device's refusal and not the guest's, is
+// answered first with refusedTableFull.
 const (
 	connectPrefix   = "CONNECT "
 	maxConnectLine  = 32 // "CONNECT 4294967295\n" is 19 bytes
 	maxHandshakes   = 64 // clients still writing their CONNECT line
 	handshakeLimit  = 5 * time.Second
 	acceptRetryWait = 50 * time.Millisecond // after an accept error such as EMFILE
+	// refusedTableFull is the reply to a client the connection table has
+	// no room for. Dial reports a reply other than "OK" as a refusal,
+	// quoting it; it must fit Dial's maxReply.
+	refusedTableFull = "ERR connection table full\n"
+	refuseLimit      = time.Second // to write a refusal to a client that does not read
 )
 
 // parseConnect parses a CONNECT line, newline excluded.
@@ -88,6 +95,13 @@ func (m *muxer) handshake(uc *net.UnixConn) {
 	if !m.post(func(m *muxer) { m.hostConnect(uc, port) }) {
 		uc.Close()
 	}
+}
+
+// refuse writes reply to a host client and closes it.
+func refuse(uc *net.UnixConn, reply string) {
+	uc.SetWriteDeadline(time.Now().Add(refuseLimit))
+	io.WriteString(uc, reply)
+	uc.Close()
 }
 
 // readConnect reads and parses a CONNECT line from uc before deadline.

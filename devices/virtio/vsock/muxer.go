@@ -28,6 +28,13 @@ const (
 	// maxConnections bounds the connection table, and with the two bounds
 	// above the device's buffers: 1024 × (256 + 32) KiB at worst.
 	maxConnections = 1024
+	// maxGuestConnections bounds the guest-initiated connections in the
+	// table. The rest is kept for host-initiated ones, which are the
+	// host's calls to services in the guest (sailboxd's to its agent, and
+	// the exposed ports it forwards through the agent): a guest sending
+	// REQUEST after REQUEST cannot lock the host out of it. sailboxd caps
+	// its forwards below what is left (internal/daemon/expose.go).
+	maxGuestConnections = 256
 	// maxPendingResets bounds the RST replies waiting for rx buffers;
 	// past it, replies are dropped (spec §5.10.6.1: a driver that posts no
 	// rx buffers must not make the device queue without end).
@@ -40,22 +47,26 @@ const (
 	guestWarnsPerSecond = 10
 )
 
-// limits are the device's timeouts.
+// limits are the device's timeouts and connection caps; tests shrink them.
 type limits struct {
-	connect  time.Duration // for the guest's answer to a host-initiated REQUEST
-	shutdown time.Duration // for the guest's RST after SHUTDOWN(RCV|SEND)
-	dial     time.Duration // to connect to "<UDSPath>_<port>"
-	linger   time.Duration // to flush guest data to a host socket being closed
+	connect       time.Duration // for the guest's answer to a host-initiated REQUEST
+	shutdown      time.Duration // for the guest's RST after SHUTDOWN(RCV|SEND)
+	dial          time.Duration // to connect to "<UDSPath>_<port>"
+	linger        time.Duration // to flush guest data to a host socket being closed
+	maxConns      int           // the connection table's size
+	maxGuestConns int           // of which guest-initiated connections may hold this many
 }
 
 // The connect deadline only ends a connection the guest does not answer:
 // a guest kernel answers a REQUEST in microseconds on hardware, but an
 // emulated or heavily loaded host can take seconds, so it is generous.
 var defaultLimits = limits{
-	connect:  10 * time.Second,
-	shutdown: 2 * time.Second,
-	dial:     2 * time.Second,
-	linger:   5 * time.Second,
+	connect:       10 * time.Second,
+	shutdown:      2 * time.Second,
+	dial:          2 * time.Second,
+	linger:        5 * time.Second,
+	maxConns:      maxConnections,
+	maxGuestConns: maxGuestConnections,
 }
 
 // driverQueues is the event loop's view of the driver's virtqueues: the
@@ -122,6 +133,7 @@ type muxer struct {
 	// Owned by the event loop.
 	q            driverQueues // nil while the driver is not active
 	conns        map[connKey]*conn
+	guestConns   int       // guest-initiated connections in conns
 	ready        []*conn   // connections with packets for the guest, served round robin
 	resets       []connKey // RST replies owed, for connections gone or never known
 	nextPort     uint32    // next local port to try for a host-initiated connection
@@ -347,6 +359,9 @@ func (m *muxer) reset(c *conn) {
 // remove drops c from the table and closes its host socket, gracefully
 // (guest data already queued is still written) or not.
 func (m *muxer) remove(c *conn, graceful bool) {
+	if c.guestInitiated && m.conns[c.key] == c {
+		m.guestConns--
+	}
 	delete(m.conns, c.key)
 	c.state = stateClosed
 	c.pending = nil
@@ -475,14 +490,19 @@ func (m *muxer) handle(c *conn, h *header, payload []byte) error {
 
 // guestConnect starts a guest-initiated connection: dial the host socket
 // for the destination port; the guest hears RESPONSE or RST when the dial
-// ends (dialDone).
+// ends (dialDone). Guest-initiated connections get only their share of
+// the table (limits.maxGuestConns).
 func (m *muxer) guestConnect(h *header) error {
-	if len(m.conns) >= maxConnections {
-		return fmt.Errorf("%s: %d connections open", h, len(m.conns))
+	if len(m.conns) >= m.limits.maxConns {
+		return fmt.Errorf("%s: connection table full: %d connections open", h, len(m.conns))
 	}
-	c := &conn{key: connKey{local: h.dstPort, peer: h.srcPort}, state: stateDialing}
+	if m.guestConns >= m.limits.maxGuestConns {
+		return fmt.Errorf("%s: %d guest-initiated connections open, the most allowed", h, m.guestConns)
+	}
+	c := &conn{key: connKey{local: h.dstPort, peer: h.srcPort}, state: stateDialing, guestInitiated: true}
 	c.updatePeerCredit(h)
 	m.conns[c.key] = c
+	m.guestConns++
 	m.spawn(func() { m.dial(c) })
 	return nil
 }
@@ -554,11 +574,12 @@ func (m *muxer) maybeRead(c *conn) {
 }
 
 // hostConnect starts a host-initiated connection for a client whose
-// CONNECT line named port.
+// CONNECT line named port. A full table refuses the client with the
+// reply refusedTableFull.
 func (m *muxer) hostConnect(uc *net.UnixConn, port uint32) {
-	if len(m.conns) >= maxConnections {
+	if len(m.conns) >= m.limits.maxConns {
 		m.log.Warn("host connection refused: connection table full", "port", port, "open", len(m.conns))
-		uc.Close()
+		m.spawn(func() { refuse(uc, refusedTableFull) })
 		return
 	}
 	c := &conn{key: m.allocLocalPort(port), state: stateConnecting, sendRequest: true}

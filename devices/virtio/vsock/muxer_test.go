@@ -2,6 +2,7 @@ package vsock
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -584,4 +586,65 @@ func TestShutdownTimeout(t *testing.T) {
 		t.Fatalf("SHUTDOWN flags %#x, want RCV|SEND", h.flags)
 	}
 	g.expect(t, opRST, hport, 12)
+}
+
+// TestConnectionLimits checks the connection table's caps. Guest-initiated
+// connections hold at most their share of it, so a guest cannot crowd out
+// the host's connections to it (the daemon's to the guest agent); and a
+// full table refuses a host client with a reason.
+func TestConnectionLimits(t *testing.T) {
+	lim := defaultLimits
+	lim.maxConns, lim.maxGuestConns = 6, 3
+	_, g, path := startDevice(t, lim)
+	ln := listenGuestPort(t, path, 5000)
+	accepted := make(chan *net.UnixConn, 8) // the host ends of guest-initiated connections
+	go func() {
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		for {
+			select {
+			case c := <-accepted:
+				c.Close()
+			default:
+				return
+			}
+		}
+	})
+
+	// The guest takes its share of the table, and no more though the
+	// table has room.
+	for port := uint32(40000); port < 40003; port++ {
+		g.send(guestHeader(opRequest, port, 5000), nil)
+		g.expect(t, opResponse, 5000, port)
+	}
+	g.send(guestHeader(opRequest, 40003, 5000), nil)
+	g.expect(t, opRST, 5000, 40003)
+
+	// The host's connections use the rest.
+	for range 3 {
+		establish(t, g, path, 1024, 64<<10)
+	}
+	// The table is full: a host client is told why it is refused, and the
+	// guest hears nothing.
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if c, err := Dial(ctx, path, 1024); err == nil || !strings.Contains(err.Error(), `"ERR connection table full\n"`) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Dial to a full table = %v, want a refusal naming the full table", err)
+	}
+	g.expectNothing(t, 50*time.Millisecond)
+
+	// A guest connection that ends frees its place for another.
+	g.send(guestHeader(opRST, 40000, 5000), nil)
+	g.send(guestHeader(opRequest, 40004, 5000), nil)
+	g.expect(t, opResponse, 5000, 40004)
 }
