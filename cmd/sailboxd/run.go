@@ -18,6 +18,7 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/images"
 	"github.com/sailbox-dev/sailbox/internal/vmmbackend"
+	"golang.org/x/sys/unix"
 )
 
 // config is the daemon's configuration, from flags.
@@ -31,6 +32,7 @@ type config struct {
 	Cmdline     string
 	Image       string
 	ImageDirs   []string
+	Limits      daemon.Limits
 	MemoryMiB   int
 	VCPUs       int
 	HostID      string
@@ -93,6 +95,9 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 		c.ImageDirs = append(c.ImageDirs, s)
 		return nil
 	})
+	fs.IntVar(&c.Limits.MaxRunning, "max-running", 0, "most boxes with a VM at once; a create, fork or wake past it answers 507 (0: no limit)")
+	fs.IntVar(&c.Limits.MaxMemoryMiB, "max-memory", 0, "most guest memory of running boxes together, MiB (0: no limit)")
+	fs.Int64Var(&c.Limits.MinFreeDiskMiB, "min-free-disk", 0, "free space the state directory's file system keeps, MiB: a create, fork or wake that finds less is refused (0: no limit)")
 	fs.IntVar(&c.MemoryMiB, "mem", c.MemoryMiB, "default guest memory of new boxes, MiB")
 	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "default vCPUs of new boxes")
 	fs.StringVar(&c.HostID, "host-id", host, "this host's placement ID")
@@ -107,6 +112,8 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
 	case c.HostID == "":
 		return c, errors.New("no host ID: give -host-id")
+	case c.Limits.MaxRunning < 0 || c.Limits.MaxMemoryMiB < 0 || c.Limits.MinFreeDiskMiB < 0:
+		return c, errors.New("-max-running, -max-memory and -min-free-disk cannot be negative")
 	case c.MinSchema < 0:
 		return c, fmt.Errorf("-min-resumable-schema %d is negative", c.MinSchema)
 	case c.Image != "" && !filepath.IsAbs(c.Image):
@@ -130,7 +137,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(c.Socket), 0o755); err != nil {
+	if err := apiserver.MakeSocketDir(c.Socket); err != nil {
 		return err
 	}
 	cat, err := catalog.Open(filepath.Join(c.StateDir, "catalog.db"), nil)
@@ -148,8 +155,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	c.Limits.FreeDiskMiB = func() (int64, error) { return freeDiskMiB(c.StateDir) }
 	m, err := daemon.New(daemon.Config{
-		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Images: imgs,
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Images: imgs, Limits: c.Limits,
 		Defaults: catalog.Spec{MemoryMiB: c.MemoryMiB, VCPUs: c.VCPUs, Image: c.Image},
 	})
 	if err != nil {
@@ -168,4 +176,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	err = apiserver.Serve(ctx, l, srv)
 	log.Info("sailboxd stopped; boxes keep running")
 	return err
+}
+
+// freeDiskMiB is the space unprivileged users may still use on dir's file
+// system, MiB.
+func freeDiskMiB(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize >> 20, nil
 }

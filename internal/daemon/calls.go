@@ -43,10 +43,16 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		}
 		spec.Image = p
 	}
+	release, err := m.admit("create", spec.MemoryMiB)
+	if err != nil {
+		return api.Box{}, err
+	}
 	b := catalog.Box{ID: m.newID(), State: lifecycle.Creating, Created: time.Now().UTC(), HostID: m.hostID, Spec: spec}
 	unlock := m.lock(b.ID)
 	defer unlock()
-	if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(b) }); err != nil {
+	err = m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(b) })
+	release() // recorded Creating: the catalog counts it now
+	if err != nil {
 		return api.Box{}, fmt.Errorf("create: %w", err)
 	}
 	// Like every change, a boot runs to its end (see apply).

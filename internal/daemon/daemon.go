@@ -10,7 +10,7 @@
 // then commits or deletes it, so a failed call leaves nothing
 // half-created, and Start removes what a crash left unfinished.
 //
-// Errors match ErrNotFound, ErrInvalidArgument, ErrConflict, ErrWrongHost,
+// Errors match ErrNotFound, ErrInvalidArgument, ErrConflict, ErrWrongHost, ErrCapacity,
 // lifecycle.ErrInvalidTransition, or errors.ErrUnsupported (a backend that
 // cannot do something yet); package internal/apiserver maps them to HTTP statuses.
 package daemon
@@ -57,6 +57,8 @@ type Config struct {
 	// Images resolves the images a create request names; nil refuses
 	// every image but the default.
 	Images *images.Dirs
+	// Limits bound what the host runs (admission control).
+	Limits Limits
 	// MinResumableSchema is the oldest guest schema version that can be
 	// restored safely; a box older than that is rebooted onto the
 	// current agent when it next wakes. 0: any.
@@ -73,12 +75,16 @@ type Manager struct {
 	hostID    string
 	defaults  catalog.Spec
 	images    *images.Dirs
+	limits    Limits
 	minSchema int
 	log       *slog.Logger
 	newID     func() string
 
 	locks sync.Map   // box ID → *sync.Mutex, held for every change of the box
 	gcMu  sync.Mutex // one collection of unreferenced checkpoints at a time
+
+	admitMu sync.Mutex // guards adm
+	adm     admission
 
 	fwd    forwards
 	closed atomic.Bool // Close was called
@@ -90,7 +96,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("daemon: a catalog and a backend are required")
 	}
 	m := &Manager{
-		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images,
+		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, limits: cfg.Limits,
 		minSchema: cfg.MinResumableSchema, log: cfg.Logger, newID: cfg.NewID,
 	}
 	if m.log == nil {

@@ -62,6 +62,11 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 			return b, err
 		}
 	case lifecycle.ActRestore:
+		release, err := m.admit(fmt.Sprintf("box %s: %s", id, op), b.Spec.MemoryMiB)
+		if err != nil {
+			return b, err
+		}
+		defer release() // once b is recorded Running, or the wake failed
 		if err := m.wake(ctx, &b); err != nil {
 			return b, err
 		}
@@ -214,7 +219,16 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 		}
 	}
 	child.BaseCheckpoint = ck.ID
-	if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(child) }); err != nil {
+	release, err := m.admit(fmt.Sprintf("box %s: fork", b.ID), child.Spec.MemoryMiB)
+	if err != nil {
+		if act == lifecycle.ActForkLive {
+			m.abortCheckpoint(ck.ID)
+		}
+		return child, ck, err
+	}
+	err = m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(child) })
+	release() // recorded Creating: the catalog counts it now
+	if err != nil {
 		if act == lifecycle.ActForkLive {
 			m.abortCheckpoint(ck.ID)
 		}
