@@ -87,9 +87,15 @@ func lookupGroup(name string) (int, error) {
 }
 
 // Serve serves h on l until ctx ends, then shuts down gracefully (for at
-// most five seconds: exec streams may be long).
+// most five seconds: exec streams may be long). A client gets
+// DefaultHeaderTimeout to send a request's headers and DefaultIdleTimeout
+// between requests; the body's bound is the Server's.
 func Serve(ctx context.Context, l net.Listener, h http.Handler) error {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	return serve(ctx, l, h, defaultConnTimeouts)
+}
+
+func serve(ctx context.Context, l net.Listener, h http.Handler, t connTimeouts) error {
+	srv := newHTTPServer(h, t)
 	stopped := make(chan struct{})
 	go func() {
 		defer close(stopped)

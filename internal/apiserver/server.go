@@ -47,17 +47,22 @@ type Config struct {
 	// /v1/inference/P goes to InferenceUpstream/P. Nil answers 501.
 	InferenceUpstream *url.URL
 	// InferenceClient makes the upstream calls; nil uses a client with a
-	// 10-minute timeout.
+	// 10-minute timeout. Its redirect policy is replaced: the proxy never
+	// follows a redirect but answers it, as a reverse proxy does.
 	InferenceClient *http.Client
+	// BodyTimeout bounds the time a client may take to send a call's
+	// body; zero means DefaultBodyTimeout. See limitBodyTime.
+	BodyTimeout time.Duration
 }
 
 // Server serves the API.
 type Server struct {
-	m        *daemon.Manager
-	log      *slog.Logger
-	upstream *url.URL
-	client   *http.Client
-	mux      *http.ServeMux
+	m           *daemon.Manager
+	log         *slog.Logger
+	upstream    *url.URL
+	client      *http.Client
+	bodyTimeout time.Duration
+	mux         *http.ServeMux
 }
 
 // Route is one endpoint: a method and a path pattern in ServeMux syntax
@@ -73,13 +78,21 @@ type route struct {
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{m: cfg.Manager, log: cfg.Logger, upstream: cfg.InferenceUpstream, client: cfg.InferenceClient}
+	s := &Server{m: cfg.Manager, log: cfg.Logger, upstream: cfg.InferenceUpstream, client: cfg.InferenceClient, bodyTimeout: cfg.BodyTimeout}
+	if s.bodyTimeout <= 0 {
+		s.bodyTimeout = DefaultBodyTimeout
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.client == nil {
 		s.client = &http.Client{Timeout: 10 * time.Minute}
 	}
+	// A redirect followed here could take the call, and the headers it
+	// carries, to another host; the caller gets the 3xx instead.
+	noRedirects := *s.client
+	noRedirects.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	s.client = &noRedirects
 	s.mux = http.NewServeMux()
 	for _, rt := range s.routes() {
 		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt.h))
@@ -107,7 +120,7 @@ func (s *Server) routes() []route {
 		{Route{"POST", "/v1/boxes/{id}/upgrade"}, s.upgrade},
 		{Route{"POST", "/v1/boxes/{id}/exec"}, s.exec},
 		{Route{"GET", "/v1/boxes/{id}/files"}, s.readFile},
-		{Route{"PUT", "/v1/boxes/{id}/files"}, s.writeFile},
+		{Route{"PUT", "/v1/boxes/{id}/files"}, uploading(s.writeFile)},
 		{Route{"POST", "/v1/boxes/{id}/ports"}, s.expose},
 		{Route{"DELETE", "/v1/boxes/{id}/ports/{host_port}"}, s.unexpose},
 		{Route{"GET", "/v1/inference/{path...}"}, s.inference},
@@ -149,10 +162,12 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// wrap turns a handler's error into an error answer and logs the call.
+// wrap bounds the time to send the call's body, turns the handler's error
+// into an error answer and logs the call.
 func (s *Server) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		s.limitBodyTime(rw, r)
 		w := &statusWriter{ResponseWriter: rw}
 		err := h(w, r)
 		if err != nil && w.status == 0 {
@@ -536,6 +551,10 @@ func (s *Server) inference(w http.ResponseWriter, r *http.Request) error {
 	if s.upstream == nil {
 		return fmt.Errorf("inference proxy: %w: the daemon has no upstream configured", errors.ErrUnsupported)
 	}
+	path, err := inferencePath(r)
+	if err != nil {
+		return err
+	}
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInference))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -545,7 +564,7 @@ func (s *Server) inference(w http.ResponseWriter, r *http.Request) error {
 		return badRequest("read body: %v", err)
 	}
 	target := *s.upstream
-	target.Path = strings.TrimSuffix(target.Path, "/") + "/" + r.PathValue("path")
+	target.Path = strings.TrimSuffix(target.Path, "/") + "/" + path
 	target.RawQuery = r.URL.RawQuery
 	var status int
 	var header http.Header
@@ -586,6 +605,20 @@ func (s *Server) inference(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(status)
 	_, err = w.Write(answer)
 	return err
+}
+
+// inferencePath is the part of an inference call's path that goes below
+// the upstream's base. It is unescaped, so an escaped dot (%2e) or slash
+// (%2f) shows here as what the upstream would make of it; a "." or ".."
+// segment, which would take the call outside the base, is refused.
+func inferencePath(r *http.Request) (string, error) {
+	p := r.PathValue("path")
+	for _, seg := range strings.Split(p, "/") {
+		if seg == "." || seg == ".." {
+			return "", badRequest("inference path %q has a %q segment", p, seg)
+		}
+	}
+	return p, nil
 }
 
 func isHop(h string) bool {
