@@ -174,6 +174,7 @@ const (
 	CodeInvalidTransition = "invalid_transition"
 	CodeConflict          = "conflict"
 	CodeWrongHost         = "wrong_host"
+	CodeCapacity          = "capacity" // 507: the host is at a configured limit
 	CodeTooLarge          = "too_large"
 	CodeUnsupported       = "unsupported"
 	CodeUnavailable       = "unavailable"

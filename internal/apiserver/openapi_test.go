@@ -190,7 +190,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		t.Errorf("State enum %v, lifecycle has %v", got, states)
 	}
 	codes := []string{api.CodeBadRequest, api.CodeNotFound, api.CodeInvalidTransition, api.CodeConflict, api.CodeWrongHost,
-		api.CodeTooLarge, api.CodeUnsupported, api.CodeUnavailable, api.CodeInternal}
+		api.CodeCapacity, api.CodeTooLarge, api.CodeUnsupported, api.CodeUnavailable, api.CodeInternal}
 	var got []string
 	if p, ok := doc.Components.Schemas["ErrorBody"].Properties["code"].(map[string]any); ok {
 		for _, c := range p["enum"].([]any) {

@@ -224,6 +224,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, daemon.ErrWrongHost):
 		return http.StatusMisdirectedRequest, api.CodeWrongHost
+	case errors.Is(err, daemon.ErrCapacity):
+		return http.StatusInsufficientStorage, api.CodeCapacity
 	case errors.Is(err, errors.ErrUnsupported):
 		return http.StatusNotImplemented, api.CodeUnsupported
 	case errors.As(err, &upstream):
