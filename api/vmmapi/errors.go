@@ -14,6 +14,9 @@ var (
 	ErrConflict = errors.New("the VM's state does not allow the call")
 	// ErrBadRequest: the request cannot be served as asked (400).
 	ErrBadRequest = errors.New("bad request")
+	// ErrNoSpace: the host's disk is full (507; syscall.ENOSPC maps to
+	// it too).
+	ErrNoSpace = errors.New("no space left on the host")
 )
 
 // Error is a VMM's refusal of a call, as the client returns it.
@@ -27,9 +30,12 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("vmm api %s: %s (%d)", e.Op, e.Message, e.Status)
 }
 
-// Is matches ErrConflict to a 409 and ErrBadRequest to a 400.
+// Is matches ErrConflict to a 409, ErrBadRequest to a 400 and
+// ErrNoSpace to a 507.
 func (e *Error) Is(target error) bool {
 	switch target {
+	case ErrNoSpace:
+		return e.Status == http.StatusInsufficientStorage
 	case ErrConflict:
 		return e.Status == http.StatusConflict
 	case ErrBadRequest:

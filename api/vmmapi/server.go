@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"syscall"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/snapshot"
@@ -100,9 +101,12 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 
 // statusOf is the one place where a Controller's errors become HTTP
 // statuses: the VMM's refusals of a call its state does not allow are
-// 409, a request it cannot serve as asked is 400, anything else 500.
+// 409, a request it cannot serve as asked is 400, a full disk 507,
+// anything else 500.
 func statusOf(err error) int {
 	switch {
+	case errors.Is(err, ErrNoSpace), errors.Is(err, syscall.ENOSPC):
+		return http.StatusInsufficientStorage
 	case errors.Is(err, ErrBadRequest):
 		return http.StatusBadRequest
 	case errors.Is(err, ErrConflict),

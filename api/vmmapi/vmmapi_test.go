@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -129,6 +131,8 @@ func TestStatusOf(t *testing.T) {
 		fmt.Errorf("working set: %w: booted", ErrConflict):                  409,
 		fmt.Errorf("fork: %w: -fork-name needs -restore", ErrBadRequest):    400,
 		errors.New("seal disk vda: no space left on device"):                500,
+		&os.PathError{Op: "write", Path: "memory.tmp", Err: syscall.ENOSPC}: 507,
+		fmt.Errorf("checkpoint c1: %w", ErrNoSpace):                         507,
 		fmt.Errorf("restore: %w", errors.New("ErrConflict in the message")): 500,
 	} {
 		if got := statusOf(err); got != want {

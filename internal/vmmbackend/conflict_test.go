@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -35,11 +36,19 @@ func (refusingVM) Fork(req vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
 	return vmmapi.ForkResult{}, fmt.Errorf("checkpoint %s: %w", req.CheckpointID, vmm.ErrNotRunning)
 }
 
+// fullDiskVM is a VMM whose store's disk is full.
+type fullDiskVM struct{ hungVM }
+
+func (fullDiskVM) Status() vmmapi.Status { return vmmapi.Status{State: "running", PID: os.Getpid()} }
+func (fullDiskVM) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
+	return vmmapi.CheckpointResult{}, fmt.Errorf("checkpoint %s: page copy: %w", req.ID, &os.PathError{Op: "write", Path: "memory.tmp", Err: syscall.ENOSPC})
+}
+
 // A call the VMM refuses because of the VM's state answers 409 through
 // sailboxd, with the VMM's reason, never 500: vmmapi's server maps the
 // VMM's sentinel, the client returns it typed, the backend maps it to the
 // daemon's conflict and the API server to 409. A box the backend runs no
-// VM for is a conflict too.
+// VM for is a conflict too; a full disk is 507.
 func TestVMMRefusalsAnswer409(t *testing.T) {
 	b := newBackend(t)
 	cat, err := catalog.Open(filepath.Join(t.TempDir(), "catalog.db"), &catalog.Options{NoSync: true})
@@ -47,20 +56,22 @@ func TestVMMRefusalsAnswer409(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cat.Close()
-	box := catalog.Box{ID: "sb-1", State: lifecycle.Running, HostID: "h", Created: time.Now(), Spec: catalog.Spec{MemoryMiB: 256, VCPUs: 1}}
-	if err := cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(box) }); err != nil {
-		t.Fatal(err)
-	}
-	// The box's VMM, found by the daemon's start as after a restart.
-	f := b.files(box.ID)
-	os.MkdirAll(f.dir, 0o700)
-	l, err := net.Listen("unix", f.apiSock)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go vmmapi.Serve(ctx, l, refusingVM{})
+	for id, vm := range map[string]vmmapi.Controller{"sb-1": refusingVM{}, "sb-full": fullDiskVM{}} {
+		box := catalog.Box{ID: id, State: lifecycle.Running, HostID: "h", Created: time.Now(), Spec: catalog.Spec{MemoryMiB: 256, VCPUs: 1}}
+		if err := cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(box) }); err != nil {
+			t.Fatal(err)
+		}
+		// The box's VMM, found by the daemon's start as after a restart.
+		f := b.files(box.ID)
+		os.MkdirAll(f.dir, 0o700)
+		l, err := net.Listen("unix", f.apiSock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go vmmapi.Serve(ctx, l, vm)
+	}
 
 	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: b, HostID: "h"})
 	if err != nil {
@@ -88,6 +99,10 @@ func TestVMMRefusalsAnswer409(t *testing.T) {
 		if status != http.StatusConflict || eb.Code != api.CodeConflict || !strings.Contains(eb.Error, "machine not running") {
 			t.Errorf("%s refused by the VMM: %d %+v, want 409 %s with the VMM's reason", call, status, eb, api.CodeConflict)
 		}
+	}
+	// A full disk under the store is the host's capacity, 507.
+	if status, eb := post("/v1/boxes/sb-full/checkpoint"); status != http.StatusInsufficientStorage || eb.Code != api.CodeCapacity || !strings.Contains(eb.Error, "no space left on device") {
+		t.Errorf("checkpoint on a full disk: %d %+v, want 507 %s", status, eb, api.CodeCapacity)
 	}
 	// No VM behind a box the catalog calls running.
 	if _, err := b.Checkpoint(ctx, "sb-none", "c"); !errors.Is(err, daemon.ErrConflict) {

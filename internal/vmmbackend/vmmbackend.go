@@ -125,10 +125,14 @@ func (b *Backend) get(box string) (*vm, error) {
 }
 
 // vmmError is err from box's VMM refusing or failing op, as the daemon
-// sees it: a refusal because of the VM's state is a daemon.ErrConflict.
+// sees it: a refusal because of the VM's state is a daemon.ErrConflict,
+// a full disk a daemon.ErrCapacity.
 func vmmError(box, op string, err error) error {
-	if errors.Is(err, vmmapi.ErrConflict) {
+	switch {
+	case errors.Is(err, vmmapi.ErrConflict):
 		return fmt.Errorf("box %s: %s: %w: %w", box, op, daemon.ErrConflict, err)
+	case errors.Is(err, vmmapi.ErrNoSpace):
+		return fmt.Errorf("box %s: %s: %w: %w", box, op, daemon.ErrCapacity, err)
 	}
 	return fmt.Errorf("box %s: %s: %w", box, op, err)
 }
