@@ -9,11 +9,17 @@ import (
 	"os"
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 	"github.com/sailbox-dev/sailbox/internal/vmmcontrol"
 	"github.com/sailbox-dev/sailbox/snapshot"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
+
+// consoleLogMax caps the console log file and its one backup: the guest
+// decides how much it prints, and its console costs at most twice this
+// much host disk.
+const consoleLogMax = 8 << 20
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c, err := vmmapi.ParseLaunch(args, stderr)
@@ -21,12 +27,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var console []io.Writer
 	if c.Console {
 		console = append(console, stdout)
 	}
 	if c.ConsoleLog != "" {
-		f, err := os.OpenFile(c.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+		f, err := guestlog.OpenCapped(c.ConsoleLog, consoleLogMax, log)
 		if err != nil {
 			return fmt.Errorf("console log: %w", err)
 		}
@@ -45,7 +52,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	var m *vmm.Machine
 	if c.Restore != "" {
 		m, err = vmm.Restore(sys, vmm.RestoreConfig{

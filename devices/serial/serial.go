@@ -4,7 +4,10 @@
 // receive-data interrupts, and a receive FIFO for host input.
 //
 // Output is written synchronously to an io.Writer: the transmitter is always
-// empty, so LSR reports THRE|TEMT and the guest never waits.
+// empty, so LSR reports THRE|TEMT and the guest never waits. Its write
+// errors are ignored, and the writer is called on the vCPU's goroutine, so
+// it should neither block nor grow without bound: a console log is a
+// guestlog.CappedFile.
 package serial
 
 import (

@@ -2,7 +2,11 @@ package serial
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"testing"
+
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 )
 
 type countIRQ struct{ n int }
@@ -99,5 +103,56 @@ func TestReceive(t *testing.T) {
 	s.Receive(make([]byte, 2*fifoMax))
 	if len(s.in) != fifoMax {
 		t.Errorf("fifo holds %d bytes, want at most %d", len(s.in), fifoMax)
+	}
+}
+
+// TestConsoleLogIsCapped has the guest print far more than the console
+// log's cap, a byte at a time as the 8250 driver does: the log and its
+// backup hold at most two caps' worth, the end of the output, and the
+// transmitter never looks busy, even once the log's directory is gone.
+func TestConsoleLogIsCapped(t *testing.T) {
+	const capBytes = 16 << 10
+	const total = 16 * capBytes
+	dir := t.TempDir()
+	path := filepath.Join(dir, "console.log")
+	log, err := guestlog.OpenCapped(path, capBytes, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := New(&countIRQ{}, log)
+	out := func(n int) {
+		t.Helper()
+		for i := range n {
+			if s.in8(regLSR)&lsrTHRE == 0 {
+				t.Fatal("THRE clear: the guest would wait for the console log")
+			}
+			s.out8(regData, 'a'+byte(i%26))
+		}
+	}
+	out(total)
+	var use int64
+	for _, name := range []string{"console.log", "console.log.1"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		use += fi.Size()
+	}
+	if use != 2*capBytes {
+		t.Errorf("%d bytes printed leave %d bytes of log, want %d", total, use, 2*capBytes)
+	}
+	if b, _ := os.ReadFile(path + ".1"); len(b) == 0 || b[0] != 'a'+byte((total-2*capBytes)%26) {
+		t.Error("the backup is not the output before the current file")
+	}
+
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	out(2 * capBytes)
+	if err := log.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if log.Lost() == 0 {
+		t.Error("no bytes counted lost with the log's directory gone")
 	}
 }

@@ -6,8 +6,10 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/devices"
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 )
 
 // MMIOSize is the size of a virtio-mmio device's register window: the
@@ -86,9 +88,12 @@ var statusOrder = [...]struct{ bit, after uint32 }{
 // Activate, which does not take that lock.
 type MMIO struct {
 	// Logger receives the transport's logs: protocol errors of the driver
-	// and failed activations. Nil discards them. Set it before the guest
+	// and failed activations, at most warnsPerSecond a second, which the
+	// guest can cause at will. Nil discards them. Set it before the guest
 	// runs.
 	Logger *slog.Logger
+
+	logLimit *guestlog.Limiter // set by NewMMIO; one budget for the transport's life
 
 	dev     Device
 	mem     devices.GuestMemory
@@ -128,10 +133,11 @@ type MMIO struct {
 // interrupts are raised on irq.
 func NewMMIO(dev Device, mem devices.GuestMemory, irq devices.Interrupt) *MMIO {
 	m := &MMIO{
-		dev:     dev,
-		mem:     mem,
-		irq:     irq,
-		offered: dev.Features() | FeatureVersion1,
+		dev:      dev,
+		mem:      mem,
+		irq:      irq,
+		offered:  dev.Features() | FeatureVersion1,
+		logLimit: guestlog.NewLimiter(warnsPerSecond, time.Second),
 	}
 	for i, size := range dev.QueueSizes() {
 		q := NewQueue(size)
@@ -427,9 +433,8 @@ func (m *MMIO) reset() {
 	m.interruptStatus.Store(0)
 }
 
-func (m *MMIO) logger() *slog.Logger {
-	if m.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return m.Logger
-}
+// logger returns Logger, rate-limited.
+func (m *MMIO) logger() *slog.Logger { return m.logLimit.Logger(m.Logger) }
+
+// warnsPerSecond bounds the transport's logs.
+const warnsPerSecond = 10

@@ -14,9 +14,11 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/virtio"
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 )
 
 // SectorSize is the unit of capacity and of request offsets (spec §5.2.4,
@@ -72,6 +74,10 @@ const idBytes = 20
 // copyChunk bounds the bounce buffer between the image and guest memory.
 const copyChunk = 64 << 10
 
+// warnsPerSecond bounds the device's logs: a guest can make every request
+// fail, and so write a warning per request.
+const warnsPerSecond = 10
+
 // Backend is the raw image a Block serves: its bytes, read and written at
 // byte offsets, and a way to make completed writes durable. Its size is
 // fixed while the device uses it; the device reads it once, in New.
@@ -103,7 +109,8 @@ type Config struct {
 // virtio.Device, virtio.Persistent and virtio.Pauser.
 type Block struct {
 	// Logger receives the device's logs: malformed requests and I/O
-	// errors. Nil discards them. Set it before the device is activated.
+	// errors, at most warnsPerSecond a second. Nil discards them. Set it
+	// before the device is activated.
 	Logger *slog.Logger
 
 	// Set by New, then read-only.
@@ -112,6 +119,7 @@ type Block struct {
 	capacity uint64 // in sectors
 	id       [idBytes]byte
 	config   [configSize]byte
+	logLimit *guestlog.Limiter // one budget for the device's life: a reset does not renew it
 
 	// mu guards the fields below and serializes Activate, Notify, Reset,
 	// Pause, Resume and Close.
@@ -134,7 +142,12 @@ func New(be Backend, cfg Config) (*Block, error) {
 	if err := checkID(cfg.ID); err != nil {
 		return nil, fmt.Errorf("virtio-blk: %w", err)
 	}
-	b := &Block{be: be, readOnly: cfg.ReadOnly, capacity: uint64(size) / SectorSize}
+	b := &Block{
+		be:       be,
+		readOnly: cfg.ReadOnly,
+		capacity: uint64(size) / SectorSize,
+		logLimit: guestlog.NewLimiter(warnsPerSecond, time.Second),
+	}
 	copy(b.id[:], cfg.ID)
 	binary.LittleEndian.PutUint64(b.config[configCapacity:], b.capacity)
 	binary.LittleEndian.PutUint32(b.config[configSegMax:], segMax)
@@ -261,12 +274,8 @@ func (b *Block) stopWorker() {
 	b.worker = nil
 }
 
-func (b *Block) logger() *slog.Logger {
-	if b.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return b.Logger
-}
+// logger returns Logger, rate-limited.
+func (b *Block) logger() *slog.Logger { return b.logLimit.Logger(b.Logger) }
 
 // worker is the request loop of one activation. Its fields are set before
 // its goroutine starts and only that goroutine uses the queue and buf.

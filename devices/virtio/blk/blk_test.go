@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/devices/virtio"
 	vt "github.com/sailbox-dev/sailbox/devices/virtio/virtiotest"
@@ -310,6 +313,76 @@ func TestBadRequests(t *testing.T) {
 	// The device still works.
 	if r := readSectors(t, d, 0, SectorSize); r.status != statusOK {
 		t.Errorf("read after bad requests: status %d", r.status)
+	}
+}
+
+// lineCounter counts the lines written into it, from any goroutine.
+type lineCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *lineCounter) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n += bytes.Count(p, []byte("\n"))
+	return len(p), nil
+}
+
+func (c *lineCounter) lines() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// TestBadRequestFloodLogsBounded has a guest send thousands of requests
+// the device warns about: the warnings logged are bounded by the time the
+// flood took, not by its size, across resets of the device.
+func TestBadRequestFloodLogsBounded(t *testing.T) {
+	b, d, _ := newDevice(t, false, featureFlush)
+	var logged lineCounter
+	b.Logger = slog.New(slog.NewTextHandler(&logged, nil))
+
+	// The buffers are reused: the device only reads and writes them.
+	pastEnd := d.Readable(header(typeIn, testSectors))
+	data := d.Writable(SectorSize)
+	status := d.Writable(1)
+	noStatus := d.Readable(header(typeFlush, 0))
+
+	const rounds = 40
+	requests := 0
+	start := time.Now()
+	for round := range rounds {
+		// The Logger is read at activation, as a reset-and-restart loop
+		// of a hostile driver would have it read again and again.
+		d.Reset()
+		if err := d.Start(featureFlush, 1); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for ; n < queueSize/3; n++ {
+			bufs := []vt.Buf{pastEnd, data, status}
+			if (round+n)%2 == 0 {
+				bufs = []vt.Buf{noStatus}
+			}
+			if _, err := d.Queue(0).Offer(bufs...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d.Kick(0)
+		if used, err := d.WaitUsed(0, n); err != nil || len(used) != n {
+			t.Fatalf("round %d: used %d of %d, %v", round, len(used), n, err)
+		}
+		requests += n
+	}
+	elapsed := time.Since(start)
+
+	// Each second the flood lasted, or part of one, starts at most one
+	// interval of the limiter: warnsPerSecond warnings and a count of
+	// those suppressed.
+	bound := (int(elapsed/time.Second) + 1) * (warnsPerSecond + 1)
+	if got := logged.lines(); got > bound || got == 0 {
+		t.Errorf("%d bad requests in %v logged %d lines, want 1 to %d", requests, elapsed, got, bound)
 	}
 }
 

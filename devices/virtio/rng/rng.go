@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/virtio"
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 )
 
 // queueSize is the maximum size of the request queue (spec §5.4.2: one
@@ -23,13 +25,20 @@ const queueSize = 64
 // vCPU that makes it, to queueSize × MaxRequest.
 const MaxRequest = 64 << 10
 
+// warnsPerSecond bounds the device's logs: a guest can make every request
+// malformed, and so write a warning per request.
+const warnsPerSecond = 10
+
 // Entropy is a virtio entropy device. It implements virtio.Device. Requests
 // are filled on the goroutine of the vCPU that kicks: getting random bytes
 // is quick and bounded.
 type Entropy struct {
-	// Logger receives the device's logs: malformed requests. Nil discards
-	// them. Set it before the device is activated.
+	// Logger receives the device's logs: malformed requests, at most
+	// warnsPerSecond a second. Nil discards them. Set it before the
+	// device is activated.
 	Logger *slog.Logger
+
+	logLimit *guestlog.Limiter // set by New; one budget for the device's life
 
 	// mu guards the fields below and serializes Activate, Notify and Reset.
 	mu     sync.Mutex
@@ -40,7 +49,9 @@ type Entropy struct {
 }
 
 // New returns an entropy device.
-func New() *Entropy { return &Entropy{} }
+func New() *Entropy {
+	return &Entropy{logLimit: guestlog.NewLimiter(warnsPerSecond, time.Second)}
+}
 
 // Type is virtio.TypeEntropy.
 func (e *Entropy) Type() uint32 { return virtio.TypeEntropy }
@@ -132,9 +143,5 @@ func (e *Entropy) Reset() {
 	e.mem, e.queue, e.signal = nil, nil, nil
 }
 
-func (e *Entropy) logger() *slog.Logger {
-	if e.Logger == nil {
-		return slog.New(slog.DiscardHandler)
-	}
-	return e.Logger
-}
+// logger returns Logger, rate-limited.
+func (e *Entropy) logger() *slog.Logger { return e.logLimit.Logger(e.Logger) }

@@ -10,6 +10,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 )
 
 // Bounds on what a connection, and the device, may hold.
@@ -144,12 +146,12 @@ type muxer struct {
 	// REQUEST the guest took before handling the reset would be reset
 	// with the old connections, and the host client would wait out its
 	// connect deadline.
-	resetUnacked   bool
-	eventsLeft     int       // event buffers available once the reset took one; one more acknowledges it
-	txBuf          []byte    // one tx packet, header and largest payload
-	warnPeriod     time.Time // start of the current guestWarn second
-	warnCount      int       // guest warnings logged in it
-	warnSuppressed int       // and suppressed
+	resetUnacked bool
+	eventsLeft   int    // event buffers available once the reset took one; one more acknowledges it
+	txBuf        []byte // one tx packet, header and largest payload
+	// guestLog logs what the guest can cause at will, at most
+	// guestWarnsPerSecond records a second.
+	guestLog *slog.Logger
 }
 
 func newMuxer(ctx context.Context, guestCID uint64, udsPath string, log *slog.Logger, lim limits) *muxer {
@@ -157,6 +159,7 @@ func newMuxer(ctx context.Context, guestCID uint64, udsPath string, log *slog.Lo
 		guestCID: guestCID,
 		udsPath:  udsPath,
 		log:      log,
+		guestLog: guestlog.NewLimiter(guestWarnsPerSecond, time.Second).Logger(log),
 		limits:   lim,
 		ctx:      ctx,
 		events:   make(chan func(*muxer)),
@@ -661,19 +664,5 @@ func (m *muxer) hostWriteClosed(c *conn, err error) {
 	m.maybeFinish(c)
 }
 
-// guestWarn logs a warning the guest can cause at will, at most
-// guestWarnsPerSecond a second.
-func (m *muxer) guestWarn(msg string, args ...any) {
-	if now := time.Now(); now.Sub(m.warnPeriod) >= time.Second {
-		if m.warnSuppressed > 0 {
-			m.log.Warn("guest warnings suppressed", "count", m.warnSuppressed)
-		}
-		m.warnPeriod, m.warnCount, m.warnSuppressed = now, 0, 0
-	}
-	if m.warnCount < guestWarnsPerSecond {
-		m.warnCount++
-		m.log.Warn(msg, args...)
-		return
-	}
-	m.warnSuppressed++
-}
+// guestWarn logs a warning the guest can cause at will, rate-limited.
+func (m *muxer) guestWarn(msg string, args ...any) { m.guestLog.Warn(msg, args...) }
