@@ -26,8 +26,9 @@ import (
 // before intact, and the next checkpoint possible.
 //
 // $SAILBOX_CHAOS_TRIALS sets the number of trials of each test (default
-// 20 daemon kills, 10 host failures, 30 disconnects: 10 each of create, checkpoint and fork); $SAILBOX_CHAOS_SEED
-// replays a run (its seed is logged).
+// 20 daemon kills, 10 host failures, 30 disconnects: 10 each of create,
+// checkpoint and fork); $SAILBOX_CHAOS_SEED replays a run (its seed is
+// logged).
 
 // chaosTrials is $SAILBOX_CHAOS_TRIALS, or def.
 func chaosTrials(t *testing.T, def int) int {
