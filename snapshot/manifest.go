@@ -92,6 +92,10 @@ const (
 	MaxIDLen       = 128      // bytes of a state or disk ID
 	MaxManifest    = 256 << 20
 	maxVCPUs       = 1024
+	// MaxMemorySize bounds a guest's memory: 1 TiB. What is sized by it
+	// (a working set's bitmaps: 32 MiB each at most) stays bounded for
+	// a manifest that claims more.
+	MaxMemorySize = 1 << 40
 )
 
 var stateIDPattern = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]*(/[a-z0-9._-]+)*$`)
@@ -117,8 +121,8 @@ func (m *Manifest) Validate() error {
 			return fmt.Errorf("manifest parent: %w", err)
 		}
 	}
-	if m.MemorySize == 0 || m.MemorySize%memlayer.PageSize != 0 || m.MemorySize/memlayer.PageSize > memlayer.MaxPages {
-		return fmt.Errorf("manifest memory size %d: want a non-zero multiple of %d", m.MemorySize, memlayer.PageSize)
+	if m.MemorySize == 0 || m.MemorySize%memlayer.PageSize != 0 || m.MemorySize > MaxMemorySize {
+		return fmt.Errorf("manifest memory size %d: want a non-zero multiple of %d, at most %d", m.MemorySize, memlayer.PageSize, uint64(MaxMemorySize))
 	}
 	if m.VCPUs < 1 || m.VCPUs > maxVCPUs {
 		return fmt.Errorf("manifest vCPU count %d: want 1 to %d", m.VCPUs, maxVCPUs)

@@ -211,6 +211,7 @@ func TestValidate(t *testing.T) {
 		"parent":            func(m *Manifest) { m.Parent = "../x" },
 		"memory size":       func(m *Manifest) { m.MemorySize = 4097 },
 		"no memory":         func(m *Manifest) { m.MemorySize = 0 },
+		"memory too large":  func(m *Manifest) { m.MemorySize = 4 << 50 }, // would size 128 GiB working-set bitmaps
 		"vcpus":             func(m *Manifest) { m.VCPUs = 0 },
 		"schema":            func(m *Manifest) { m.GuestSchemaVersion = -1 },
 		"layer ID":          func(m *Manifest) { m.Memory[0].ID = "" },
