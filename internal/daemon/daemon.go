@@ -23,6 +23,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/images"
@@ -86,6 +87,9 @@ type Manager struct {
 	admitMu sync.Mutex // guards adm
 	adm     admission
 
+	exitsMu sync.Mutex             // guards exits
+	exits   map[string][]time.Time // recent exits of each box's VM on its own
+
 	fwd    forwards
 	closed atomic.Bool // Close was called
 }
@@ -111,6 +115,7 @@ func New(cfg Config) (*Manager, error) {
 	if m.defaults.VCPUs == 0 {
 		m.defaults.VCPUs = 1
 	}
+	m.exits = map[string][]time.Time{}
 	m.fwd.init(m)
 	return m, nil
 }

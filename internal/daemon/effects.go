@@ -88,6 +88,9 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(id) }); err != nil {
 			return b, fmt.Errorf("box %s: terminate: %w", id, err)
 		}
+		m.exitsMu.Lock()
+		delete(m.exits, id)
+		m.exitsMu.Unlock()
 		b.State = eff.Next
 		freed, err := m.collect(ctx)
 		out.freed = freed

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
@@ -234,8 +235,44 @@ func (m *Manager) vmLost(id string) {
 	if alive, _ := m.be.Attach(ctx, id); alive {
 		return // a newer VM of the box runs
 	}
+	if m.crashLooping(id) {
+		m.log.Error("box's VM keeps exiting right after its restores; marking it failed (resume restores it again)",
+			"box", id, "exits", crashLoopExits, "within", crashLoopWindow)
+		if _, err := m.apply(ctx, id, lifecycle.OpFail, nil); err != nil {
+			m.log.Error("cannot mark a crash-looping box failed", "box", id, "err", err)
+		}
+		return
+	}
 	m.log.Warn("box's VM exited on its own; restoring it from its last checkpoint", "box", id)
 	if _, err := m.lost(ctx, id); err != nil {
 		m.log.Error("box not restored", "box", id, "err", err)
 	}
+}
+
+// A box whose VM exits on its own crashLoopExits times within
+// crashLoopWindow is not restored again: its checkpoint, its guest or
+// the host makes it die, and restoring it at once would only spin.
+const (
+	crashLoopExits  = 3
+	crashLoopWindow = time.Minute
+)
+
+// crashLooping records that box id's VM exited on its own and reports
+// whether it has done so crashLoopExits times within crashLoopWindow.
+func (m *Manager) crashLooping(id string) bool {
+	m.exitsMu.Lock()
+	defer m.exitsMu.Unlock()
+	now := time.Now()
+	recent := []time.Time{now}
+	for _, t := range m.exits[id] {
+		if now.Sub(t) < crashLoopWindow {
+			recent = append(recent, t)
+		}
+	}
+	if len(recent) >= crashLoopExits {
+		delete(m.exits, id)
+		return true
+	}
+	m.exits[id] = recent
+	return false
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
@@ -210,5 +211,36 @@ func TestRestartStopsVMOfSleepingBox(t *testing.T) {
 	e.open()
 	if got := e.get(a.ID); got.State != lifecycle.Sleeping || e.fake.Running(a.ID) {
 		t.Errorf("after restart: %+v, VM running %v", got, e.fake.Running(a.ID))
+	}
+}
+
+// A box whose VM dies right after each automatic restore is not restored
+// over and over: the third exit within a minute marks it failed, and a
+// resume brings it back.
+func TestCrashLoopMarksFailed(t *testing.T) {
+	e := newEnv(t)
+	a := e.create()
+	if _, err := e.m.Checkpoint(e.ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s: box %+v", what, e.get(a.ID))
+			}
+		}
+	}
+	for i := range 2 {
+		e.fake.Crash(a.ID)
+		waitFor(fmt.Sprintf("restore %d", i+1), func() bool { return e.fake.Running(a.ID) })
+	}
+	e.fake.Crash(a.ID)
+	waitFor("failed", func() bool { return e.get(a.ID).State == lifecycle.Failed })
+	if e.fake.Running(a.ID) {
+		t.Error("a crash-looping box was restored a third time")
+	}
+	if b, err := e.m.Resume(e.ctx, a.ID); err != nil || b.State != lifecycle.Running {
+		t.Errorf("resume after a crash loop: %+v, %v", b, err)
 	}
 }
