@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 
-.PHONY: demo test bench stress soak deps kernel initramfs lab-kernel fuzz
+.PHONY: demo test bench stress soak chaos deps kernel initramfs lab-kernel fuzz
 
 # The main job: the demo on real KVM (in the KVM lab when the host has none):
 # sailboxd and a box's lifecycle driven with sail, all from bin/.
@@ -63,6 +63,18 @@ soak: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	go run ./cmd/kvmlab test -boots $(SOAK_BOOTS) -timeout 10m -run '^TestKVMChurn$$' ./cmd/sailbox-vmm/
+
+# The chaos and load tests of the kvm tier at full length, not part of
+# `make test` (which runs them shorter): CHAOS_TRIALS trials each and
+# fifteen minutes of twenty boxes cycling exec, sleep and wake.
+CHAOS_TRIALS ?= 40
+chaos: deps
+	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
+	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	go build -o bin/ ./cmd/sailbox-vmm
+	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
+	export SAILBOX_CHAOS_TRIALS=$(CHAOS_TRIALS) SAILBOX_LOAD_DURATION=15m
+	go run ./cmd/kvmlab test -timeout 90m -run '^(TestKVMChaos|TestLoadKVM)' ./cmd/sailboxd/
 
 deps:
 	build/deps.sh
