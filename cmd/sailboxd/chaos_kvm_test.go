@@ -60,12 +60,12 @@ const (
 	checkBuffer = "[ ! -e /tmp/buf ] && [ ! -e /tmp/buf.md5 ] || md5sum -c -s /tmp/buf.md5" // a box created meanwhile has none
 )
 
-// The daemon alone is killed at a random point of a checkpoint, a fork, a
-// sleep or a wake; the VMMs live on. The restarted daemon takes them back
-// and loses nothing.
-func TestKVMChaosDaemonKilledMidCall(t *testing.T) {
+// newChaos prepares a chaos test: a host, its box with the buffer written
+// (and checkpointed, with checkpoint), the number of trials (def unless
+// $SAILBOX_CHAOS_TRIALS), a random source and a context long enough.
+func newChaos(t *testing.T, def int, checkpoint bool) (*host, api.Box, int, *rand.Rand, context.Context) {
 	h := newHost(t)
-	trials := chaosTrials(t, 20)
+	trials := chaosTrials(t, def)
 	rng := chaosRand(t)
 	ctx := ctxFor(t, time.Duration(trials)*3*time.Minute)
 	box, err := h.c.Create(ctx, api.CreateRequest{})
@@ -73,9 +73,19 @@ func TestKVMChaosDaemonKilledMidCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.run(box.ID, "sh", "-c", writeBuffer)
-	if _, err := h.c.Checkpoint(ctx, box.ID); err != nil {
-		t.Fatal(err)
+	if checkpoint {
+		if _, err := h.c.Checkpoint(ctx, box.ID); err != nil {
+			t.Fatal(err)
+		}
 	}
+	return h, box, trials, rng, ctx
+}
+
+// The daemon alone is killed at a random point of a checkpoint, a fork, a
+// sleep or a wake; the VMMs live on. The restarted daemon takes them back
+// and loses nothing.
+func TestKVMChaosDaemonKilledMidCall(t *testing.T) {
+	h, box, trials, rng, ctx := newChaos(t, 20, true)
 	ops := map[string]func() error{
 		"checkpoint": func() error { _, err := h.c.Checkpoint(ctx, box.ID); return err },
 		"fork":       func() error { _, err := h.c.Fork(ctx, box.ID); return err },
@@ -107,18 +117,7 @@ func TestKVMChaosDaemonKilledMidCall(t *testing.T) {
 // a host failure. Each box comes back from its most recent completed
 // checkpoint, with the memory it had then.
 func TestKVMChaosHostFailureMidCheckpoint(t *testing.T) {
-	h := newHost(t)
-	trials := chaosTrials(t, 10)
-	rng := chaosRand(t)
-	ctx := ctxFor(t, time.Duration(trials)*3*time.Minute)
-	box, err := h.c.Create(ctx, api.CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.run(box.ID, "sh", "-c", writeBuffer)
-	if _, err := h.c.Checkpoint(ctx, box.ID); err != nil {
-		t.Fatal(err)
-	}
+	h, box, trials, rng, ctx := newChaos(t, 10, true)
 	prev := "" // what /tmp/trial held at the box's last completed checkpoint
 	for i := range trials {
 		h.run(box.ID, "sh", "-c", "echo -n "+strconv.Itoa(i)+" > /tmp/trial")
@@ -154,15 +153,7 @@ func TestKVMChaosHostFailureMidCheckpoint(t *testing.T) {
 // that the daemon does not know, and no layer is stored that the catalog
 // does not reference.
 func TestKVMChaosClientDisconnects(t *testing.T) {
-	h := newHost(t)
-	trials := chaosTrials(t, 30)
-	rng := chaosRand(t)
-	ctx := ctxFor(t, time.Duration(trials)*3*time.Minute)
-	box, err := h.c.Create(ctx, api.CreateRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.run(box.ID, "sh", "-c", writeBuffer)
+	h, box, trials, rng, ctx := newChaos(t, 30, false)
 	for i := range trials {
 		op := []string{"create", "checkpoint", "fork"}[i%3]
 		cctx, cancel := context.WithCancel(ctx)
