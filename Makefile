@@ -74,7 +74,7 @@ chaos: deps
 	go build -o bin/ ./cmd/sailbox-vmm
 	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
 	export SAILBOX_CHAOS_TRIALS=$(CHAOS_TRIALS) SAILBOX_LOAD_DURATION=15m
-	go run ./cmd/kvmlab test -timeout 90m -run '^(TestKVMChaos|TestLoadKVM)' ./cmd/sailboxd/
+	go run ./cmd/kvmlab test -timeout 90m -run '^(TestKVMChaos|TestChaosKVM|TestLoadKVM)' ./cmd/sailboxd/
 
 deps:
 	build/deps.sh
