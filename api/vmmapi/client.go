@@ -50,13 +50,6 @@ func (c *Client) Checkpoint(ctx context.Context, id string) (CheckpointResult, e
 	return res, err
 }
 
-// Fork checkpoints the VM and starts a child VMM restored from it.
-func (c *Client) Fork(ctx context.Context, req ForkRequest) (ForkResult, error) {
-	var res ForkResult
-	err := c.doJSON(ctx, "/fork", req, &res)
-	return res, err
-}
-
 // SaveWorkingSet asks a restored VM to record its working set.
 func (c *Client) SaveWorkingSet(ctx context.Context) (WorkingSetResult, error) {
 	var res WorkingSetResult

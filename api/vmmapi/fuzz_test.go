@@ -16,8 +16,6 @@ func FuzzHandler(f *testing.F) {
 		{"GET", "/status", ""},
 		{"POST", "/checkpoint", `{"id":"c1"}`},
 		{"POST", "/checkpoint", `{"id":1}`},
-		{"POST", "/fork", `{"checkpoint_id":"f1","child":{"fork_name":"x","api_socket":"/a","vsock_uds":"/v"}}`},
-		{"POST", "/fork", `{"checkpoint_id":"f1","child":{"memory_mib":"many"}}`},
 		{"POST", "/pause", ""},
 		{"POST", "/working-set", "junk"},
 		{"DELETE", "/status", ""},

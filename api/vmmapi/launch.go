@@ -17,7 +17,7 @@ import (
 
 // Launch is how one sailbox-vmm process starts: boot a kernel (on new
 // disks or on a checkpoint's), or restore a checkpoint, possibly as a
-// fork. Whoever starts a VMM (the daemon's backend, a VMM forking) builds
+// fork. Whoever starts a VMM (the daemon's backend, a test) builds
 // a Launch and runs Start; sailbox-vmm parses its flags back with
 // ParseLaunch, or reads the same fields from a JSON file (-config).
 type Launch struct {

@@ -10,8 +10,7 @@ import (
 	"testing"
 )
 
-// sampleLaunches are one of each kind of launch the daemon and a fork
-// make.
+// sampleLaunches are one of each kind of launch the daemon makes.
 var sampleLaunches = map[string]Launch{
 	"boot": {
 		Kernel: "/k", Initrd: "/i", Cmdline: "quiet loglevel=3", MemoryMiB: 512, VCPUs: 2,

@@ -22,7 +22,6 @@ type Controller interface {
 	Pause() error
 	Resume() error
 	Checkpoint(CheckpointRequest) (CheckpointResult, error)
-	Fork(ForkRequest) (ForkResult, error)
 	DescribeVCPUs() string
 	SaveWorkingSet() (WorkingSetResult, error)
 }
@@ -60,18 +59,6 @@ func Handler(c Controller) http.Handler {
 			return
 		}
 		res, err := c.Checkpoint(req)
-		reply(w, http.StatusOK, res, err)
-	})
-	mux.HandleFunc("POST /fork", func(w http.ResponseWriter, r *http.Request) {
-		var req ForkRequest
-		if !decode(w, r, &req) {
-			return
-		}
-		if req.CheckpointID == "" || req.Child.ForkName == "" || req.Child.APISocket == "" || req.Child.VsockUDS == "" {
-			writeJSON(w, http.StatusBadRequest, errorBody{"fork: checkpoint_id and the child's fork_name, api_socket and vsock_uds are required"})
-			return
-		}
-		res, err := c.Fork(req)
 		reply(w, http.StatusOK, res, err)
 	})
 	mux.HandleFunc("GET /vcpus", func(w http.ResponseWriter, r *http.Request) {

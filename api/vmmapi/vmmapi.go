@@ -7,8 +7,6 @@
 //	POST /pause       → 204; every vCPU and device stops
 //	POST /resume      → 204
 //	POST /checkpoint  CheckpointRequest → CheckpointResult (the VM keeps running)
-//	POST /fork        ForkRequest → ForkResult: a checkpoint, then a child
-//	                  VMM restored from it; the parent keeps running
 //	GET  /vcpus       → VCPUs: where each vCPU is, for a guest that stopped
 //	                  answering (the VM pauses for a moment)
 //	POST /working-set → WorkingSetResult: a restored VM records the pages its
@@ -54,23 +52,6 @@ type CheckpointResult struct {
 	DiskBytes   int64     `json:"disk_bytes"`   // disk blocks sealed
 	PauseNanos  int64     `json:"pause_ns"`     // how long the guest was stopped
 	TotalNanos  int64     `json:"total_ns"`
-}
-
-// ForkRequest asks for a fork: checkpoint CheckpointID, then a child VMM
-// started with Child, restored from it. The parent fills in Child's
-// checkpoint store and the checkpoint to restore; Child must name the
-// fork (ForkName: the guest's hostname and machine-id), its control
-// socket and its vsock socket.
-type ForkRequest struct {
-	CheckpointID string `json:"checkpoint_id"`
-	Child        Launch `json:"child"`
-}
-
-// ForkResult is the checkpoint the child was restored from, and the
-// child's process.
-type ForkResult struct {
-	Checkpoint CheckpointResult `json:"checkpoint"`
-	ChildPID   int              `json:"child_pid"`
 }
 
 // VCPUs describes where each vCPU is: registers, pending interrupts and

@@ -37,9 +37,6 @@ func (f *fakeVM) Resume() error { f.paused.Store(false); return nil }
 func (f *fakeVM) Checkpoint(req CheckpointRequest) (CheckpointResult, error) {
 	return CheckpointResult{ID: req.ID, Pages: 7}, nil
 }
-func (f *fakeVM) Fork(req ForkRequest) (ForkResult, error) {
-	return ForkResult{Checkpoint: CheckpointResult{ID: req.CheckpointID}, ChildPID: 99}, nil
-}
 func (f *fakeVM) DescribeVCPUs() string { return "vcpu 0 rip=0x1000\n" }
 func (f *fakeVM) SaveWorkingSet() (WorkingSetResult, error) {
 	if f.saves.Add(1) > 1 {
@@ -82,13 +79,6 @@ func TestClientServer(t *testing.T) {
 	}
 	if res, err := c.Checkpoint(ctx, "c1"); err != nil || res.ID != "c1" || res.Pages != 7 {
 		t.Errorf("checkpoint = %+v, %v", res, err)
-	}
-	child := Launch{ForkName: "x", APISocket: "/run/x/api.sock", VsockUDS: "/run/x/vsock.sock"}
-	if res, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Child: child}); err != nil || res.ChildPID != 99 || res.Checkpoint.ID != "f1" {
-		t.Errorf("fork = %+v, %v", res, err)
-	}
-	if _, err := c.Fork(ctx, ForkRequest{CheckpointID: "f1", Child: Launch{ForkName: "x"}}); !errors.Is(err, ErrBadRequest) {
-		t.Errorf("fork without the child's sockets: %v, want a 400", err)
 	}
 	if d, err := c.DescribeVCPUs(ctx); err != nil || d != vm.DescribeVCPUs() {
 		t.Errorf("vcpus = %q, %v; want %q", d, err, vm.DescribeVCPUs())

@@ -109,7 +109,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 		defer os.Remove(c.APISocket)
-		go vmmapi.Serve(ctx, l, vmmcontrol.New(m, c, root, ""))
+		go vmmapi.Serve(ctx, l, vmmcontrol.New(m, c, root))
 	}
 	if c.Restore != "" && c.VsockUDS != "" {
 		go vmmcontrol.FixUpRestoredGuest(ctx, c, log)

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -17,8 +16,8 @@ import (
 	"github.com/sailbox-dev/sailbox/snapshot"
 )
 
-// asMain makes the test binary run sailbox-vmm's main when started as a
-// fork's child VMM (the parent execs its own executable).
+// asMain makes the test binary run sailbox-vmm's main when a test starts
+// it as a fork's child VMM.
 const asMain = "SAILBOX_VMM_TEST_AS_MAIN"
 
 func TestMain(m *testing.M) {
@@ -29,9 +28,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// The control socket pauses, resumes, checkpoints and forks a running VM:
-// the fork is a new sailbox-vmm process restored from the checkpoint, with
-// the parent's memory and its own identity; the parent runs on.
+// The control socket pauses, resumes and checkpoints a running VM, and a
+// fork is a new sailbox-vmm process restored from a checkpoint, with the
+// parent's memory and its own identity; the parent runs on.
 func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 	kvmtest.Require(t)
 	dir := t.TempDir()
@@ -67,21 +66,29 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 		t.Errorf("second checkpoint c1: %v, want 409", err)
 	}
 
+	// A fork: a checkpoint, then a new sailbox-vmm process restored from
+	// it as a fork (the daemon's backend does the same).
+	fc, err := api.Checkpoint(ctx, "f1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fc.Parent != "c1" {
+		t.Errorf("fork checkpoint's parent %q, want c1", fc.Parent)
+	}
 	t.Setenv(asMain, "1")
 	child := vmmapi.Launch{
-		ForkName:  "kid",
+		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
+		Store: filepath.Join(dir, "store"), Restore: "f1", ForkName: "kid",
 		APISocket: filepath.Join(dir, "child.api"),
 		VsockUDS:  filepath.Join(dir, "child.vsock"),
 		Log:       filepath.Join(dir, "child.log"),
 	}
-	fr, err := api.Fork(ctx, vmmapi.ForkRequest{CheckpointID: "f1", Child: child})
+	cmd, err := child.Start(os.Args[0])
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fr.Checkpoint.Parent != "c1" {
-		t.Errorf("fork checkpoint's parent %q, want c1", fr.Checkpoint.Parent)
-	}
-	t.Cleanup(func() { syscall.Kill(fr.ChildPID, syscall.SIGKILL) })
+	go cmd.Wait()
+	t.Cleanup(func() { cmd.Process.Kill() })
 	kid := guestagent.NewHybridClient(child.VsockUDS)
 	if _, err := kid.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
 		log, _ := os.ReadFile(child.Log)

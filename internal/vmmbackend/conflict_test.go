@@ -25,15 +25,12 @@ import (
 )
 
 // refusingVM is a VMM whose machine has stopped: it refuses checkpoints
-// and forks as the real one does (vmm.ErrNotRunning).
+// (and so forks) as the real one does (vmm.ErrNotRunning).
 type refusingVM struct{ hungVM }
 
 func (refusingVM) Status() vmmapi.Status { return vmmapi.Status{State: "running", PID: os.Getpid()} }
 func (refusingVM) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
 	return vmmapi.CheckpointResult{}, fmt.Errorf("checkpoint %s: %w", req.ID, vmm.ErrNotRunning)
-}
-func (refusingVM) Fork(req vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
-	return vmmapi.ForkResult{}, fmt.Errorf("checkpoint %s: %w", req.CheckpointID, vmm.ErrNotRunning)
 }
 
 // fullDiskVM is a VMM whose store's disk is full.

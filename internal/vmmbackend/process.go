@@ -140,8 +140,8 @@ func watchPID(pid int, exited chan struct{}) {
 }
 
 // running reports whether process pid exists and has not exited. A
-// zombie has exited: a fork's VMM whose parent VMM is gone is reaped by
-// init, which may take its time (or, as a container's PID 1, never do it).
+// zombie has exited: a VMM whose daemon is gone is reaped by init, which
+// may take its time (or, as a container's PID 1, never do it).
 func running(pid int) bool {
 	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {

@@ -151,32 +151,20 @@ func (b *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.Checkp
 }
 
 func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.CheckpointInfo, daemon.Instance, error) {
-	v, err := b.get(parent)
+	info, err := b.Checkpoint(ctx, parent, ckpt)
 	if err != nil {
 		return daemon.CheckpointInfo{}, daemon.Instance{}, err
 	}
-	f := b.files(child)
-	if err := os.MkdirAll(f.dir, 0o700); err != nil {
-		return daemon.CheckpointInfo{}, daemon.Instance{}, err
-	}
-	// The parent VMM fills in the store and the checkpoint.
-	launch := b.restoreLaunch(child, "", true)
-	launch.Store = ""
-	res, err := v.ctl.Fork(ctx, vmmapi.ForkRequest{CheckpointID: ckpt, Child: launch})
-	if err != nil {
-		return daemon.CheckpointInfo{}, daemon.Instance{}, vmmError(parent, "fork", err)
-	}
-	cv := &vm{files: f, pid: res.ChildPID, ctl: vmmapi.NewClient(f.apiSock), agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), restored: true}
-	go watchPID(cv.pid, cv.exited)
-	inst, err := b.adopt(ctx, child, cv)
-	return daemon.CheckpointInfo{Created: res.Checkpoint.Created}, inst, err
+	// The child is a restore like any other, started by the backend (a
+	// VMM never starts processes: its seccomp filter forbids it).
+	inst, err := b.Restore(ctx, child, ckpt, true)
+	return info, inst, err
 }
 
 // Stop asks the VMM to shut down, and kills it if it has not exited in
 // ten seconds. A box's VMM the backend does not track (one a crash left
-// behind: a create or a wake the daemon did not see through, a fork's
-// child the parent VMM started for a client that had gone) is found by
-// its control socket and killed.
+// behind: a create, a fork or a wake the daemon did not see through) is
+// found by its control socket and killed.
 func (b *Backend) Stop(ctx context.Context, box string) error {
 	b.mu.Lock()
 	v := b.vms[box]

@@ -216,9 +216,6 @@ func (hungVM) Resume() error         { return nil }
 func (hungVM) Checkpoint(vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
 	return vmmapi.CheckpointResult{}, errors.New("hung")
 }
-func (hungVM) Fork(vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
-	return vmmapi.ForkResult{}, errors.New("hung")
-}
 func (hungVM) DescribeVCPUs() string { return "vcpu 0 rip=0xfeedface\n" }
 func (hungVM) SaveWorkingSet() (vmmapi.WorkingSetResult, error) {
 	return vmmapi.WorkingSetResult{}, errors.New("hung")

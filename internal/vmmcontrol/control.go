@@ -1,7 +1,7 @@
 // Package vmmcontrol serves one running machine's control API (package
 // vmmapi) inside sailbox-vmm: status, pause and resume, checkpoints, the
-// working set, and forks, which start a child sailbox-vmm restored from a
-// checkpoint of the machine.
+// working set. It never starts a process: a fork is a checkpoint here and
+// a restore the daemon starts.
 package vmmcontrol
 
 import (
@@ -27,23 +27,20 @@ type Controller struct {
 	launch  vmmapi.Launch  // how this VMM was started
 	root    *snapshot.Root // nil without a store
 	started time.Time
-	// self is the sailbox-vmm binary a fork starts.
-	self string
-	// busy is held by a checkpoint or a fork from start to end, which go
-	// on when their client has gone; Status waits for it.
+	// busy is held by a checkpoint from start to end, which goes on
+	// when its client has gone; Status waits for it.
 	busy sync.Mutex
 }
 
 // New returns the controller of machine m, which a VMM started with
-// launch runs; root is its checkpoint store (nil without one). Forks
-// start the binary at self (empty: this process's own).
-func New(m *vmm.Machine, launch vmmapi.Launch, root *snapshot.Root, self string) *Controller {
-	return &Controller{m: m, launch: launch, root: root, started: time.Now(), self: self}
+// launch runs; root is its checkpoint store (nil without one).
+func New(m *vmm.Machine, launch vmmapi.Launch, root *snapshot.Root) *Controller {
+	return &Controller{m: m, launch: launch, root: root, started: time.Now()}
 }
 
 var _ vmmapi.Controller = (*Controller)(nil)
 
-// Status describes the machine once no checkpoint or fork is in
+// Status describes the machine once no checkpoint is in
 // progress: a daemon that restarted attaches with it, and then sees the
 // store as the previous daemon's last call left it (committed or not).
 func (c *Controller) Status() vmmapi.Status {
@@ -75,10 +72,6 @@ func (c *Controller) SaveWorkingSet() (vmmapi.WorkingSetResult, error) {
 func (c *Controller) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
 	c.busy.Lock()
 	defer c.busy.Unlock()
-	return c.checkpoint(req)
-}
-
-func (c *Controller) checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointResult, error) {
 	if c.root == nil {
 		return vmmapi.CheckpointResult{}, fmt.Errorf("checkpoint: %w: the VMM runs without -store", vmmapi.ErrConflict)
 	}
@@ -91,35 +84,6 @@ func (c *Controller) checkpoint(req vmmapi.CheckpointRequest) (vmmapi.Checkpoint
 		Pages: st.Pages, PageBytes: st.PageBytes, LayerBytes: st.LayerBytes, PausedPages: st.PausedPages,
 		DiskBytes: st.DiskBytes, PauseNanos: st.Pause.Nanoseconds(), TotalNanos: st.Total.Nanoseconds(),
 	}, nil
-}
-
-// Fork checkpoints the machine and starts a child VMM restored from that
-// checkpoint as req.Child says, in this VMM's store. The parent keeps
-// running.
-func (c *Controller) Fork(req vmmapi.ForkRequest) (vmmapi.ForkResult, error) {
-	c.busy.Lock()
-	defer c.busy.Unlock()
-	child := req.Child
-	child.Store, child.Restore = c.launch.Store, req.CheckpointID
-	if err := child.Validate(); err != nil {
-		return vmmapi.ForkResult{}, fmt.Errorf("fork: %w: %w", vmmapi.ErrBadRequest, err)
-	}
-	cp, err := c.checkpoint(vmmapi.CheckpointRequest{ID: req.CheckpointID})
-	if err != nil {
-		return vmmapi.ForkResult{}, err
-	}
-	self := c.self
-	if self == "" {
-		if self, err = os.Executable(); err != nil {
-			return vmmapi.ForkResult{}, fmt.Errorf("fork: %w", err)
-		}
-	}
-	cmd, err := child.Start(self)
-	if err != nil {
-		return vmmapi.ForkResult{}, fmt.Errorf("fork: %w", err)
-	}
-	go cmd.Wait()
-	return vmmapi.ForkResult{Checkpoint: cp, ChildPID: cmd.Process.Pid}, nil
 }
 
 // FixUpRestoredGuest tells a restored guest's agent, reached through the
