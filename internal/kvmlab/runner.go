@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sailbox-dev/sailbox/internal/kvmtest"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
@@ -61,6 +62,9 @@ func (r *Runner) Run(ctx context.Context, plan *Plan) (*Result, error) {
 }
 
 func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
+	for i := range plan.Steps {
+		plan.Steps[i].Env = append(plan.Steps[i].Env, kvmtest.LabEnv+"=1")
+	}
 	lab, err := r.newLab(ctx)
 	if err != nil {
 		return nil, err
