@@ -83,7 +83,13 @@ func newHost(t *testing.T, args ...string) *host {
 func (h *host) start() {
 	t := h.t
 	t.Helper()
-	h.logs = &syncBuffer{}
+	// One log across restarts: what a killed daemon said last is often
+	// what explains the next one's trouble.
+	if h.logs == nil {
+		h.logs = &syncBuffer{}
+	} else {
+		fmt.Fprintf(h.logs, "--- sailboxd restarted at %s ---\n", time.Now().Format(time.TimeOnly))
+	}
 	args := append([]string{
 		"-state-dir", h.stateDir, "-socket", h.sock, "-host-id", "lab",
 		"-vmm", os.Getenv("SAILBOX_VMM"), "-initrd", h.initrd, "-image", h.image, "-mem", "128",
