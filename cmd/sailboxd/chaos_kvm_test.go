@@ -15,6 +15,7 @@ import (
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/client"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/snapshot"
 )
 
@@ -229,6 +230,7 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 			}
 			if _, code, err := h.exec(b.ID, "sh", "-c", checkBuffer); err != nil || code != 0 {
 				t.Errorf("box %s's memory buffer: exit %d, %v", b.ID, code, err)
+				h.describeVCPUs(ctx, b.ID)
 			}
 			if checkpoint {
 				if _, err := h.c.Checkpoint(ctx, b.ID); err != nil {
@@ -270,6 +272,15 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 	if len(layers) > 0 {
 		t.Errorf("layers stored that no checkpoint references: %v", layers)
 	}
+}
+
+// describeVCPUs logs where box id's vCPUs are, for a guest that stopped
+// answering: a RIP in the lab's kernel is the lab's emulated SVM at fault
+// (the runner looks for the sign), anything else a bug to chase.
+func (h *host) describeVCPUs(ctx context.Context, id string) {
+	ctl := vmmapi.NewClient(filepath.Join(h.stateDir, "run", id, "api.sock"))
+	d, err := ctl.DescribeVCPUs(ctx)
+	h.t.Logf("box %s's vCPUs (%v):\n%s", id, err, d)
 }
 
 // storeContents opens the host's checkpoint store: its completed
