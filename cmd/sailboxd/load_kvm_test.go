@@ -77,6 +77,9 @@ func TestLoadKVMSleepWake(t *testing.T) {
 			out, code, err = h.exec(id, argv...)
 		}
 		if err != nil || code != 0 || out != strconv.Itoa(round) {
+			if err != nil {
+				h.describeVCPUs(ctx, id)
+			}
 			return fmt.Errorf("exec in %s (round %d): %q, exit %d, %v", id, round, out, code, err)
 		}
 		if _, err := h.c.Sleep(ctx, id); err != nil {
