@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/sailbox-dev/sailbox/vmm/seccomp"
 )
 
 // Launch is how one sailbox-vmm process starts: boot a kernel (on new
@@ -46,6 +48,16 @@ type Launch struct {
 	// and the VM's checkpoints continue those layers. This is how a box
 	// is upgraded onto a new kernel or guest agent.
 	DisksFrom string `json:"disks_from,omitempty"`
+	// Seccomp is what the VMM's system-call filter, installed just before
+	// the guest runs, does to a call off its list: kill the VMM (""
+	// or "kill", the default), trap (SIGSYS with a Go stack trace that
+	// names the call, for diagnosis), or nothing ("off": no filter).
+	Seccomp seccomp.Mode `json:"seccomp,omitempty"`
+	// NoLandlock runs the guest without the VMM's Landlock rules
+	// (internal/vmmlandlock), which otherwise leave it only the files
+	// this Launch names: for finding out whether a failure is a missing
+	// rule. The flag is -landlock=false.
+	NoLandlock bool `json:"no_landlock,omitempty"`
 	// Log is the file Start appends the process's own output (stdout and
 	// stderr: its errors and warnings) to; empty discards it. Not a flag:
 	// the starter opens it.
@@ -142,6 +154,10 @@ func (l Launch) Args() []string {
 	str("restore", l.Restore)
 	str("fork-name", l.ForkName)
 	str("disks-from", l.DisksFrom)
+	str("seccomp", string(l.Seccomp))
+	if l.NoLandlock {
+		args = append(args, "-landlock=false")
+	}
 	return args
 }
 
@@ -172,9 +188,12 @@ func ParseLaunch(args []string, stderr io.Writer) (Launch, error) {
 	fs.StringVar(&l.Restore, "restore", "", "restore checkpoint `ID` from -store instead of booting")
 	fs.StringVar(&l.ForkName, "fork-name", "", "with -restore: the guest is a fork named `NAME` (new hostname and machine-id)")
 	fs.StringVar(&l.DisksFrom, "disks-from", "", "boot -kernel on the disks of checkpoint `ID` from -store (a fresh boot; memory is not restored) instead of -disk")
+	fs.Var(&l.Seccomp, "seccomp", "what the system-call filter does to a call off its list: `kill` the VMM (the default), trap (SIGSYS and a stack trace naming the call) or off (no filter)")
+	landlock := fs.Bool("landlock", true, "confine the VMM's files to those named here with Landlock, before the guest runs")
 	if err := fs.Parse(args); err != nil {
 		return l, err
 	}
+	l.NoLandlock = !*landlock
 	if fs.NArg() > 0 {
 		return l, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
@@ -206,6 +225,9 @@ func ParseLaunch(args []string, stderr io.Writer) (Launch, error) {
 
 // Validate checks that l describes one launch, naming the flags at fault.
 func (l Launch) Validate() error {
+	if err := l.Seccomp.Validate(); err != nil {
+		return fmt.Errorf("-seccomp: %w", err)
+	}
 	layered := slices.ContainsFunc(l.Disks, func(d LaunchDisk) bool { return d.Layered })
 	switch {
 	case l.Restore != "" && l.Store == "":

@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+
+	"github.com/sailbox-dev/sailbox/vmm/seccomp"
 )
 
 // sampleLaunches are one of each kind of launch the daemon makes.
@@ -23,6 +25,12 @@ var sampleLaunches = map[string]Launch{
 	},
 	"restore": {MemoryMiB: DefaultMemoryMiB, VCPUs: DefaultVCPUs, Store: "/store", Restore: "sb-1-c3", VsockUDS: "/v", APISocket: "/a"},
 	"fork":    {MemoryMiB: DefaultMemoryMiB, VCPUs: DefaultVCPUs, Store: "/store", Restore: "sb-1-c3", ForkName: "sb-2", VsockUDS: "/v", APISocket: "/a"},
+	// Each seccomp mode, spelled out (the daemon leaves it empty: kill).
+	"diagnose":           {Kernel: "/k", MemoryMiB: DefaultMemoryMiB, VCPUs: DefaultVCPUs, Console: true, Seccomp: seccomp.Trap},
+	"unfiltered":         {MemoryMiB: DefaultMemoryMiB, VCPUs: DefaultVCPUs, Store: "/store", Restore: "sb-1-c3", Seccomp: seccomp.Off},
+	"explicitly-killing": {Kernel: "/k", MemoryMiB: DefaultMemoryMiB, VCPUs: DefaultVCPUs, Seccomp: seccomp.Kill},
+	// Without Landlock (the daemon leaves it on).
+	"unconfined": {MemoryMiB: DefaultMemoryMiB, VCPUs: DefaultVCPUs, Store: "/store", Restore: "sb-1-c3", VsockUDS: "/v", NoLandlock: true},
 }
 
 // What a starter builds is what sailbox-vmm parses: Args and ParseLaunch
@@ -76,6 +84,8 @@ func TestLaunchRefuses(t *testing.T) {
 		"no kernel":                             {},
 		"-vsock-cid and -vsock-uds go together": {Kernel: "/k", VsockCID: 3},
 		"reserved":                              {Kernel: "/k", VsockCID: 2, VsockUDS: "/v"},
+		"-seccomp: unknown seccomp mode":        {Kernel: "/k", Seccomp: "allow"},
+		`unknown seccomp mode "Kill"`:           {Store: "/s", Restore: "c1", Seccomp: "Kill"},
 	} {
 		if err := l.Validate(); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Validate(%+v) = %v, want %q", l, err, want)
@@ -88,6 +98,16 @@ func TestLaunchRefuses(t *testing.T) {
 		if _, err := ParseLaunch([]string{"-kernel", "k", "-disk", bad}, &bytes.Buffer{}); err == nil {
 			t.Errorf("-disk %q accepted", bad)
 		}
+	}
+	for _, bad := range []string{"bogus", "KILL", "trap,kill"} {
+		if _, err := ParseLaunch([]string{"-kernel", "k", "-seccomp", bad}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "want kill, trap or off") {
+			t.Errorf("-seccomp %q: %v", bad, err)
+		}
+	}
+	cfg := filepath.Join(t.TempDir(), "vm.json")
+	os.WriteFile(cfg, []byte(`{"kernel": "/k", "seccomp": "log"}`), 0o644)
+	if _, err := ParseLaunch([]string{"-config", cfg}, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), `unknown seccomp mode "log"`) {
+		t.Errorf(`a config with "seccomp": "log": %v`, err)
 	}
 }
 

@@ -73,7 +73,7 @@ type childVMM struct {
 	err              error
 }
 
-func startChildVMM(t *testing.T, dir string) *childVMM {
+func startChildVMM(t *testing.T, dir string, extra ...string) *childVMM {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
@@ -83,9 +83,9 @@ func startChildVMM(t *testing.T, dir string) *childVMM {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v.cmd = exec.Command(os.Args[0], "-kernel", kvmtest.Artifact(t, "SAILBOX_GUEST_KERNEL"),
+	v.cmd = exec.Command(os.Args[0], append([]string{"-kernel", kvmtest.Artifact(t, "SAILBOX_GUEST_KERNEL"),
 		"-initrd", kvmtest.Artifact(t, "SAILBOX_GUEST_INITRAMFS"), "-mem", "128", "-cpus", "2",
-		"-vsock-cid", "3", "-vsock-uds", v.vsock, "-api-sock", v.api, "-console=false")
+		"-vsock-cid", "3", "-vsock-uds", v.vsock, "-api-sock", v.api, "-console=false"}, extra...)...)
 	v.cmd.Env = append(os.Environ(), asMain+"=1")
 	v.cmd.Stdout, v.cmd.Stderr = log, log
 	if err := v.cmd.Start(); err != nil {

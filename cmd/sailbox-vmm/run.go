@@ -11,9 +11,11 @@ import (
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/internal/guestlog"
 	"github.com/sailbox-dev/sailbox/internal/vmmcontrol"
+	"github.com/sailbox-dev/sailbox/internal/vmmlandlock"
 	"github.com/sailbox-dev/sailbox/snapshot"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
+	"github.com/sailbox-dev/sailbox/vmm/seccomp"
 )
 
 // consoleLogMax caps the console log file and its one backup: the guest
@@ -115,6 +117,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		go vmmcontrol.FixUpRestoredGuest(ctx, c, log)
 	}
 
+	if err := vmmlandlock.Restrict(c, log); err != nil {
+		return err
+	}
+	if err := seccomp.Install(c.Seccomp); err != nil {
+		return err
+	}
 	exit, err := m.Run(ctx)
 	if err != nil {
 		return fmt.Errorf("vm stopped (%v): %w", exit, err)

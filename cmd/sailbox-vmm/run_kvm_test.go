@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -84,6 +86,14 @@ func startVMM(t *testing.T, extra ...string) *vmmProcess {
 		"-kernel", kvmtest.Artifact(t, "SAILBOX_GUEST_KERNEL"),
 		"-initrd", kvmtest.Artifact(t, "SAILBOX_GUEST_INITRAMFS"),
 		"-mem", "256", "-vsock-cid", "3", "-vsock-uds", p.vsock, "-api-sock", p.api,
+		// run is this test process: a filter would stay on it and kill
+		// its next exec. The VMMs tests start as processes have one
+		// (TestKVMSeccompFilter).
+		"-seccomp", "off",
+		// Landlock would stay on it too, and keep the tests that follow
+		// from their files; TestKVMDaemonUnprivileged and every VMM
+		// started as a process run under it.
+		"-landlock=false",
 	}
 	args = append(args, extra...)
 	go func() {
@@ -169,5 +179,124 @@ func TestKVMGuestPowerOffAndReboot(t *testing.T) {
 				t.Errorf("stderr %q lacks %q", p.stderr.String(), c.want)
 			}
 		})
+	}
+}
+
+// A sailbox-vmm process runs its guest with the seccomp filter on every
+// thread, and lives through what a box does: exec over vsock, the control
+// API, pause and resume, a checkpoint into the store; then a restore of
+// it in a new process, which renews the guest, records its working set
+// and checkpoints again. Both end with status 0 when shut down: a call
+// off the list would have killed them with SIGSYS (run the VMM with
+// -seccomp trap to see which).
+func TestKVMSeccompFilter(t *testing.T) {
+	kvmtest.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	store := filepath.Join(dir, "store")
+	base := filepath.Join(dir, "base.ext4")
+	kvmtest.Ext4Image(t, base, 32<<20)
+	booted := startChildVMM(t, filepath.Join(dir, "booted"), "-store", store, "-disk", base+",layered,id=vda")
+	booted.waitAgent(ctx, t)
+	requireFiltered(t, booted.cmd.Process.Pid)
+	if out, _, code, err := booted.agent.Run(ctx, "sh", "-c", "echo -n kept > /tmp/kept; sync"); err != nil || code != 0 {
+		t.Fatalf("exec: %q, %d, %v", out, code, err)
+	}
+	api := vmmapi.NewClient(booted.api)
+	if _, err := api.Status(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.DescribeVCPUs(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := api.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.Checkpoint(ctx, "c1"); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	if out, _, code, err := booted.agent.Run(ctx, "cat", "/tmp/kept"); err != nil || code != 0 || string(out) != "kept" {
+		t.Fatalf("exec after the checkpoint: %q, %d, %v", out, code, err)
+	}
+	requireFiltered(t, booted.cmd.Process.Pid) // threads started since too
+	if err := api.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := booted.wait(); err != nil {
+		t.Fatalf("booted VMM after shutdown: %v", err)
+	}
+
+	t.Setenv(asMain, "1")
+	restored := vmmapi.Launch{
+		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs, Store: store, Restore: "c1",
+		APISocket: filepath.Join(dir, "restored.api"), VsockUDS: filepath.Join(dir, "restored.vsock"),
+		Log: filepath.Join(dir, "restored.log"),
+	}
+	cmd, err := restored.Start(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	agent := guestagent.NewHybridClient(restored.VsockUDS)
+	if _, err := agent.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
+		log, _ := os.ReadFile(restored.Log)
+		t.Fatalf("restored agent: %v; log:\n%s", err, log)
+	}
+	requireFiltered(t, cmd.Process.Pid)
+	if out, _, _, err := agent.Run(ctx, "cat", "/tmp/kept"); err != nil || string(out) != "kept" {
+		t.Fatalf("restored guest: %q, %v", out, err)
+	}
+	api = vmmapi.NewClient(restored.APISocket)
+	if _, err := api.SaveWorkingSet(ctx); err != nil {
+		// A host without write tracking refuses; a dead VMM fails below.
+		t.Logf("working set: %v", err)
+	}
+	if _, err := api.Checkpoint(ctx, "c2"); err != nil {
+		t.Fatalf("checkpoint of the restored VM: %v", err)
+	}
+	if err := api.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			log, _ := os.ReadFile(restored.Log)
+			t.Fatalf("restored VMM after shutdown: %v; log:\n%s", err, log)
+		}
+	case <-ctx.Done():
+		t.Fatal("restored VMM did not end")
+	}
+}
+
+// requireFiltered checks /proc: every thread of process pid is in seccomp
+// filter mode, with no_new_privs and at least one filter (where the kernel
+// counts them: Linux 5.9).
+func requireFiltered(t *testing.T, pid int) {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			continue // the thread has exited
+		}
+		status := string(b)
+		filters := 1 // if not counted
+		for _, line := range strings.Split(status, "\n") {
+			if v, ok := strings.CutPrefix(line, "Seccomp_filters:"); ok {
+				filters, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if !strings.Contains(status, "Seccomp:\t2\n") || !strings.Contains(status, "NoNewPrivs:\t1\n") || filters < 1 {
+			t.Fatalf("thread %s of VMM %d is not filtered (want Seccomp 2, NoNewPrivs 1, Seccomp_filters >= 1):\n%s", task.Name(), pid, status)
+		}
 	}
 }

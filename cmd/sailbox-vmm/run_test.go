@@ -44,6 +44,7 @@ func TestRunRejectsBadInput(t *testing.T) {
 		{[]string{"-kernel", "k", "-store", dir, "-disks-from", "c1", "-fork-name", "kid"}, "-fork-name needs -restore"},
 		{[]string{"-config", disksBoth}, "no -disk"},
 		{[]string{"-config", disksNoStore}, "-disks-from needs -store"},
+		{[]string{"-kernel", "k", "-seccomp", "allow"}, `unknown seccomp mode "allow"`},
 	} {
 		var stderr bytes.Buffer
 		err := run(context.Background(), c.args, &bytes.Buffer{}, &stderr)

@@ -41,6 +41,8 @@ type host struct {
 	image    string
 	args     []string // extra daemon flags
 	initrd   string
+	exe      string              // the daemon's binary; "" is this test binary
+	cred     *syscall.Credential // the daemon's user; nil is the test's
 
 	cmd  *exec.Cmd
 	logs *syncBuffer
@@ -95,8 +97,13 @@ func (h *host) start() {
 		"-vmm", os.Getenv("SAILBOX_VMM"), "-initrd", h.initrd, "-image", h.image, "-mem", "128",
 		"-log-level", "debug",
 	}, h.args...)
-	h.cmd = exec.Command(os.Args[0], args...)
+	exe := os.Args[0]
+	if h.exe != "" {
+		exe = h.exe
+	}
+	h.cmd = exec.Command(exe, args...)
 	h.cmd.Env = append(os.Environ(), asMain+"=1")
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: h.cred}
 	h.cmd.Stdout, h.cmd.Stderr = h.logs, h.logs
 	if err := h.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -3,6 +3,10 @@ package kvm
 import (
 	"errors"
 	"fmt"
+	"os"
+	"os/user"
+	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,7 +31,7 @@ func Open(path string) (*System, error) {
 	}
 	fd, err := unix.Open(path, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w: %w", path, ErrUnusable, err)
+		return nil, openError(path, err)
 	}
 	s := &System{fd: fd}
 	v, err := ioctl(fd, ioctlGetAPIVersion, 0)
@@ -40,6 +44,26 @@ func Open(path string) (*System, error) {
 		return nil, fmt.Errorf("%s: KVM API version %d, want %d: %w", path, v, APIVersion, ErrUnusable)
 	}
 	return s, nil
+}
+
+// openError is the error of a failed open of the KVM device at path. A
+// refusal says what an ordinary user needs: Sailbox needs no root, only
+// read and write access to the device, which hosts give to its group.
+func openError(path string, err error) error {
+	if !errors.Is(err, unix.EACCES) && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("open %s: %w: %w", path, ErrUnusable, err)
+	}
+	group := "its group"
+	if fi, serr := os.Stat(path); serr == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			gid := strconv.FormatUint(uint64(st.Gid), 10)
+			group = "its group, ID " + gid
+			if g, lerr := user.LookupGroupId(gid); lerr == nil {
+				group = "its group " + g.Name
+			}
+		}
+	}
+	return fmt.Errorf("open %s: %w: %w (the user needs read and write access to it, as members of %s usually have; no root is needed)", path, ErrUnusable, err, group)
 }
 
 // Close closes /dev/kvm. VMs created from it stay valid.
