@@ -8,7 +8,7 @@ SHELL := /bin/bash
 export PATH := /usr/local/go/bin:$(PATH)
 export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 
-.PHONY: demo test bench stress soak chaos deps kernel initramfs lab-kernel fuzz
+.PHONY: demo test bench stress soak chaos deps kernel initramfs image lab-kernel fuzz
 
 # The main job: the demo on real KVM (in the KVM lab when the host has none):
 # sailboxd and a box's lifecycle driven with sail, all from bin/.
@@ -74,7 +74,7 @@ chaos: deps
 	go build -o bin/ ./cmd/sailbox-vmm
 	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
 	export SAILBOX_CHAOS_TRIALS=$(CHAOS_TRIALS) SAILBOX_LOAD_DURATION=15m
-	go run ./cmd/kvmlab test -timeout 90m -run '^(TestKVMChaos|TestChaosKVM|TestLoadKVM)' ./cmd/sailboxd/
+	go run ./cmd/kvmlab test -timeout 90m -run '^TestKVM(Chaos|Load)' ./cmd/sailboxd/
 
 deps:
 	build/deps.sh
@@ -84,6 +84,13 @@ kernel: deps
 
 initramfs:
 	guestagent/initramfs.sh
+
+# The default box image (Debian bookworm + python3, ca-certificates, curl),
+# built once and cached; checked each time, without mounting it.
+image: deps
+	img=$$(image/build.sh)
+	image/check.sh "$$img"
+	echo "$$img"
 
 lab-kernel: deps
 	build/lab-kernel.sh
