@@ -11,8 +11,9 @@ packages=(
   xz-utils cpio      # unpacking the kernel source and .debs
   curl gpgv debian-archive-keyring  # the lab kernel from bookworm-backports, signature-checked
   build-essential
-  e2fsprogs          # mkfs.ext4 for test disk images
+  e2fsprogs          # mkfs.ext4 for test disk images and the box image (image/), debugfs and e2fsck to check it
   busybox-static     # the guest's shell and tools, copied into the initramfs
+  mmdebstrap         # the default box image (Debian bookworm) from Debian's archive: image/build.sh
 )
 
 missing=()
