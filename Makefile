@@ -73,7 +73,7 @@ chaos: deps
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	go build -o bin/ ./cmd/sailbox-vmm
 	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
-	export SAILBOX_CHAOS_TRIALS=$(CHAOS_TRIALS) SAILBOX_LOAD_DURATION=15m
+	export SAILBOX_CHAOS_TRIALS=$(CHAOS_TRIALS) SAILBOX_LOAD_DURATION=15m SAILBOX_LOAD_BOXES=20
 	go run ./cmd/kvmlab test -timeout 90m -run '^TestKVM(Chaos|Load)' ./cmd/sailboxd/
 
 deps:

@@ -31,9 +31,10 @@ import (
 // or asleep again; any other failed exec, and any such sign on a host's
 // real KVM, fails the test.
 //
-// $SAILBOX_LOAD_DURATION sets how long (default 1m, in `make test`;
-// `make chaos` runs 15m); $SAILBOX_LOAD_BOXES how many boxes (default
-// 20), cycled by 4 workers so that at most 4 run at once.
+// $SAILBOX_LOAD_DURATION sets how long (default 1m, as `make test` runs
+// it; `make chaos` runs 15m); $SAILBOX_LOAD_BOXES how many boxes (default
+// 10; `make chaos` runs 20), cycled by 4 workers so that at most 4 run
+// at once.
 func TestKVMLoadSleepWake(t *testing.T) {
 	h := newHost(t)
 	dur := time.Minute
@@ -44,7 +45,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 		}
 		dur = d
 	}
-	n := 20
+	n := 10
 	if s := os.Getenv("SAILBOX_LOAD_BOXES"); s != "" {
 		var err error
 		if n, err = strconv.Atoi(s); err != nil || n < 1 {
@@ -54,8 +55,14 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	const workers = 4
 	ctx := ctxFor(t, dur+30*time.Minute)
 	boxes := make([]string, n)
+	var died atomic.Int64
 	for i := range boxes {
 		b, err := h.c.Create(ctx, api.CreateRequest{})
+		if err != nil && kvmtest.InLab() && labBrokeBoot(err) {
+			died.Add(1)
+			t.Logf("create: the lab broke the new guest (%v); creating another", err)
+			b, err = h.c.Create(ctx, api.CreateRequest{})
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +74,6 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	}
 	// One box's cycle: wake it with an exec that checks its memory and
 	// writes to it, then put it to sleep.
-	var died atomic.Int64
 	var seenFaults sync.Map // box → lab faults already counted
 	cycle := func(id string, round int) error {
 		argv := []string{"sh", "-c", checkBuffer + " && echo -n " + strconv.Itoa(round) + " > /tmp/round && cat /tmp/round"}
@@ -169,6 +175,13 @@ func (h *host) labBroke(id string, seen *sync.Map) bool {
 		}
 	}
 	return false
+}
+
+// labBrokeBoot reports whether a failed create shows the lab's sign: the
+// VMM's log ends with its exit after a triple fault, or the daemon found
+// the vCPU stuck in the lab's kernel (the error quotes both).
+func labBrokeBoot(err error) bool {
+	return strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") || strings.Contains(err.Error(), "rip is the host's")
 }
 
 // waitSettled waits until box id is running and answers, or asleep: a
