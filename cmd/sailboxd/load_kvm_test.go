@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,9 +57,10 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	ctx := ctxFor(t, dur+30*time.Minute)
 	boxes := make([]string, n)
 	var died atomic.Int64
+	var seenFaults sync.Map // box → lab faults already counted
 	for i := range boxes {
 		b, err := h.c.Create(ctx, api.CreateRequest{})
-		if err != nil && kvmtest.InLab() && labBrokeBoot(err) {
+		if err != nil && kvmtest.InLab() && h.labBrokeBoot(err, &seenFaults) {
 			died.Add(1)
 			t.Logf("create: the lab broke the new guest (%v); creating another", err)
 			b, err = h.c.Create(ctx, api.CreateRequest{})
@@ -74,7 +76,6 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	}
 	// One box's cycle: wake it with an exec that checks its memory and
 	// writes to it, then put it to sleep.
-	var seenFaults sync.Map // box → lab faults already counted
 	cycle := func(id string, round int) error {
 		argv := []string{"sh", "-c", checkBuffer + " && echo -n " + strconv.Itoa(round) + " > /tmp/round && cat /tmp/round"}
 		out, code, err := h.exec(id, argv...)
@@ -178,10 +179,14 @@ func (h *host) labBroke(id string, seen *sync.Map) bool {
 }
 
 // labBrokeBoot reports whether a failed create shows the lab's sign: the
-// VMM's log ends with its exit after a triple fault, or the daemon found
-// the vCPU stuck in the lab's kernel (the error quotes both).
-func labBrokeBoot(err error) bool {
-	return strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") || strings.Contains(err.Error(), "rip is the host's")
+// VMM's log ends with its exit after a triple fault (the error quotes
+// it), or the daemon logged the new box's vCPU stuck in the lab's kernel.
+func (h *host) labBrokeBoot(err error, seen *sync.Map) bool {
+	if strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") {
+		return true
+	}
+	id := regexp.MustCompile(`box (sb-[0-9a-f]+)`).FindStringSubmatch(err.Error())
+	return id != nil && h.labBroke(id[1], seen)
 }
 
 // waitSettled waits until box id is running and answers, or asleep: a
