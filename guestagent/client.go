@@ -57,7 +57,27 @@ func (c *Client) Health(ctx context.Context) (HealthResponse, error) {
 // exchange ends, as it does when the process exits without reading all its
 // input: the goroutine copying stdin exits when that Read returns, and
 // discards what it read.
+//
+// A request with a User first asks the agent which protocol revision it
+// speaks (one more round trip): an agent older than ExecUserSchemaVersion
+// would run the process as root, so Exec then fails with an
+// *AgentTooOldError, which matches errors.ErrUnsupported, and runs
+// nothing.
 func (c *Client) Exec(ctx context.Context, req ExecRequest, stdin io.Reader, stdout, stderr io.Writer) (ExecResult, error) {
+	if req.User != "" {
+		h, err := c.Health(ctx)
+		if err != nil {
+			return ExecResult{}, err
+		}
+		if h.GuestSchemaVersion < ExecUserSchemaVersion {
+			return ExecResult{}, &AgentTooOldError{
+				Op:               opExec + " as a user",
+				AgentVersion:     h.AgentVersion,
+				SchemaVersion:    h.GuestSchemaVersion,
+				MinSchemaVersion: ExecUserSchemaVersion,
+			}
+		}
+	}
 	args := &execArgs{
 		ExecRequest: req,
 		Stdin:       stdin != nil,
@@ -240,7 +260,8 @@ var (
 // AgentTooOldError reports a call to an op that the agent's protocol
 // revision predates. The guest's agent needs an upgrade.
 type AgentTooOldError struct {
-	// Op is the op called, such as "restored" or "dial_tcp".
+	// Op is the op called, such as "restored" or "dial_tcp", or the
+	// feature of one, such as "exec as a user".
 	Op string
 	// AgentVersion and SchemaVersion are the agent's AgentVersion and
 	// GuestSchemaVersion, as its health op reports them.

@@ -17,6 +17,27 @@
 // uses it); [Client] then speaks the protocol over any [net.Conn], which
 // also makes it testable over a Unix socket or a pipe.
 //
+// # The box's root
+//
+// The agent lives outside any image, so that any image works and an
+// upgrade swaps only the agent. A box made from an image boots with
+// sailbox.root=/dev/vda on its kernel command line (optionally
+// sailbox.rootfstype=TYPE, ext4 by default, and sailbox.rootflags=OPTS),
+// and before it serves, the agent makes that disk its root ([MountRoot]):
+// it mounts it read-write on /sysroot, mounts proc, sysfs, devtmpfs,
+// devpts on /dev/pts and tmpfs on /dev/shm, /tmp and /run in it, moves it
+// onto / and chroots into it, as switch_root does. From then on every
+// process exec starts and every path the file ops take is the image's,
+// with no chroot per call; /etc/hostname (if the image has one) and
+// /etc/machine-id (unless it holds a valid one) are the box's own, and so
+// are the ones a fork's restored op rewrites. u-root's init stays PID 1 in
+// the initramfs, which is out of everyone else's reach. Without the
+// parameter the agent serves from its initramfs, as before. If the disk
+// cannot be mounted (no such device after 5 seconds, not the given type,
+// corrupt), the agent logs why on the console and serves all the same,
+// answering exec, read_file, write_file and stat with
+// [CodeRootUnavailable] and that reason rather than act on the initramfs.
+//
 // # Trust
 //
 // The agent trusts the host: the host owns the guest's memory and CPUs
@@ -68,7 +89,7 @@
 //
 //	health      → Request{}
 //	            ← Response{status, agent_version, guest_schema_version}
-//	exec        → Request{argv, env, dir, stdin, timeout_ms}
+//	exec        → Request{argv, env, dir, user, stdin, timeout_ms}
 //	            → Stdin* StdinEOF  (only if stdin is true), Signal* (any time)
 //	            ← Stdout*, Stderr* (interleaved, in the order produced)
 //	            ← Response{exit_code, signal, timed_out} | Error
@@ -90,8 +111,12 @@
 //	            ← Response{} | Error
 //
 // exec starts argv (argv[0] looked up in the PATH of the process's
-// environment) in dir, with env added to a default environment; see
-// [ExecRequest]. The process leads a new process group, and runs with
+// environment) in dir, with env added to a default environment, as user
+// (schema version 4: an OCI image's User, "name", "uid" or either followed
+// by ":group", resolved against the guest's /etc/passwd and /etc/group;
+// root if left out), in the box's root; see [ExecRequest]. A user the
+// guest does not know is answered with [CodeExecFailed], a malformed one
+// with [CodeBadRequest]. The process leads a new process group, and runs with
 // stdin from the host's Stdin frames if stdin is true, from /dev/null
 // otherwise; StdinEOF closes it. A Signal frame, {"signal":N} with N a
 // Linux signal number, signals the process group; the timeout, a host that
@@ -112,7 +137,8 @@
 // path, following symbolic links ([FileInfo]); mode is a Go fs.FileMode
 // and mod_time an RFC 3339 time. File errors carry [CodeNotFound],
 // [CodePermission], [CodeBadRequest] (a relative path, a directory where a
-// file is needed) or [CodeInternal], with a message that names the path.
+// file is needed) or [CodeInternal], with a message that names the path;
+// paths are those of the box's root (see "The box's root").
 //
 // restored (schema version 2) fixes up a guest that has just been restored
 // or forked from a snapshot, whose clock is stale and whose kernel random
@@ -213,6 +239,14 @@
 //     revision 3 serves hosts of revisions 1 and 2, and a host of revision
 //     3 can use older agents for everything but dial_tcp, for which
 //     [Client.DialTCP] returns an [AgentTooOldError].
+//   - 4: adds exec's user field ([ExecUserSchemaVersion]), the box's root
+//     named by sailbox.root= (see "The box's root"), and the error code
+//     root_unavailable; exec's default PATH gains /usr/local/sbin and
+//     /usr/local/bin. An older agent would ignore user and run the process
+//     as root, and would ignore sailbox.root=, so hosts must be able to
+//     tell: [Client.Exec] asks the agent's revision before it sends a user,
+//     and returns an [AgentTooOldError] for an older one. Nothing else
+//     changed: an agent of revision 4 serves hosts of revisions 1 to 3.
 //
 // Some things never change, in any revision, so that any host can always ask
 // any agent which revision it speaks: the frame header, the numbers of

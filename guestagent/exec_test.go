@@ -63,7 +63,7 @@ func TestExecEnvAndDir(t *testing.T) {
 		Env:  []string{"FOO=bar baz", "TERM=xterm"},
 		Dir:  dir,
 	}, nil)
-	want := "bar baz|/root|xterm|/usr/sbin:/usr/bin:/sbin:/bin\n" + dir + "\n"
+	want := "bar baz|/root|xterm|" + defaultPath + "\n" + dir + "\n"
 	if stdout != want || res.ExitCode != 0 {
 		t.Fatalf("stdout %q, %+v; want %q", stdout, res, want)
 	}
@@ -503,4 +503,104 @@ func TestExecClientSignals(t *testing.T) {
 	if res != (ExecResult{ExitCode: -1, Signal: 15}) {
 		t.Errorf("result = %+v, want killed by signal 15", res)
 	}
+}
+
+// exec runs a process as the user the request names, with that user's
+// home; it needs root to change user, and is skipped without it. A user
+// that cannot be parsed is a bad request, one the guest does not know a
+// failed exec; neither runs anything.
+func TestExecUser(t *testing.T) {
+	c := startClient(t)
+	ctx := testContext(t)
+	for _, tc := range []struct {
+		user, code string
+	}{
+		{"no-such-user-sailbox", CodeExecFailed},
+		{"0:no-such-group-sailbox", CodeExecFailed},
+		{"a:b:c", CodeBadRequest},
+		{":0", CodeBadRequest},
+	} {
+		_, err := c.Exec(ctx, ExecRequest{Argv: []string{"true"}, User: tc.user}, nil, nil, nil)
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Code != tc.code || !strings.Contains(ae.Message, "user") {
+			t.Errorf("exec as %q = %v, want an *Error with code %q about the user", tc.user, err, tc.code)
+		}
+	}
+
+	if os.Getuid() != 0 {
+		t.Skip("changing user needs root")
+	}
+	stdout, stderr, res := execString(t, c, ExecRequest{
+		Argv: []string{"sh", "-c", `id -u; id -g; id -G; echo "$HOME"`},
+		User: "4242:4243",
+	}, nil)
+	if stdout != "4242\n4243\n4243\n/\n" || res.ExitCode != 0 {
+		t.Errorf("as 4242:4243: stdout %q, stderr %q, %+v", stdout, stderr, res)
+	}
+	// The request's HOME wins over the user's.
+	stdout, _, _ = execString(t, c, ExecRequest{Argv: []string{"sh", "-c", `echo "$HOME"`}, User: "4242", Env: []string{"HOME=/srv"}}, nil)
+	if stdout != "/srv\n" {
+		t.Errorf("HOME with a request's HOME = %q", stdout)
+	}
+	// The process cannot do what its user may not.
+	dir := t.TempDir() // 0700, root's
+	_, _, res = execString(t, c, ExecRequest{Argv: []string{"ls", dir}, User: "4242"}, nil)
+	if res.ExitCode == 0 {
+		t.Errorf("user 4242 listed root's private %s", dir)
+	}
+}
+
+// A client does not send a user to an agent that would ignore it and run
+// the process as root: it asks for the agent's schema first.
+func TestExecUserOnOldAgent(t *testing.T) {
+	path := fakePeer(t, func(c net.Conn) {
+		_, p, err := ReadFrame(c)
+		if err != nil {
+			t.Errorf("old agent: read request: %v", err)
+			return
+		}
+		var req Request
+		json.Unmarshal(p, &req)
+		if req.Op != OpHealth {
+			t.Errorf("old agent got op %q", req.Op)
+			WriteFrame(c, FrameError, encodeError(&Error{Code: CodeInternal, Message: "unexpected"}))
+			return
+		}
+		WriteFrame(c, FrameResponse, []byte(`{"status":"ok","agent_version":"v0.3.0","guest_schema_version":3}`))
+	})
+	c := &Client{Dial: unixDialer(path)}
+	_, err := c.Exec(testContext(t), ExecRequest{Argv: []string{"id"}, User: "1000"}, nil, nil, nil)
+	var old *AgentTooOldError
+	if !errors.As(err, &old) || !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("exec as a user on a version 3 agent = %v, want an *AgentTooOldError", err)
+	}
+	want := AgentTooOldError{Op: "exec as a user", AgentVersion: "v0.3.0", SchemaVersion: 3, MinSchemaVersion: ExecUserSchemaVersion}
+	if *old != want {
+		t.Errorf("error = %+v, want %+v", *old, want)
+	}
+}
+
+// A server whose box root could not be mounted refuses exec and the file
+// ops, naming the problem, and serves the rest.
+func TestServerRootUnavailable(t *testing.T) {
+	l, path := listenUnix(t)
+	serve(t, &Server{Logger: testLogger(t), RootErr: errors.New("box root /dev/vda: mount on /sysroot as ext4: invalid argument")}, l)
+	c := &Client{Dial: unixDialer(path)}
+	ctx := testContext(t)
+	checkHealth(t, ctx, c)
+	check := func(op string, err error) {
+		t.Helper()
+		var ae *Error
+		if !errors.As(err, &ae) || ae.Code != CodeRootUnavailable || !strings.Contains(ae.Message, "/dev/vda") || !strings.HasPrefix(ae.Message, op+": ") {
+			t.Errorf("%s = %v, want an *Error with code %q naming the root", op, err, CodeRootUnavailable)
+		}
+	}
+	_, err := c.Exec(ctx, ExecRequest{Argv: []string{"true"}}, strings.NewReader("input"), nil, nil)
+	check("exec", err)
+	_, err = c.ReadFile(ctx, "/etc/hostname", io.Discard)
+	check("read_file", err)
+	_, err = c.WriteFile(ctx, filepath.Join(t.TempDir(), "f"), strings.NewReader("data"), WriteOptions{})
+	check("write_file", err)
+	_, err = c.Stat(ctx, "/")
+	check("stat", err)
 }

@@ -183,7 +183,7 @@ func FuzzServeConn(f *testing.F) {
 
 // fuzzVet returns a Server.vet hook for fuzzing: it refuses exec requests
 // for anything but echo, which it runs in scratch with the default
-// environment, moves absolute file paths into scratch, leaving relative
+// environment as the agent's user, moves absolute file paths into scratch, leaving relative
 // ones for the server to reject, and points dial_tcp requests at
 // echoPort on 127.0.0.1, leaving invalid ones for the server to reject.
 // Nothing the fuzzer sends can create a symbolic link, so a path in
@@ -200,7 +200,7 @@ func fuzzVet(scratch string, echoPort int) func(any) error {
 			if len(a.Argv) > 0 && a.Argv[0] != "echo" {
 				return &Error{Code: CodeExecFailed, Message: "fuzzing runs only echo"}
 			}
-			a.Env, a.Dir = nil, scratch
+			a.Env, a.Dir, a.User = nil, scratch, ""
 		case *readFileArgs:
 			inScratch(&a.Path)
 		case *writeFileArgs:

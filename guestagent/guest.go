@@ -202,3 +202,21 @@ func updateHostnameFile(root, name string) (bool, error) {
 	}
 	return true, nil
 }
+
+// ensureMachineID gives root/etc/machine-id a new random machine ID unless
+// it holds a valid one: an image's is typically missing or empty (systemd
+// fills it in at first boot), and a box needs one of its own. It reports
+// whether it wrote one.
+func ensureMachineID(root string) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(root, "etc", "machine-id"))
+	if err == nil && validMachineID(strings.TrimSpace(string(b))) {
+		return false, nil
+	}
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("read machine-id: %w", err)
+	}
+	if err := writeMachineID(root, NewMachineID()); err != nil {
+		return false, err
+	}
+	return true, nil
+}

@@ -16,3 +16,8 @@ func PrepareGuest(log *slog.Logger) error {
 
 // defaultGuestSystem returns nil: the restored op changes a Linux guest.
 func defaultGuestSystem() guestSystem { return nil }
+
+// MountRoot does nothing on systems other than Linux, which have no
+// kernel command line to name a root: the agent runs in a Linux guest. It
+// exists so that the agent's command builds everywhere.
+func MountRoot(log *slog.Logger) error { return nil }

@@ -19,7 +19,7 @@ const Port uint32 = 1024
 // host must be able to count on; see "Evolution" in the package
 // documentation. Hosts compare it with the agent's, as reported by the
 // health op, before using any other op.
-const GuestSchemaVersion = 3
+const GuestSchemaVersion = 4
 
 // RestoredSchemaVersion is the first GuestSchemaVersion whose agents have
 // the restored op ([Client.Restored]). A box whose agent is older cannot be
@@ -32,6 +32,13 @@ const RestoredSchemaVersion = 2
 // the dial_tcp op ([Client.DialTCP]), which forwards a TCP connection into
 // the guest.
 const DialTCPSchemaVersion = 3
+
+// ExecUserSchemaVersion is the first GuestSchemaVersion whose agents run
+// an exec as the user that ExecRequest.User names, and move into the box's
+// root file system when the kernel command line names one
+// (sailbox.root=DEVICE; see MountRoot). An older agent would ignore User
+// and run the process as root, so Client.Exec refuses to send one to it.
+const ExecUserSchemaVersion = 4
 
 // AgentVersion identifies the build of the agent, for humans and logs only.
 // Release builds set it with
@@ -293,6 +300,11 @@ const (
 	// guest: a dial that timed out or found no route or no such host, or a
 	// connection reset once it was up.
 	CodeNetwork = "network"
+	// CodeRootUnavailable reports an exec or file op refused because the
+	// box's root file system, which the kernel command line names, could
+	// not be mounted (schema version 4). The message says why; the guest's
+	// console has the agent's log of it.
+	CodeRootUnavailable = "root_unavailable"
 )
 
 // Error is the payload of a FrameError: an error reported by the agent.
@@ -341,12 +353,24 @@ type ExecRequest struct {
 	// is looked up in the PATH of the process's environment.
 	Argv []string `json:"argv"`
 	// Env holds variables, "KEY=value", added to the process's default
-	// environment, PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=dumb,
-	// and overriding it. The agent's own environment is not inherited.
+	// environment and overriding it. The default is
+	// PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+	// HOME=/root TERM=dumb, with HOME the user's home directory when User
+	// names one. The agent's own environment is not inherited.
 	Env []string `json:"env,omitempty"`
 	// Dir is the process's working directory, an absolute path. Empty
 	// means the agent's, the root directory in a guest.
 	Dir string `json:"dir,omitempty"`
+	// User, if not empty, is who the process runs as, in the form of an
+	// OCI image's User: "user", "user:group", "uid", "uid:gid" or a mix,
+	// names looked up in the guest's /etc/passwd and /etc/group. A user
+	// without a group runs with the group of its /etc/passwd entry (0 for
+	// a uid that has none) and the supplementary groups /etc/group lists
+	// it in; one with a group runs with that group alone. Empty means
+	// root, the agent's own user. Agents older than
+	// ExecUserSchemaVersion do not know the field; Client.Exec refuses to
+	// send it to them.
+	User string `json:"user,omitempty"`
 	// Timeout, if positive, bounds how long the process may run: when it
 	// expires, the agent kills the process group and the result says so.
 	// It travels as whole milliseconds, rounded up.

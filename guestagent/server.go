@@ -47,6 +47,14 @@ type Server struct {
 	// cmd/sailbox-agent sets it when it prepares the guest.
 	Guest bool
 
+	// RootErr, if not nil, says why the box's root file system, which the
+	// kernel command line names, could not be mounted (see MountRoot).
+	// exec, read_file, write_file and stat then fail with
+	// CodeRootUnavailable and its message, rather than act on the
+	// initramfs that the agent sees in its place. cmd/sailbox-agent sets
+	// it from MountRoot's error.
+	RootErr error
+
 	// vet, if set, sees the decoded arguments of every exec, read_file,
 	// write_file, stat, restored and dial_tcp request (an *execArgs,
 	// *readFileArgs, and so on) before the op runs, and may rewrite them or
@@ -278,6 +286,12 @@ func (s *Server) answer(ctx context.Context, x *exchange, typ FrameType, payload
 // Ops that stream use x, and manage the connection's read deadline
 // themselves: on entry it is the one set for the request.
 func (s *Server) dispatch(ctx context.Context, x *exchange, req *Request) (any, error) {
+	if s.RootErr != nil {
+		switch req.Op {
+		case opExec, opReadFile, opWriteFile, opStat:
+			return nil, &Error{Code: CodeRootUnavailable, Message: fmt.Sprintf("%s: %v", req.Op, s.RootErr)}
+		}
+	}
 	switch req.Op {
 	case OpHealth:
 		return &HealthResponse{

@@ -1,7 +1,10 @@
 package guestagent
 
 import (
+	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,40 +12,80 @@ import (
 	"strings"
 )
 
-// defaultEnv is the environment of every process that exec starts, before
-// the request's Env is added.
-var defaultEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "TERM=dumb"}
+// defaultPath is the PATH of every process that exec starts unless the
+// request sets one: that of Debian's and OCI runtimes' defaults.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// execEnv returns the environment of a process that exec starts: the
+// default, PATH=defaultPath HOME=home TERM=dumb, with reqEnv, the
+// request's "KEY=value" entries, added in order. os/exec keeps the last of
+// duplicate keys, so the request's entries override the defaults. TERM is
+// dumb because the process's output goes to pipes, not a terminal.
+func execEnv(home string, reqEnv []string) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=" + home, "TERM=dumb"}
+	return append(env, reqEnv...)
+}
 
 // command checks a's arguments and returns the command they describe, with
-// its program resolved. It fails with CodeBadRequest for invalid arguments
-// and CodeExecFailed for a program that cannot be found.
-func (a *execArgs) command() (*exec.Cmd, error) {
+// its program resolved, and who it runs as: nil for the agent's own user.
+// It fails with CodeBadRequest for invalid arguments and CodeExecFailed
+// for a program that cannot be found or a user the guest does not know.
+func (a *execArgs) command() (*exec.Cmd, *execUser, error) {
 	if len(a.Argv) == 0 || a.Argv[0] == "" {
-		return nil, &Error{Code: CodeBadRequest, Message: "exec: empty argv"}
+		return nil, nil, &Error{Code: CodeBadRequest, Message: "exec: empty argv"}
 	}
 	name := a.Argv[0]
 	bad := func(format string, args ...any) error {
 		return &Error{Code: CodeBadRequest, Message: fmt.Sprintf("exec %q: ", name) + fmt.Sprintf(format, args...)}
 	}
 	if a.Dir != "" && !filepath.IsAbs(a.Dir) {
-		return nil, bad("dir %q is not an absolute path", a.Dir)
+		return nil, nil, bad("dir %q is not an absolute path", a.Dir)
 	}
 	if a.TimeoutMS < 0 {
-		return nil, bad("negative timeout_ms %d", a.TimeoutMS)
+		return nil, nil, bad("negative timeout_ms %d", a.TimeoutMS)
 	}
 	for _, kv := range a.Env {
 		if strings.IndexByte(kv, '=') <= 0 {
-			return nil, bad("env entry %q is not KEY=value", kv)
+			return nil, nil, bad("env entry %q is not KEY=value", kv)
 		}
 	}
-	// os/exec keeps the last of duplicate keys, so the request's entries
-	// override the defaults.
-	env := append(slices.Clone(defaultEnv), a.Env...)
+	home := "/root"
+	var user *execUser
+	if a.User != "" {
+		if _, _, err := splitUserSpec(a.User); err != nil {
+			return nil, nil, bad("%v", err)
+		}
+		u, err := lookupUser("/", a.User)
+		if err != nil {
+			return nil, nil, &Error{Code: CodeExecFailed, Message: fmt.Sprintf("exec %q: %v", name, err)}
+		}
+		user, home = u, u.Home
+	}
+	env := execEnv(home, a.Env)
 	path, err := lookPath(name, lastValue(env, "PATH"))
 	if err != nil {
-		return nil, &Error{Code: CodeExecFailed, Message: fmt.Sprintf("exec %q: %v", name, err)}
+		return nil, nil, &Error{Code: CodeExecFailed, Message: fmt.Sprintf("exec %q: %v", name, err)}
 	}
-	return &exec.Cmd{Path: path, Args: a.Argv, Env: env, Dir: a.Dir}, nil
+	return &exec.Cmd{Path: path, Args: a.Argv, Env: env, Dir: a.Dir}, user, nil
+}
+
+// lookupUser resolves spec, an ExecRequest.User, against root's
+// /etc/passwd and /etc/group, root being "/" in the agent: the image's
+// files when the box has one. A file that does not exist counts as empty.
+func lookupUser(root, spec string) (*execUser, error) {
+	var files [2]io.Reader
+	for i, name := range []string{passwdFile, groupFile} {
+		f, err := os.Open(filepath.Join(root, name))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("user %q: %w", spec, err)
+		}
+		defer f.Close()
+		files[i] = f
+	}
+	return resolveUser(spec, files[0], files[1])
 }
 
 // lastValue returns the value of the last entry for key in env, a list of

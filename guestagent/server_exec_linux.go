@@ -64,11 +64,16 @@ type execution struct {
 // that had already started by then is all that can outlive exec, and it
 // finds the process reaped and returns without doing anything.
 func (s *Server) exec(ctx context.Context, x *exchange, args *execArgs) (*ExecResult, error) {
-	cmd, err := args.command()
+	cmd, user, err := args.command()
 	if err != nil {
 		return nil, err
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if user != nil {
+		// Groups empty, and NoSetGroups false: setgroups drops the
+		// agent's supplementary groups.
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: user.UID, Gid: user.GID, Groups: user.Groups}
+	}
 	e := &execution{x: x, name: args.Argv[0], exited: make(chan struct{})}
 	if err := e.start(cmd, args.Stdin); err != nil {
 		return nil, err

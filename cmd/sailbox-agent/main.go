@@ -5,7 +5,12 @@
 //
 // When it runs in the guest, which it assumes when its parent is PID 1 and
 // PID 1 is called "init", or when given -guest, it first prepares the
-// guest with guestagent.PrepareGuest: busybox commands, hostname, /tmp.
+// guest with guestagent.PrepareGuest (busybox commands, hostname, /tmp),
+// and then, if the kernel command line names the box's disk as its root
+// (sailbox.root=/dev/vda), moves into it with guestagent.MountRoot, so
+// that every exec and file op acts on the image. If that fails, it serves
+// all the same, from its initramfs, and refuses exec and the file ops
+// with an error that says why (guestagent.Server.RootErr).
 // Only in the guest does it perform the restored op, which sets the
 // guest's clock, reseeds its random number generator and renames it after
 // a restore or fork (guestagent.Server.Guest): on a host it would do all
@@ -44,11 +49,13 @@ func main() {
 	}
 }
 
-// listen opens the agent's listener, and prepareGuest readies the guest;
-// tests replace them.
+// listen opens the agent's listener, prepareGuest readies the guest and
+// mountRoot moves the agent into the box's root file system; tests
+// replace them.
 var (
 	listen       = guestagent.ListenVsock
 	prepareGuest = guestagent.PrepareGuest
+	mountRoot    = guestagent.MountRoot
 )
 
 // startedByInit reports whether the agent's parent is PID 1 and is called
@@ -73,7 +80,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	port := fs.Uint("port", uint(guestagent.Port), "vsock `port` to listen on")
 	logLevel := fs.String("log-level", "info", "log `level`: debug, info, warn or error")
-	guest := fs.Bool("guest", false, "prepare the guest (busybox commands, hostname, /tmp) before serving, and serve the restored op (clock, entropy, identity); implied when started by init")
+	guest := fs.Bool("guest", false, "prepare the guest (busybox commands, hostname, /tmp, the root file system that sailbox.root= names) before serving, and serve the restored op (clock, entropy, identity); implied when started by init")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -90,11 +97,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	inGuest := *guest || startedByInit()
+	var rootErr error
 	if inGuest {
 		// The host can still look into whatever went wrong once the agent
 		// serves, so a failure here is not fatal.
 		if err := prepareGuest(logger); err != nil {
 			logger.Error("agent: preparing the guest", "err", err)
+		}
+		// Before the listener: the host's first request, once the agent
+		// answers, must see the box's root. vsock needs no path, so the
+		// listener works in either root.
+		if rootErr = mountRoot(logger); rootErr != nil {
+			logger.Error("agent: the box's root file system is unavailable; exec and file requests will fail", "err", rootErr)
 		}
 	}
 	l, err := listen(uint32(*port))
@@ -104,6 +118,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// The host watches the serial console for this line.
 	fmt.Fprintf(stdout, "sailbox-agent %s schema %d listening on vsock port %d\n",
 		guestagent.AgentVersion, guestagent.GuestSchemaVersion, *port)
-	srv := &guestagent.Server{Logger: logger, Guest: inGuest}
+	srv := &guestagent.Server{Logger: logger, Guest: inGuest, RootErr: rootErr}
 	return srv.Serve(ctx, l)
 }

@@ -54,7 +54,7 @@ func fakeVsock(t *testing.T) (path string, port *atomic.Uint32) {
 
 // fakePrepareGuest replaces guestagent.PrepareGuest, which must not touch
 // the machine running the tests, with a function that counts its calls and
-// returns err.
+// returns err, and guestagent.MountRoot with one that does nothing.
 func fakePrepareGuest(t *testing.T, err error) *atomic.Int32 {
 	calls := new(atomic.Int32)
 	old := prepareGuest
@@ -63,6 +63,21 @@ func fakePrepareGuest(t *testing.T, err error) *atomic.Int32 {
 		return err
 	}
 	t.Cleanup(func() { prepareGuest = old })
+	fakeMountRoot(t, nil)
+	return calls
+}
+
+// fakeMountRoot replaces guestagent.MountRoot, which must not remount the
+// machine running the tests, with a function that counts its calls and
+// returns err.
+func fakeMountRoot(t *testing.T, err error) *atomic.Int32 {
+	calls := new(atomic.Int32)
+	old := mountRoot
+	mountRoot = func(*slog.Logger) error {
+		calls.Add(1)
+		return err
+	}
+	t.Cleanup(func() { mountRoot = old })
 	return calls
 }
 
@@ -178,11 +193,12 @@ func TestRunPreparesGuest(t *testing.T) {
 
 	var stdout, stderr bytes.Buffer
 	calls := fakePrepareGuest(t, nil)
-	if err := run(ctx, []string{"sailbox-agent"}, &stdout, &stderr); err != nil || calls.Load() != 0 {
-		t.Fatalf("run on a host: %v; prepared the guest %d times, want 0", err, calls.Load())
+	roots := fakeMountRoot(t, nil)
+	if err := run(ctx, []string{"sailbox-agent"}, &stdout, &stderr); err != nil || calls.Load() != 0 || roots.Load() != 0 {
+		t.Fatalf("run on a host: %v; prepared the guest %d times and its root %d times, want 0", err, calls.Load(), roots.Load())
 	}
-	if err := run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr); err != nil || calls.Load() != 1 {
-		t.Fatalf("run -guest: %v; prepared the guest %d times, want 1", err, calls.Load())
+	if err := run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr); err != nil || calls.Load() != 1 || roots.Load() != 1 {
+		t.Fatalf("run -guest: %v; prepared the guest %d times and its root %d times, want 1", err, calls.Load(), roots.Load())
 	}
 	// A failure is logged, and the agent serves anyway.
 	calls = fakePrepareGuest(t, errors.New("no busybox"))
@@ -192,6 +208,47 @@ func TestRunPreparesGuest(t *testing.T) {
 	}
 	if !strings.Contains(stderr.String(), "no busybox") || !strings.Contains(stdout.String(), "listening") {
 		t.Errorf("stderr %q, stdout %q; want the error logged and the agent listening", stderr.String(), stdout.String())
+	}
+}
+
+// A box whose root file system cannot be mounted still gets an agent,
+// which answers health and refuses exec and the file ops, saying why,
+// rather than act on its initramfs.
+func TestRunRootUnavailable(t *testing.T) {
+	path, _ := fakeVsock(t)
+	calls := fakeMountRoot(t, errors.New("box root /dev/vda: no such device after 5s"))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr) }()
+
+	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if h, err := c.WaitHealthy(wctx, 10*time.Millisecond, nil); err != nil || h.Status != guestagent.HealthStatusOK {
+		t.Fatalf("health = %+v, %v", h, err)
+	}
+	if calls.Load() != 1 {
+		t.Errorf("MountRoot called %d times, want 1", calls.Load())
+	}
+	_, _, _, err := c.Run(wctx, "true")
+	var ae *guestagent.Error
+	if !errors.As(err, &ae) || ae.Code != guestagent.CodeRootUnavailable || !strings.Contains(ae.Message, "no such device") {
+		t.Errorf("exec = %v, want an *Error with code %q naming the root's problem", err, guestagent.CodeRootUnavailable)
+	}
+	if _, err := c.Stat(wctx, "/"); !errors.As(err, &ae) || ae.Code != guestagent.CodeRootUnavailable {
+		t.Errorf("stat = %v, want code %q", err, guestagent.CodeRootUnavailable)
+	}
+	if !strings.Contains(stderr.String(), "root file system is unavailable") {
+		t.Errorf("stderr lacks the root's failure:\n%s", stderr.String())
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run = %v", err)
 	}
 }
 
