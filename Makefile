@@ -15,8 +15,9 @@ export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 demo: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	go build -o bin/ ./cmd/sailboxd ./cmd/sailbox-vmm ./cmd/sail ./cmd/sailbox-demo
-	go run ./cmd/kvmlab run -timeout 20m -- bin/sailbox-demo
+	go run ./cmd/kvmlab run -timeout 20m -- bin/sailbox-demo -image "$$SAILBOX_DEFAULT_IMAGE"
 
 # The last commit whose guest agent speaks schema 2: the kvm tier upgrades
 # boxes booted on it to the current agent.
@@ -34,6 +35,7 @@ test: deps
 	echo "== unit tier (host)"
 	go test -count=1 ./...
 	echo "== kvm tier (real /dev/kvm)"
+	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	export SAILBOX_OLD_GUEST_INITRAMFS=$$(guestagent/initramfs.sh --rev $(PREVIOUS_AGENT_REV))
 	go build -o bin/ ./cmd/sailbox-vmm
 	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm

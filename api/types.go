@@ -65,10 +65,17 @@ type Checkpoint struct {
 type CreateRequest struct {
 	MemoryMiB int `json:"memory_mib,omitempty"`
 	VCPUs     int `json:"vcpus,omitempty"`
-	// Image names the raw base disk image: a path relative to one of
-	// the daemon's image directories (sailboxd -image-dir), or an
-	// absolute path inside one. The box writes to its own layer over it.
-	// Empty: the daemon's default image.
+	// Image is the box's disk, a REF: a path relative to one of the
+	// daemon's image directories (sailboxd -image-dir), or an absolute
+	// path inside one, naming an OCI image layout directory (DIR,
+	// DIR:TAG, DIR@sha256:…), a `docker save` tarball (FILE.tar,
+	// FILE.tar:NAME:TAG) or a raw ext4 disk; or a registry reference
+	// (docker.io/library/debian:12). An OCI or Docker image is imported
+	// once into the daemon's image store and becomes the box's root file
+	// system, its config (Env, WorkingDir, User) applied to every exec; so
+	// does a raw disk with an image record (<stem>.json) beside it; a raw
+	// disk without one is a data disk. The box writes to its own layer
+	// over the image. Empty: the daemon's default image.
 	Image string `json:"image,omitempty"`
 }
 
@@ -123,6 +130,11 @@ type ExecRequest struct {
 	Argv []string `json:"argv"`
 	Env  []string `json:"env,omitempty"` // KEY=value
 	Dir  string   `json:"dir,omitempty"`
+	// User, if not empty, is who the process runs as: "user",
+	// "user:group", "uid" or "uid:gid", names looked up in the guest's
+	// /etc/passwd and /etc/group. Empty means root, or the image's user
+	// in a box made from an image whose config names one.
+	User string `json:"user,omitempty"`
 	// TimeoutMS, if positive, bounds how long the process may run.
 	TimeoutMS int64 `json:"timeout_ms,omitempty"`
 	// Stdin is the process's whole input (base64 in JSON); empty means

@@ -7,7 +7,10 @@
 #
 # The result is cached outside the checkout under
 #   $SAILBOX_CACHE/image/<key>/rootfs.ext4   (SAILBOX_CACHE: ~/.cache/sailbox)
-# beside packages.txt (every installed package and version) and build.log.
+# beside rootfs.json (its image record, in internal/imagestore's format:
+# the environment, working directory and user a box's exec gets, which
+# also tells sailboxd the disk is a root file system), packages.txt (every
+# installed package and version) and build.log.
 # <key> hashes every input: this script (which holds the package list), the
 # suite, the apt sources, and the versions of mmdebstrap, apt, dpkg and
 # e2fsprogs with /etc/mke2fs.conf. A second run with the same inputs is a
@@ -257,6 +260,26 @@ if ! e2fsck -fn "$img" >>"$log" 2>&1; then
   echo "image: e2fsck finds the new image inconsistent; see $log" >&2
   exit 1
 fi
+
+# The image record (internal/imagestore's record format); the digest is
+# the image file's.
+digest=$(sha256sum "$img" | cut -d' ' -f1)
+cat > "$tmp/rootfs.json" <<EOF
+{
+  "digest": "sha256:$digest",
+  "ref": "sailbox-debian-$suite-$key",
+  "created": "$(date -u -d @"$epoch" +%Y-%m-%dT%H:%M:%SZ)",
+  "config": {
+    "env": [
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      "HOME=/root",
+      "LANG=C.UTF-8"
+    ],
+    "working_dir": "/root",
+    "cmd": ["/bin/bash"]
+  }
+}
+EOF
 
 rm -rf --one-file-system "$tree" "$cmds" "$tmp/started"
 mv -T "$tmp" "$out"

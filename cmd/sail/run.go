@@ -48,7 +48,7 @@ var commands map[string]*command
 
 func init() {
 	commands = map[string]*command{
-		"create":      {args: "[-mem MiB] [-cpus N] [-image NAME]", help: "boot a new box", nargs: 0, flags: createFlags, run: runCreate},
+		"create":      {args: "[-mem MiB] [-cpus N] [-image REF]", help: "boot a new box", nargs: 0, flags: createFlags, run: runCreate},
 		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
 		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
 		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
@@ -60,7 +60,7 @@ func init() {
 		"connect":     {args: "ID", help: "check placement, resume if down, show the box", nargs: 1, run: boxCall((*client.Client).Connect)},
 		"upgrade":     {args: "ID", help: "move the box onto the current guest agent", nargs: 1, run: runUpgrade},
 		"rm":          {args: "ID", help: "terminate a box", nargs: 1, run: runTerminate},
-		"exec":        {args: "[-e KEY=VALUE]... [-w DIR] [-timeout D] [-stdin FILE] ID COMMAND [ARG]...", help: "run a command in the box (wakes a sleeping box)", nargs: -1, flags: execFlags, run: runExec},
+		"exec":        {args: "[-e KEY=VALUE]... [-w DIR] [-user USER] [-timeout D] [-stdin FILE] ID COMMAND [ARG]...", help: "run a command in the box (wakes a sleeping box)", nargs: -1, flags: execFlags, run: runExec},
 		"cat":         {args: "ID PATH", help: "print a file of the box", nargs: 2, run: runCat},
 		"put":         {args: "[-mode 644] [-append] [-mkdir] ID PATH LOCAL-FILE", help: "write a local file into the box", nargs: 3, flags: putFlags, run: runPut},
 		"expose":      {args: "[-addr IP] ID [HOST-PORT:]GUEST-PORT", help: "forward a host TCP port to the box (a connection wakes it)", nargs: 2, flags: exposeFlags, run: runExpose},
@@ -186,7 +186,7 @@ func printBox(w io.Writer, b api.Box) {
 func createFlags(fs *flag.FlagSet) {
 	fs.Int("mem", 0, "guest memory in MiB (0: the daemon's default)")
 	fs.Int("cpus", 0, "vCPUs (0: the daemon's default)")
-	fs.String("image", "", "base disk `image`: a name inside the daemon's image directories")
+	fs.String("image", "", "the box's disk, `REF`: an OCI layout directory, a docker save tarball (.tar) or a raw disk inside the daemon's image directories, or a registry reference")
 }
 
 func intFlag(fs *flag.FlagSet, name string) int {
@@ -312,6 +312,7 @@ func (e *envFlags) Set(v string) error {
 func execFlags(fs *flag.FlagSet) {
 	fs.Var(&envFlags{}, "e", "set an environment variable, `KEY=VALUE` (repeatable)")
 	fs.String("w", "", "working `directory` in the guest")
+	fs.String("user", "", "run as `user`: user, user:group, uid or uid:gid (default: the image's user, or root)")
 	fs.Duration("timeout", 0, "kill the command after this long (0: no limit)")
 	fs.String("stdin", "", "local `file` to feed the command's stdin")
 }
@@ -330,6 +331,7 @@ func runExec(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error
 		Argv:      argv,
 		Env:       *fs.Lookup("e").Value.(*envFlags),
 		Dir:       fs.Lookup("w").Value.String(),
+		User:      fs.Lookup("user").Value.String(),
 		TimeoutMS: timeout.Milliseconds(),
 	}
 	if path := fs.Lookup("stdin").Value.String(); path != "" {

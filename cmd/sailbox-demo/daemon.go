@@ -51,11 +51,16 @@ type daemon struct {
 // directory and socket in dir, and waits until it answers. On an error
 // nothing it started is left running.
 func startDaemon(ctx context.Context, c config, dir string, out io.Writer) (*daemon, error) {
-	image := filepath.Join(dir, "base.ext4")
-	if err := makeImage(ctx, image); err != nil {
-		return nil, err
+	image := c.Image
+	if image != "" {
+		fmt.Fprintf(out, "# the boxes' root file system: %s (Debian, image/build.sh); each box writes to its own layer over it\n", image)
+	} else {
+		image = filepath.Join(dir, "base.ext4")
+		if err := makeImage(ctx, image); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(out, "# the boxes' base disk: %s, %d MiB of ext4; each box writes to its own layer over it\n", image, imageBytes>>20)
 	}
-	fmt.Fprintf(out, "# the boxes' base disk: %s, %d MiB of ext4; each box writes to its own layer over it\n", image, imageBytes>>20)
 	d := &daemon{
 		stateDir: filepath.Join(dir, "state"),
 		sock:     filepath.Join(dir, "d.sock"),

@@ -34,11 +34,14 @@ func main() { cli.Main("sailbox-demo", run) }
 
 // config is the demo's configuration, from flags.
 type config struct {
-	Sailboxd  string // the daemon binary
-	Sail      string // the CLI binary
-	VMM       string // sailbox-vmm, which the daemon runs per box
-	Kernel    string
-	Initrd    string
+	Sailboxd string // the daemon binary
+	Sail     string // the CLI binary
+	VMM      string // sailbox-vmm, which the daemon runs per box
+	Kernel   string
+	Initrd   string
+	// Image is the boxes' root file system image (sailboxd -image); ""
+	// gives them an empty ext4 data disk and the initramfs as root.
+	Image     string
 	MemoryMiB int // the daemon's default for new boxes
 }
 
@@ -60,6 +63,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.VMM, "vmm", beside("sailbox-vmm"), "the sailbox-vmm `binary` the daemon runs")
 	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest `initramfs` (default $SAILBOX_GUEST_INITRAMFS)")
+	fs.StringVar(&c.Image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "the boxes' root file system `image`, as sailboxd -image takes it (default $SAILBOX_DEFAULT_IMAGE, which make demo sets to image/build.sh's Debian image); empty: an empty data disk")
 	fs.IntVar(&c.MemoryMiB, "mem", 256, "guest memory of each box, MiB")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -99,6 +103,13 @@ func (c *config) resolve() error {
 			return fmt.Errorf("%s: %w (%s)", f.what, err, f.hint)
 		}
 		*f.path = abs
+	}
+	if c.Image != "" {
+		if _, err := os.Stat(c.Image); err == nil {
+			if abs, err := filepath.Abs(c.Image); err == nil {
+				c.Image = abs
+			}
+		}
 	}
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		return fmt.Errorf("the base image needs mkfs.ext4: %w (build/deps.sh installs e2fsprogs)", err)
@@ -143,7 +154,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 		}
 	}()
 	fmt.Fprintf(stdout, "$ export %s\n", shellJoin(d.env()))
-	s := &session{sail: c.Sail, env: append(os.Environ(), d.env()...), out: stdout}
+	s := &session{sail: c.Sail, env: append(os.Environ(), d.env()...), out: stdout, rootImage: c.Image != ""}
 	if err := s.walkthrough(ctx); err != nil {
 		d.printLogs(stderr)
 		return err

@@ -26,6 +26,9 @@ type session struct {
 	sail string   // the binary
 	env  []string // its environment, which names the daemon's socket
 	out  io.Writer
+	// rootImage: the boxes' disk is a root file system image (the
+	// Debian one), not an empty data disk.
+	rootImage bool
 }
 
 // say prints a comment that introduces the next steps.
@@ -85,6 +88,23 @@ func (s *session) walkthrough(ctx context.Context) error {
 		return fmt.Errorf("uname -a printed %q", out)
 	}
 	parentHost := uname[1]
+	if s.rootImage {
+		s.say("Its disk is its root file system, Debian with python3; execs get the image's PATH and working directory.")
+		out, err = s.run(ctx, "exec", parent, "--", "python3", "-c", "import sqlite3, json, platform; print(platform.python_version())")
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(out, "3.") {
+			return fmt.Errorf("python3 printed %q, want its version", out)
+		}
+		out, err = s.run(ctx, "exec", parent, "--", "df", "-h", "/")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "/dev/vda") {
+			return fmt.Errorf("df -h / shows no /dev/vda: %q", out)
+		}
+	}
 	if _, err := s.run(ctx, "exec", parent, "--", "sh", "-c", "echo hello > /tmp/greeting"); err != nil {
 		return err
 	}

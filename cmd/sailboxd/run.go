@@ -11,12 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/internal/apiserver"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/images"
+	"github.com/sailbox-dev/sailbox/internal/imagestore"
 	"github.com/sailbox-dev/sailbox/internal/vmmbackend"
 	"golang.org/x/sys/unix"
 )
@@ -90,7 +93,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "initramfs with the guest agent (default $SAILBOX_GUEST_INITRAMFS)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "extra guest kernel command line")
-	fs.StringVar(&c.Image, "image", "", "default base disk `image` of new boxes (absolute path)")
+	fs.StringVar(&c.Image, "image", "", "default disk `REF` of new boxes: an absolute path (OCI layout directory, docker save .tar, raw ext4 disk, a root file system when <stem>.json lies beside it) or a registry reference")
 	fs.Func("image-dir", "`directory` whose regular files clients may name as a box's image (repeatable; none: clients name no image)", func(s string) error {
 		c.ImageDirs = append(c.ImageDirs, s)
 		return nil
@@ -116,8 +119,8 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("-max-running, -max-memory and -min-free-disk cannot be negative")
 	case c.MinSchema < 0:
 		return c, fmt.Errorf("-min-resumable-schema %d is negative", c.MinSchema)
-	case c.Image != "" && !filepath.IsAbs(c.Image):
-		return c, fmt.Errorf("-image %q is not an absolute path", c.Image)
+	case c.Image != "" && !filepath.IsAbs(c.Image) && !isRegistryRef(c.Image):
+		return c, fmt.Errorf("-image %q is neither an absolute path nor a registry reference with a tag or digest (debian:12)", c.Image)
 	}
 	return c, nil
 }
@@ -155,10 +158,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
+	store, err := imagestore.Open(filepath.Join(c.StateDir, "images"), imagestore.Options{})
+	if err != nil {
+		return err
+	}
+	defaults := catalog.Spec{MemoryMiB: c.MemoryMiB, VCPUs: c.VCPUs}
+	if c.Image != "" {
+		// The operator's image, trusted: resolved (imported if need be)
+		// once, at start.
+		if defaults.Image, defaults.Root, err = daemon.OperatorImage(ctx, store, c.Image); err != nil {
+			return fmt.Errorf("-image: %w", err)
+		}
+		log.Info("default image", "image", c.Image, "disk", defaults.Image, "root", defaults.Root != nil)
+	}
 	c.Limits.FreeDiskMiB = func() (int64, error) { return freeDiskMiB(c.StateDir) }
 	m, err := daemon.New(daemon.Config{
-		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Images: imgs, Limits: c.Limits,
-		Defaults: catalog.Spec{MemoryMiB: c.MemoryMiB, VCPUs: c.VCPUs, Image: c.Image},
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Images: imgs, Store: store, Limits: c.Limits,
+		Defaults: defaults,
 	})
 	if err != nil {
 		return err
@@ -186,4 +202,15 @@ func freeDiskMiB(dir string) (int64, error) {
 		return 0, err
 	}
 	return int64(st.Bavail) * st.Bsize >> 20, nil
+}
+
+// isRegistryRef reports whether the operator's -image reads as a registry
+// reference rather than a relative path: it parses as one and names its
+// tag, digest or repository path explicitly ("rel.img" is a path typo).
+func isRegistryRef(ref string) bool {
+	if strings.HasPrefix(ref, ".") || strings.HasPrefix(ref, "~") || !strings.ContainsAny(ref, ":@/") {
+		return false
+	}
+	_, err := name.ParseReference(ref)
+	return err == nil
 }

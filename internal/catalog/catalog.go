@@ -102,6 +102,21 @@ type Spec struct {
 	MemoryMiB int    `json:"memory_mib"`
 	VCPUs     int    `json:"vcpus"`
 	Image     string `json:"image,omitempty"`
+	// Root is set when Image is a root file system (an imported OCI or
+	// Docker image, or a disk with an image record beside it): the box
+	// boots with it as / and its execs run with its config.
+	Root *RootImage `json:"root,omitempty"`
+}
+
+// RootImage is the config of the image a box's root file system was made
+// from: what its execs run with.
+type RootImage struct {
+	Digest     string   `json:"digest,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
 }
 
 // Port is an exposed port.

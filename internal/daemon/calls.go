@@ -18,7 +18,7 @@ import (
 // Create boots a new box. It is recorded as Creating while its VM boots,
 // and deleted if the boot fails.
 func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, error) {
-	spec := catalog.Spec{MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Image: m.defaults.Image}
+	spec := catalog.Spec{MemoryMiB: req.MemoryMiB, VCPUs: req.VCPUs, Image: m.defaults.Image, Root: m.defaults.Root}
 	if spec.MemoryMiB == 0 {
 		spec.MemoryMiB = m.defaults.MemoryMiB
 	}
@@ -32,16 +32,14 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		return api.Box{}, fmt.Errorf("create: %w: vcpus %d is outside [1, %d]", ErrInvalidArgument, spec.VCPUs, MaxVCPUs)
 	}
 	if req.Image != "" {
-		// A client names an image; only the operator's image directories
-		// hold one (the default image is the operator's own choice).
-		if m.images == nil {
-			return api.Box{}, fmt.Errorf("create: %w: image %q: the daemon has no image directories (sailboxd -image-dir)", ErrInvalidArgument, req.Image)
-		}
-		p, err := m.images.Resolve(req.Image)
+		// A client names an image: one in the operator's image
+		// directories, or a registry's (see images.go); the default
+		// image is the operator's own choice.
+		p, root, err := m.clientImage(ctx, req.Image)
 		if err != nil {
-			return api.Box{}, fmt.Errorf("create: %w: %w", ErrInvalidArgument, err)
+			return api.Box{}, fmt.Errorf("create: %w", err)
 		}
-		spec.Image = p
+		spec.Image, spec.Root = p, root
 	}
 	release, err := m.admit("create", spec.MemoryMiB)
 	if err != nil {
@@ -298,7 +296,15 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest, stdo
 	if err := m.use(ctx, id, lifecycle.OpExec); err != nil {
 		return api.ExecResult{}, err
 	}
-	res, err := m.be.Exec(ctx, id, req, stdout, stderr)
+	var root *catalog.RootImage
+	if err := m.cat.View(func(tx *catalog.Tx) error {
+		b, err := tx.Box(id)
+		root = b.Spec.Root
+		return err
+	}); err != nil {
+		return api.ExecResult{}, fmt.Errorf("box %s: exec: %w", id, err)
+	}
+	res, err := m.be.Exec(ctx, id, withImageConfig(req, root), stdout, stderr)
 	if err != nil {
 		return res, fmt.Errorf("box %s: exec %q: %w", id, req.Argv[0], err)
 	}

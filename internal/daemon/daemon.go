@@ -58,6 +58,9 @@ type Config struct {
 	// Images resolves the images a create request names; nil refuses
 	// every image but the default.
 	Images *images.Dirs
+	// Store imports the OCI and Docker images a create request names;
+	// nil refuses them (raw disks in Images still work).
+	Store ImageStore
 	// Limits bound what the host runs (admission control).
 	Limits Limits
 	// MinResumableSchema is the oldest guest schema version that can be
@@ -76,6 +79,7 @@ type Manager struct {
 	hostID    string
 	defaults  catalog.Spec
 	images    *images.Dirs
+	store     ImageStore
 	limits    Limits
 	minSchema int
 	log       *slog.Logger
@@ -100,7 +104,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, errors.New("daemon: a catalog and a backend are required")
 	}
 	m := &Manager{
-		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, limits: cfg.Limits,
+		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, store: cfg.Store, limits: cfg.Limits,
 		minSchema: cfg.MinResumableSchema, log: cfg.Logger, newID: cfg.NewID,
 	}
 	if m.log == nil {

@@ -74,42 +74,109 @@ func (d *Dirs) Resolve(name string) (string, error) {
 			}
 			rel = r
 		}
-		if p, ok := d.open(dir, rel); ok {
+		if p, _, ok := d.open(dir, rel, false); ok {
 			return p, nil
 		}
 	}
 	return "", fmt.Errorf("image %q: %w", name, ErrNotImage)
 }
 
-// open resolves rel beneath dir to the canonical path of a regular file.
-func (d *Dirs) open(dir, rel string) (string, bool) {
+// Found is an image Find resolved.
+type Found struct {
+	// Path is canonical: a regular file, or with Dir a directory holding
+	// an oci-layout file (an OCI image layout).
+	Path string
+	Dir  bool
+	// Selector is what followed the path in the name: empty, or ":…" or
+	// "@…", which picks an image in a layout or a tarball.
+	Selector string
+}
+
+// Find resolves name like Resolve, and also to a directory that holds an
+// oci-layout file; the name may end with a selector (":TAG",
+// "@sha256:…", ":NAME:TAG") after the path, which the longest path that
+// resolves leaves. It fails with ErrNotImage for anything else.
+func (d *Dirs) Find(name string) (Found, error) {
+	if name == "" || strings.ContainsRune(name, 0) {
+		return Found{}, fmt.Errorf("image %q: %w", name, ErrNotImage)
+	}
+	if f, ok := d.find(name); ok {
+		return f, nil
+	}
+	for i := len(name) - 1; i > 0; i-- {
+		if name[i] != ':' && name[i] != '@' {
+			continue
+		}
+		if f, ok := d.find(name[:i]); ok {
+			f.Selector = name[i:]
+			return f, nil
+		}
+	}
+	return Found{}, fmt.Errorf("image %q: %w", name, ErrNotImage)
+}
+
+func (d *Dirs) find(name string) (Found, bool) {
+	for _, dir := range d.dirs {
+		rel := name
+		if filepath.IsAbs(name) {
+			r, err := filepath.Rel(dir, filepath.Clean(name))
+			if err != nil || !filepath.IsLocal(r) {
+				continue
+			}
+			rel = r
+		}
+		if p, isDir, ok := d.open(dir, rel, true); ok {
+			return Found{Path: p, Dir: isDir}, true
+		}
+	}
+	return Found{}, false
+}
+
+// open resolves rel beneath dir to the canonical path of a regular file,
+// or with layouts, of a directory holding a regular file oci-layout.
+func (d *Dirs) open(dir, rel string, layouts bool) (string, bool, bool) {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
-		return "", false
+		return "", false, false
 	}
 	defer root.Close()
 	f, err := root.Open(rel)
 	if err != nil {
-		return "", false
+		return "", false, false
 	}
 	defer f.Close()
 	st, err := f.Stat()
-	if err != nil || !st.Mode().IsRegular() {
-		return "", false
+	if err != nil {
+		return "", false, false
+	}
+	isDir := st.IsDir()
+	switch {
+	case isDir && layouts:
+		sub, err := root.OpenRoot(rel)
+		if err != nil {
+			return "", false, false
+		}
+		lst, err := sub.Lstat("oci-layout")
+		sub.Close()
+		if err != nil || !lst.Mode().IsRegular() {
+			return "", false, false
+		}
+	case !st.Mode().IsRegular():
+		return "", false, false
 	}
 	// The path of what was opened, as the kernel knows it: no symlink
 	// left in it, so the VMM that opens it later gets this file (clients
 	// cannot write in the image directories to swap it).
 	p, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
 	if err != nil || !within(p, dir) {
-		return "", false
+		return "", false, false
 	}
 	for _, priv := range d.private {
 		if within(p, priv) {
-			return "", false
+			return "", false, false
 		}
 	}
-	return p, true
+	return p, isDir, true
 }
 
 // canonical is p absolute with every symlink resolved.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -26,8 +27,40 @@ func (s *Store) Import(ctx context.Context, ref string) (Image, error) {
 	return img, nil
 }
 
+// ImportPath imports the image at path, which the caller has resolved
+// (and confined) already: an OCI image layout directory, or a `docker
+// save` tarball. selector is empty, or ":TAG" / "@sha256:…" for a layout,
+// ":NAME:TAG" for a tarball, as in findImage.
+func (s *Store) ImportPath(ctx context.Context, path, selector string) (Image, error) {
+	img, err := s.importFrom(ctx, path+selector, func() (source, error) { return findPath(path, selector) })
+	if err != nil {
+		return Image{}, fmt.Errorf("import %s: %w", path+selector, err)
+	}
+	return img, nil
+}
+
+// ImportRemote imports the image registry reference ref names. It never
+// looks at the file system for ref: a client's REF reaches the host's
+// files only through the caller's resolution and ImportPath.
+func (s *Store) ImportRemote(ctx context.Context, ref string) (Image, error) {
+	img, err := s.importFrom(ctx, ref, func() (source, error) {
+		if ref == "" || strings.ContainsRune(ref, 0) || strings.HasPrefix(ref, "/") || strings.HasPrefix(ref, ".") {
+			return source{}, fmt.Errorf("%w: %q", ErrBadRef, ref)
+		}
+		return fromRegistry(ctx, ref, s.opts)
+	})
+	if err != nil {
+		return Image{}, fmt.Errorf("import %s: %w", ref, err)
+	}
+	return img, nil
+}
+
 func (s *Store) importRef(ctx context.Context, ref string) (Image, error) {
-	src, err := findImage(ctx, ref, s.opts)
+	return s.importFrom(ctx, ref, func() (source, error) { return findImage(ctx, ref, s.opts) })
+}
+
+func (s *Store) importFrom(ctx context.Context, ref string, find func() (source, error)) (Image, error) {
+	src, err := find()
 	if err != nil {
 		return Image{}, err
 	}

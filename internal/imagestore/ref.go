@@ -58,14 +58,7 @@ func findImage(ctx context.Context, ref string, opts Options) (source, error) {
 		return source{}, fmt.Errorf("%w: %q", ErrBadRef, ref)
 	}
 	if path, selector, fi, ok := splitRef(ref); ok {
-		switch {
-		case fi.IsDir():
-			return fromLayout(path, selector)
-		case fi.Mode().IsRegular():
-			return fromTarball(path, selector, fi.Size())
-		default:
-			return source{}, fmt.Errorf("%w: %s is neither a directory nor a regular file", ErrBadRef, path)
-		}
+		return fromPath(path, selector, fi)
 	}
 	if strings.HasPrefix(ref, "/") || strings.HasPrefix(ref, ".") {
 		// A path that does not exist; name.ParseReference would take
@@ -75,7 +68,27 @@ func findImage(ctx context.Context, ref string, opts Options) (source, error) {
 	return fromRegistry(ctx, ref, opts)
 }
 
-// splitPath finds the path in REF; ok is false when no prefix exists.
+// findPath reads the image at path (a layout directory or a tarball).
+func findPath(path, selector string) (source, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return source{}, fmt.Errorf("%w: %w", ErrBadRef, err)
+	}
+	return fromPath(path, selector, fi)
+}
+
+func fromPath(path, selector string, fi fs.FileInfo) (source, error) {
+	switch {
+	case fi.IsDir():
+		return fromLayout(path, selector)
+	case fi.Mode().IsRegular():
+		return fromTarball(path, selector, fi.Size())
+	default:
+		return source{}, fmt.Errorf("%w: %s is neither a directory nor a regular file", ErrBadRef, path)
+	}
+}
+
+// splitRef finds the path in REF; ok is false when no prefix exists.
 func splitRef(ref string) (path, selector string, fi fs.FileInfo, ok bool) {
 	if fi, err := os.Stat(ref); err == nil {
 		return ref, "", fi, true

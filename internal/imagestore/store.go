@@ -306,3 +306,19 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+// ReadRecord reads the image record beside a base disk made elsewhere
+// (such as image/build.sh's rootfs.ext4 and rootfs.json): the file
+// recordPath in the store's record format. The Image it returns has no
+// Path or Bytes.
+func ReadRecord(recordPath string) (Image, error) {
+	data, err := os.ReadFile(recordPath)
+	if err != nil {
+		return Image{}, fmt.Errorf("image record: %w", err)
+	}
+	var rec record
+	if err := json.Unmarshal(data, &rec); err != nil {
+		return Image{}, fmt.Errorf("%w: image record %s: %w", ErrBadImage, recordPath, err)
+	}
+	return Image{Digest: rec.Digest, Ref: rec.Ref, Created: rec.Created, Config: rec.Config}, nil
+}

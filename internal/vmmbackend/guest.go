@@ -27,7 +27,7 @@ func (b *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, std
 		stdin = bytes.NewReader(req.Stdin)
 	}
 	res, err := v.agent.Exec(ctx, guestagent.ExecRequest{
-		Argv: req.Argv, Env: req.Env, Dir: req.Dir, Timeout: time.Duration(req.TimeoutMS) * time.Millisecond,
+		Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User, Timeout: time.Duration(req.TimeoutMS) * time.Millisecond,
 	}, stdin, stdout, stderr)
 	if err != nil {
 		return api.ExecResult{}, err

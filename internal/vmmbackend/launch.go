@@ -2,6 +2,7 @@ package vmmbackend
 
 import (
 	"path/filepath"
+	"strings"
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
@@ -38,8 +39,16 @@ func (b *Backend) bootLaunch(box string, spec catalog.Spec) vmmapi.Launch {
 	if spec.Image != "" {
 		l.Disks = []vmmapi.LaunchDisk{{Path: spec.Image, Layered: true, ID: "vda"}}
 	}
+	if spec.Root != nil {
+		// The disk is the box's root file system: the guest agent mounts
+		// it as / before serving (guestagent.MountRoot).
+		l.Cmdline = strings.TrimSpace(l.Cmdline + " " + rootCmdline)
+	}
 	return l
 }
+
+// rootCmdline has the guest agent mount the box's disk as its root.
+const rootCmdline = "sailbox.root=/dev/vda"
 
 // rebootLaunch boots box from spec on the disks of checkpoint ckpt: a
 // boot with the checkpoint's disks instead of a new one over spec's image.

@@ -393,6 +393,14 @@ func (f *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, std
 		out.Write(req.Stdin)
 	case "schema":
 		fmt.Fprintln(&out, v.schema)
+	case "env": // the request's environment, dir and user, as sent
+		for _, kv := range req.Env {
+			fmt.Fprintln(&out, kv)
+		}
+	case "pwd":
+		fmt.Fprintln(&out, req.Dir)
+	case "whoami":
+		fmt.Fprintln(&out, req.User)
 	default:
 		f.mu.Unlock()
 		return api.ExecResult{}, fmt.Errorf("fake: exec %q: no such command", req.Argv[0])
