@@ -65,18 +65,8 @@ func (d *Dirs) Resolve(name string) (string, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return "", fmt.Errorf("image %q: %w", name, ErrNotImage)
 	}
-	for _, dir := range d.dirs {
-		rel := name
-		if filepath.IsAbs(name) {
-			r, err := filepath.Rel(dir, filepath.Clean(name))
-			if err != nil || !filepath.IsLocal(r) {
-				continue
-			}
-			rel = r
-		}
-		if p, _, ok := d.open(dir, rel, false); ok {
-			return p, nil
-		}
+	if f, ok := d.find(name, false); ok {
+		return f.Path, nil
 	}
 	return "", fmt.Errorf("image %q: %w", name, ErrNotImage)
 }
@@ -100,14 +90,14 @@ func (d *Dirs) Find(name string) (Found, error) {
 	if name == "" || strings.ContainsRune(name, 0) {
 		return Found{}, fmt.Errorf("image %q: %w", name, ErrNotImage)
 	}
-	if f, ok := d.find(name); ok {
+	if f, ok := d.find(name, true); ok {
 		return f, nil
 	}
 	for i := len(name) - 1; i > 0; i-- {
 		if name[i] != ':' && name[i] != '@' {
 			continue
 		}
-		if f, ok := d.find(name[:i]); ok {
+		if f, ok := d.find(name[:i], true); ok {
 			f.Selector = name[i:]
 			return f, nil
 		}
@@ -115,7 +105,9 @@ func (d *Dirs) Find(name string) (Found, error) {
 	return Found{}, fmt.Errorf("image %q: %w", name, ErrNotImage)
 }
 
-func (d *Dirs) find(name string) (Found, bool) {
+// find resolves name in the first image directory that holds it: a
+// regular file, or with layouts also an OCI layout directory.
+func (d *Dirs) find(name string, layouts bool) (Found, bool) {
 	for _, dir := range d.dirs {
 		rel := name
 		if filepath.IsAbs(name) {
@@ -125,7 +117,7 @@ func (d *Dirs) find(name string) (Found, bool) {
 			}
 			rel = r
 		}
-		if p, isDir, ok := d.open(dir, rel, true); ok {
+		if p, isDir, ok := d.open(dir, rel, layouts); ok {
 			return Found{Path: p, Dir: isDir}, true
 		}
 	}
