@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -115,25 +114,7 @@ func TestKVMImageRoot(t *testing.T) {
 	if _, err := api.Checkpoint(ctx, "c1"); err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv(asMain, "1")
-	child := vmmapi.Launch{
-		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
-		Store: store, Restore: "c1", ForkName: "kid",
-		APISocket: filepath.Join(dir, "child.api"),
-		VsockUDS:  filepath.Join(dir, "child.vsock"),
-		Log:       filepath.Join(dir, "child.log"),
-	}
-	cmd, err := child.Start(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	go cmd.Wait()
-	t.Cleanup(func() { cmd.Process.Kill() })
-	kid := guestagent.NewHybridClient(child.VsockUDS)
-	if _, err := kid.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
-		log, _ := os.ReadFile(child.Log)
-		t.Fatalf("child agent: %v; child log:\n%s", err, log)
-	}
+	kid, childAPI := startForkChild(t, ctx, store, "c1", dir)
 	if got := run(kid, "cat", "/root/note.txt"); got != note {
 		t.Errorf("fork's /root/note.txt = %q", got)
 	}
@@ -155,7 +136,7 @@ func TestKVMImageRoot(t *testing.T) {
 	if id := strings.TrimSpace(run(kid, "cat", "/etc/machine-id")); len(id) != 32 || id == parentID {
 		t.Errorf("fork's machine ID %q, parent's %q: want a new one", id, parentID)
 	}
-	if err := vmmapi.NewClient(child.APISocket).Shutdown(ctx); err != nil {
+	if err := vmmapi.NewClient(childAPI).Shutdown(ctx); err != nil {
 		t.Errorf("child shutdown: %v", err)
 	}
 	// The parent's disk is its own.

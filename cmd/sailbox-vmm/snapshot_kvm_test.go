@@ -20,6 +20,34 @@ import (
 // it as a fork's child VMM.
 const asMain = "SAILBOX_VMM_TEST_AS_MAIN"
 
+// startForkChild starts a sailbox-vmm process (this test binary as main)
+// restored from checkpoint ckpt of store as a fork named "kid", its
+// sockets and log in dir, as the daemon's backend does, and returns its
+// agent once it answers and its control socket. It is killed at cleanup.
+func startForkChild(t *testing.T, ctx context.Context, store, ckpt, dir string) (*guestagent.Client, string) {
+	t.Helper()
+	t.Setenv(asMain, "1")
+	child := vmmapi.Launch{
+		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
+		Store: store, Restore: ckpt, ForkName: "kid",
+		APISocket: filepath.Join(dir, "child.api"),
+		VsockUDS:  filepath.Join(dir, "child.vsock"),
+		Log:       filepath.Join(dir, "child.log"),
+	}
+	cmd, err := child.Start(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	go cmd.Wait()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	kid := guestagent.NewHybridClient(child.VsockUDS)
+	if _, err := kid.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
+		log, _ := os.ReadFile(child.Log)
+		t.Fatalf("child agent: %v; child log:\n%s", err, log)
+	}
+	return kid, child.APISocket
+}
+
 func TestMain(m *testing.M) {
 	if os.Getenv(asMain) == "1" {
 		main()
@@ -75,25 +103,7 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 	if fc.Parent != "c1" {
 		t.Errorf("fork checkpoint's parent %q, want c1", fc.Parent)
 	}
-	t.Setenv(asMain, "1")
-	child := vmmapi.Launch{
-		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
-		Store: filepath.Join(dir, "store"), Restore: "f1", ForkName: "kid",
-		APISocket: filepath.Join(dir, "child.api"),
-		VsockUDS:  filepath.Join(dir, "child.vsock"),
-		Log:       filepath.Join(dir, "child.log"),
-	}
-	cmd, err := child.Start(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	go cmd.Wait()
-	t.Cleanup(func() { cmd.Process.Kill() })
-	kid := guestagent.NewHybridClient(child.VsockUDS)
-	if _, err := kid.WaitHealthy(ctx, 100*time.Millisecond, nil); err != nil {
-		log, _ := os.ReadFile(child.Log)
-		t.Fatalf("child agent: %v; child log:\n%s", err, log)
-	}
+	kid, childAPI := startForkChild(t, ctx, filepath.Join(dir, "store"), "f1", dir)
 	out, _, _, err := kid.Run(ctx, "cat", "/tmp/who")
 	if err != nil || string(out) != "parent" {
 		t.Errorf("child /tmp/who = %q, %v; want the parent's memory", out, err)
@@ -108,7 +118,7 @@ func TestKVMCheckpointAndForkOverSocket(t *testing.T) {
 			t.Fatalf("child hostname still %q", out)
 		}
 	}
-	if err := vmmapi.NewClient(child.APISocket).Shutdown(ctx); err != nil {
+	if err := vmmapi.NewClient(childAPI).Shutdown(ctx); err != nil {
 		t.Errorf("child shutdown: %v", err)
 	}
 	// The parent runs on.
