@@ -249,7 +249,7 @@ func (r *Result) mergeRetest(retest map[int][]string, rerun *Result) *Result {
 		}
 	}
 	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: r.Done, LabError: r.LabError, Crashed: r.Crashed,
-		Reruns: r.Reruns, Retried: slices.Clone(r.Retried)}
+		Reruns: append(slices.Clone(r.Reruns), rerun.Reruns...), Retried: slices.Clone(r.Retried)}
 	failedOther := map[int]bool{}
 	for _, o := range r.obs {
 		if again[o.name] {

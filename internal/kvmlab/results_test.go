@@ -190,6 +190,41 @@ func TestRetestLabFaults(t *testing.T) {
 	}
 }
 
+// A retest whose own lab crashed before it ran anything (the lab kernel
+// has panicked while booting) and then passed in a fresh lab counts as
+// passed, and the summary says the lab crashed.
+func TestRetestAfterItsLabCrashed(t *testing.T) {
+	r := newResult("lab", 1)
+	for _, line := range []string{
+		"=== RUN   TestKVMA",
+		"    harness: sailbox-vmm: guest shutdown",
+		"--- FAIL: TestKVMA (1.00s)",
+		stepMarker(0, 1),
+		markerDone,
+	} {
+		if i, code, ok := parseStepMarker(line); ok {
+			r.Exit[i], r.step = code, i+1
+		}
+		if line == markerDone {
+			r.Done = true
+		}
+		r.observe(line)
+	}
+	retest := r.labFaulted()
+	crashed := newResult("lab", 1)
+	crashed.LabError, crashed.Crashed = "a kernel panic", true
+	second := newResult("lab", 1)
+	second.observe("--- PASS: TestKVMA (1.00s)")
+	second.Exit[0], second.Done = 0, true
+	m := r.mergeRetest(retest, crashed.mergeRerun(crashed.unfinished(), second))
+	if !m.OK() || !slices.Equal(m.Passed, []string{"TestKVMA"}) {
+		t.Errorf("merged: OK %v, passed %v, failed %v, lab error %q", m.OK(), m.Passed, m.Failed, m.LabError)
+	}
+	if s := m.Summary(); !strings.Contains(s, "after 1 lab crash") || !strings.Contains(s, "ran again after the lab broke a guest: TestKVMA") {
+		t.Errorf("summary %q", s)
+	}
+}
+
 // A soak counts a lab whose kernel reported a fault as crashed, even when
 // its tests passed, and sums up in the closing line CI reads.
 func TestSoakSummary(t *testing.T) {

@@ -145,6 +145,11 @@ func (r *Runner) retestLabFaults(ctx context.Context, lab *Lab, plan *Plan, res 
 	if err != nil {
 		return nil, err
 	}
+	// The fresh lab can crash too (its kernel has panicked while booting):
+	// that says nothing about the tests either, so it gets the same reruns.
+	if again, err = r.rerunCrashed(ctx, lab, rerun, again); err != nil {
+		return nil, err
+	}
 	return res.mergeRetest(retest, again), nil
 }
 
