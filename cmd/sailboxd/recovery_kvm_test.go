@@ -77,17 +77,21 @@ func TestKVMDaemonCrashRecovery(t *testing.T) {
 	if out := h.run(run, "cat", "/tmp/f"); out != "before" {
 		t.Errorf("running box after the crash has %q, want its checkpoint's before", out)
 	}
-	// The fresh box had no completed checkpoint unless the one in flight
-	// completed: it is running from it, or failed (nothing to restore).
+	// The fresh box had no checkpoint of its own unless the one in flight
+	// completed: it is running from it, or from its template's (as it
+	// was created, without /tmp/f).
 	fresh, _ := c.Get(ctx, boxes["fresh"].ID)
 	switch {
-	case fresh.LastCheckpoint != nil && fresh.State == lifecycle.Running:
+	case fresh.State != lifecycle.Running:
+		t.Errorf("fresh box after the crash: %+v, want running", fresh)
+	case fresh.LastCheckpoint != nil:
 		if out := h.run(fresh.ID, "cat", "/tmp/f"); out != "before" {
 			t.Errorf("fresh box restored with %q", out)
 		}
-	case fresh.LastCheckpoint == nil && fresh.State == lifecycle.Failed:
 	default:
-		t.Errorf("fresh box after the crash: %+v", fresh)
+		if out, code, err := h.exec(fresh.ID, "cat", "/tmp/f"); err != nil || code == 0 {
+			t.Errorf("fresh box restored from its template has /tmp/f: %q, exit %d, %v", out, code, err)
+		}
 	}
 	for name, b := range boxes {
 		cks, err := c.Checkpoints(ctx, b.ID)
@@ -176,13 +180,13 @@ func TestKVMDaemonConcurrentForks(t *testing.T) {
 		t.Errorf("%d VMMs run, want %d", got, n+1)
 	}
 	// The parent's checkpoints form one chain of completed checkpoints,
-	// one per fork.
+	// one per fork, on its template's.
 	cks, err := c.Checkpoints(ctx, parent.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cks) != n {
-		t.Errorf("parent has %d checkpoints, want %d", len(cks), n)
+	if len(cks) != n+1 {
+		t.Errorf("parent has %d checkpoints, want %d and its template's", len(cks), n)
 	}
 	ids := map[string]bool{}
 	for _, ck := range cks {

@@ -41,6 +41,7 @@ type config struct {
 	HostID      string
 	Inference   string
 	MinSchema   int
+	Templates   bool
 	LogLevel    slog.Level
 }
 
@@ -106,6 +107,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.HostID, "host-id", host, "this host's placement ID")
 	fs.StringVar(&c.Inference, "inference-upstream", "", "base `URL` that /v1/inference/... is proxied to")
 	fs.IntVar(&c.MinSchema, "min-resumable-schema", 0, "oldest guest schema `version` a box may be resumed on; older boxes are upgraded when they wake (0: any)")
+	fs.BoolVar(&c.Templates, "templates", true, "create boxes by restoring a template checkpoint of their image and shape, booted once (false: boot every box)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -173,7 +175,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	c.Limits.FreeDiskMiB = func() (int64, error) { return freeDiskMiB(c.StateDir) }
 	m, err := daemon.New(daemon.Config{
-		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Images: imgs, Store: store, Limits: c.Limits,
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Templates: c.Templates, Images: imgs, Store: store, Limits: c.Limits,
 		Defaults: defaults,
 	})
 	if err != nil {

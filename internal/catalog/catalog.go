@@ -21,8 +21,9 @@
 // A box's chain is the checkpoints its state builds on: from its newest
 // completed checkpoint (or, for a fork that has not checkpointed yet, the
 // checkpoint it was restored from) back through each checkpoint's parent.
-// A checkpoint on no box's chain is unreferenced: its storage can be
-// freed (Unreferenced).
+// A template (a booted guest checkpointed once, which creates restore new
+// boxes from) has a chain too. A checkpoint on no box's or template's
+// chain is unreferenced: its storage can be freed (Unreferenced).
 //
 // A Catalog is safe for concurrent use; bbolt serializes writers.
 package catalog
@@ -61,6 +62,7 @@ var (
 	bucketMeta        = []byte("meta")
 	bucketBoxes       = []byte("boxes")
 	bucketCheckpoints = []byte("checkpoints")
+	bucketTemplates   = []byte("templates")
 	keyVersion        = []byte("version")
 )
 
@@ -71,6 +73,7 @@ type Box struct {
 	GuestSchemaVersion int             `json:"guest_schema_version"`
 	Created            time.Time       `json:"created"`
 	ParentID           string          `json:"parent_id,omitempty"` // the box it was forked from
+	Template           string          `json:"template,omitempty"`  // the template it was created from
 	HostID             string          `json:"host_id"`
 	PendingUpgrade     bool            `json:"pending_upgrade,omitempty"`
 	Spec               Spec            `json:"spec"`
@@ -117,6 +120,20 @@ type RootImage struct {
 	User       string   `json:"user,omitempty"`
 	Entrypoint []string `json:"entrypoint,omitempty"`
 	Cmd        []string `json:"cmd,omitempty"`
+}
+
+// Template is a guest booted once for a spec and checkpointed with its
+// agent ready: create restores new boxes from its checkpoint instead of
+// booting them. Its ID is derived from everything a boot depends on, so
+// a template is never used for a guest it does not match.
+type Template struct {
+	ID   string `json:"id"`
+	Spec Spec   `json:"spec"`
+	// Checkpoint is the template's completed checkpoint; "" while the
+	// template is being made.
+	Checkpoint         string    `json:"checkpoint,omitempty"`
+	GuestSchemaVersion int       `json:"guest_schema_version"`
+	Created            time.Time `json:"created"`
 }
 
 // Port is an exposed port.
@@ -178,7 +195,7 @@ func Open(path string, opts *Options) (*Catalog, error) {
 		case string(v) != version:
 			return fmt.Errorf("%w %q (this daemon writes %q)", ErrVersion, v, version)
 		}
-		for _, b := range [][]byte{bucketBoxes, bucketCheckpoints} {
+		for _, b := range [][]byte{bucketBoxes, bucketCheckpoints, bucketTemplates} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -245,18 +262,7 @@ func (t *Tx) PutBox(b Box) error {
 func (t *Tx) DeleteBox(id string) error { return t.delete(bucketBoxes, "box", id) }
 
 // Boxes returns every box, sorted by ID.
-func (t *Tx) Boxes() ([]Box, error) {
-	var out []Box
-	err := t.tx.Bucket(bucketBoxes).ForEach(func(k, v []byte) error {
-		var b Box
-		if err := json.Unmarshal(v, &b); err != nil {
-			return fmt.Errorf("box %s: %w: %v", k, ErrCorrupt, err)
-		}
-		out = append(out, b)
-		return nil
-	})
-	return out, err
-}
+func (t *Tx) Boxes() ([]Box, error) { return all[Box](t, bucketBoxes, "box") }
 
 // Checkpoint returns checkpoint id's record.
 func (t *Tx) Checkpoint(id string) (Checkpoint, error) {
@@ -265,14 +271,14 @@ func (t *Tx) Checkpoint(id string) (Checkpoint, error) {
 }
 
 // PutCheckpoint stores c, replacing any record with its ID. A new
-// checkpoint's box and parent must exist; a stored one may outlive its
-// box.
+// checkpoint's box (or template) and parent must exist; a stored one may
+// outlive its box.
 func (t *Tx) PutCheckpoint(c Checkpoint) error {
 	if c.ID == "" {
 		return errors.New("put checkpoint: empty id")
 	}
 	if t.tx.Bucket(bucketCheckpoints).Get([]byte(c.ID)) == nil {
-		if t.tx.Bucket(bucketBoxes).Get([]byte(c.BoxID)) == nil {
+		if t.tx.Bucket(bucketBoxes).Get([]byte(c.BoxID)) == nil && t.tx.Bucket(bucketTemplates).Get([]byte(c.BoxID)) == nil {
 			return fmt.Errorf("put checkpoint %s: box %s: %w", c.ID, c.BoxID, ErrDangling)
 		}
 		if c.ParentID != "" && t.tx.Bucket(bucketCheckpoints).Get([]byte(c.ParentID)) == nil {
@@ -288,16 +294,7 @@ func (t *Tx) DeleteCheckpoint(id string) error { return t.delete(bucketCheckpoin
 
 // Checkpoints returns every checkpoint, sorted by ID.
 func (t *Tx) Checkpoints() ([]Checkpoint, error) {
-	var out []Checkpoint
-	err := t.tx.Bucket(bucketCheckpoints).ForEach(func(k, v []byte) error {
-		var c Checkpoint
-		if err := json.Unmarshal(v, &c); err != nil {
-			return fmt.Errorf("checkpoint %s: %w: %v", k, ErrCorrupt, err)
-		}
-		out = append(out, c)
-		return nil
-	})
-	return out, err
+	return all[Checkpoint](t, bucketCheckpoints, "checkpoint")
 }
 
 // Chain returns box id's chain, newest first; empty for a box without
@@ -328,20 +325,32 @@ func (t *Tx) chainFrom(head string) ([]Checkpoint, error) {
 	return chain, nil
 }
 
-// Referenced returns the IDs of the checkpoints on some box's chain.
+// Referenced returns the IDs of the checkpoints on some box's or
+// template's chain.
 func (t *Tx) Referenced() (map[string]bool, error) {
 	boxes, err := t.Boxes()
 	if err != nil {
 		return nil, err
 	}
-	ref := map[string]bool{}
+	templates, err := t.Templates()
+	if err != nil {
+		return nil, err
+	}
+	heads := map[string]string{} // head → who holds it, for errors
 	for _, b := range boxes {
+		heads[b.Head()] = "box " + b.ID
+	}
+	for _, tp := range templates {
+		heads[tp.Checkpoint] = "template " + tp.ID
+	}
+	ref := map[string]bool{}
+	for head, owner := range heads {
 		// Chains share their older parts: stop at the first checkpoint
 		// already seen.
-		for id := b.Head(); id != "" && !ref[id]; {
+		for id := head; id != "" && !ref[id]; {
 			c, err := t.Checkpoint(id)
 			if err != nil {
-				return nil, fmt.Errorf("chain of box %s: %w", b.ID, err)
+				return nil, fmt.Errorf("chain of %s: %w", owner, err)
 			}
 			ref[id] = true
 			id = c.ParentID
@@ -392,6 +401,31 @@ func (t *Tx) Unreferenced() ([]Checkpoint, error) {
 	return out, nil
 }
 
+// Template returns template id's record.
+func (t *Tx) Template(id string) (Template, error) {
+	var tp Template
+	return tp, t.get(bucketTemplates, "template", id, &tp)
+}
+
+// PutTemplate stores tp, replacing any record with its ID. The
+// checkpoint it names must exist.
+func (t *Tx) PutTemplate(tp Template) error {
+	if tp.ID == "" {
+		return errors.New("put template: empty id")
+	}
+	if tp.Checkpoint != "" && t.tx.Bucket(bucketCheckpoints).Get([]byte(tp.Checkpoint)) == nil {
+		return fmt.Errorf("put template %s: checkpoint %s: %w", tp.ID, tp.Checkpoint, ErrDangling)
+	}
+	return t.put(bucketTemplates, tp.ID, tp)
+}
+
+// DeleteTemplate deletes template id's record (not its checkpoint: see
+// Unreferenced). ErrNotFound if there is none.
+func (t *Tx) DeleteTemplate(id string) error { return t.delete(bucketTemplates, "template", id) }
+
+// Templates returns every template, sorted by ID.
+func (t *Tx) Templates() ([]Template, error) { return all[Template](t, bucketTemplates, "template") }
+
 // Incomplete returns the checkpoints not completed.
 func (t *Tx) Incomplete() ([]Checkpoint, error) {
 	all, err := t.Checkpoints()
@@ -405,6 +439,20 @@ func (t *Tx) Incomplete() ([]Checkpoint, error) {
 		}
 	}
 	return out, nil
+}
+
+// all decodes every record of bucket, sorted by key.
+func all[T any](t *Tx, bucket []byte, kind string) ([]T, error) {
+	var out []T
+	err := t.tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+		var r T
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("%s %s: %w: %v", kind, k, ErrCorrupt, err)
+		}
+		out = append(out, r)
+		return nil
+	})
+	return out, err
 }
 
 func (t *Tx) get(bucket []byte, kind, id string, v any) error {

@@ -189,6 +189,65 @@ func TestUnreferenced(t *testing.T) {
 	})
 }
 
+// A template's checkpoint is referenced while the template or a box made
+// from it holds it; a checkpoint needs an owner, a box or a template.
+func TestTemplates(t *testing.T) {
+	c := newCatalog(t)
+	err := c.Update(func(tx *Tx) error {
+		if err := tx.PutCheckpoint(Checkpoint{ID: "tpl-x-1", BoxID: "tpl-x", Completed: true}); !errors.Is(err, ErrDangling) {
+			t.Errorf("checkpoint of no box or template: %v", err)
+		}
+		if err := tx.PutTemplate(Template{ID: "tpl-x", Checkpoint: "tpl-x-1"}); !errors.Is(err, ErrDangling) {
+			t.Errorf("template naming a missing checkpoint: %v", err)
+		}
+		if err := tx.PutTemplate(Template{ID: "tpl-x"}); err != nil {
+			return err
+		}
+		if err := tx.PutCheckpoint(Checkpoint{ID: "tpl-x-1", BoxID: "tpl-x", Completed: true}); err != nil {
+			return err
+		}
+		if err := tx.PutTemplate(Template{ID: "tpl-x", Checkpoint: "tpl-x-1"}); err != nil {
+			return err
+		}
+		b := box("a")
+		b.Template, b.BaseCheckpoint = "tpl-x", "tpl-x-1"
+		if err := tx.CreateBox(b); err != nil {
+			return err
+		}
+		_, err := checkpoint(tx, "a")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	unref := func() (out []string) {
+		c.View(func(tx *Tx) error {
+			u, err := tx.Unreferenced()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = ids(u)
+			return nil
+		})
+		return out
+	}
+	c.Update(func(tx *Tx) error { return tx.DeleteTemplate("tpl-x") })
+	if u := unref(); len(u) != 0 {
+		t.Errorf("with box a on the template's checkpoint: unreferenced %v", u)
+	}
+	c.Update(func(tx *Tx) error {
+		tx.PutTemplate(Template{ID: "tpl-x", Checkpoint: "tpl-x-1"})
+		return tx.DeleteBox("a")
+	})
+	if u := unref(); !slices.Equal(u, []string{"a-c1"}) {
+		t.Errorf("with the template only: unreferenced %v, want [a-c1]", u)
+	}
+	c.Update(func(tx *Tx) error { return tx.DeleteTemplate("tpl-x") })
+	if u := unref(); !slices.Equal(u, []string{"a-c1", "tpl-x-1"}) {
+		t.Errorf("with neither: unreferenced %v", u)
+	}
+}
+
 func TestReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	c := open(t, path)

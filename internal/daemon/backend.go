@@ -29,6 +29,10 @@ type Backend interface {
 	// GuestSchemaVersion is the guest agent's schema version that a boot
 	// (Boot, Reboot) starts now; a box reporting less needs an upgrade.
 	GuestSchemaVersion() int
+	// BootIdentity names what a Boot starts besides its spec (kernel,
+	// initramfs and agent, command line, VMM): a template made under
+	// another identity is not used.
+	BootIdentity() (string, error)
 
 	// Boot starts box's first VM from spec and returns when its guest
 	// agent answers.

@@ -55,7 +55,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 	}
 	// Like every change, a boot runs to its end (see apply).
 	ctx = context.WithoutCancel(ctx)
-	inst, err := m.be.Boot(ctx, b.ID, spec)
+	inst, err := m.start(ctx, &b)
 	if err == nil {
 		b.GuestSchemaVersion = inst.GuestSchemaVersion
 		if err = m.save(b); err == nil {
@@ -66,8 +66,39 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		m.discardNewBox(ctx, b.ID)
 		return api.Box{}, fmt.Errorf("create box %s: %w", b.ID, err)
 	}
-	m.log.Info("box created", "box", b.ID, "memory_mib", spec.MemoryMiB, "vcpus", spec.VCPUs, "guest_schema_version", b.GuestSchemaVersion)
+	m.log.Info("box created", "box", b.ID, "memory_mib", spec.MemoryMiB, "vcpus", spec.VCPUs, "guest_schema_version", b.GuestSchemaVersion, "template", b.Template)
 	return m.box(b.ID)
+}
+
+// start starts the first VM of new box b, recorded Creating: restored
+// from its spec's template (see templates.go), or booted when templates
+// are off.
+func (m *Manager) start(ctx context.Context, b *catalog.Box) (Instance, error) {
+	if !m.templates {
+		return m.be.Boot(ctx, b.ID, b.Spec)
+	}
+	tp, err := m.template(ctx, b.Spec)
+	if err != nil {
+		return Instance{}, err
+	}
+	// Recorded before the restore: the box builds on the template's
+	// checkpoint from its first instant.
+	b.Template, b.BaseCheckpoint = tp.ID, tp.Checkpoint
+	if err := m.save(*b); err != nil {
+		return Instance{}, err
+	}
+	inst, err := m.be.Restore(ctx, b.ID, tp.Checkpoint, true)
+	if err != nil {
+		// A template the store lost is made again by the next create.
+		if _, ok, cerr := m.be.Completed(ctx, tp.Checkpoint); cerr == nil && !ok {
+			m.log.Error("the store lost a template's checkpoint; forgetting the template", "template", tp.ID, "checkpoint", tp.Checkpoint)
+			b.Template, b.BaseCheckpoint = "", ""
+			if serr := m.save(*b); serr == nil {
+				m.dropTemplate(ctx, tp.ID)
+			}
+		}
+	}
+	return inst, err
 }
 
 // box returns box id as the API reports it.

@@ -67,7 +67,10 @@ type Config struct {
 	// restored safely; a box older than that is rebooted onto the
 	// current agent when it next wakes. 0: any.
 	MinResumableSchema int
-	Logger             *slog.Logger // nil discards
+	// Templates makes create a restore from a template checkpoint of the
+	// box's spec, booted once (see templates.go); false boots every box.
+	Templates bool
+	Logger    *slog.Logger // nil discards
 	// NewID makes box IDs; nil uses "sb-" and 12 random hex digits.
 	NewID func() string
 }
@@ -82,6 +85,7 @@ type Manager struct {
 	store     ImageStore
 	limits    Limits
 	minSchema int
+	templates bool
 	log       *slog.Logger
 	newID     func() string
 
@@ -105,7 +109,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{
 		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, store: cfg.Store, limits: cfg.Limits,
-		minSchema: cfg.MinResumableSchema, log: cfg.Logger, newID: cfg.NewID,
+		minSchema: cfg.MinResumableSchema, templates: cfg.Templates, log: cfg.Logger, newID: cfg.NewID,
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

@@ -28,6 +28,8 @@ type env struct {
 	fake *fakebackend.Backend
 	m    *daemon.Manager
 	ctx  context.Context
+
+	templates bool // daemon.Config.Templates
 }
 
 func newEnv(t *testing.T) *env {
@@ -44,7 +46,7 @@ func (e *env) open() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: e.fake, HostID: "host-a"})
+	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: e.fake, HostID: "host-a", Templates: e.templates})
 	if err != nil {
 		e.t.Fatal(err)
 	}

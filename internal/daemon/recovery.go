@@ -23,7 +23,8 @@ import (
 //     completed with the store: one the store holds completed is a
 //     completed checkpoint (the VMM committed it; the daemon died before
 //     recording it) and becomes its box's last; the others are deleted.
-//  3. It stops and deletes boxes still creating, finishes off boxes
+//  3. It forgets templates left unmade or made for another boot (see
+//     templates.go), stops and deletes boxes still creating, finishes off boxes
 //     whose terminate had begun, and stops any VM of a box that is down
 //     (left by a wake that did not finish).
 //  4. It restores running boxes whose VM is gone from their most recent
@@ -50,6 +51,9 @@ func (m *Manager) Start(ctx context.Context) error {
 		}
 	}
 	if err := m.reconcile(ctx); err != nil {
+		return fmt.Errorf("start: %w", err)
+	}
+	if err := m.settleTemplates(ctx); err != nil {
 		return fmt.Errorf("start: %w", err)
 	}
 	for _, b := range boxes {

@@ -14,10 +14,14 @@ package vmmbackend
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
@@ -60,6 +64,8 @@ type Backend struct {
 	vms map[string]*vm // running VMs by box ID; guarded by mu
 
 	lost atomic.Pointer[func(box string)] // Watch's function
+
+	identity func() (string, error) // BootIdentity, computed once
 }
 
 // vm is one sailbox-vmm process.
@@ -92,7 +98,35 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vmm backend: %w", err)
 	}
-	return &Backend{cfg: cfg, root: root, log: cfg.Logger, vms: map[string]*vm{}}, nil
+	b := &Backend{cfg: cfg, root: root, log: cfg.Logger, vms: map[string]*vm{}}
+	b.identity = sync.OnceValues(b.bootIdentity)
+	return b, nil
+}
+
+// BootIdentity is a digest of the VMM binary, the kernel, the initramfs
+// (with its agent) and the command line: the files are read once, and
+// replacing one needs a daemon restart anyway.
+func (b *Backend) BootIdentity() (string, error) { return b.identity() }
+
+func (b *Backend) bootIdentity() (string, error) {
+	h := sha256.New()
+	vmm, err := exec.LookPath(b.cfg.VMM)
+	if err != nil {
+		return "", fmt.Errorf("boot identity: %w", err)
+	}
+	for _, p := range []string{vmm, b.cfg.Kernel, b.cfg.Initrd} {
+		f, err := os.Open(p)
+		if err != nil {
+			return "", fmt.Errorf("boot identity: %w", err)
+		}
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return "", fmt.Errorf("boot identity: %s: %w", p, err)
+		}
+	}
+	fmt.Fprintf(h, "cmdline %q\n", b.cfg.Cmdline)
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // GuestSchemaVersion is the schema of the agent this daemon's initramfs

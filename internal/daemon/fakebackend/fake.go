@@ -56,6 +56,7 @@ type Backend struct {
 	dead        map[string]bool   // boxes whose VM Attach reports gone
 	hook        map[string]func() // method name → run at the start of its next call
 	lost        func(box string)  // Watch's function
+	identity    string            // what BootIdentity adds to the schema
 }
 
 type vm struct {
@@ -177,6 +178,21 @@ func (f *Backend) GuestSchemaVersion() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.schema
+}
+
+// SetBootIdentity changes what BootIdentity reports, as a new kernel or
+// VMM would.
+func (f *Backend) SetBootIdentity(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.identity = id
+}
+
+// BootIdentity is the guest schema version and what SetBootIdentity set.
+func (f *Backend) BootIdentity() (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return fmt.Sprintf("fake schema %d %s", f.schema, f.identity), nil
 }
 
 func (f *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daemon.Instance, error) {
