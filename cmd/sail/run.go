@@ -48,7 +48,7 @@ var commands map[string]*command
 
 func init() {
 	commands = map[string]*command{
-		"create":      {args: "[-mem MiB] [-cpus N] [-image REF]", help: "boot a new box", nargs: 0, flags: createFlags, run: runCreate},
+		"create":      {args: "[-mem MiB] [-cpus N] [-image REF]", help: "create a new box (restored from its template checkpoint)", nargs: 0, flags: createFlags, run: runCreate},
 		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
 		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
 		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
