@@ -42,12 +42,14 @@ test: deps
 	go run ./cmd/kvmlab test ./...
 
 # Benchmarks on real KVM (in the lab here): Sailbox vs QEMU, same kernel and
-# initramfs, same run. Reports medians and ratios; never pass/fail on time.
+# initramfs, same run, then boxes on the Debian image (image/build.sh).
+# Reports medians and ratios; never pass/fail on time.
 bench: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
+	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	go build -o bin/sailbox-bench ./cmd/sailbox-bench
-	go run ./cmd/kvmlab run -timeout 40m -- bin/sailbox-bench $(BENCHFLAGS)
+	go run ./cmd/kvmlab run -timeout 40m -- bin/sailbox-bench -image "$$SAILBOX_DEFAULT_IMAGE" $(BENCHFLAGS)
 
 # Reproductions run many times over, not part of `make test`: today, ten
 # MiB of guest stdout on each of eight fresh boots (the lab stall).

@@ -5,6 +5,13 @@
 //     health answer over vsock (Sailbox: hybrid vsock; QEMU: vhost-vsock);
 //   - exec round trip: `true` run through the agent, end to end.
 //
+// Then Sailbox alone, each against a boot of the same run: checkpoints,
+// restores and forks of a running box (snapshot.go), and, given a root
+// file system image (-image), boxes booted on it: boot to agent ready
+// against the initramfs alone, create from a template and fork of a box
+// with python3 warm to the first exec, against a cold boot of the image
+// (image.go).
+//
 // On a machine without KVM it runs inside the KVM lab (`make bench`), where
 // absolute times mean little: compare the ratios, measured in one run.
 package main

@@ -24,6 +24,7 @@ import (
 
 type options struct {
 	kernel, initrd string
+	image          string // a root file system image; empty: no image rows
 	runs, execs    int
 	memMiB         int
 	qemu           string
@@ -43,11 +44,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a boot after this long")
 	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
+	fs.StringVar(&o.image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "root file system `image` (ext4) for the image rows: boot, create from a template, fork with python3 warm (default $SAILBOX_DEFAULT_IMAGE, which make bench sets to image/build.sh's Debian image); empty: skip them")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if o.kernel == "" || o.initrd == "" || o.runs < 1 || o.execs < 1 {
 		return errors.New("need -kernel, -initrd, -runs >= 1 and -execs >= 1")
+	}
+	if o.image != "" {
+		if _, err := os.Stat(o.image); err != nil {
+			return fmt.Errorf("-image: %w", err)
+		}
 	}
 	sys, err := kvm.OpenUsable()
 	if err != nil {
@@ -91,9 +98,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", ratio(median(sx), median(qx)))
 	}
 	if o.snapshots {
-		return benchSnapshots(ctx, sys, o, median(sb), stdout, stderr)
+		if err := benchSnapshots(ctx, sys, o, median(sb), stdout, stderr); err != nil {
+			return err
+		}
 	}
-	return nil
+	if o.image == "" {
+		fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
+		return nil
+	}
+	return benchImage(ctx, sys, o, stdout, stderr)
 }
 
 // benchSailbox boots one VM, waits for its agent and times exec round trips.
