@@ -20,6 +20,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/sailbox-dev/sailbox/internal/imagestore/imagetest"
 )
 
 // Each way to name an image gives a base whose tree is the flattened
@@ -357,5 +359,27 @@ func TestSizeFormulaFitsTightTree(t *testing.T) {
 	fsck(t, got.Path)
 	if got.Bytes < minFSBytes {
 		t.Errorf("file system of %d bytes, want at least %d", got.Bytes, minFSBytes)
+	}
+}
+
+// imagetest's Busybox image, which the kvm tier boots, converts to
+// exactly the tree imagetest says it flattens to.
+func TestImportBusyboxImage(t *testing.T) {
+	if _, err := os.Stat(imagetest.HostBusybox); err != nil {
+		t.Skipf("the Busybox image needs the host's static busybox (apt install busybox-static): %v", err)
+	}
+	s := newStore(t, Options{})
+	got, err := s.Import(context.Background(), layoutOf(t, map[string]v1.Image{testTag: imagetest.Busybox(t)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantTree := map[string]want{}
+	for p, n := range imagetest.BusyboxTree(t) {
+		wantTree[p] = want{mode: n.Mode, uid: n.UID, gid: n.GID, body: n.Body, target: n.Target}
+	}
+	checkTree(t, got.Path, wantTree)
+	c := imagetest.BusyboxConfig
+	if want := (Config{Env: c.Env, WorkingDir: c.WorkingDir, User: c.User, Cmd: c.Cmd}); !reflect.DeepEqual(got.Config, want) {
+		t.Errorf("config %+v, want %+v", got.Config, want)
 	}
 }

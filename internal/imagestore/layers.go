@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -161,7 +162,14 @@ func (r *checkedReader) scan(pr *io.PipeReader) {
 	for {
 		hdr, err := tr.Next()
 		if err != nil {
-			break // a malformed tar is Extract's to report
+			// A malformed header is in the layer's bytes: named here,
+			// as Extract's own error ("reading tar: …") names no layer.
+			// A stream cut short is not always the layer's (Extract
+			// closes a layer it stops reading): Extract reports it.
+			if err != io.EOF && !errors.Is(err, io.ErrUnexpectedEOF) {
+				r.layer.found.set(fmt.Errorf("%w: %s: %w", ErrBadImage, r.layer, err))
+			}
+			break
 		}
 		err = escapesLexically(hdr)
 		if err == nil {

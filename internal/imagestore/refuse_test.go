@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
@@ -16,6 +17,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
+
+	"github.com/sailbox-dev/sailbox/internal/imagestore/imagetest"
 )
 
 // Bad input is refused by name, and leaves no file in the store.
@@ -190,8 +193,9 @@ func TestRefuseCorruptImages(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		corrupt func(t *testing.T) string // returns the REF
+		mention string                    // what the error must name, if set
 	}{
-		{"layer replaced by another valid one", func(t *testing.T) string {
+		{name: "layer replaced by another valid one", mention: "layer 2 of 2", corrupt: func(t *testing.T) string {
 			dir := layoutOf(t, map[string]v1.Image{testTag: img})
 			var buf bytes.Buffer
 			zw := gzip.NewWriter(&buf)
@@ -202,7 +206,19 @@ func TestRefuseCorruptImages(t *testing.T) {
 			}
 			return dir
 		}},
-		{"layer with flipped bytes", func(t *testing.T) string {
+		// Extract's own tar reader fails on it, and does not say where.
+		{name: "layer that is no tar", mention: "layer 2 of 2", corrupt: func(t *testing.T) string {
+			dir := layoutOf(t, map[string]v1.Image{testTag: img})
+			var buf bytes.Buffer
+			zw := gzip.NewWriter(&buf)
+			zw.Write([]byte(strings.Repeat("not a tar archive\n", 100)))
+			zw.Close()
+			if err := os.WriteFile(blobOf(dir, layers[1]), buf.Bytes(), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return dir
+		}},
+		{name: "layer with flipped bytes", mention: "layer 2 of 2", corrupt: func(t *testing.T) string {
 			dir := layoutOf(t, map[string]v1.Image{testTag: img})
 			blob := blobOf(dir, layers[1])
 			data, err := os.ReadFile(blob)
@@ -217,14 +233,14 @@ func TestRefuseCorruptImages(t *testing.T) {
 			}
 			return dir
 		}},
-		{"layer missing", func(t *testing.T) string {
+		{name: "layer missing", mention: "layer 1 of 2", corrupt: func(t *testing.T) string {
 			dir := layoutOf(t, map[string]v1.Image{testTag: img})
 			if err := os.Remove(blobOf(dir, layers[0])); err != nil {
 				t.Fatal(err)
 			}
 			return dir
 		}},
-		{"truncated docker-save tarball", func(t *testing.T) string {
+		{name: "truncated docker-save tarball", corrupt: func(t *testing.T) string {
 			file := tarballOf(t, img)
 			st, err := os.Stat(file)
 			if err != nil {
@@ -235,7 +251,7 @@ func TestRefuseCorruptImages(t *testing.T) {
 			}
 			return file
 		}},
-		{"not a tarball", func(t *testing.T) string {
+		{name: "not a tarball", corrupt: func(t *testing.T) string {
 			file := filepath.Join(t.TempDir(), "junk.tar")
 			if err := os.WriteFile(file, []byte("junk"), 0o644); err != nil {
 				t.Fatal(err)
@@ -246,8 +262,8 @@ func TestRefuseCorruptImages(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			s := newStore(t, Options{})
 			_, err := s.Import(context.Background(), c.corrupt(t))
-			if !errors.Is(err, ErrBadImage) {
-				t.Errorf("%v, want ErrBadImage", err)
+			if !errors.Is(err, ErrBadImage) || !strings.Contains(fmt.Sprint(err), c.mention) {
+				t.Errorf("%v, want ErrBadImage naming %q", err, c.mention)
 			}
 			t.Log(err)
 			assertEmptyStore(t, s)
@@ -293,7 +309,7 @@ func TestRefuseFullDisk(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			img := imageOf(t, v1.Config{}, shellLayer(t), layerOf(t, fileE("big", strings.Repeat("0", c.bytes), 0o644, 0, 0)))
+			img := imageOf(t, v1.Config{}, shellLayer(t), imagetest.ZeroLayer(t, "big", int64(c.bytes)))
 			_, err = s2.Import(context.Background(), layoutOf(t, map[string]v1.Image{testTag: img}))
 			if !errors.Is(err, ErrNoSpace) {
 				t.Errorf("%v, want ErrNoSpace", err)

@@ -2,122 +2,38 @@ package imagestore
 
 import (
 	"archive/tar"
-	"bytes"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
+
+	"github.com/sailbox-dev/sailbox/internal/imagestore/imagetest"
 )
 
-// Images for the tests, built from tar layers written here, and served
-// the three ways Import reads them.
+// Images for the tests, built from tar layers (imagetest, under the
+// short names the tests use), and served the three ways Import reads
+// them.
 
-var testTime = time.Unix(1_700_000_000, 0)
+var testTime = imagetest.Time
 
-type entry struct {
-	hdr  tar.Header
-	body []byte
-}
+type entry = imagetest.Entry
 
-func dirE(name string, mode int64, uid, gid int) entry {
-	return entry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name + "/", Mode: mode, Uid: uid, Gid: gid, ModTime: testTime}}
-}
-
-func fileE(name, body string, mode int64, uid, gid int) entry {
-	return entry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Uid: uid, Gid: gid, Size: int64(len(body)), ModTime: testTime}, body: []byte(body)}
-}
-
-func symlinkE(name, target string) entry {
-	return entry{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: target, Mode: 0o777, ModTime: testTime}}
-}
-
-func hardlinkE(name, target string) entry {
-	return entry{hdr: tar.Header{Typeflag: tar.TypeLink, Name: name, Linkname: target, Mode: 0o644, ModTime: testTime}}
-}
-
-func whiteoutE(dir, name string) entry {
-	return fileE(filepath.Join(dir, ".wh."+name), "", 0o644, 0, 0)
-}
-
-func opaqueE(dir string) entry {
-	return fileE(dir+"/.wh..wh..opq", "", 0o644, 0, 0)
-}
-
-func withXattrs(e entry, attrs map[string]string) entry {
-	e.hdr.PAXRecords = map[string]string{}
-	for k, v := range attrs {
-		e.hdr.PAXRecords["SCHILY.xattr."+k] = v
-	}
-	e.hdr.Format = tar.FormatPAX
-	return e
-}
-
-func tarBytes(t testing.TB, entries ...entry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatalf("tar header %s: %v", h.Name, err)
-		}
-		if _, err := tw.Write(e.body); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
-func layerOf(t testing.TB, entries ...entry) v1.Layer {
-	t.Helper()
-	data := tarBytes(t, entries...)
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
-		return io.NopCloser(bytes.NewReader(data)), nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// imageOf stacks layers (the first is the lowest) under a linux/amd64
-// config.
-func imageOf(t testing.TB, cfg v1.Config, layers ...v1.Layer) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config = cfg
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
+var (
+	dirE       = imagetest.Dir
+	fileE      = imagetest.File
+	symlinkE   = imagetest.Symlink
+	hardlinkE  = imagetest.Hardlink
+	whiteoutE  = imagetest.Whiteout
+	opaqueE    = imagetest.Opaque
+	withXattrs = imagetest.WithXattrs
+	tarBytes   = imagetest.TarBytes
+	layerOf    = imagetest.Layer
+	// imageOf stacks layers (the first is the lowest) under a
+	// linux/amd64 config.
+	imageOf = imagetest.Image
+)
 
 // shellLayer is the least a base needs: /bin/sh.
 func shellLayer(t testing.TB) v1.Layer {
@@ -137,8 +53,8 @@ var richConfig = v1.Config{
 // a hard link, files of uid 1000, setuid, setgid and sticky modes,
 // xattrs, device nodes and a fifo.
 func richImage(t testing.TB) v1.Image {
-	charDev := entry{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: testTime}}
-	fifo := entry{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o644, ModTime: testTime}}
+	charDev := entry{Header: tar.Header{Typeflag: tar.TypeChar, Name: "dev/null", Mode: 0o666, Devmajor: 1, Devminor: 3, ModTime: testTime}}
+	fifo := entry{Header: tar.Header{Typeflag: tar.TypeFifo, Name: "run/fifo", Mode: 0o644, ModTime: testTime}}
 	base := layerOf(t,
 		dirE("bin", 0o755, 0, 0),
 		fileE("bin/sh", "#!fake shell\n", 0o755, 0, 0),
@@ -201,9 +117,9 @@ type want struct {
 }
 
 const (
-	sIFDIR = 0o040000
-	sIFREG = 0o100000
-	sIFLNK = 0o120000
+	sIFDIR = imagetest.TypeDir
+	sIFREG = imagetest.TypeReg
+	sIFLNK = imagetest.TypeSymlink
 )
 
 // richTree is richImage flattened, as the base must hold it.
@@ -244,61 +160,29 @@ func richTree() map[string]want {
 
 // Serving an image.
 
-const testTag = "v1"
+const testTag = imagetest.Tag
 
 func layoutOf(t testing.TB, images map[string]v1.Image) string {
 	t.Helper()
 	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for tag, img := range images {
-		if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{annotationRefName: tag})); err != nil {
-			t.Fatal(err)
-		}
-	}
+	imagetest.WriteLayout(t, dir, images)
 	return dir
 }
 
+// tarballOf writes img as a docker-save tarball, tagged
+// example.test/img:v1 (imagetest.TarballName).
 func tarballOf(t testing.TB, img v1.Image) string {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "image.tar")
-	tag, err := name.NewTag("example.test/img:" + testTag)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tarball.WriteToFile(file, tag, img); err != nil {
-		t.Fatal(err)
-	}
+	imagetest.WriteTarball(t, file, img)
 	return file
 }
 
 // serveRegistry runs a registry on loopback; wrap, if set, sees every
 // request first.
-func serveRegistry(t testing.TB, wrap func(http.Handler) http.Handler) string {
-	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
+var serveRegistry = imagetest.ServeRegistry
 
-func push(t testing.TB, host, repo string, img v1.Image) string {
-	t.Helper()
-	ref := host + "/" + repo + ":" + testTag
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-	return ref
-}
+var push = imagetest.Push
 
 func newStore(t testing.TB, opts Options) *Store {
 	t.Helper()
