@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -236,14 +237,15 @@ func (h *host) state(id string) string {
 	return string(b.State)
 }
 
-// storeFiles lists the files in the checkpoint store: manifests, layers
-// and disk tops (not the store's lock).
+// storeFiles lists the files of boxes in the checkpoint store: manifests,
+// layers and disk tops (not the store's lock, nor the files of templates,
+// "tpl-…", which stay for the next create).
 func (h *host) storeFiles() []string {
 	var files []string
 	store := filepath.Join(h.stateDir, "store")
 	filepath.WalkDir(store, func(p string, d os.DirEntry, err error) error {
 		rel, _ := filepath.Rel(store, p)
-		if err == nil && !d.IsDir() && rel != "lock" {
+		if err == nil && !d.IsDir() && rel != "lock" && !strings.HasPrefix(filepath.Base(filepath.Dir(rel)), "tpl-") && !strings.HasPrefix(d.Name(), "tpl-") {
 			files = append(files, rel)
 		}
 		return nil
