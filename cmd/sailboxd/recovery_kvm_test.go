@@ -247,7 +247,8 @@ func TestKVMDaemonConcurrentForks(t *testing.T) {
 
 // A box's VMM killed while the daemon runs is noticed at once: the box is
 // restored from its last completed checkpoint (what it did after is gone)
-// and works on; a box without a checkpoint is marked failed.
+// and works on; a box without one of its own comes back from its
+// template's, as it was created.
 func TestKVMDaemonRestoresAKilledVMM(t *testing.T) {
 	h := newHost(t)
 	ctx := ctxFor(t, 10*time.Minute)
@@ -265,6 +266,7 @@ func TestKVMDaemonRestoresAKilledVMM(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.run(fresh.ID, "sh", "-c", "echo -n lost > /tmp/f")
 	for _, id := range []string{a.ID, fresh.ID} {
 		pids := h.vmmPIDsOf(id)
 		if len(pids) != 1 {
@@ -273,15 +275,23 @@ func TestKVMDaemonRestoresAKilledVMM(t *testing.T) {
 		syscall.Kill(pids[0], syscall.SIGKILL)
 	}
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
-		if h.state(fresh.ID) == string(lifecycle.Failed) && len(h.vmmPIDsOf(a.ID)) == 1 && h.state(a.ID) == string(lifecycle.Running) {
+		up := func(id string) bool { return len(h.vmmPIDsOf(id)) == 1 && h.state(id) == string(lifecycle.Running) }
+		if up(a.ID) && up(fresh.ID) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after the kills: %s is %s with VMMs %v, %s is %s", a.ID, h.state(a.ID), h.vmmPIDsOf(a.ID), fresh.ID, h.state(fresh.ID))
+			t.Fatalf("after the kills: %s is %s with VMMs %v, %s is %s with VMMs %v", a.ID, h.state(a.ID), h.vmmPIDsOf(a.ID),
+				fresh.ID, h.state(fresh.ID), h.vmmPIDsOf(fresh.ID))
 		}
 	}
 	if out := h.run(a.ID, "cat", "/tmp/f"); out != "checkpointed" {
 		t.Errorf("box after its VMM was killed has %q, want its checkpoint's", out)
+	}
+	if out, code, err := h.exec(fresh.ID, "cat", "/tmp/f"); err != nil || code == 0 {
+		t.Errorf("box restored from its template has /tmp/f: %q, exit %d, %v", out, code, err)
+	}
+	if got := h.run(fresh.ID, "hostname"); got != hostnameOf(t, fresh.ID)+"\n" {
+		t.Errorf("box restored from its template is %q", got)
 	}
 	if _, err := c.Checkpoint(ctx, a.ID); err != nil {
 		t.Errorf("checkpoint of the restored box: %v", err)
