@@ -10,6 +10,7 @@ import (
 	"github.com/sailbox-dev/sailbox/devices/serial"
 	"github.com/sailbox-dev/sailbox/devices/virtio"
 	"github.com/sailbox-dev/sailbox/devices/virtio/blk"
+	virtionet "github.com/sailbox-dev/sailbox/devices/virtio/net"
 	"github.com/sailbox-dev/sailbox/devices/virtio/rng"
 	"github.com/sailbox-dev/sailbox/devices/virtio/vsock"
 	"github.com/sailbox-dev/sailbox/snapshot"
@@ -103,6 +104,7 @@ const (
 	kindBlock   deviceKind = "virtio-blk"
 	kindEntropy deviceKind = "virtio-rng"
 	kindVsock   deviceKind = "virtio-vsock"
+	kindNet     deviceKind = "virtio-net"
 	kindExtra   deviceKind = "extra" // Config.MMIODevices: not checkpointable
 )
 
@@ -132,7 +134,8 @@ type mmioKind struct {
 }
 
 // mmioKinds are placed in this order: disks first (the first is
-// /dev/vda), then entropy, then vsock; Config.MMIODevices follow.
+// /dev/vda), then entropy, then vsock, then the network (eth0);
+// Config.MMIODevices follow.
 var mmioKinds = []mmioKind{
 	{
 		kind: kindBlock,
@@ -209,6 +212,44 @@ var mmioKinds = []mmioKind{
 			return slot{dev: d}, nil
 		},
 	},
+	{
+		kind: kindNet,
+		boot: func(m *Machine, add func(slot) error) error {
+			n := m.cfg.Net
+			if n == nil {
+				return nil
+			}
+			var mac virtionet.MAC
+			if n.MAC != "" {
+				var err error
+				if mac, err = virtionet.ParseMAC(n.MAC); err != nil {
+					return fmt.Errorf("%w: network: %w", ErrConfig, err)
+				}
+			}
+			d, err := virtionet.New(virtionet.Config{SocketPath: n.SocketPath, MAC: mac, Logger: deviceLogger(m.cfg)})
+			if err != nil {
+				return fmt.Errorf("%w: network: %w", ErrConfig, err)
+			}
+			m.closers = append(m.closers, d)
+			return add(slot{dev: d})
+		},
+		restore: func(m *Machine, rc RestoreConfig, man *snapshot.Manifest, ss slotState, state json.RawMessage) (slot, error) {
+			if rc.NetSocketPath == "" {
+				return slot{}, fmt.Errorf("%w: the checkpoint has a network device: restore it with a network socket (sailbox-vmm -net, RestoreConfig.NetSocketPath)", ErrConfig)
+			}
+			var mac string
+			d, err := restoreState("virtio-net", state, func(st virtionet.State) (*virtionet.Device, error) {
+				mac = st.MAC
+				return virtionet.Restore(st, rc.NetSocketPath, deviceLogger(m.cfg))
+			})
+			if err != nil {
+				return slot{}, err
+			}
+			m.closers = append(m.closers, d)
+			m.cfg.Net = &Net{SocketPath: rc.NetSocketPath, MAC: mac}
+			return slot{dev: d}, nil
+		},
+	},
 }
 
 // lookupMMIOKind returns the table's entry for kind.
@@ -219,6 +260,17 @@ func lookupMMIOKind(kind deviceKind) (mmioKind, bool) {
 		}
 	}
 	return mmioKind{}, false
+}
+
+// NetStats returns the counters of the machine's network device, and
+// false if it has none.
+func (m *Machine) NetStats() (virtionet.Stats, bool) {
+	for _, s := range m.slots {
+		if d, ok := s.dev.(*virtionet.Device); ok && s.kind == kindNet {
+			return d.Stats(), true
+		}
+	}
+	return virtionet.Stats{}, false
 }
 
 // restoreState decodes a device's State strictly (devices.DecodeState)
@@ -284,7 +336,7 @@ func (m *Machine) bootDevices() ([]string, error) {
 func (m *Machine) placeMMIO(s *slot, size uint64, arg func(base uint64, irq uint32) string, args *[]string, build func(devices.Interrupt) (devices.BusDevice, error)) error {
 	i := len(m.slots)
 	if i >= len(deviceIRQs) {
-		return fmt.Errorf("%w: more than %d MMIO devices (disks, entropy, vsock, extras)", ErrConfig, len(deviceIRQs))
+		return fmt.Errorf("%w: more than %d MMIO devices (disks, entropy, vsock, network, extras)", ErrConfig, len(deviceIRQs))
 	}
 	s.base, s.gsi = mmioBase(i), deviceIRQs[i]
 	line, err := m.interruptLine(s.gsi)

@@ -31,6 +31,7 @@ type Config struct {
 	Serial     io.Writer // the guest console; nil discards it
 	Disks      []Disk
 	Vsock      *Vsock       // nil: no vsock device
+	Net        *Net         // nil: no network device
 	Logger     *slog.Logger // device diagnostics; nil discards them
 	// MMIODevices are extra devices, placed after the standard ones (disks,
 	// entropy) from boot.MMIOStart, one window and one interrupt each, and
@@ -44,6 +45,19 @@ type Config struct {
 type Vsock struct {
 	CID     uint64
 	UDSPath string
+}
+
+// Net is a virtio-net device whose host side is a user-space network
+// stack's Unix SOCK_SEQPACKET socket, one Ethernet frame per message
+// (gvisor-tap-vsock's "bess" framing). The machine connects to SocketPath
+// when it is built, and fails if it cannot; a peer that goes away later
+// leaves a link that drops frames.
+type Net struct {
+	SocketPath string
+	// MAC is the guest's (six colon-separated hexadecimal bytes, unicast);
+	// empty means virtio-net's DefaultMAC, which every machine may share:
+	// each has a network of its own.
+	MAC string
 }
 
 // MMIODevice is a device the VMM maps in the MMIO space. New builds it once

@@ -21,6 +21,11 @@ type RestoreConfig struct {
 	// checkpoint has one. It must not exist: the original's path once its
 	// VMM is gone (and its socket file removed), a new one for a fork.
 	VsockUDSPath string
+	// NetSocketPath is the network stack's socket the restored network
+	// device connects to, if the checkpoint has one: a new peer, since
+	// the old one's connections are not this machine's. A checkpoint
+	// with a network device is not restored without it.
+	NetSocketPath string
 	// TopPrefix names the new writable disk tops, in Root's tops:
 	// "<TopPrefix>-<disk ID>.top". Empty means a random prefix. Every
 	// machine restored from one checkpoint gets its own tops.
@@ -51,6 +56,8 @@ type RestoreConfig struct {
 // the same layers shares them until it writes. Each disk gets a new
 // writable top over the checkpoint's sealed chain. vsock connections do
 // not survive: the guest is sent a transport reset, its listeners stay.
+// The network device's link is new (RestoreConfig.NetSocketPath): frames
+// in flight at the checkpoint are lost, as on a link that was reset.
 //
 // The restored machine continues the checkpoint's chain: its own
 // checkpoints are incremental over it.
@@ -182,6 +189,9 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 	// interrupt that was pending.
 	if err := m.restoreDevices(rc, man, shape.Slots); err != nil {
 		return nil, err
+	}
+	if rc.NetSocketPath != "" && m.cfg.Net == nil {
+		deviceLogger(cfg).Warn("restore: a network socket was given, but the checkpoint has no network device: the guest has no network", "socket", rc.NetSocketPath)
 	}
 
 	// The clock last: it runs from here.

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"syscall"
 
+	virtionet "github.com/sailbox-dev/sailbox/devices/virtio/net"
 	"github.com/sailbox-dev/sailbox/vmm/seccomp"
 )
 
@@ -34,6 +35,21 @@ type Launch struct {
 	APISocket  string       `json:"api_socket,omitempty"`
 	ConsoleLog string       `json:"console_log,omitempty"`
 	Console    bool         `json:"console"`
+	// NetSocket is a user-space network's Unix SOCK_SEQPACKET socket, one
+	// Ethernet frame per message (gvisor-tap-vsock's "bess" framing):
+	// with it the guest has a virtio-net device (eth0) whose frames go
+	// there. The VMM connects to it at start and does not start if it
+	// cannot; it never binds or listens. A restore of a checkpoint with a
+	// network device needs one: a new peer (frames in flight at the
+	// checkpoint are lost, as on a reset link).
+	NetSocket string `json:"net_socket,omitempty"`
+	// NetMAC is the guest's MAC, six colon-separated hexadecimal bytes,
+	// unicast; empty means 5a:94:ef:e4:0c:ee (virtio-net's DefaultMAC,
+	// which every box may share: each has a network of its own). It is
+	// the MAC sailbox-net leases the guest's address to
+	// (netapi.DefaultGuestMAC, or its -mac). Not with Restore: the
+	// checkpoint's device keeps its MAC.
+	NetMAC string `json:"net_mac,omitempty"`
 	// Store is the checkpoint store: where checkpoints go, layered disks'
 	// tops live, and restores come from.
 	Store string `json:"store,omitempty"`
@@ -71,8 +87,18 @@ type LaunchDisk struct {
 	Path     string `json:"path"`
 	ReadOnly bool   `json:"read_only,omitempty"`
 	Layered  bool   `json:"layered,omitempty"`
-	ID       string `json:"id,omitempty"`
+	// Size is a layered disk's virtual size in bytes, a multiple of
+	// DiskSizeAlign and at least its base's size: the guest sees a disk
+	// this large, whose blocks past the base's end read as zeros until
+	// written (the base is neither copied nor grown). Zero: the base's
+	// size. Checkpoints record it; a restore presents the same size.
+	Size int64  `json:"size,omitempty"`
+	ID   string `json:"id,omitempty"`
 }
+
+// DiskSizeAlign is what a disk's Size must be a multiple of: virtio-blk
+// counts a disk's capacity in 512-byte sectors.
+const DiskSizeAlign = 512
 
 // Defaults of a Launch's flags.
 const (
@@ -80,7 +106,8 @@ const (
 	DefaultVCPUs     = 1
 )
 
-// String is the disk as a -disk flag's value: PATH[,ro|,layered][,id=NAME].
+// String is the disk as a -disk flag's value:
+// PATH[,ro|,layered[,size=BYTES]][,id=NAME].
 func (d LaunchDisk) String() string {
 	s := d.Path
 	if d.ReadOnly {
@@ -88,6 +115,9 @@ func (d LaunchDisk) String() string {
 	}
 	if d.Layered {
 		s += ",layered"
+	}
+	if d.Size != 0 {
+		s += ",size=" + strconv.FormatInt(d.Size, 10)
 	}
 	if d.ID != "" {
 		s += ",id=" + d.ID
@@ -110,14 +140,30 @@ func parseDisk(v string) (LaunchDisk, error) {
 			d.Layered = true
 		case strings.HasPrefix(opt, "id="):
 			d.ID = strings.TrimPrefix(opt, "id=")
+		case strings.HasPrefix(opt, "size="):
+			n, err := strconv.ParseInt(strings.TrimPrefix(opt, "size="), 10, 64)
+			if err != nil || n <= 0 {
+				return d, fmt.Errorf("disk option %q: want size=BYTES, a positive number of bytes", opt)
+			}
+			d.Size = n
 		default:
-			return d, fmt.Errorf("unknown disk option %q (want PATH[,ro|,layered][,id=NAME])", opt)
+			return d, fmt.Errorf("unknown disk option %q (want PATH[,ro|,layered[,size=BYTES]][,id=NAME])", opt)
 		}
 	}
-	if d.ReadOnly && d.Layered {
-		return d, errors.New("a disk is either ro or layered")
+	return d, d.validate()
+}
+
+// validate checks the options of one disk, however they were given.
+func (d LaunchDisk) validate() error {
+	switch {
+	case d.ReadOnly && d.Layered:
+		return errors.New("a disk is either ro or layered")
+	case d.Size != 0 && !d.Layered:
+		return fmt.Errorf("disk %s: only a layered disk has a size of its own (a raw image is served as it is)", d.Path)
+	case d.Size < 0 || d.Size%DiskSizeAlign != 0:
+		return fmt.Errorf("disk %s: size %d is not a positive multiple of %d bytes", d.Path, d.Size, DiskSizeAlign)
 	}
-	return d, nil
+	return nil
 }
 
 // Args are sailbox-vmm's flags for l; ParseLaunch(l.Args()) gives l back
@@ -145,6 +191,8 @@ func (l Launch) Args() []string {
 		args = append(args, "-vsock-cid", strconv.FormatUint(l.VsockCID, 10))
 	}
 	str("vsock-uds", l.VsockUDS)
+	str("net", l.NetSocket)
+	str("net-mac", l.NetMAC)
 	str("api-sock", l.APISocket)
 	str("console-log", l.ConsoleLog)
 	if !l.Console {
@@ -174,13 +222,15 @@ func ParseLaunch(args []string, stderr io.Writer) (Launch, error) {
 	fs.StringVar(&l.Cmdline, "cmdline", "", "extra kernel command line")
 	fs.IntVar(&l.MemoryMiB, "mem", l.MemoryMiB, "guest memory in MiB")
 	fs.IntVar(&l.VCPUs, "cpus", l.VCPUs, "vCPUs")
-	fs.Func("disk", "disk `PATH[,ro|,layered][,id=NAME]`: a raw image, or the base of a layered disk (needs -store); repeat for more (vda, vdb, ...)", func(v string) error {
+	fs.Func("disk", "disk `PATH[,ro|,layered[,size=BYTES]][,id=NAME]`: a raw image, or the base of a layered disk (needs -store; size: its virtual size, at least the base's, zeros past it); repeat for more (vda, vdb, ...)", func(v string) error {
 		d, err := parseDisk(v)
 		l.Disks = append(l.Disks, d)
 		return err
 	})
 	fs.Uint64Var(&l.VsockCID, "vsock-cid", 0, "guest vsock CID (>= 3); 0: no vsock device")
 	fs.StringVar(&l.VsockUDS, "vsock-uds", "", "Unix socket `path` of the vsock device's host side")
+	fs.StringVar(&l.NetSocket, "net", "", "connect a virtio-net device (eth0) to this Unix SOCK_SEQPACKET socket `path` of a user-space network (one Ethernet frame per message); with -restore, the restored device's new peer")
+	fs.StringVar(&l.NetMAC, "net-mac", "", "the guest's `MAC` with -net (default 5a:94:ef:e4:0c:ee)")
 	fs.StringVar(&l.APISocket, "api-sock", "", "serve the control API on this Unix socket `path`")
 	fs.StringVar(&l.ConsoleLog, "console-log", "", "append the guest console to this `file`")
 	fs.BoolVar(&l.Console, "console", l.Console, "copy the guest console to stdout")
@@ -228,6 +278,19 @@ func (l Launch) Validate() error {
 	if err := l.Seccomp.Validate(); err != nil {
 		return fmt.Errorf("-seccomp: %w", err)
 	}
+	for _, d := range l.Disks {
+		if err := d.validate(); err != nil {
+			return fmt.Errorf("-disk: %w", err)
+		}
+	}
+	if l.NetMAC != "" {
+		if l.NetSocket == "" {
+			return errors.New("-net-mac needs -net")
+		}
+		if _, err := virtionet.ParseMAC(l.NetMAC); err != nil {
+			return fmt.Errorf("-net-mac: %w", err)
+		}
+	}
 	layered := slices.ContainsFunc(l.Disks, func(d LaunchDisk) bool { return d.Layered })
 	switch {
 	case l.Restore != "" && l.Store == "":
@@ -238,8 +301,8 @@ func (l Launch) Validate() error {
 		return errors.New("-disks-from needs -store")
 	case l.DisksFrom != "" && len(l.Disks) > 0:
 		return errors.New("-disks-from takes the disks from the checkpoint: no -disk")
-	case l.Restore != "" && (l.Kernel != "" || len(l.Disks) > 0 || l.VsockCID != 0):
-		return errors.New("-restore takes the machine from the checkpoint: no -kernel, -disk or -vsock-cid")
+	case l.Restore != "" && (l.Kernel != "" || len(l.Disks) > 0 || l.VsockCID != 0 || l.NetMAC != ""):
+		return errors.New("-restore takes the machine from the checkpoint: no -kernel, -disk, -vsock-cid or -net-mac")
 	case l.ForkName != "" && l.Restore == "":
 		return errors.New("-fork-name needs -restore")
 	case layered && l.Store == "":

@@ -16,7 +16,7 @@ import (
 var sampleLaunches = map[string]Launch{
 	"boot": {
 		Kernel: "/k", Initrd: "/i", Cmdline: "quiet loglevel=3", MemoryMiB: 512, VCPUs: 2,
-		Disks:    []LaunchDisk{{Path: "/img/base.raw", Layered: true, ID: "vda"}, {Path: "/img/data.raw", ReadOnly: true}, {Path: "/img/raw"}},
+		Disks:    []LaunchDisk{{Path: "/img/base.raw", Layered: true, ID: "vda", Size: 2 << 30}, {Path: "/img/data.raw", ReadOnly: true}, {Path: "/img/raw"}, {Path: "/img/b2", Layered: true}},
 		VsockCID: 3, VsockUDS: "/run/sb-1/vsock.sock", APISocket: "/run/sb-1/api.sock", ConsoleLog: "/run/sb-1/console.log",
 		Store: "/store",
 	},
@@ -85,6 +85,9 @@ func TestLaunchRefuses(t *testing.T) {
 		"-vsock-cid and -vsock-uds go together": {Kernel: "/k", VsockCID: 3},
 		"reserved":                              {Kernel: "/k", VsockCID: 2, VsockUDS: "/v"},
 		"-seccomp: unknown seccomp mode":        {Kernel: "/k", Seccomp: "allow"},
+		"only a layered disk has a size":        {Kernel: "/k", Disks: []LaunchDisk{{Path: "x", Size: 4096}}},
+		"not a positive multiple of 512":        {Kernel: "/k", Store: "/s", Disks: []LaunchDisk{{Path: "x", Layered: true, Size: 4095}}},
+		"a disk is either ro or layered":        {Kernel: "/k", Store: "/s", Disks: []LaunchDisk{{Path: "x", Layered: true, ReadOnly: true}}},
 		`unknown seccomp mode "Kill"`:           {Store: "/s", Restore: "c1", Seccomp: "Kill"},
 	} {
 		if err := l.Validate(); err == nil || !strings.Contains(err.Error(), want) {
@@ -94,7 +97,8 @@ func TestLaunchRefuses(t *testing.T) {
 			t.Errorf("Start(%+v) = %v, want %q", l, err, want)
 		}
 	}
-	for _, bad := range []string{",layered", "x,rw", "x,ro,layered"} {
+	for _, bad := range []string{",layered", "x,rw", "x,ro,layered", "x,size=4096", "x,ro,size=4096", "x,layered,size=0", "x,layered,size=-512",
+		"x,layered,size=1000", "x,layered,size=2G", "x,layered,size="} {
 		if _, err := ParseLaunch([]string{"-kernel", "k", "-disk", bad}, &bytes.Buffer{}); err == nil {
 			t.Errorf("-disk %q accepted", bad)
 		}

@@ -60,11 +60,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var m *vmm.Machine
 	if c.Restore != "" {
 		m, err = vmm.Restore(sys, vmm.RestoreConfig{
-			Root:         root,
-			ID:           c.Restore,
-			VsockUDSPath: c.VsockUDS,
-			Logger:       log,
-			Serial:       io.MultiWriter(console...),
+			Root:          root,
+			ID:            c.Restore,
+			VsockUDSPath:  c.VsockUDS,
+			NetSocketPath: c.NetSocket,
+			Logger:        log,
+			Serial:        io.MultiWriter(console...),
 		})
 	} else {
 		var disks []vmm.Disk
@@ -80,6 +81,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if c.VsockCID != 0 {
 			vs = &vmm.Vsock{CID: c.VsockCID, UDSPath: c.VsockUDS}
 		}
+		var network *vmm.Net
+		if c.NetSocket != "" {
+			network = &vmm.Net{SocketPath: c.NetSocket, MAC: c.NetMAC}
+		}
 		m, err = vmm.New(sys, vmm.Config{
 			KernelPath: c.Kernel,
 			InitrdPath: c.Initrd,
@@ -88,6 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			VCPUs:      c.VCPUs,
 			Disks:      disks,
 			Vsock:      vs,
+			Net:        network,
 			Logger:     log,
 			Serial:     io.MultiWriter(console...),
 		})

@@ -11,8 +11,8 @@
 //     a chain comes from the guest and is validated; a malformed chain is an
 //     error for that request, never a panic or an access outside guest
 //     memory.
-//   - Device is a device type (block, entropy, vsock): it consumes chains
-//     from its queues.
+//   - Device is a device type (block, entropy, vsock, network): it
+//     consumes chains from its queues.
 //
 // persist.go saves and restores all three together (MMIO.Save,
 // RestoreMMIO), with the devices' help (Persistent, Pauser).

@@ -38,6 +38,12 @@
 //     Landlock itself keeps a confined VMM from the ptrace-guarded files
 //     of every process outside its domain (mem, environ, maps, ...).
 //
+// The network device's socket (vmmapi.Launch.NetSocket) needs no rule:
+// the VMM connects to it during start-up, before Restrict, and never
+// again. Landlock looks at a pathname Unix socket when a call resolves
+// its path (connect, or a send naming an address, confined from ABI 9),
+// not at the messages of a socket connected before the domain existed.
+//
 // Nothing else: no other file, no program to execute, no device to open
 // (so no ioctl on a new one), no TCP or UDP bind or connect (Landlock
 // ABI 4 and 10), no abstract Unix socket or signal reaching a process

@@ -189,6 +189,10 @@ func child(mode Mode, call, dir string) int {
 	if err != nil {
 		return fail("listen", err)
 	}
+	// The user-space network's socket, bound by another process in life.
+	if netListener, err = net.Listen("unixpacket", filepath.Join(dir, "net.sock")); err != nil {
+		return fail("listen seqpacket", err)
+	}
 	if err := Install(mode); err != nil {
 		return fail("install", err)
 	}
@@ -259,6 +263,9 @@ var allowedWork = []struct {
 	}},
 	{"unix sockets", func(_ Mode, _ string, ln net.Listener) error {
 		return socketRoundTrip(ln)
+	}},
+	{"network link", func(Mode, string, net.Listener) error {
+		return seqpacketRoundTrip(netListener)
 	}},
 	{"eventfd", func(Mode, string, net.Listener) error {
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -415,6 +422,48 @@ func socketRoundTrip(ln net.Listener) error {
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != "CONNECT 1024\n" {
 		return fmt.Errorf("echo %q, %v", got, err)
+	}
+	return <-echoed
+}
+
+// netListener is the network's SOCK_SEQPACKET socket in the child.
+var netListener net.Listener
+
+// seqpacketRoundTrip is the virtio-net device's link: a SOCK_SEQPACKET
+// connection (socket(AF_UNIX, SOCK_SEQPACKET|SOCK_CLOEXEC|SOCK_NONBLOCK)
+// and connect; the VMM connects at start-up, but nothing needs it to), a
+// frame sent as one message and one received with recvmsg.
+func seqpacketRoundTrip(ln net.Listener) error {
+	echoed := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			echoed <- err
+			return
+		}
+		defer c.Close()
+		b := make([]byte, 2048)
+		n, err := c.Read(b)
+		if err == nil {
+			_, err = c.Write(b[:n])
+		}
+		echoed <- err
+	}()
+	d := net.Dialer{Timeout: 5 * time.Second}
+	c, err := d.Dial("unixpacket", ln.Addr().String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	frame := bytes.Repeat([]byte{0x5a}, 1514)
+	if _, err := c.Write(frame); err != nil {
+		return err
+	}
+	got := make([]byte, 2048)
+	n, _, flags, _, err := c.(*net.UnixConn).ReadMsgUnix(got, nil)
+	if err != nil || flags&unix.MSG_TRUNC != 0 || !bytes.Equal(got[:n], frame) {
+		return fmt.Errorf("echo of %d bytes: %d bytes, flags %#x, %v", len(frame), n, flags, err)
 	}
 	return <-echoed
 }
