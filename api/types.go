@@ -35,10 +35,13 @@ type Box struct {
 	HostID string `json:"host_id"`
 	// PendingUpgrade reports an upgrade recorded while the box was down,
 	// applied when it next wakes.
-	PendingUpgrade bool   `json:"pending_upgrade"`
-	MemoryMiB      int    `json:"memory_mib"`
-	VCPUs          int    `json:"vcpus"`
-	Ports          []Port `json:"ports"`
+	PendingUpgrade bool `json:"pending_upgrade"`
+	MemoryMiB      int  `json:"memory_mib"`
+	VCPUs          int  `json:"vcpus"`
+	// DiskSizeBytes is the size of the box's disk as its create asked
+	// (a fork's as its parent's); absent: its image's size.
+	DiskSizeBytes int64  `json:"disk_size_bytes,omitempty"`
+	Ports         []Port `json:"ports"`
 }
 
 // Port is a host TCP port forwarded to a guest port. A connection to it
@@ -77,6 +80,13 @@ type CreateRequest struct {
 	// disk without one is a data disk. The box writes to its own layer
 	// over the image. Empty: the daemon's default image.
 	Image string `json:"image,omitempty"`
+	// DiskSizeBytes is the size of the box's disk: the guest grows its
+	// root file system to it when it boots. The image stays one shared,
+	// unchanged base; the box's disk is a layer over it, so the host
+	// pays only for what the box writes. At least the image's size, at
+	// most 1 TiB, rounded up to a multiple of 4096; only with an image
+	// that is a root file system. Forks keep it. Zero: the image's size.
+	DiskSizeBytes int64 `json:"disk_size_bytes,omitempty"`
 }
 
 // Empty is the body of calls that take no arguments: absent, or {}.

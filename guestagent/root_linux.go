@@ -27,6 +27,10 @@ const rootDeviceWait = 5 * time.Second
 //   - waits up to 5 seconds for DEVICE to appear in /dev, and mounts it on
 //     /sysroot, with the type sailbox.rootfstype=TYPE (ext4 by default)
 //     and the options sailbox.rootflags=OPT,... (read-write by default);
+//   - grows an ext4 root, online, to fill its device when the device is
+//     larger (a box created with a disk size of its own; see
+//     growRootFS), logging what it did; a failure to grow is logged and
+//     leaves the file system as it was;
 //   - mounts proc, sysfs, devtmpfs on /dev, devpts on /dev/pts, and tmpfs
 //     on /dev/shm, /tmp (mode 1777) and /run (0755) in it, creating
 //     missing mount points, and adds /dev/fd, /dev/stdin, /dev/stdout and
@@ -64,6 +68,7 @@ func MountRoot(log *slog.Logger) error {
 	if err := mountRoot(spec); err != nil {
 		return fmt.Errorf("box root %s: %w", spec.Device, err)
 	}
+	growRootFS(log, spec, sysroot)
 	for _, err := range mountInRoot(sysroot) {
 		log.Error("agent: box root: "+err.Error(), "device", spec.Device)
 	}

@@ -48,7 +48,7 @@ var commands map[string]*command
 
 func init() {
 	commands = map[string]*command{
-		"create":      {args: "[-mem MiB] [-cpus N] [-image REF]", help: "create a new box (restored from its template checkpoint)", nargs: 0, flags: createFlags, run: runCreate},
+		"create":      {args: "[-mem MiB] [-cpus N] [-image REF] [-disk-size SIZE]", help: "create a new box (restored from its template checkpoint)", nargs: 0, flags: createFlags, run: runCreate},
 		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
 		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
 		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
@@ -177,6 +177,9 @@ func printBox(w io.Writer, b api.Box) {
 	fmt.Fprintf(tw, "parent\t%s\n", dash(b.ParentID))
 	fmt.Fprintf(tw, "host\t%s\n", b.HostID)
 	fmt.Fprintf(tw, "size\t%d MiB, %d vCPU\n", b.MemoryMiB, b.VCPUs)
+	if b.DiskSizeBytes != 0 {
+		fmt.Fprintf(tw, "disk\t%d MiB\n", b.DiskSizeBytes>>20)
+	}
 	for _, p := range b.Ports {
 		fmt.Fprintf(tw, "port\t%s → guest %d\n", p.HostAddr, p.GuestPort)
 	}
@@ -187,6 +190,7 @@ func createFlags(fs *flag.FlagSet) {
 	fs.Int("mem", 0, "guest memory in MiB (0: the daemon's default)")
 	fs.Int("cpus", 0, "vCPUs (0: the daemon's default)")
 	fs.String("image", "", "the box's disk, `REF`: an OCI layout directory, a docker save tarball (.tar) or a raw disk inside the daemon's image directories, or a registry reference")
+	fs.Var(new(byteSize), "disk-size", "the box's disk, `SIZE` in bytes or with a suffix K, M, G or T (2G: 2 GiB): at least the image's size; the guest grows its root file system to it over the shared image (default: the image's size)")
 }
 
 func intFlag(fs *flag.FlagSet, name string) int {
@@ -197,6 +201,7 @@ func intFlag(fs *flag.FlagSet, name string) int {
 func runCreate(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
 	b, err := s.c.Create(ctx, api.CreateRequest{
 		MemoryMiB: intFlag(fs, "mem"), VCPUs: intFlag(fs, "cpus"), Image: fs.Lookup("image").Value.String(),
+		DiskSizeBytes: int64(*fs.Lookup("disk-size").Value.(*byteSize)),
 	})
 	if err != nil {
 		return err

@@ -34,11 +34,16 @@ func openDisks(c vmmapi.Launch, root *snapshot.Root) ([]vmm.Disk, error) {
 			if err != nil {
 				return fail(fmt.Errorf("%w: disk %d: %w", vmm.ErrConfig, i, err))
 			}
+			// A size of its own makes the disk larger than its base,
+			// never smaller: that would cut the guest's file system.
+			if dc.Size != 0 && dc.Size < fi.Size() {
+				return fail(fmt.Errorf("%w: disk %d: size %d is smaller than its base %s (%d bytes)", vmm.ErrConfig, i, dc.Size, dc.Path, fi.Size()))
+			}
 			top := root.TopPath(fmt.Sprintf("boot-%s-%s.top", randomName(), d.ID))
-			if d.Layered, err = disklayer.Open(disklayer.Layout{Base: dc.Path}, top); err != nil {
+			if d.Layered, err = disklayer.Open(disklayer.Layout{Base: dc.Path, Size: dc.Size}, top); err != nil {
 				return fail(fmt.Errorf("%w: disk %d: %w", vmm.ErrConfig, i, err))
 			}
-			d.Chain = snapshot.DiskChain{Base: dc.Path, BaseSize: fi.Size(), Size: fi.Size()}
+			d.Chain = snapshot.DiskChain{Base: dc.Path, BaseSize: fi.Size(), Size: d.Layered.Size()}
 		}
 		disks = append(disks, d)
 	}

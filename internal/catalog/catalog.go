@@ -109,6 +109,12 @@ type Spec struct {
 	// Docker image, or a disk with an image record beside it): the box
 	// boots with it as / and its execs run with its config.
 	Root *RootImage `json:"root,omitempty"`
+	// DiskSizeBytes is the virtual size of the box's disk over Image,
+	// larger than the image (which stays as it is: the box's writes and
+	// what it reads past the image's end, zeros, are its own layer's);
+	// the guest grows its root file system to it. Zero: the image's
+	// size. Only with Root. Forks inherit it with the spec.
+	DiskSizeBytes int64 `json:"disk_size_bytes,omitempty"`
 }
 
 // RootImage is the config of the image a box's root file system was made

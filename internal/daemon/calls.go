@@ -41,6 +41,11 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		}
 		spec.Image, spec.Root = p, root
 	}
+	size, err := diskSize(spec, req.DiskSizeBytes) // see disksize.go
+	if err != nil {
+		return api.Box{}, fmt.Errorf("create: %w", err)
+	}
+	spec.DiskSizeBytes = size
 	release, err := m.admit("create", spec.MemoryMiB)
 	if err != nil {
 		return api.Box{}, err
@@ -122,7 +127,7 @@ func toAPI(tx *catalog.Tx, b catalog.Box) (api.Box, error) {
 	out := api.Box{
 		ID: b.ID, State: b.State, GuestSchemaVersion: b.GuestSchemaVersion, Created: b.Created,
 		LastCheckpointID: b.LastCheckpoint, ParentID: b.ParentID, HostID: b.HostID,
-		PendingUpgrade: b.PendingUpgrade, MemoryMiB: b.Spec.MemoryMiB, VCPUs: b.Spec.VCPUs,
+		PendingUpgrade: b.PendingUpgrade, MemoryMiB: b.Spec.MemoryMiB, VCPUs: b.Spec.VCPUs, DiskSizeBytes: b.Spec.DiskSizeBytes,
 		Ports: []api.Port{},
 	}
 	if b.LastCheckpoint != "" {

@@ -37,7 +37,9 @@ func (b *Backend) bootLaunch(box string, spec catalog.Spec) vmmapi.Launch {
 	l.Kernel, l.Initrd, l.Cmdline = b.cfg.Kernel, b.cfg.Initrd, b.cfg.Cmdline
 	l.MemoryMiB, l.VCPUs, l.VsockCID = spec.MemoryMiB, spec.VCPUs, guestCID
 	if spec.Image != "" {
-		l.Disks = []vmmapi.LaunchDisk{{Path: spec.Image, Layered: true, ID: "vda"}}
+		// A disk size of its own is the disk's virtual size over the
+		// image; the guest agent grows the root file system to it.
+		l.Disks = []vmmapi.LaunchDisk{{Path: spec.Image, Layered: true, ID: "vda", Size: spec.DiskSizeBytes}}
 	}
 	if spec.Root != nil {
 		// The disk is the box's root file system: the guest agent mounts

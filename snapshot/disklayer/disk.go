@@ -1,6 +1,7 @@
 package disklayer
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -197,6 +198,24 @@ func (d *Disk) source(b uint64) (f *os.File, layer int, run uint64) {
 	return nil, len(d.layers), run
 }
 
+// readsZeros reports whether block b reads as zeros because nothing holds
+// it: not the top, no layer, not the base. It runs under mu, once per
+// block a guest writes zeros to, so unlike source it looks no further.
+func (d *Disk) readsZeros(b uint64) bool {
+	if d.top.present.has(b) || (d.base != nil && int64(b)*BlockSize < d.baseSize) {
+		return false
+	}
+	for _, l := range d.layers {
+		if _, ok := l.has(b); ok {
+			return false
+		}
+	}
+	return true
+}
+
+// zeroBlock is a block of zeros, for comparisons.
+var zeroBlock [BlockSize]byte
+
 // maxRunBlocks bounds the runs source returns, and so the cost of finding
 // them and the size of one read(2).
 const maxRunBlocks = copyChunk / BlockSize
@@ -257,8 +276,12 @@ func (d *Disk) readLocked(p []byte, off int64) error {
 }
 
 // WriteAt writes to the top layer. A write that covers part of a block
-// the top does not hold yet first copies the block up from below. Writes
-// past Size fail without writing.
+// the top does not hold yet first copies the block up from below. A
+// block of zeros written whole where the disk reads zeros already (past
+// the base's end, in no layer, not in the top) is not stored: a guest
+// whose file system grew into a disk larger than its base writes whole
+// inode tables of zeros there, which would cost the host as much as data.
+// Writes past Size fail without writing.
 func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -291,7 +314,16 @@ func (d *Disk) WriteAt(p []byte, off int64) (int, error) {
 		b := uint64(pos / BlockSize)
 		inBlock := pos - int64(b)*BlockSize
 		n := int(min(d.blockLen(b)-inBlock, int64(len(p)-done)))
-		if t.present.has(b) || (inBlock == 0 && int64(n) == d.blockLen(b)) {
+		whole := inBlock == 0 && int64(n) == d.blockLen(b)
+		if whole && !t.present.has(b) && bytes.Equal(p[done:done+n], zeroBlock[:n]) && d.readsZeros(b) {
+			if err := flush(); err != nil {
+				return directFrom, err
+			}
+			done += n
+			directFrom, directTo = done, done
+			continue
+		}
+		if t.present.has(b) || whole {
 			directTo = done + n
 			done += n
 			continue

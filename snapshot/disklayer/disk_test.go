@@ -202,6 +202,9 @@ func TestModel(t *testing.T) {
 					off := rng.Int64N(size)
 					n := rng.IntN(int(min(size-off, 3*BlockSize))) + 1
 					p := random(rng, n)
+					if rng.IntN(4) == 0 {
+						clear(p) // zeros: some need not be stored
+					}
 					mustWrite(t, d, p, off)
 					copy(model[off:], p)
 				case k < 17:
@@ -256,6 +259,51 @@ func TestModel(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Zeros written over blocks that read as zeros because nothing holds
+// them (past the base, in no layer) are not stored; zeros over anything
+// else are, and every block reads what was written last.
+func TestZeroWrites(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	td := newTestDisk(t)
+	const size = 8 * BlockSize
+	base := random(rng, 2*BlockSize)
+	d := td.open(Layout{Base: td.base(base), Size: size})
+	model := append(bytes.Clone(base), make([]byte, size-len(base))...)
+	write := func(p []byte, off int64) {
+		mustWrite(t, d, p, off)
+		copy(model[off:], p)
+	}
+	zeros := func(n int) []byte { return make([]byte, n) }
+	write(zeros(2*BlockSize), 4*BlockSize)                                        // past the base: not stored
+	write(zeros(BlockSize), BlockSize)                                            // over the base: stored
+	write(random(rng, BlockSize), 6*BlockSize)                                    // data past the base
+	write(zeros(10), 7*BlockSize+5)                                               // part of a block: copied up, stored
+	write(append(random(rng, 10), zeros(BlockSize+BlockSize-10)...), 2*BlockSize) // 2 stored, 3 not
+	info := td.seal(d)
+	if info.Blocks != 4 {
+		t.Errorf("sealed %d blocks, want 4 (1, 2, 6, 7)", info.Blocks)
+	}
+	l, err := OpenLayer(info.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if got := fmt.Sprint(l.Extents()); got != fmt.Sprint([]Extent{{Start: 1, Count: 2}, {Start: 6, Count: 2}}) {
+		t.Errorf("extents %s", got)
+	}
+	// Zeros over a block a layer holds are stored, in the new top.
+	write(zeros(BlockSize), 6*BlockSize)
+	if got := contents(t, d); !bytes.Equal(got, model) {
+		t.Fatal("disk differs from the model")
+	}
+	if info := td.seal(d); info.Blocks != 1 {
+		t.Errorf("zeros over a layer's block: sealed %d blocks, want 1", info.Blocks)
+	}
+	if got := contents(t, d); !bytes.Equal(got, model) {
+		t.Fatal("disk differs from the model after the seal")
 	}
 }
 

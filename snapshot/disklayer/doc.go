@@ -29,6 +29,12 @@
 //	child, _ := disklayer.Open(disklayer.Layout{Base: base, Layers: append(sealed, info.Path)}, childTop)
 //
 // Parent and child then write to their own tops and never see each other's
-// writes. Compact merges a chain of sealed layers into one new layer file
+// writes.
+//
+// A disk may be larger than its base (Layout.Size): the blocks past the
+// base's end read as zeros, and a whole block of zeros written where
+// nothing holds it is not stored, so that a guest file system grown into
+// that space (whose new inode tables it zeroes) costs the host only what
+// the guest writes of data. Compact merges a chain of sealed layers into one new layer file
 // without modifying the old ones.
 package disklayer
