@@ -60,7 +60,7 @@ func init() {
 		"connect":     {args: "ID", help: "check placement, resume if down, show the box", nargs: 1, run: boxCall((*client.Client).Connect)},
 		"upgrade":     {args: "ID", help: "move the box onto the current guest agent", nargs: 1, run: runUpgrade},
 		"rm":          {args: "ID", help: "terminate a box", nargs: 1, run: runTerminate},
-		"exec":        {args: "[-e KEY=VALUE]... [-w DIR] [-user USER] [-timeout D] [-stdin FILE] ID COMMAND [ARG]...", help: "run a command in the box (wakes a sleeping box)", nargs: -1, flags: execFlags, run: runExec},
+		"exec":        {args: "[-e KEY=VALUE]... [-w DIR] [-user USER] [-timeout D] [-stdin FILE] ID [COMMAND [ARG]...]", help: "run a command in the box (wakes a sleeping box); without one, the image's Entrypoint and Cmd", nargs: -1, flags: execFlags, run: runExec},
 		"cat":         {args: "ID PATH", help: "print a file of the box", nargs: 2, run: runCat},
 		"put":         {args: "[-mode 644] [-append] [-mkdir] ID PATH LOCAL-FILE", help: "write a local file into the box", nargs: 3, flags: putFlags, run: runPut},
 		"expose":      {args: "[-addr IP] ID [HOST-PORT:]GUEST-PORT", help: "forward a host TCP port to the box (a connection wakes it)", nargs: 2, flags: exposeFlags, run: runExpose},
@@ -326,10 +326,6 @@ func runExec(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error
 	id, argv := args[0], args[1:]
 	if len(argv) > 0 && argv[0] == "--" {
 		argv = argv[1:]
-	}
-	if len(argv) == 0 {
-		fs.Usage()
-		return errUsage
 	}
 	timeout, _ := time.ParseDuration(fs.Lookup("timeout").Value.String())
 	req := api.ExecRequest{

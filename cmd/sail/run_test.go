@@ -157,7 +157,7 @@ func TestCLI(t *testing.T) {
 }
 
 func TestUsage(t *testing.T) {
-	for _, args := range [][]string{{}, {"nope"}, {"get"}, {"get", "a", "b"}, {"exec", "id"}, {"-bogus"}, {"create", "-mem", "x"}} {
+	for _, args := range [][]string{{}, {"nope"}, {"get"}, {"get", "a", "b"}, {"exec"}, {"-bogus"}, {"create", "-mem", "x"}} {
 		_, errOut, err := (&sailer{t: t, sock: "/nonexistent"}).sail(args...)
 		if !errors.Is(err, errUsage) || !strings.Contains(errOut, "usage") {
 			t.Errorf("sail %q: %v, %q", args, err, errOut)

@@ -323,8 +323,8 @@ func (m *Manager) use(ctx context.Context, id string, op lifecycle.Op) error {
 // written to stdout and stderr as it arrives. A state change of the box
 // while the process runs (a pause, say) cuts it short with an error.
 func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest, stdout, stderr io.Writer) (api.ExecResult, error) {
-	if len(req.Argv) == 0 || req.Argv[0] == "" {
-		return api.ExecResult{}, fmt.Errorf("exec: %w: argv is empty", ErrInvalidArgument)
+	if len(req.Argv) > 0 && req.Argv[0] == "" {
+		return api.ExecResult{}, fmt.Errorf("exec: %w: argv[0] is empty", ErrInvalidArgument)
 	}
 	if req.TimeoutMS < 0 {
 		return api.ExecResult{}, fmt.Errorf("exec: %w: negative timeout", ErrInvalidArgument)
@@ -340,7 +340,11 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest, stdo
 	}); err != nil {
 		return api.ExecResult{}, fmt.Errorf("box %s: exec: %w", id, err)
 	}
-	res, err := m.be.Exec(ctx, id, withImageConfig(req, root), stdout, stderr)
+	req = withImageConfig(req, root)
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		return api.ExecResult{}, fmt.Errorf("box %s: exec: %w: argv is empty, and the box's image has no Entrypoint or Cmd", id, ErrInvalidArgument)
+	}
+	res, err := m.be.Exec(ctx, id, req, stdout, stderr)
 	if err != nil {
 		return res, fmt.Errorf("box %s: exec %q: %w", id, req.Argv[0], err)
 	}

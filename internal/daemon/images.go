@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -168,10 +169,15 @@ func operatorFind(ref string) (images.Found, error) {
 
 // withImageConfig gives an exec in a box whose disk is a root image the
 // image's config: its Env under the request's (a request variable wins),
-// its WorkingDir and User unless the request names its own.
+// its WorkingDir and User unless the request names its own, and, for a
+// request without argv, its Entrypoint followed by its Cmd (what `docker
+// run IMAGE` runs).
 func withImageConfig(req api.ExecRequest, root *catalog.RootImage) api.ExecRequest {
 	if root == nil {
 		return req
+	}
+	if len(req.Argv) == 0 {
+		req.Argv = append(slices.Clone(root.Entrypoint), root.Cmd...)
 	}
 	req.Env = mergeEnv(root.Env, req.Env)
 	if req.Dir == "" {

@@ -80,7 +80,7 @@ type fakeStore struct {
 
 var fakeImage = imagestore.Image{
 	Digest: "sha256:aa", Path: "/store/sha256-aa.ext4",
-	Config: imagestore.Config{Env: []string{"PATH=/img/bin", "FOO=bar"}, WorkingDir: "/work", User: "sailor"},
+	Config: imagestore.Config{Env: []string{"PATH=/img/bin", "FOO=bar"}, WorkingDir: "/work", User: "sailor", Entrypoint: []string{"echo", "entry"}, Cmd: []string{"cmd"}},
 }
 
 func (s *fakeStore) ImportPath(ctx context.Context, path, selector string) (imagestore.Image, error) {
@@ -163,6 +163,10 @@ func TestCreateRootImages(t *testing.T) {
 		if got := exec(id, api.ExecRequest{Argv: []string{"pwd"}, Dir: "/tmp"}) + exec(id, api.ExecRequest{Argv: []string{"whoami"}, User: "0"}); got != "/tmp\n0\n" {
 			t.Errorf("%q: the request's dir and user %q", ref, got)
 		}
+		// No argv: the image's Entrypoint and Cmd.
+		if got := exec(id, api.ExecRequest{}); got != "entry cmd\n" {
+			t.Errorf("%q: exec without argv printed %q, want the image's entrypoint and cmd", ref, got)
+		}
 	}
 	wantPaths := []string{filepath.Join(imgs, "lay"), filepath.Join(imgs, "lay") + ":v1", filepath.Join(imgs, "saved.tar"), filepath.Join(imgs, "saved.tar") + ":repo:tag"}
 	if !slices.Equal(store.paths, wantPaths) || !slices.Equal(store.remotes, []string{"docker.io/library/debian:12"}) {
@@ -184,10 +188,13 @@ func TestCreateRootImages(t *testing.T) {
 	if got := exec(f.Box.ID, api.ExecRequest{Argv: []string{"pwd"}}); got != "/root\n" {
 		t.Errorf("fork of a root image box: dir %q", got)
 	}
-	// A data disk: execs as before.
+	// A data disk: execs as before; without argv, nothing to run.
 	id = create("data.ext4")
 	if got := exec(id, api.ExecRequest{Argv: []string{"env"}}) + exec(id, api.ExecRequest{Argv: []string{"pwd"}}); got != "\n" {
 		t.Errorf("data disk: env and dir %q", got)
+	}
+	if _, err := m.Exec(ctx, id, api.ExecRequest{}, io.Discard, io.Discard); !errors.Is(err, daemon.ErrInvalidArgument) {
+		t.Errorf("exec without argv in a box with no image config: %v", err)
 	}
 
 	// Host paths, existing or not, and directories that are not layouts:
