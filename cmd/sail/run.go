@@ -131,7 +131,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errUsage
 	}
 	s := &cli{c: client.New(*socket), stdout: stdout, stderr: stderr, json: *asJSON}
-	return cmd.run(ctx, s, cfs, rest)
+	return explainDial(*socket, cmd.run(ctx, s, cfs, rest))
 }
 
 // print writes v as JSON, or human as text.

@@ -171,4 +171,5 @@ func TestUsage(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "none.sock") {
 		t.Errorf("ls without a daemon: %v", err)
 	}
+	testNoDaemon(t)
 }

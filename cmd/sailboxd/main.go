@@ -14,6 +14,12 @@
 // Socket (-socket): see api.DefaultSocket. Mode 0600; with -socket-group
 // 0660 and owned by that group.
 //
+// At start it checks its configuration (preflight.go: state directory,
+// images, kernel, initramfs, VMM, /dev/kvm) and exits naming every
+// problem. Flags may come from -config FILE (config.go); -log-format json
+// logs JSON; under systemd (contrib/systemd) it sends READY=1 once it
+// listens.
+//
 // Stopping the daemon (SIGINT, SIGTERM) leaves running boxes running; the
 // next start takes them back, and restores those whose VMM died from
 // their last completed checkpoint.

@@ -20,6 +20,7 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/images"
 	"github.com/sailbox-dev/sailbox/internal/imagestore"
+	"github.com/sailbox-dev/sailbox/internal/metrics"
 	"github.com/sailbox-dev/sailbox/internal/vmmbackend"
 	"golang.org/x/sys/unix"
 )
@@ -43,10 +44,19 @@ type config struct {
 	MinSchema   int
 	Templates   bool
 	LogLevel    slog.Level
+	LogFormat   logFormat
+
+	// MetricsListen is the TCP address that serves /metrics (metrics.go);
+	// "" serves none.
+	MetricsListen string
 }
 
-// newBackend builds the backend; tests replace it with the fake.
+// newBackend builds the backend; tests replace it with the fake. The real
+// one first checks what it needs (preflight.go).
 var newBackend = func(c config, log *slog.Logger) (daemon.Backend, error) {
+	if err := checkBackend(c, openUsableKVM); err != nil {
+		return nil, err
+	}
 	return vmmbackend.New(vmmbackend.Config{
 		VMM: c.VMM, Kernel: c.Kernel, Initrd: c.Initrd, Cmdline: c.Cmdline,
 		Store: filepath.Join(c.StateDir, "store"), RunDir: filepath.Join(c.StateDir, "run"), Logger: log,
@@ -109,7 +119,13 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.MinSchema, "min-resumable-schema", 0, "oldest guest schema `version` a box may be resumed on; older boxes are upgraded when they wake (0: any)")
 	fs.BoolVar(&c.Templates, "templates", true, "create boxes by restoring a template checkpoint of their image and shape, booted once (false: boot every box)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
+	fs.TextVar(&c.LogFormat, "log-format", logText, "log `format`: text or json")
+	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "TCP `address` that serves Prometheus metrics on /metrics, bound as given (loopback recommended: 127.0.0.1:9464); empty: none")
+	configFile := fs.String("config", "", "configuration `file` of name = value lines, one per flag (config.go); flags given here win")
 	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if err := applyConfigFile(fs, *configFile); err != nil {
 		return c, err
 	}
 	switch {
@@ -132,14 +148,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: c.LogLevel}))
+	log := newLogger(stderr, c.LogFormat, c.LogLevel)
 	var upstream *url.URL
 	if c.Inference != "" {
 		if upstream, err = url.Parse(c.Inference); err != nil || upstream.Scheme == "" || upstream.Host == "" {
 			return fmt.Errorf("-inference-upstream %q is not an absolute URL", c.Inference)
 		}
 	}
-	if err := os.MkdirAll(c.StateDir, 0o700); err != nil {
+	// Every problem of the configuration at once, before anything serves.
+	be, err := preflight(c, log)
+	if err != nil {
 		return err
 	}
 	if err := apiserver.MakeSocketDir(c.Socket); err != nil {
@@ -150,10 +168,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer cat.Close()
-	be, err := newBackend(c, log)
-	if err != nil {
-		return err
-	}
 	var imgs *images.Dirs
 	if len(c.ImageDirs) > 0 {
 		if imgs, err = images.NewDirs(c.ImageDirs, c.StateDir); err != nil {
@@ -174,9 +188,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		log.Info("default image", "image", c.Image, "disk", defaults.Image, "root", defaults.Root != nil)
 	}
 	c.Limits.FreeDiskMiB = func() (int64, error) { return freeDiskMiB(c.StateDir) }
+	met := metrics.New()
 	m, err := daemon.New(daemon.Config{
 		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Templates: c.Templates, Images: imgs, Store: store, Limits: c.Limits,
-		Defaults: defaults,
+		Defaults: defaults, Observer: met,
 	})
 	if err != nil {
 		return err
@@ -185,12 +200,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer m.Close()
+	stopMetrics, err := serveMetrics(c.MetricsListen, met, m, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	l, err := apiserver.Listen(c.Socket, c.SocketGroup)
 	if err != nil {
 		return err
 	}
 	log.Info("sailboxd listening", "socket", c.Socket, "state_dir", c.StateDir, "host_id", c.HostID)
-	srv := apiserver.New(apiserver.Config{Manager: m, Logger: log, InferenceUpstream: upstream})
+	if err := sdNotify("READY=1"); err != nil {
+		log.Warn("telling systemd the daemon is ready", "err", err)
+	}
+	srv := apiserver.New(apiserver.Config{Manager: m, Logger: log, InferenceUpstream: upstream, Observe: met.ObserveCall})
 	err = apiserver.Serve(ctx, l, srv)
 	log.Info("sailboxd stopped; boxes keep running")
 	return err

@@ -53,6 +53,9 @@ type Config struct {
 	// BodyTimeout bounds the time a client may take to send a call's
 	// body; zero means DefaultBodyTimeout. See limitBodyTime.
 	BodyTimeout time.Duration
+	// Observe, if not nil, hears every lifecycle call served: see
+	// observe.go.
+	Observe CallObserver
 }
 
 // Server serves the API.
@@ -62,6 +65,7 @@ type Server struct {
 	upstream    *url.URL
 	client      *http.Client
 	bodyTimeout time.Duration
+	observe     CallObserver
 	mux         *http.ServeMux
 }
 
@@ -73,12 +77,15 @@ type Route struct {
 
 type route struct {
 	Route
-	h func(w http.ResponseWriter, r *http.Request) error
+	// call names the lifecycle call the route serves, for metrics
+	// (Config.Observe); "" for reads, which are not observed.
+	call string
+	h    func(w http.ResponseWriter, r *http.Request) error
 }
 
 // New returns a Server.
 func New(cfg Config) *Server {
-	s := &Server{m: cfg.Manager, log: cfg.Logger, upstream: cfg.InferenceUpstream, client: cfg.InferenceClient, bodyTimeout: cfg.BodyTimeout}
+	s := &Server{m: cfg.Manager, log: cfg.Logger, upstream: cfg.InferenceUpstream, client: cfg.InferenceClient, bodyTimeout: cfg.BodyTimeout, observe: cfg.Observe}
 	if s.bodyTimeout <= 0 {
 		s.bodyTimeout = DefaultBodyTimeout
 	}
@@ -95,7 +102,7 @@ func New(cfg Config) *Server {
 	s.client = &noRedirects
 	s.mux = http.NewServeMux()
 	for _, rt := range s.routes() {
-		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(rt.h))
+		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(s.observed(rt.call, rt.h)))
 	}
 	s.mux.Handle("/", s.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint: %s %s", daemon.ErrNotFound, r.Method, r.URL.Path)
@@ -106,25 +113,25 @@ func New(cfg Config) *Server {
 // routes is the API: every endpoint, in one table.
 func (s *Server) routes() []route {
 	return []route{
-		{Route{"POST", "/v1/boxes"}, s.create},
-		{Route{"GET", "/v1/boxes"}, s.list},
-		{Route{"GET", "/v1/boxes/{id}"}, s.get},
-		{Route{"DELETE", "/v1/boxes/{id}"}, s.terminate},
-		{Route{"GET", "/v1/boxes/{id}/checkpoints"}, s.checkpoints},
-		{Route{"POST", "/v1/boxes/{id}/checkpoint"}, s.checkpoint},
-		{Route{"POST", "/v1/boxes/{id}/fork"}, s.fork},
-		{Route{"POST", "/v1/boxes/{id}/pause"}, s.boxCall(s.m.Pause)},
-		{Route{"POST", "/v1/boxes/{id}/sleep"}, s.boxCall(s.m.Sleep)},
-		{Route{"POST", "/v1/boxes/{id}/resume"}, s.boxCall(s.m.Resume)},
-		{Route{"POST", "/v1/boxes/{id}/connect"}, s.boxCall(s.m.Connect)},
-		{Route{"POST", "/v1/boxes/{id}/upgrade"}, s.upgrade},
-		{Route{"POST", "/v1/boxes/{id}/exec"}, s.exec},
-		{Route{"GET", "/v1/boxes/{id}/files"}, s.readFile},
-		{Route{"PUT", "/v1/boxes/{id}/files"}, uploading(s.writeFile)},
-		{Route{"POST", "/v1/boxes/{id}/ports"}, s.expose},
-		{Route{"DELETE", "/v1/boxes/{id}/ports/{host_port}"}, s.unexpose},
-		{Route{"GET", "/v1/inference/{path...}"}, s.inference},
-		{Route{"POST", "/v1/inference/{path...}"}, s.inference},
+		{Route{"POST", "/v1/boxes"}, "create", s.create},
+		{Route{"GET", "/v1/boxes"}, "", s.list},
+		{Route{"GET", "/v1/boxes/{id}"}, "", s.get},
+		{Route{"DELETE", "/v1/boxes/{id}"}, "terminate", s.terminate},
+		{Route{"GET", "/v1/boxes/{id}/checkpoints"}, "", s.checkpoints},
+		{Route{"POST", "/v1/boxes/{id}/checkpoint"}, "checkpoint", s.checkpoint},
+		{Route{"POST", "/v1/boxes/{id}/fork"}, "fork", s.fork},
+		{Route{"POST", "/v1/boxes/{id}/pause"}, "pause", s.boxCall(s.m.Pause)},
+		{Route{"POST", "/v1/boxes/{id}/sleep"}, "sleep", s.boxCall(s.m.Sleep)},
+		{Route{"POST", "/v1/boxes/{id}/resume"}, "resume", s.boxCall(s.m.Resume)},
+		{Route{"POST", "/v1/boxes/{id}/connect"}, "connect", s.boxCall(s.m.Connect)},
+		{Route{"POST", "/v1/boxes/{id}/upgrade"}, "upgrade", s.upgrade},
+		{Route{"POST", "/v1/boxes/{id}/exec"}, "exec", s.exec},
+		{Route{"GET", "/v1/boxes/{id}/files"}, "read_file", s.readFile},
+		{Route{"PUT", "/v1/boxes/{id}/files"}, "write_file", uploading(s.writeFile)},
+		{Route{"POST", "/v1/boxes/{id}/ports"}, "expose", s.expose},
+		{Route{"DELETE", "/v1/boxes/{id}/ports/{host_port}"}, "unexpose", s.unexpose},
+		{Route{"GET", "/v1/inference/{path...}"}, "inference", s.inference},
+		{Route{"POST", "/v1/inference/{path...}"}, "inference", s.inference},
 	}
 }
 

@@ -101,6 +101,11 @@ type Instance struct {
 // CheckpointInfo describes a completed checkpoint.
 type CheckpointInfo struct {
 	Created time.Time
+	// Bytes is what the checkpoint wrote to the store (its memory layer
+	// and the disk blocks it sealed), and Pause how long the guest was
+	// stopped for it; zero when the backend does not say (Completed).
+	Bytes int64
+	Pause time.Duration
 }
 
 // FileOptions tune WriteFile.

@@ -92,7 +92,7 @@ func (m *Manager) start(ctx context.Context, b *catalog.Box) (Instance, error) {
 	if err := m.save(*b); err != nil {
 		return Instance{}, err
 	}
-	inst, err := m.be.Restore(ctx, b.ID, tp.Checkpoint, true)
+	inst, err := m.be.Restore(startingAs(ctx, StartCreate), b.ID, tp.Checkpoint, true)
 	if err != nil {
 		// A template the store lost is made again by the next create.
 		if _, ok, cerr := m.be.Completed(ctx, tp.Checkpoint); cerr == nil && !ok {
@@ -408,7 +408,7 @@ func (m *Manager) InferenceCall(ctx context.Context, id string, call func(contex
 		return errors.Join(callErr, err)
 	}
 	if b.State == lifecycle.Sleeping {
-		if _, err := m.apply(context.WithoutCancel(ctx), id, lifecycle.OpResume, nil); err != nil {
+		if _, err := m.apply(wakingFor(context.WithoutCancel(ctx), WakeInferenceEnd), id, lifecycle.OpResume, nil); err != nil {
 			return errors.Join(callErr, fmt.Errorf("resume after inference: %w", err))
 		}
 	}

@@ -71,6 +71,9 @@ type Config struct {
 	// box's spec, booted once (see templates.go); false boots every box.
 	Templates bool
 	Logger    *slog.Logger // nil discards
+	// Observer hears about VM starts, checkpoints and wakes (metrics;
+	// see observe.go); nil hears nothing.
+	Observer Observer
 	// NewID makes box IDs; nil uses "sb-" and 12 random hex digits.
 	NewID func() string
 }
@@ -87,6 +90,7 @@ type Manager struct {
 	minSchema int
 	templates bool
 	log       *slog.Logger
+	obs       Observer
 	newID     func() string
 
 	locks sync.Map   // box ID → *sync.Mutex, held for every change of the box
@@ -117,6 +121,11 @@ func New(cfg Config) (*Manager, error) {
 	if m.newID == nil {
 		m.newID = randomID
 	}
+	m.obs = cfg.Observer
+	if m.obs == nil {
+		m.obs = nopObserver{}
+	}
+	m.be = observedBackend{Backend: m.be, obs: m.obs} // see observe.go
 	if m.defaults.MemoryMiB == 0 {
 		m.defaults.MemoryMiB = 256
 	}

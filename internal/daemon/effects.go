@@ -70,6 +70,7 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		if err := m.wake(ctx, &b); err != nil {
 			return b, err
 		}
+		m.obs.Woke(wakeReason(ctx, op))
 	case lifecycle.ActReboot:
 		if out.upgraded, err = m.reboot(ctx, &b); err != nil {
 			return b, err
@@ -299,7 +300,7 @@ func (m *Manager) wake(ctx context.Context, b *catalog.Box) error {
 		}
 	}
 	if restore {
-		inst, err = m.be.Restore(ctx, b.ID, head, fork)
+		inst, err = m.be.Restore(startingAs(ctx, StartRestore), b.ID, head, fork)
 	}
 	if err != nil {
 		return fmt.Errorf("box %s: restore %s: %w", b.ID, head, err)

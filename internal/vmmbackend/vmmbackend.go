@@ -181,7 +181,7 @@ func (b *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.Checkp
 		return daemon.CheckpointInfo{}, vmmError(box, "checkpoint", err)
 	}
 	b.log.Debug("checkpoint", "box", box, "id", id, "pages", res.Pages, "pause", time.Duration(res.PauseNanos))
-	return daemon.CheckpointInfo{Created: res.Created}, nil
+	return daemon.CheckpointInfo{Created: res.Created, Bytes: res.LayerBytes + res.DiskBytes, Pause: time.Duration(res.PauseNanos)}, nil
 }
 
 func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.CheckpointInfo, daemon.Instance, error) {

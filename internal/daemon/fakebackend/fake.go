@@ -41,6 +41,12 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
 
+// What every checkpoint of the fake reports it cost.
+const (
+	CheckpointBytes = 1 << 20
+	CheckpointPause = 5 * time.Millisecond
+)
+
 // ErrNotRunning is returned by calls that need a running VM.
 var ErrNotRunning = errors.New("fake: box runs no VM")
 
@@ -272,7 +278,7 @@ func (f *Backend) checkpointLocked(box, id string) (daemon.CheckpointInfo, error
 		return daemon.CheckpointInfo{}, fmt.Errorf("fake: checkpoint %s exists", id)
 	}
 	f.checkpoints[id] = v.clone()
-	return daemon.CheckpointInfo{Created: time.Now()}, nil
+	return daemon.CheckpointInfo{Created: time.Now(), Bytes: CheckpointBytes, Pause: CheckpointPause}, nil
 }
 
 func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.CheckpointInfo, daemon.Instance, error) {

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sailboxd.conf")
+	writeFile(t, p, []byte(text), 0o644)
+	return p
+}
+
+func TestConfigFile(t *testing.T) {
+	t.Setenv("SAILBOX_GUEST_KERNEL", "/from/env/bzImage")
+	conf := writeConfig(t, `
+# a comment
+   # an indented comment
+kernel    = /k/bzImage
+initrd=/k/initramfs.cpio
+image-dir = /srv/a
+image-dir = /srv/b
+templates = false
+mem       = 512
+mem       = 1024
+cmdline   = "  console=ttyS0 # not a comment "
+log-format = json
+log-level = debug
+host-id = h#1
+`)
+	c, err := parseArgs([]string{"-config", conf}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kernel != "/k/bzImage" || c.Initrd != "/k/initramfs.cpio" || c.Templates || c.MemoryMiB != 1024 ||
+		c.Cmdline != "  console=ttyS0 # not a comment " || c.LogFormat != logJSON || c.LogLevel != slog.LevelDebug || c.HostID != "h#1" {
+		t.Errorf("from the file: %+v", c)
+	}
+	if strings.Join(c.ImageDirs, ",") != "/srv/a,/srv/b" {
+		t.Errorf("image dirs: %q", c.ImageDirs)
+	}
+
+	// The command line wins, whichever side of -config it is on; its
+	// -image-dir replaces the file's.
+	c, err = parseArgs([]string{"-kernel", "/cli/bzImage", "-config", conf, "-image-dir", "/cli/images", "-templates"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kernel != "/cli/bzImage" || !c.Templates || strings.Join(c.ImageDirs, ",") != "/cli/images" || c.Initrd != "/k/initramfs.cpio" {
+		t.Errorf("command line over the file: %+v", c)
+	}
+	// What neither says keeps its default; the environment's default
+	// yields to the file.
+	c, err = parseArgs([]string{"-config", writeConfig(t, "cpus = 2\n")}, io.Discard)
+	if err != nil || c.Kernel != "/from/env/bzImage" || c.VCPUs != 2 || c.MemoryMiB != 256 || c.LogFormat != logText {
+		t.Errorf("defaults: %+v, %v", c, err)
+	}
+}
+
+func TestConfigFileErrors(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"kernel = /k\nthis is not a setting\n", ":2: \"this is not a setting\" is not `name = value`"},
+		{"kernel /k\n", ":1: "},
+		{"= /k\n", ":1: "},
+		{"\n\nkernal = /k\n", ":3: unknown setting \"kernal\""},
+		{"mem = lots\n", ":1: mem = lots: "},
+		{"templates = maybe\n", ":1: templates = maybe"},
+		{"log-format = xml\n", ":1: log-format = xml: log format \"xml\": want text or json"},
+		{"config = /etc/other.conf\n", ":1: a configuration file cannot name another"},
+		{`cmdline = "unterminated` + "\n", ":1: cmdline: a quoted value"},
+		{"max-running = -1\n", "cannot be negative"},
+		{"image = rel.img\n", "-image \"rel.img\""},
+	} {
+		conf := writeConfig(t, tc.text)
+		_, err := parseArgs([]string{"-config", conf}, io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.text, err, tc.want)
+			continue
+		}
+		if strings.Contains(tc.want, ":") && tc.want[0] == ':' && !strings.HasPrefix(err.Error(), conf+":") {
+			t.Errorf("%q: %v does not name the file", tc.text, err)
+		}
+	}
+	if _, err := parseArgs([]string{"-config", "/nonexistent.conf"}, io.Discard); err == nil || !strings.Contains(err.Error(), "/nonexistent.conf") {
+		t.Errorf("a missing file: %v", err)
+	}
+}
+
+// The example in contrib/ is a valid configuration.
+func TestConfigFileExample(t *testing.T) {
+	c, err := parseArgs([]string{"-config", "../../contrib/sailboxd.conf"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.StateDir != "/var/lib/sailbox" || c.Socket != "/run/sailbox/sailboxd.sock" || c.SocketGroup != "sailbox" || c.LogFormat != logJSON || c.Limits.MinFreeDiskMiB != 1024 {
+		t.Errorf("contrib/sailboxd.conf: %+v", c)
+	}
+}
+
+func TestLogFormat(t *testing.T) {
+	var b strings.Builder
+	newLogger(&b, logJSON, slog.LevelInfo).Info("sailboxd listening", "socket", "/run/s.sock")
+	var rec map[string]any
+	if err := json.Unmarshal([]byte(b.String()), &rec); err != nil || rec["msg"] != "sailboxd listening" || rec["socket"] != "/run/s.sock" || rec["level"] != "INFO" {
+		t.Errorf("json log %q: %v, %v", b.String(), rec, err)
+	}
+	b.Reset()
+	newLogger(&b, logText, slog.LevelWarn).Info("hidden")
+	newLogger(&b, logText, slog.LevelInfo).Info("shown", "k", "v")
+	if got := b.String(); !strings.Contains(got, "msg=shown k=v") || strings.Contains(got, "hidden") {
+		t.Errorf("text log %q", got)
+	}
+	for _, args := range [][]string{{"-log-format", "json"}, {"-log-format", "text"}, nil} {
+		if _, err := parseArgs(args, io.Discard); err != nil {
+			t.Errorf("%q: %v", args, err)
+		}
+	}
+	if _, err := parseArgs([]string{"-log-format", "xml"}, io.Discard); err == nil {
+		t.Error("-log-format xml accepted")
+	}
+}
+
+// The daemon logs JSON when asked: every line of its log is an object.
+func TestRunLogsJSON(t *testing.T) {
+	saved := newBackend
+	t.Cleanup(func() { newBackend = saved })
+	useFakeBackend()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "d.sock")
+	logs := runBriefly(t, sock, "-state-dir", filepath.Join(dir, "state"), "-socket", sock, "-host-id", "h", "-log-format", "json")
+	lines := strings.Split(strings.TrimSpace(logs), "\n")
+	for _, l := range lines {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Errorf("not JSON: %q", l)
+		}
+	}
+	if !strings.Contains(logs, `"msg":"sailboxd listening"`) {
+		t.Errorf("logs:\n%s", logs)
+	}
+}
