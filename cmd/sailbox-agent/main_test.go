@@ -9,32 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 	"github.com/sailbox-dev/sailbox/internal/nettest"
 )
-
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
 
 // fakeVsock makes run listen on a Unix socket instead of vsock, and
 // prepare no guest, and returns the socket's path and the port run asked
@@ -85,7 +67,7 @@ func TestRunServesUntilCancelled(t *testing.T) {
 	path, port := fakeVsock(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr logtest.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"sailbox-agent", "-port", "2048", "-log-level", "debug"}, &stdout, &stderr)
@@ -219,7 +201,7 @@ func TestRunRootUnavailable(t *testing.T) {
 	calls := fakeMountRoot(t, errors.New("box root /dev/vda: no such device after 5s"))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr logtest.Buffer
 	done := make(chan error, 1)
 	go func() { done <- run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr) }()
 

@@ -14,13 +14,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/netapi"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 	"github.com/sailbox-dev/sailbox/internal/nettest"
 	"github.com/sailbox-dev/sailbox/internal/usernet/fakeguest"
 )
@@ -35,23 +35,6 @@ func TestMain(m *testing.M) {
 		return
 	}
 	os.Exit(m.Run())
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // waitForControl polls the control socket until it answers.
@@ -76,7 +59,7 @@ func TestServesTheBoxNetworkAndItsControlAPI(t *testing.T) {
 
 	dir := filepath.Dir(nettest.SocketPath(t))
 	socket, control := filepath.Join(dir, "net.sock"), filepath.Join(dir, "net.ctl")
-	stderr := &syncBuffer{}
+	stderr := &logtest.Buffer{}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	exited := make(chan int, 1)
@@ -190,7 +173,7 @@ func TestSIGTERMStopsItCleanly(t *testing.T) {
 	socket, control := filepath.Join(dir, "net.sock"), filepath.Join(dir, "net.ctl")
 	cmd := exec.Command(os.Args[0], "-socket", socket, "-control", control, "-box", "sb-term")
 	cmd.Env = append(os.Environ(), "SAILBOX_NET_MAIN=1")
-	var stderr syncBuffer
+	var stderr logtest.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/client"
 	"github.com/sailbox-dev/sailbox/internal/kvmtest"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
 
 // The kvm tier drives the real daemon: this test binary re-executed as
@@ -46,7 +47,7 @@ type host struct {
 	cred     *syscall.Credential // the daemon's user; nil is the test's
 
 	cmd  *exec.Cmd
-	logs *syncBuffer
+	logs *logtest.Buffer
 	done chan error
 	c    *client.Client
 }
@@ -89,7 +90,7 @@ func (h *host) start() {
 	// One log across restarts: what a killed daemon said last is often
 	// what explains the next one's trouble.
 	if h.logs == nil {
-		h.logs = &syncBuffer{}
+		h.logs = &logtest.Buffer{}
 	} else {
 		fmt.Fprintf(h.logs, "--- sailboxd restarted at %s ---\n", time.Now().Format(time.TimeOnly))
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/sailbox-dev/sailbox/api/client"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
 
 // -metrics-listen serves the daemon's metrics on /metrics of the address
@@ -32,7 +33,7 @@ func TestMetricsListen(t *testing.T) {
 	args := []string{"-state-dir", filepath.Join(dir, "state"), "-socket", sock, "-host-id", "h1", "-metrics-listen", "127.0.0.1:0"}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	go func() { done <- run(ctx, args, io.Discard, logs) }()
 	defer func() {
 		cancel()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
 
 // notifyListener is a service manager's notification socket at path.
@@ -93,7 +94,7 @@ func TestRunNotifiesReady(t *testing.T) {
 }
 
 // waitSocket waits for the daemon run is running to make its socket.
-func waitSocket(t *testing.T, sock string, done <-chan error, logs *syncBuffer) {
+func waitSocket(t *testing.T, sock string, done <-chan error, logs *logtest.Buffer) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(sock); err == nil {
@@ -122,7 +123,7 @@ func runBriefly(t *testing.T, sock string, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	go func() { done <- run(ctx, args, io.Discard, logs) }()
 	waitSocket(t, sock, done, logs)
 	cancel()

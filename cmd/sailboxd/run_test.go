@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,25 +15,8 @@ import (
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
-
-// syncBuffer is a log sink safe for the daemon's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // The daemon serves on its socket, keeps its boxes across a restart, and
 // stops cleanly.
@@ -50,10 +31,10 @@ func TestRun(t *testing.T) {
 	sock := filepath.Join(dir, "run", "d.sock")
 	args := []string{"-state-dir", filepath.Join(dir, "state"), "-socket", sock, "-host-id", "h1", "-mem", "128"}
 
-	start := func() (context.CancelFunc, chan error, *syncBuffer) {
+	start := func() (context.CancelFunc, chan error, *logtest.Buffer) {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		logs := &syncBuffer{}
+		logs := &logtest.Buffer{}
 		go func() { done <- run(ctx, args, io.Discard, logs) }()
 		for i := 0; ; i++ {
 			if _, err := os.Stat(sock); err == nil {

@@ -13,11 +13,11 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/netapi"
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 	"github.com/sailbox-dev/sailbox/internal/nettest"
 	"github.com/sailbox-dev/sailbox/internal/usernet/fakeguest"
 )
@@ -25,32 +25,14 @@ import (
 // Every host-side connection these tests make the network open goes to
 // 127.0.0.1; refused destinations elsewhere are never dialled.
 
-// syncBuffer is a log the network writes while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 const testBox = "sb-test1"
 
 // start builds a network for cfg (Box and Log filled in), serves it on a
 // fresh SOCK_SEQPACKET socket, and returns it with the socket's path and
 // the log.
-func start(t *testing.T, cfg Config) (*Network, string, *syncBuffer) {
+func start(t *testing.T, cfg Config) (*Network, string, *logtest.Buffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &logtest.Buffer{}
 	cfg.Box = testBox
 	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	n, err := New(cfg)
