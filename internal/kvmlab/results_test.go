@@ -142,7 +142,7 @@ func TestReadConsole(t *testing.T) {
 // first one's, and the summary names the retried test.
 func TestRetestLabFaults(t *testing.T) {
 	r := newResult("lab", 2)
-	for _, line := range []string{
+	feed(r,
 		"=== RUN   TestKVMA",
 		"    harness: sailbox-vmm: guest shutdown",
 		"--- FAIL: TestKVMA (1.00s)",
@@ -155,15 +155,7 @@ func TestRetestLabFaults(t *testing.T) {
 		"--- FAIL: TestKVMC (1.00s)",
 		stepMarker(1, 1),
 		markerDone,
-	} {
-		if i, code, ok := parseStepMarker(line); ok {
-			r.Exit[i], r.step = code, i+1
-		}
-		if line == markerDone {
-			r.Done = true
-		}
-		r.observe(line)
-	}
+	)
 	retest := r.labFaulted()
 	if len(retest) != 2 || !slices.Equal(retest[0], []string{"TestKVMA"}) || !slices.Equal(retest[1], []string{"TestKVMC"}) {
 		t.Fatalf("labFaulted = %v", retest)
@@ -195,21 +187,13 @@ func TestRetestLabFaults(t *testing.T) {
 // passed, and the summary says the lab crashed.
 func TestRetestAfterItsLabCrashed(t *testing.T) {
 	r := newResult("lab", 1)
-	for _, line := range []string{
+	feed(r,
 		"=== RUN   TestKVMA",
 		"    harness: sailbox-vmm: guest shutdown",
 		"--- FAIL: TestKVMA (1.00s)",
 		stepMarker(0, 1),
 		markerDone,
-	} {
-		if i, code, ok := parseStepMarker(line); ok {
-			r.Exit[i], r.step = code, i+1
-		}
-		if line == markerDone {
-			r.Done = true
-		}
-		r.observe(line)
-	}
+	)
 	retest := r.labFaulted()
 	crashed := newResult("lab", 1)
 	crashed.LabError, crashed.Crashed = "a kernel panic", true
@@ -244,5 +228,19 @@ func TestSoakSummary(t *testing.T) {
 		if got := kernelMessage.MatchString(line) && kernelFault.MatchString(line); got != fault {
 			t.Errorf("%q: a lab kernel fault = %v, want %v", line, got, fault)
 		}
+	}
+}
+
+// feed has r observe lines as a lab's output, step markers and the done
+// marker included.
+func feed(r *Result, lines ...string) {
+	for _, line := range lines {
+		if i, code, ok := parseStepMarker(line); ok {
+			r.Exit[i], r.step = code, i+1
+		}
+		if line == markerDone {
+			r.Done = true
+		}
+		r.observe(line)
 	}
 }
