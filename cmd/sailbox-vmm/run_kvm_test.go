@@ -104,6 +104,15 @@ func startVMM(t *testing.T, extra ...string) *vmmProcess {
 		select {
 		case <-p.exited:
 		default:
+			if t.Failed() {
+				// Where the vCPUs are tells a guest the lab's emulated
+				// SVM broke (stuck at a lab-kernel address, a sign the
+				// runner knows) from one of ours.
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				d, err := vmmapi.NewClient(p.api).DescribeVCPUs(ctx)
+				cancel()
+				t.Logf("vCPUs (%v):\n%s", err, d)
+			}
 			vmmapi.NewClient(p.api).Shutdown(context.Background())
 			<-p.exited
 		}
