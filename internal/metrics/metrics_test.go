@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -76,6 +77,20 @@ func scrape(t *testing.T, met *metrics.Metrics) map[string]*dto.MetricFamily {
 		t.Fatalf("parse: %v\n%s", err, rec.Body)
 	}
 	return fams
+}
+
+// scrapeUntil scrapes until ready holds of the metrics, or gives up
+// after a minute and returns the last scrape (whose checks then fail).
+func scrapeUntil(t *testing.T, met *metrics.Metrics, ready func(map[string]*dto.MetricFamily) bool) map[string]*dto.MetricFamily {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		fams := scrape(t, met)
+		if ready(fams) || time.Now().After(deadline) {
+			return fams
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // value is the value of the series of family name with labels (a
@@ -169,7 +184,12 @@ func TestLifecycleMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	fams = scrape(t, met)
+	// An exec is observed when its handler returns, which may be after
+	// the client read its exit event: wait for the second one.
+	fams = scrapeUntil(t, met, func(fams map[string]*dto.MetricFamily) bool {
+		n, _ := value(fams, metrics.NameCallDuration, "call", "exec", "outcome", "ok")
+		return n >= 2
+	})
 	for _, name := range []string{
 		metrics.NameBoxes, metrics.NameCallDuration, metrics.NameCallErrors, metrics.NameCheckpointBytes,
 		metrics.NameCheckpointPause, metrics.NameVMStart, metrics.NameWakes, "go_goroutines", "process_cpu_seconds_total",
