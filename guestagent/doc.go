@@ -38,6 +38,16 @@
 // answering exec, read_file, write_file and stat with
 // [CodeRootUnavailable] and that reason rather than act on the initramfs.
 //
+// # The guest's network
+//
+// The guest kernel has no IP autoconfiguration. A box with a network
+// boots with sailbox.net=ADDR/BITS,gw=GATEWAY,dns=SERVER,mtu=N on its
+// command line ([NetConfig.KernelParam]), and after the root is mounted
+// the agent configures eth0 with it through rtnetlink and writes the
+// root's /etc/resolv.conf if it has none usable ([ConfigureNetwork]). A
+// restore or fork changes nothing: every box's network has the same
+// addresses. A failure is logged; the agent serves without a network.
+//
 // # Trust
 //
 // The agent trusts the host: the host owns the guest's memory and CPUs
@@ -247,6 +257,13 @@
 //     tell: [Client.Exec] asks the agent's revision before it sends a user,
 //     and returns an [AgentTooOldError] for an older one. Nothing else
 //     changed: an agent of revision 4 serves hosts of revisions 1 to 3.
+//   - 5: configures the guest's network at boot from sailbox.net=
+//     ([NetworkSchemaVersion], [ConfigureNetwork]): eth0's address, MTU
+//     and default route, and the root's /etc/resolv.conf. An older agent
+//     ignores the parameter and leaves the guest without a network, so
+//     hosts must be able to tell: they reach its ports through dial_tcp.
+//     The protocol did not change: an agent of revision 5 serves hosts
+//     of revisions 1 to 4.
 //
 // Some things never change, in any revision, so that any host can always ask
 // any agent which revision it speaks: the frame header, the numbers of

@@ -21,3 +21,8 @@ func defaultGuestSystem() guestSystem { return nil }
 // kernel command line to name a root: the agent runs in a Linux guest. It
 // exists so that the agent's command builds everywhere.
 func MountRoot(log *slog.Logger) error { return nil }
+
+// ConfigureNetwork does nothing on systems other than Linux: the agent
+// runs in a Linux guest. It exists so that the agent's command builds
+// everywhere.
+func ConfigureNetwork(log *slog.Logger) error { return nil }

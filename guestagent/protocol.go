@@ -19,7 +19,7 @@ const Port uint32 = 1024
 // host must be able to count on; see "Evolution" in the package
 // documentation. Hosts compare it with the agent's, as reported by the
 // health op, before using any other op.
-const GuestSchemaVersion = 4
+const GuestSchemaVersion = 5
 
 // RestoredSchemaVersion is the first GuestSchemaVersion whose agents have
 // the restored op ([Client.Restored]). A box whose agent is older cannot be
@@ -39,6 +39,13 @@ const DialTCPSchemaVersion = 3
 // (sailbox.root=DEVICE; see MountRoot). An older agent would ignore User
 // and run the process as root, so Client.Exec refuses to send one to it.
 const ExecUserSchemaVersion = 4
+
+// NetworkSchemaVersion is the first GuestSchemaVersion whose agents
+// configure the guest's network at boot when the kernel command line
+// says how (sailbox.net=; see ConfigureNetwork). An older agent leaves
+// eth0 down, so a host reaches such a guest through dial_tcp, not its
+// network.
+const NetworkSchemaVersion = 5
 
 // AgentVersion identifies the build of the agent, for humans and logs only.
 // Release builds set it with

@@ -10,7 +10,11 @@
 // (sailbox.root=/dev/vda), moves into it with guestagent.MountRoot, so
 // that every exec and file op acts on the image. If that fails, it serves
 // all the same, from its initramfs, and refuses exec and the file ops
-// with an error that says why (guestagent.Server.RootErr).
+// with an error that says why (guestagent.Server.RootErr). Then, if the
+// command line configures a network (sailbox.net=, for a box with one),
+// it configures eth0 and the root's resolver with
+// guestagent.ConfigureNetwork; a failure is logged, and the agent serves
+// without a network.
 // Only in the guest does it perform the restored op, which sets the
 // guest's clock, reseeds its random number generator and renames it after
 // a restore or fork (guestagent.Server.Guest): on a host it would do all
@@ -49,13 +53,14 @@ func main() {
 	}
 }
 
-// listen opens the agent's listener, prepareGuest readies the guest and
-// mountRoot moves the agent into the box's root file system; tests
-// replace them.
+// listen opens the agent's listener, prepareGuest readies the guest,
+// mountRoot moves the agent into the box's root file system and
+// configureNetwork sets its network up; tests replace them.
 var (
-	listen       = guestagent.ListenVsock
-	prepareGuest = guestagent.PrepareGuest
-	mountRoot    = guestagent.MountRoot
+	listen           = guestagent.ListenVsock
+	prepareGuest     = guestagent.PrepareGuest
+	mountRoot        = guestagent.MountRoot
+	configureNetwork = guestagent.ConfigureNetwork
 )
 
 // startedByInit reports whether the agent's parent is PID 1 and is called
@@ -109,6 +114,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		// listener works in either root.
 		if rootErr = mountRoot(logger); rootErr != nil {
 			logger.Error("agent: the box's root file system is unavailable; exec and file requests will fail", "err", rootErr)
+		}
+		// After the root: the resolver's configuration is the root's.
+		if err := configureNetwork(logger); err != nil {
+			logger.Error("agent: the guest's network is not configured", "err", err)
 		}
 	}
 	l, err := listen(uint32(*port))

@@ -36,7 +36,8 @@ func fakeVsock(t *testing.T) (path string, port *atomic.Uint32) {
 
 // fakePrepareGuest replaces guestagent.PrepareGuest, which must not touch
 // the machine running the tests, with a function that counts its calls and
-// returns err, and guestagent.MountRoot with one that does nothing.
+// returns err, and guestagent.MountRoot and guestagent.ConfigureNetwork
+// with ones that do nothing.
 func fakePrepareGuest(t *testing.T, err error) *atomic.Int32 {
 	calls := new(atomic.Int32)
 	old := prepareGuest
@@ -46,6 +47,9 @@ func fakePrepareGuest(t *testing.T, err error) *atomic.Int32 {
 	}
 	t.Cleanup(func() { prepareGuest = old })
 	fakeMountRoot(t, nil)
+	oldNet := configureNetwork
+	configureNetwork = func(*slog.Logger) error { return nil }
+	t.Cleanup(func() { configureNetwork = oldNet })
 	return calls
 }
 
@@ -243,5 +247,32 @@ func TestRunListenError(t *testing.T) {
 	err := run(context.Background(), []string{"sailbox-agent"}, &stdout, &stderr)
 	if err == nil || !strings.Contains(err.Error(), "no vsock here") || stdout.Len() != 0 {
 		t.Fatalf("run = %v, stdout %q; want the listen error and no announcement", err, stdout.String())
+	}
+}
+
+// In a guest, the network is configured after the root is mounted (the
+// resolver's file is the root's); a failure is logged and the agent
+// serves without a network.
+func TestRunConfiguresNetworkAfterRoot(t *testing.T) {
+	fakeVsock(t)
+	var order []string
+	oldRoot, oldNet := mountRoot, configureNetwork
+	mountRoot = func(*slog.Logger) error { order = append(order, "root"); return nil }
+	configureNetwork = func(*slog.Logger) error {
+		order = append(order, "network")
+		return errors.New("network eth0: no such network interface")
+	}
+	t.Cleanup(func() { mountRoot, configureNetwork = oldRoot, oldNet })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel() // serve nothing
+	var stdout, stderr bytes.Buffer
+	if err := run(ctx, []string{"sailbox-agent", "-guest"}, &stdout, &stderr); err != nil {
+		t.Fatalf("run -guest: %v", err)
+	}
+	if got := strings.Join(order, ","); got != "root,network" {
+		t.Errorf("ran %s, want root,network", got)
+	}
+	if !strings.Contains(stderr.String(), "no such network interface") || !strings.Contains(stdout.String(), "listening") {
+		t.Errorf("stderr %q, stdout %q; want the error logged and the agent listening", stderr.String(), stdout.String())
 	}
 }
