@@ -11,12 +11,13 @@ export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
 .PHONY: demo test bench stress soak chaos deps kernel initramfs image lab-kernel fuzz
 
 # The main job: the demo on real KVM (in the KVM lab when the host has none):
-# sailboxd and a box's lifecycle driven with sail, all from bin/.
+# sailboxd (with sailbox-vmm and sailbox-net beside it) and a box's
+# lifecycle driven with sail, all from bin/.
 demo: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
-	go build -o bin/ ./cmd/sailboxd ./cmd/sailbox-vmm ./cmd/sail ./cmd/sailbox-demo
+	go build -o bin/ ./cmd/sailboxd ./cmd/sailbox-vmm ./cmd/sailbox-net ./cmd/sail ./cmd/sailbox-demo
 	go run ./cmd/kvmlab run -timeout 20m -- bin/sailbox-demo -image "$$SAILBOX_DEFAULT_IMAGE"
 
 # The last commit whose guest agent speaks schema 2: the kvm tier upgrades
@@ -37,8 +38,8 @@ test: deps
 	echo "== kvm tier (real /dev/kvm)"
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	export SAILBOX_OLD_GUEST_INITRAMFS=$$(guestagent/initramfs.sh --rev $(PREVIOUS_AGENT_REV))
-	go build -o bin/ ./cmd/sailbox-vmm
-	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
+	go build -o bin/ ./cmd/sailbox-vmm ./cmd/sailbox-net
+	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm SAILBOX_NET=$$PWD/bin/sailbox-net
 	go run ./cmd/kvmlab test ./...
 
 # Benchmarks on real KVM (in the lab here): Sailbox vs QEMU, same kernel and
@@ -75,8 +76,8 @@ CHAOS_TRIALS ?= 40
 chaos: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
-	go build -o bin/ ./cmd/sailbox-vmm
-	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm
+	go build -o bin/ ./cmd/sailbox-vmm ./cmd/sailbox-net
+	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm SAILBOX_NET=$$PWD/bin/sailbox-net
 	export SAILBOX_CHAOS_TRIALS=$(CHAOS_TRIALS) SAILBOX_LOAD_DURATION=15m SAILBOX_LOAD_BOXES=20
 	go run ./cmd/kvmlab test -timeout 90m -run '^TestKVM(Chaos|Load)' ./cmd/sailboxd/
 

@@ -42,6 +42,24 @@ type Box struct {
 	// (a fork's as its parent's); absent: its image's size.
 	DiskSizeBytes int64  `json:"disk_size_bytes,omitempty"`
 	Ports         []Port `json:"ports"`
+	// Network is the box's network and its egress policy; absent: the
+	// box has no network (it was created with no_network, or before
+	// boxes had networks).
+	Network *NetworkPolicy `json:"network,omitempty"`
+}
+
+// NetworkPolicy is a box's egress policy, enforced by its network when
+// the guest opens a connection (at its TCP SYN or a UDP flow's first
+// datagram): a refused TCP connection is reset at once, a refused
+// datagram dropped, and both logged with the box's ID. In order: a deny
+// rule that matches refuses; an allow rule that matches lets through,
+// even to the host's own addresses; host-local addresses (loopback,
+// link-local, the host's interfaces) are refused; with no_internet,
+// everything else is refused, and without it let through.
+type NetworkPolicy struct {
+	NoInternet bool     `json:"no_internet"`
+	Allow      []string `json:"allow,omitempty"`
+	Deny       []string `json:"deny,omitempty"`
 }
 
 // Port is a host TCP port forwarded to a guest port. A connection to it
@@ -87,6 +105,57 @@ type CreateRequest struct {
 	// most 1 TiB, rounded up to a multiple of 4096; only with an image
 	// that is a root file system. Forks keep it. Zero: the image's size.
 	DiskSizeBytes int64 `json:"disk_size_bytes,omitempty"`
+	// NoNetwork gives the box no network: no network device (exposed
+	// ports then reach the guest's 127.0.0.1 through its agent). By
+	// default a box has a network of its own, 192.168.127.0/24 in every
+	// box, with a gateway and DNS server at 192.168.127.1; the host's
+	// loopback is 192.168.127.254, reachable only if allowed.
+	NoNetwork bool `json:"no_network,omitempty"`
+	// NoInternet refuses every outbound connection that Allow does not
+	// name.
+	NoInternet bool `json:"no_internet,omitempty"`
+	// Allow and Deny are the box's egress rules, at most 1024 each: a
+	// CIDR block (10.0.0.0/8), an address, or a domain name (example.com,
+	// covering the names under it, matched against the addresses the
+	// box's DNS resolved it to). Deny wins. A malformed rule is refused
+	// (400, naming it). Forks inherit the policy.
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+}
+
+// NetworkStats are the counters of a box's network, since it last
+// started: every start of the box's VM (create, wake, restore, fork,
+// upgrade) gets a new network, whose counters start at zero. Bytes and
+// frames count Ethernet frames between the guest and its network ("out":
+// sent by the guest), DNS, DHCP and ARP included.
+type NetworkStats struct {
+	BoxID string `json:"box_id"`
+	// Running: the box's VM runs, and so its network; false: the box is
+	// down (paused, sleeping) and every counter is zero.
+	Running bool `json:"running"`
+	// GuestAttached: the VM is connected to its network.
+	GuestAttached bool   `json:"guest_attached"`
+	BytesOut      uint64 `json:"bytes_out"`
+	BytesIn       uint64 `json:"bytes_in"`
+	FramesOut     uint64 `json:"frames_out"`
+	FramesIn      uint64 `json:"frames_in"`
+	// FramesDropped: malformed frames from the guest, and frames to it
+	// the VMM did not take in time.
+	FramesDropped uint64 `json:"frames_dropped"`
+	// ConnectionsOut: TCP connections and UDP flows the guest opened
+	// that the policy let through and the host made.
+	ConnectionsOut uint64 `json:"connections_out"`
+	// ConnectionsIn: connections into the guest (exposed ports).
+	ConnectionsIn uint64 `json:"connections_in"`
+	// OpenConnections: outbound connections and flows open now.
+	OpenConnections int64 `json:"open_connections"`
+	// Refused: outbound connections and datagrams the policy refused.
+	Refused uint64 `json:"refused"`
+	// RefusedLookups: DNS questions refused under the policy (with
+	// no_internet, names no allowed domain covers).
+	RefusedLookups uint64 `json:"refused_lookups"`
+	// DialFailures: allowed connections the host could not make.
+	DialFailures uint64 `json:"dial_failures"`
 }
 
 // Empty is the body of calls that take no arguments: absent, or {}.

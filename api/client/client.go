@@ -105,6 +105,13 @@ func (c *Client) Get(ctx context.Context, id string) (api.Box, error) {
 	return b, c.doJSON(ctx, "GET", boxPath(id), nil, http.StatusOK, &b)
 }
 
+// Network returns the counters of box id's network (it does not wake a
+// sleeping box: one that is down reports Running false).
+func (c *Client) Network(ctx context.Context, id string) (api.NetworkStats, error) {
+	var st api.NetworkStats
+	return st, c.doJSON(ctx, "GET", boxPath(id)+"/network", nil, http.StatusOK, &st)
+}
+
 // Terminate destroys box id.
 func (c *Client) Terminate(ctx context.Context, id string) (api.TerminateResponse, error) {
 	var res api.TerminateResponse

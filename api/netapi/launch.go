@@ -8,8 +8,11 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
+	"syscall"
 )
 
 // Launch is how one sailbox-net process starts: the network of one box.
@@ -55,6 +58,30 @@ func (l Launch) Args() []string {
 		args = append(args, "-host", name+"="+l.Hosts[name].String())
 	}
 	return args
+}
+
+// Start runs the sailbox-net binary at path with l's flags, in a session
+// of its own (so that it outlives its starter, as the box's VMM does),
+// with its output (its log) appended to the file log ("" discards it).
+// The caller waits for the process (exec.Cmd.Wait).
+func (l Launch) Start(path, log string) (*exec.Cmd, error) {
+	if err := l.Validate(); err != nil {
+		return nil, fmt.Errorf("start sailbox-net: %w", err)
+	}
+	cmd := exec.Command(path, l.Args()...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if log != "" {
+		f, err := os.OpenFile(log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return nil, fmt.Errorf("start sailbox-net: log: %w", err)
+		}
+		defer f.Close() // the child has its own copy
+		cmd.Stdout, cmd.Stderr = f, f
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start sailbox-net: %w", err)
+	}
+	return cmd, nil
 }
 
 // ParseLaunch reads sailbox-net's flags and checks them. Usage and flag

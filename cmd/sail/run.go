@@ -48,7 +48,7 @@ var commands map[string]*command
 
 func init() {
 	commands = map[string]*command{
-		"create":      {args: "[-mem MiB] [-cpus N] [-image REF] [-disk-size SIZE]", help: "create a new box (restored from its template checkpoint)", nargs: 0, flags: createFlags, run: runCreate},
+		"create":      {args: "[-mem MiB] [-cpus N] [-image REF] [-disk-size SIZE] [-no-internet] [-allow RULE]... [-deny RULE]... [-no-network]", help: "create a new box (restored from its template checkpoint), with a network of its own unless -no-network", nargs: 0, flags: createFlags, run: runCreate},
 		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
 		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
 		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
@@ -65,6 +65,7 @@ func init() {
 		"put":         {args: "[-mode 644] [-append] [-mkdir] ID PATH LOCAL-FILE", help: "write a local file into the box", nargs: 3, flags: putFlags, run: runPut},
 		"expose":      {args: "[-addr IP] ID [HOST-PORT:]GUEST-PORT", help: "forward a host TCP port to the box (a connection wakes it)", nargs: 2, flags: exposeFlags, run: runExpose},
 		"unexpose":    {args: "ID HOST-PORT", help: "remove a port forward", nargs: 2, run: runUnexpose},
+		"net":         {args: "ID", help: "show the counters of the box's network (since its VM last started)", nargs: 1, run: runNet},
 	}
 	commands["terminate"] = commands["rm"]
 }
@@ -183,7 +184,26 @@ func printBox(w io.Writer, b api.Box) {
 	for _, p := range b.Ports {
 		fmt.Fprintf(tw, "port\t%s → guest %d\n", p.HostAddr, p.GuestPort)
 	}
+	fmt.Fprintf(tw, "network\t%s\n", fmtNetwork(b.Network))
 	tw.Flush()
+}
+
+// fmtNetwork is a box's network policy in one line.
+func fmtNetwork(p *api.NetworkPolicy) string {
+	if p == nil {
+		return "none"
+	}
+	s := "internet"
+	if p.NoInternet {
+		s = "no internet"
+	}
+	if len(p.Allow) > 0 {
+		s += ", allow " + strings.Join(p.Allow, " ")
+	}
+	if len(p.Deny) > 0 {
+		s += ", deny " + strings.Join(p.Deny, " ")
+	}
+	return s
 }
 
 func createFlags(fs *flag.FlagSet) {
@@ -191,6 +211,20 @@ func createFlags(fs *flag.FlagSet) {
 	fs.Int("cpus", 0, "vCPUs (0: the daemon's default)")
 	fs.String("image", "", "the box's disk, `REF`: an OCI layout directory, a docker save tarball (.tar) or a raw disk inside the daemon's image directories, or a registry reference")
 	fs.Var(new(byteSize), "disk-size", "the box's disk, `SIZE` in bytes or with a suffix K, M, G or T (2G: 2 GiB): at least the image's size; the guest grows its root file system to it over the shared image (default: the image's size)")
+	fs.Bool("no-network", false, "give the box no network (exposed ports then reach its 127.0.0.1 through the agent)")
+	fs.Bool("no-internet", false, "refuse every outbound connection that -allow does not name")
+	fs.Var(new(stringList), "allow", "let connections to this `RULE` through, even to the host (192.168.127.254 is the host's 127.0.0.1): a CIDR block, an address or a domain covering its subdomains (repeatable)")
+	fs.Var(new(stringList), "deny", "refuse connections to this `RULE`, whatever -allow says (repeatable)")
+}
+
+// stringList is a repeatable flag's values.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
 }
 
 func intFlag(fs *flag.FlagSet, name string) int {
@@ -202,6 +236,10 @@ func runCreate(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) err
 	b, err := s.c.Create(ctx, api.CreateRequest{
 		MemoryMiB: intFlag(fs, "mem"), VCPUs: intFlag(fs, "cpus"), Image: fs.Lookup("image").Value.String(),
 		DiskSizeBytes: int64(*fs.Lookup("disk-size").Value.(*byteSize)),
+		NoNetwork:     fs.Lookup("no-network").Value.String() == "true",
+		NoInternet:    fs.Lookup("no-internet").Value.String() == "true",
+		Allow:         *fs.Lookup("allow").Value.(*stringList),
+		Deny:          *fs.Lookup("deny").Value.(*stringList),
 	})
 	if err != nil {
 		return err
@@ -415,6 +453,29 @@ func runExpose(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) err
 		return err
 	}
 	return s.print(p, func(w io.Writer) { fmt.Fprintf(w, "%s → guest port %d\n", p.HostAddr, p.GuestPort) })
+}
+
+func runNet(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	st, err := s.c.Network(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return s.print(st, func(w io.Writer) {
+		tw := tabwriter.NewWriter(w, 2, 8, 2, ' ', 0)
+		defer tw.Flush()
+		if !st.Running {
+			fmt.Fprintf(tw, "%s\tdown: its network runs with its VM\n", st.BoxID)
+			return
+		}
+		fmt.Fprintf(tw, "attached\t%v\n", st.GuestAttached)
+		fmt.Fprintf(tw, "out\t%d bytes, %d frames\n", st.BytesOut, st.FramesOut)
+		fmt.Fprintf(tw, "in\t%d bytes, %d frames\n", st.BytesIn, st.FramesIn)
+		fmt.Fprintf(tw, "dropped frames\t%d\n", st.FramesDropped)
+		fmt.Fprintf(tw, "connections out\t%d (%d open)\n", st.ConnectionsOut, st.OpenConnections)
+		fmt.Fprintf(tw, "connections in\t%d\n", st.ConnectionsIn)
+		fmt.Fprintf(tw, "refused\t%d connections, %d lookups\n", st.Refused, st.RefusedLookups)
+		fmt.Fprintf(tw, "failed dials\t%d\n", st.DialFailures)
+	})
 }
 
 func runUnexpose(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {

@@ -173,3 +173,37 @@ func TestUsage(t *testing.T) {
 	}
 	testNoDaemon(t)
 }
+
+// create takes the box's egress policy (repeatable rules, with one dash
+// or two), get shows it, net shows its network's counters; a bad rule is
+// refused by name.
+func TestCLINetwork(t *testing.T) {
+	env := servertest.Start(t, nil)
+	s := &sailer{t: t, env: env, sock: env.Socket}
+	var b api.Box
+	out := s.ok("--json", "create", "--no-internet", "--allow", "192.168.127.254", "-allow", "Example.COM.", "--deny", "10.1.2.3/8")
+	if err := json.Unmarshal([]byte(out), &b); err != nil {
+		t.Fatal(err)
+	}
+	want := api.NetworkPolicy{NoInternet: true, Allow: []string{"192.168.127.254/32", "example.com"}, Deny: []string{"10.0.0.0/8"}}
+	if b.Network == nil || b.Network.NoInternet != want.NoInternet || strings.Join(b.Network.Allow, " ") != strings.Join(want.Allow, " ") || strings.Join(b.Network.Deny, " ") != strings.Join(want.Deny, " ") {
+		t.Errorf("network %+v, want %+v", b.Network, want)
+	}
+	if get := s.ok("get", b.ID); !strings.Contains(get, "no internet, allow 192.168.127.254/32 example.com, deny 10.0.0.0/8") {
+		t.Errorf("get:\n%s", get)
+	}
+	if net := s.ok("net", b.ID); !strings.Contains(net, "connections out") || !strings.Contains(net, "attached") {
+		t.Errorf("net:\n%s", net)
+	}
+	var st api.NetworkStats
+	if err := json.Unmarshal([]byte(s.ok("--json", "net", b.ID)), &st); err != nil || !st.Running || st.BoxID != b.ID {
+		t.Errorf("net --json: %+v, %v", st, err)
+	}
+	none := strings.TrimSpace(s.ok("create", "-no-network"))
+	if get := s.ok("get", none); !strings.Contains(get, "network          none") {
+		t.Errorf("get of a box without a network:\n%s", get)
+	}
+	if _, _, err := s.sail("create", "-allow", "bad_domain!"); err == nil || !strings.Contains(err.Error(), "bad_domain!") {
+		t.Errorf("create with a bad rule: %v", err)
+	}
+}

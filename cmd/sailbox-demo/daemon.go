@@ -180,7 +180,7 @@ func (d *daemon) stop() error {
 		for _, pid := range pids {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
-		errs = append(errs, fmt.Errorf("%d sailbox-vmm processes outlived their boxes; killed them (pids %v)", len(pids), pids))
+		errs = append(errs, fmt.Errorf("%d processes of boxes (sailbox-vmm, sailbox-net) outlived them; killed them (pids %v)", len(pids), pids))
 	}
 	d.logFile.Close()
 	return errors.Join(errs...)
@@ -206,7 +206,8 @@ func (d *daemon) terminateAll() error {
 }
 
 // vmmPIDs lists the processes whose command line names a path under
-// runDir: the daemon's sailbox-vmm processes, forks included.
+// runDir: the daemon's sailbox-vmm processes, forks included, and the
+// boxes' sailbox-net processes.
 func vmmPIDs(runDir string) []int {
 	needle := []byte(runDir + "/")
 	var pids []int

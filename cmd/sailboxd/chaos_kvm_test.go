@@ -203,7 +203,8 @@ func (h *host) settle(ctx context.Context) {
 }
 
 // checkWhole checks the host after a trial: every box running or asleep,
-// one VMM per running box and no other, each running box's memory buffer
+// one VMM per running box and no other, one network per running box with
+// a network and no other, each running box's memory buffer
 // intact and, with checkpoint, a new checkpoint possible; and the store
 // holding exactly the checkpoints the catalog lists (all completed) and
 // the layers they reference.
@@ -214,7 +215,7 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	running := 0
+	running, networks := 0, 0
 	want := map[string]bool{}
 	for _, b := range all {
 		switch b.State {
@@ -222,6 +223,12 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 			running++
 			if pids := h.vmmPIDsOf(b.ID); len(pids) != 1 {
 				t.Errorf("running box %s has %d VMMs", b.ID, len(pids))
+			}
+			if b.Network != nil {
+				networks++
+				if pids := h.netPIDsOf(b.ID); len(pids) != 1 {
+					t.Errorf("running box %s has %d networks", b.ID, len(pids))
+				}
 			}
 			if _, code, err := h.exec(b.ID, "sh", "-c", checkBuffer); err != nil || code != 0 {
 				t.Errorf("box %s's memory buffer: exit %d, %v", b.ID, code, err)
@@ -235,6 +242,9 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 		case lifecycle.Sleeping:
 			if pids := h.vmmPIDsOf(b.ID); len(pids) != 0 {
 				t.Errorf("sleeping box %s has %d VMMs", b.ID, len(pids))
+			}
+			if pids := h.netPIDsOf(b.ID); len(pids) != 0 {
+				t.Errorf("sleeping box %s has %d networks", b.ID, len(pids))
 			}
 		default:
 			t.Errorf("box %s is %s", b.ID, b.State)
@@ -252,6 +262,9 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 	}
 	if n := len(h.vmmPIDs()); n != running {
 		t.Errorf("%d VMMs run for %d running boxes", n, running)
+	}
+	if n := len(h.netPIDs()); n != networks {
+		t.Errorf("%d networks run for %d running boxes with one", n, networks)
 	}
 	stored, layers := h.storeContents()
 	for id := range want {

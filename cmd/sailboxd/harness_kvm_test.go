@@ -20,9 +20,9 @@ import (
 )
 
 // The kvm tier drives the real daemon: this test binary re-executed as
-// sailboxd (asMain), with the real backend, running the sailbox-vmm that
-// `make test` builds ($SAILBOX_VMM) on the project's guest kernel and
-// initramfs.
+// sailboxd (asMain), with the real backend, running the sailbox-vmm and
+// sailbox-net that `make test` builds ($SAILBOX_VMM, $SAILBOX_NET) on the
+// project's guest kernel and initramfs.
 const asMain = "SAILBOX_SAILBOXD_TEST_AS_MAIN"
 
 func TestMain(m *testing.M) {
@@ -60,6 +60,7 @@ func newHost(t *testing.T, args ...string) *host {
 	h := &host{t: t, args: args, initrd: kvmtest.Artifact(t, "SAILBOX_GUEST_INITRAMFS")}
 	kvmtest.Artifact(t, "SAILBOX_GUEST_KERNEL")
 	kvmtest.Artifact(t, "SAILBOX_VMM")
+	kvmtest.Artifact(t, "SAILBOX_NET")
 	dir, err := os.MkdirTemp("", "sbd")
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +110,7 @@ func (h *host) start() {
 	}
 	args := append([]string{
 		"-state-dir", h.stateDir, "-socket", h.sock, "-host-id", "lab",
-		"-vmm", os.Getenv("SAILBOX_VMM"), "-initrd", h.initrd, "-image", h.image, "-mem", "128",
+		"-vmm", os.Getenv("SAILBOX_VMM"), "-sailbox-net", os.Getenv("SAILBOX_NET"), "-initrd", h.initrd, "-image", h.image, "-mem", "128",
 		"-log-level", "debug",
 	}, h.args...)
 	exe := os.Args[0]
@@ -163,16 +164,27 @@ func (h *host) kill() {
 // vmmPIDs lists the sailbox-vmm processes serving this host's boxes: those
 // whose command line names a socket under its run directory.
 func (h *host) vmmPIDs() []int {
-	return h.pidsNaming(filepath.Join(h.stateDir, "run") + "/")
+	return h.pidsNaming("sailbox-vmm", filepath.Join(h.stateDir, "run")+"/")
 }
 
 // vmmPIDsOf lists the sailbox-vmm processes serving box id.
 func (h *host) vmmPIDsOf(id string) []int {
-	return h.pidsNaming(filepath.Join(h.stateDir, "run", id) + "/")
+	return h.pidsNaming("sailbox-vmm", filepath.Join(h.stateDir, "run", id)+"/")
 }
 
-// pidsNaming lists the processes whose command line contains run.
-func (h *host) pidsNaming(run string) []int {
+// netPIDs lists the sailbox-net processes of this host's boxes, and
+// netPIDsOf those of box id.
+func (h *host) netPIDs() []int {
+	return h.pidsNaming("sailbox-net", filepath.Join(h.stateDir, "run")+"/")
+}
+
+func (h *host) netPIDsOf(id string) []int {
+	return h.pidsNaming("sailbox-net", filepath.Join(h.stateDir, "run", id)+"/")
+}
+
+// pidsNaming lists the processes of the program called prog (its
+// binary's name) whose command line contains run.
+func (h *host) pidsNaming(prog, run string) []int {
 	var pids []int
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
@@ -181,21 +193,25 @@ func (h *host) pidsNaming(run string) []int {
 			continue
 		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && bytes.Contains(cmdline, []byte(run)) {
+		if err != nil || !bytes.Contains(cmdline, []byte(run)) {
+			continue
+		}
+		if argv0, _, _ := bytes.Cut(cmdline, []byte{0}); filepath.Base(string(argv0)) == prog {
 			pids = append(pids, pid)
 		}
 	}
 	return pids
 }
 
-// killVMMs sends SIGKILL to every VMM of this host, waits for them to go,
-// and returns how many there were.
+// killVMMs sends SIGKILL to every VMM of this host and every box's
+// network, as a host failure would, waits for them to go, and returns
+// how many VMMs there were.
 func (h *host) killVMMs() int {
 	pids := h.vmmPIDs()
-	for _, pid := range pids {
+	for _, pid := range append(h.netPIDs(), pids...) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
-	for deadline := time.Now().Add(10 * time.Second); len(h.vmmPIDs()) > 0 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(10 * time.Second); len(h.vmmPIDs())+len(h.netPIDs()) > 0 && time.Now().Before(deadline); {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return len(pids)

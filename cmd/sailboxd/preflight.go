@@ -9,7 +9,7 @@ package main
 //   - checkConfig (run): the state directory, the default image and the
 //     image directories, whatever the backend;
 //   - checkBackend (newBackend, the real one): the guest kernel, the
-//     initramfs, the VMM binary and /dev/kvm, which only the real backend
+//     initramfs, the VMM and sailbox-net binaries and /dev/kvm, which only the real backend
 //     needs; the unit tests' fake backend skips them, and test them
 //     through checkBackend's injectable KVM opener.
 
@@ -155,8 +155,9 @@ func openUsableKVM() error {
 }
 
 // checkBackend checks what the real backend needs: a bzImage kernel, an
-// initramfs, the sailbox-vmm binary and a usable /dev/kvm (openKVM; the
-// real one is openUsableKVM). It returns a preflightError, or nil.
+// initramfs, the sailbox-vmm and sailbox-net binaries and a usable
+// /dev/kvm (openKVM; the real one is openUsableKVM). It returns a
+// preflightError, or nil.
 func checkBackend(c config, openKVM func() error) error {
 	var ps []problem
 	kernelFix := "build one with kernel/build.sh, or set $SAILBOX_GUEST_KERNEL"
@@ -171,7 +172,10 @@ func checkBackend(c config, openKVM func() error) error {
 	} else if p, ok := checkReadableFile("-initrd "+c.Initrd, c.Initrd, initrdFix); !ok {
 		ps = append(ps, p)
 	}
-	if p, ok := checkVMM(c.VMM); !ok {
+	if p, ok := checkBinary("-vmm", c.VMM, "sailbox-vmm"); !ok {
+		ps = append(ps, p)
+	}
+	if p, ok := checkBinary("-sailbox-net", c.Net, "sailbox-net"); !ok {
 		ps = append(ps, p)
 	}
 	if err := openKVM(); err != nil {
@@ -233,16 +237,16 @@ func checkReadableFile(what, path, fix string) (problem, bool) {
 	return problem{}, true
 }
 
-// checkVMM checks that the VMM binary is found and executable, as the
-// backend will run it.
-func checkVMM(vmm string) (problem, bool) {
-	fix := "build it with `go build -o bin/sailbox-vmm ./cmd/sailbox-vmm` and install it beside sailboxd or on $PATH, or give -vmm"
-	if _, err := exec.LookPath(vmm); err != nil {
+// checkBinary checks that the binary path, given by flag (a program of
+// ours, cmd/name), is found and executable, as the backend will run it.
+func checkBinary(flag, path, name string) (problem, bool) {
+	fix := fmt.Sprintf("build it with `go build -o bin/%s ./cmd/%s` and install it beside sailboxd or on $PATH, or give %s", name, name, flag)
+	if _, err := exec.LookPath(path); err != nil {
 		var wrong string
 		switch {
 		case errors.Is(err, fs.ErrNotExist) || errors.Is(err, exec.ErrNotFound):
 			wrong = "not found"
-			if !strings.Contains(vmm, "/") {
+			if !strings.Contains(path, "/") {
 				wrong = "not found beside sailboxd or on $PATH"
 			}
 		case errors.Is(err, fs.ErrPermission):
@@ -250,7 +254,7 @@ func checkVMM(vmm string) (problem, bool) {
 		default:
 			wrong = reason(err)
 		}
-		return problem{"-vmm " + vmm, wrong, fix}, false
+		return problem{flag + " " + path, wrong, fix}, false
 	}
 	return problem{}, true
 }

@@ -50,10 +50,12 @@ func goodBackend(t *testing.T, dir string) config {
 		Kernel: filepath.Join(dir, "bzImage"),
 		Initrd: filepath.Join(dir, "initramfs.cpio"),
 		VMM:    filepath.Join(dir, "sailbox-vmm"),
+		Net:    filepath.Join(dir, "sailbox-net"),
 	}
 	writeFile(t, c.Kernel, fakeBzImage(), 0o644)
 	writeFile(t, c.Initrd, []byte("070701..."), 0o644)
 	writeFile(t, c.VMM, []byte("#!/bin/sh\n"), 0o755)
+	writeFile(t, c.Net, []byte("#!/bin/sh\n"), 0o755)
 	return c
 }
 
@@ -110,7 +112,7 @@ func TestCheckBackendGood(t *testing.T) {
 // Every check of the real backend's needs fails, and all are reported.
 func TestCheckBackendAllBad(t *testing.T) {
 	dir := t.TempDir()
-	c := config{Kernel: "/nonexistent", Initrd: filepath.Join(dir, "empty.cpio"), VMM: filepath.Join(dir, "sailbox-vmm")}
+	c := config{Kernel: "/nonexistent", Initrd: filepath.Join(dir, "empty.cpio"), VMM: filepath.Join(dir, "sailbox-vmm"), Net: "sailbox-net-nowhere"}
 	writeFile(t, c.Initrd, nil, 0o644)
 	writeFile(t, c.VMM, []byte("#!/bin/sh\n"), 0o644)
 	pvm := fmt.Errorf("%s is provided by %s, which runs only PVM-aware guest kernels: %w", kvm.DevicePath, kvm.BackendPVM, kvm.ErrUnusable)
@@ -119,9 +121,10 @@ func TestCheckBackendAllBad(t *testing.T) {
 		[]string{"-kernel /nonexistent: no such file (build one with kernel/build.sh, or set $SAILBOX_GUEST_KERNEL)"},
 		[]string{"-initrd " + c.Initrd, "empty", "guestagent/initramfs.sh", "$SAILBOX_GUEST_INITRAMFS"},
 		[]string{"-vmm " + c.VMM, "not executable"},
+		[]string{"-sailbox-net sailbox-net-nowhere: not found beside sailboxd or on $PATH", "go build -o bin/sailbox-net ./cmd/sailbox-net"},
 		[]string{"/dev/kvm: is provided by kvm_pvm", "kvm_intel or kvm_amd"},
 	)
-	if !strings.HasPrefix(err.Error(), "4 problems with the configuration:\n  -kernel") {
+	if !strings.HasPrefix(err.Error(), "5 problems with the configuration:\n  -kernel") {
 		t.Errorf("message:\n%s", err)
 	}
 }
@@ -149,6 +152,7 @@ func TestCheckBackendEach(t *testing.T) {
 		{"missing initrd", func(c *config, dir string) { c.Initrd = dir + "/none.cpio" }, nil, []string{"-initrd DIR/none.cpio: no such file", "guestagent/initramfs.sh"}},
 		{"vmm not on PATH", func(c *config, _ string) { c.VMM = "sailbox-vmm-nowhere" }, nil, []string{"-vmm sailbox-vmm-nowhere: not found beside sailboxd or on $PATH", "go build"}},
 		{"vmm missing", func(c *config, dir string) { c.VMM = dir + "/vmm" }, nil, []string{"-vmm DIR/vmm: not found", "go build"}},
+		{"sailbox-net missing", func(c *config, dir string) { c.Net = dir + "/net" }, nil, []string{"-sailbox-net DIR/net: not found", "go build -o bin/sailbox-net"}},
 		{"no /dev/kvm", func(*config, string) {}, fmt.Errorf("open %s: %w: %w", kvm.DevicePath, kvm.ErrUnusable, missing), []string{"/dev/kvm: ", "modprobe"}},
 		{"/dev/kvm refused", func(*config, string) {}, fmt.Errorf("open %s: %w: %w", kvm.DevicePath, kvm.ErrUnusable, os.ErrPermission), []string{"/dev/kvm: ", "permission denied", "group"}},
 	} {
@@ -220,10 +224,12 @@ func TestRunPreflight(t *testing.T) {
 	err := run(context.Background(), []string{
 		"-state-dir", filepath.Join(notDir, "state"), "-socket", sock, "-host-id", "h",
 		"-kernel", "/nonexistent", "-initrd", "/nonexistent.cpio", "-vmm", "/nonexistent-vmm", "-image", "/nonexistent.ext4",
+		"-sailbox-net", "/nonexistent-net",
 	}, io.Discard, io.Discard)
 	requireProblems(t, problemsOf(t, err),
 		[]string{"-state-dir"}, []string{"-image /nonexistent.ext4"},
-		[]string{"-kernel /nonexistent"}, []string{"-initrd /nonexistent.cpio"}, []string{"-vmm /nonexistent-vmm"}, []string{"/dev/kvm"},
+		[]string{"-kernel /nonexistent"}, []string{"-initrd /nonexistent.cpio"}, []string{"-vmm /nonexistent-vmm"},
+		[]string{"-sailbox-net /nonexistent-net"}, []string{"/dev/kvm"},
 	)
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("a refused daemon made its socket: %v", err)

@@ -31,6 +31,7 @@ type config struct {
 	Socket      string
 	SocketGroup string
 	VMM         string
+	Net         string // sailbox-net, the boxes' networks
 	Kernel      string
 	Initrd      string
 	Cmdline     string
@@ -58,7 +59,7 @@ var newBackend = func(c config, log *slog.Logger) (daemon.Backend, error) {
 		return nil, err
 	}
 	return vmmbackend.New(vmmbackend.Config{
-		VMM: c.VMM, Kernel: c.Kernel, Initrd: c.Initrd, Cmdline: c.Cmdline,
+		VMM: c.VMM, Net: c.Net, Kernel: c.Kernel, Initrd: c.Initrd, Cmdline: c.Cmdline,
 		Store: filepath.Join(c.StateDir, "store"), RunDir: filepath.Join(c.StateDir, "run"), Logger: log,
 	})
 }
@@ -79,17 +80,31 @@ func defaultStateDir() string {
 }
 
 // defaultVMM is sailbox-vmm beside this executable, or on $PATH.
-func defaultVMM() string {
+func defaultVMM() string { return defaultBinary("sailbox-vmm") }
+
+// defaultBinary is the program name beside this executable, or beside
+// the others (such as the VMM's binary), or on $PATH; else name, which
+// the checks at start report as missing.
+func defaultBinary(name string, beside ...string) string {
+	var dirs []string
 	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), "sailbox-vmm")
+		dirs = append(dirs, filepath.Dir(self))
+	}
+	for _, b := range beside {
+		if strings.Contains(b, "/") {
+			dirs = append(dirs, filepath.Dir(b))
+		}
+	}
+	for _, d := range dirs {
+		p := filepath.Join(d, name)
 		if _, err := os.Stat(p); err == nil {
 			return p
 		}
 	}
-	if p, err := exec.LookPath("sailbox-vmm"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
-	return "sailbox-vmm"
+	return name
 }
 
 func parseArgs(args []string, stderr io.Writer) (config, error) {
@@ -101,6 +116,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Socket, "socket", api.DefaultSocket(), "API socket `path`")
 	fs.StringVar(&c.SocketGroup, "socket-group", "", "`group` (name or ID) that may use the socket too (mode 0660)")
 	fs.StringVar(&c.VMM, "vmm", defaultVMM(), "sailbox-vmm `binary`")
+	fs.StringVar(&c.Net, "sailbox-net", "", "sailbox-net `binary`, which runs each box's network (default: beside sailboxd, beside -vmm, or on $PATH)")
 	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "initramfs with the guest agent (default $SAILBOX_GUEST_INITRAMFS)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "extra guest kernel command line")
@@ -127,6 +143,9 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	}
 	if err := applyConfigFile(fs, *configFile); err != nil {
 		return c, err
+	}
+	if c.Net == "" {
+		c.Net = defaultBinary("sailbox-net", c.VMM)
 	}
 	switch {
 	case fs.NArg() > 0:

@@ -41,6 +41,7 @@ func TestKVMDaemonUnprivileged(t *testing.T) {
 	kernel := kvmtest.Artifact(t, "SAILBOX_GUEST_KERNEL")
 	initrd := kvmtest.Artifact(t, "SAILBOX_GUEST_INITRAMFS")
 	vmmBin := kvmtest.Artifact(t, "SAILBOX_VMM")
+	netBin := kvmtest.Artifact(t, "SAILBOX_NET")
 
 	dir, err := os.MkdirTemp("", "sbu")
 	if err != nil {
@@ -60,6 +61,7 @@ func TestKVMDaemonUnprivileged(t *testing.T) {
 	}
 	h.args = []string{
 		"-vmm", copyFile(t, vmmBin, filepath.Join(dir, "sailbox-vmm"), 0o755),
+		"-sailbox-net", copyFile(t, netBin, filepath.Join(dir, "sailbox-net"), 0o755),
 		"-kernel", copyFile(t, kernel, filepath.Join(dir, "bzImage"), 0o644),
 	}
 	kvmtest.Ext4Image(t, h.image, 32<<20)

@@ -148,6 +148,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		"UpgradeResponse": api.UpgradeResponse{}, "TerminateResponse": api.TerminateResponse{},
 		"ExposeRequest": api.ExposeRequest{}, "ExecRequest": api.ExecRequest{}, "ExecEvent": api.ExecEvent{},
 		"ExecResult": api.ExecResult{}, "WriteFileResponse": api.WriteFileResponse{}, "ErrorBody": api.ErrorBody{},
+		"NetworkPolicy": api.NetworkPolicy{}, "NetworkStats": api.NetworkStats{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

@@ -128,6 +128,7 @@ func (s *Server) routes() []route {
 		{Route{"POST", "/v1/boxes/{id}/exec"}, "exec", s.exec},
 		{Route{"GET", "/v1/boxes/{id}/files"}, "read_file", s.readFile},
 		{Route{"PUT", "/v1/boxes/{id}/files"}, "write_file", uploading(s.writeFile)},
+		{Route{"GET", "/v1/boxes/{id}/network"}, "", s.network},
 		{Route{"POST", "/v1/boxes/{id}/ports"}, "expose", s.expose},
 		{Route{"DELETE", "/v1/boxes/{id}/ports/{host_port}"}, "unexpose", s.unexpose},
 		{Route{"GET", "/v1/inference/{path...}"}, "inference", s.inference},
@@ -313,6 +314,14 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return writeJSON(w, http.StatusOK, b)
+}
+
+func (s *Server) network(w http.ResponseWriter, r *http.Request) error {
+	st, err := s.m.Network(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, st)
 }
 
 func (s *Server) terminate(w http.ResponseWriter, r *http.Request) error {

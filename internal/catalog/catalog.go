@@ -115,6 +115,37 @@ type Spec struct {
 	// the guest grows its root file system to it. Zero: the image's
 	// size. Only with Root. Forks inherit it with the spec.
 	DiskSizeBytes int64 `json:"disk_size_bytes,omitempty"`
+	// Net, when set, gives the box a network of its own (a virtio-net
+	// device on a sailbox-net process) under this egress policy; nil:
+	// no network device (boxes created before networks existed, and
+	// creates that ask for none). Forks inherit it with the spec. Only
+	// its presence shapes the guest: the policy is sailbox-net's alone,
+	// so it is left out of a template's key (see TemplateSpec).
+	Net *NetPolicy `json:"net,omitempty"`
+}
+
+// NetPolicy is a box's egress policy, enforced by its sailbox-net when
+// the guest opens a connection (api/netapi: the rules, and how they are
+// applied).
+type NetPolicy struct {
+	// NoInternet refuses every connection that Allow does not name.
+	NoInternet bool `json:"no_internet,omitempty"`
+	// Allow and Deny are netapi rules (CIDR, address or domain); Deny
+	// wins.
+	Allow []string `json:"allow,omitempty"`
+	Deny  []string `json:"deny,omitempty"`
+}
+
+// TemplateSpec is the spec of s's template: s without what only a box's
+// own processes use, so that boxes differing only in it share one
+// template. A template's guest is booted with its network device and a
+// network that refuses every connection (NoInternet, no rule); each box
+// restored from it gets a network of its own under its own policy.
+func (s Spec) TemplateSpec() Spec {
+	if s.Net != nil {
+		s.Net = &NetPolicy{NoInternet: true}
+	}
+	return s
 }
 
 // RootImage is the config of the image a box's root file system was made

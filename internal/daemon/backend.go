@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/api/netapi"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 )
 
@@ -35,13 +36,19 @@ type Backend interface {
 	BootIdentity() (string, error)
 
 	// Boot starts box's first VM from spec and returns when its guest
-	// agent answers.
+	// agent answers. With spec.Net, the VM has a network device on a
+	// network of its own under that policy.
 	Boot(ctx context.Context, box string, spec catalog.Spec) (Instance, error)
 	// Restore starts a VM for box from completed checkpoint ckpt and
 	// returns when its agent answers. With fork, the checkpoint is
 	// another box's and the guest becomes a new machine named box (its
-	// own hostname, machine-id and entropy).
-	Restore(ctx context.Context, box, ckpt string, fork bool) (Instance, error)
+	// own hostname, machine-id and entropy). spec is box's: the
+	// checkpoint holds the machine (memory, disks, devices), and a
+	// restored network device gets a new network under spec.Net's
+	// policy (every restore gets a fresh one: connections in flight are
+	// reset). A spec without Net restores no network: that of a box
+	// whose checkpoints have no network device.
+	Restore(ctx context.Context, box string, spec catalog.Spec, ckpt string, fork bool) (Instance, error)
 	// Reboot boots the current kernel and guest agent for box on the
 	// disks of completed checkpoint ckpt (a fresh boot: memory is not
 	// restored). The box runs no VM when it is called.
@@ -51,9 +58,9 @@ type Backend interface {
 	// (or, for a fork, the one it was restored from).
 	Checkpoint(ctx context.Context, box, id string) (CheckpointInfo, error)
 	// Fork writes completed checkpoint ckpt of running box parent and
-	// starts box child restored from it as a new machine. The parent
-	// keeps running.
-	Fork(ctx context.Context, parent, ckpt, child string) (CheckpointInfo, Instance, error)
+	// starts box child, of spec (the parent's, inherited), restored from
+	// it as a new machine, as Restore does. The parent keeps running.
+	Fork(ctx context.Context, parent, ckpt, child string, spec catalog.Spec) (CheckpointInfo, Instance, error)
 	// Stop powers box's VM down and forgets it. It is not an error if the
 	// box runs no VM.
 	Stop(ctx context.Context, box string) error
@@ -88,8 +95,13 @@ type Backend interface {
 	ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error)
 	// WriteFile replaces (or appends to) the guest file at path with r.
 	WriteFile(ctx context.Context, box, path string, r io.Reader, opts FileOptions) (int64, error)
-	// DialGuest opens a stream to TCP port port inside box's guest.
+	// DialGuest opens a stream to TCP port port inside box's guest:
+	// through the box's network, if it has one.
 	DialGuest(ctx context.Context, box string, port int) (net.Conn, error)
+	// NetworkStats returns the counters of box's network since it
+	// started (with the VM). A box that runs no VM, or no network, is an
+	// ErrConflict.
+	NetworkStats(ctx context.Context, box string) (netapi.Stats, error)
 }
 
 // Instance describes a VM a backend started.

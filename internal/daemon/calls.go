@@ -46,6 +46,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		return api.Box{}, fmt.Errorf("create: %w", err)
 	}
 	spec.DiskSizeBytes = size
+	if spec.Net, err = netPolicy(req); err != nil { // see network.go
+		return api.Box{}, fmt.Errorf("create: %w", err)
+	}
 	release, err := m.admit("create", spec.MemoryMiB)
 	if err != nil {
 		return api.Box{}, err
@@ -71,7 +74,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		m.discardNewBox(ctx, b.ID)
 		return api.Box{}, fmt.Errorf("create box %s: %w", b.ID, err)
 	}
-	m.log.Info("box created", "box", b.ID, "memory_mib", spec.MemoryMiB, "vcpus", spec.VCPUs, "guest_schema_version", b.GuestSchemaVersion, "template", b.Template)
+	m.log.Info("box created", "box", b.ID, "memory_mib", spec.MemoryMiB, "vcpus", spec.VCPUs, "guest_schema_version", b.GuestSchemaVersion, "template", b.Template, "network", spec.Net != nil)
 	return m.box(b.ID)
 }
 
@@ -92,7 +95,7 @@ func (m *Manager) start(ctx context.Context, b *catalog.Box) (Instance, error) {
 	if err := m.save(*b); err != nil {
 		return Instance{}, err
 	}
-	inst, err := m.be.Restore(startingAs(ctx, StartCreate), b.ID, tp.Checkpoint, true)
+	inst, err := m.be.Restore(startingAs(ctx, StartCreate), b.ID, b.Spec, tp.Checkpoint, true)
 	if err != nil {
 		// A template the store lost is made again by the next create.
 		if _, ok, cerr := m.be.Completed(ctx, tp.Checkpoint); cerr == nil && !ok {
@@ -128,7 +131,7 @@ func toAPI(tx *catalog.Tx, b catalog.Box) (api.Box, error) {
 		ID: b.ID, State: b.State, GuestSchemaVersion: b.GuestSchemaVersion, Created: b.Created,
 		LastCheckpointID: b.LastCheckpoint, ParentID: b.ParentID, HostID: b.HostID,
 		PendingUpgrade: b.PendingUpgrade, MemoryMiB: b.Spec.MemoryMiB, VCPUs: b.Spec.VCPUs, DiskSizeBytes: b.Spec.DiskSizeBytes,
-		Ports: []api.Port{},
+		Ports: []api.Port{}, Network: networkToAPI(b.Spec.Net),
 	}
 	if b.LastCheckpoint != "" {
 		ck, err := tx.Checkpoint(b.LastCheckpoint)

@@ -248,7 +248,7 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 	var inst Instance
 	if act == lifecycle.ActForkLive {
 		var info CheckpointInfo
-		if info, inst, err = m.be.Fork(ctx, b.ID, ck.ID, child.ID); err != nil {
+		if info, inst, err = m.be.Fork(ctx, b.ID, ck.ID, child.ID, child.Spec); err != nil {
 			return undo(err)
 		}
 		child.State = lifecycle.Running
@@ -257,7 +257,7 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 			return undo(err)
 		}
 	} else {
-		if inst, err = m.be.Restore(ctx, child.ID, ck.ID, true); err != nil {
+		if inst, err = m.be.Restore(ctx, child.ID, child.Spec, ck.ID, true); err != nil {
 			return undo(err)
 		}
 		child.State = lifecycle.Running
@@ -300,7 +300,7 @@ func (m *Manager) wake(ctx context.Context, b *catalog.Box) error {
 		}
 	}
 	if restore {
-		inst, err = m.be.Restore(startingAs(ctx, StartRestore), b.ID, head, fork)
+		inst, err = m.be.Restore(startingAs(ctx, StartRestore), b.ID, b.Spec, head, fork)
 	}
 	if err != nil {
 		return fmt.Errorf("box %s: restore %s: %w", b.ID, head, err)
@@ -334,7 +334,7 @@ func (m *Manager) reboot(ctx context.Context, b *catalog.Box) (bool, error) {
 		return true, nil
 	}
 	err = fmt.Errorf("box %s: upgrade: reboot: %w", b.ID, err)
-	if _, rerr := m.be.Restore(ctx, b.ID, ck.ID, false); rerr != nil {
+	if _, rerr := m.be.Restore(ctx, b.ID, b.Spec, ck.ID, false); rerr != nil {
 		b.State = lifecycle.Failed
 		if serr := m.save(*b); serr != nil {
 			m.log.Error("cannot record a failed box", "box", b.ID, "err", serr)

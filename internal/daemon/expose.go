@@ -28,11 +28,12 @@ const (
 	// it forever.
 	defaultForwardIdle = 10 * time.Minute
 	// defaultMaxForwardConns bounds the open connections of one box's
-	// exposed ports, those still waking it included. Each is a
-	// connection to the agent through the VM's vsock device, whose table
-	// holds 1024 (devices/virtio/vsock); the rest is left for the
-	// daemon's own calls to the agent (exec, files, health), which a
-	// flood of forwarded connections must not lock out.
+	// exposed ports, those still waking it included. For a box without
+	// a network each is a connection to the agent through the VM's vsock
+	// device, whose table holds 1024 (devices/virtio/vsock); the rest is
+	// left for the daemon's own calls to the agent (exec, files,
+	// health), which a flood of forwarded connections must not lock out.
+	// For a box with one, each is a connection through its network.
 	defaultMaxForwardConns = 512
 	// acceptRetryWait is the pause after an accept error such as EMFILE.
 	acceptRetryWait = 50 * time.Millisecond
@@ -44,9 +45,10 @@ const (
 	copyBufSize = 32 << 10
 )
 
-// Expose forwards a host TCP port to a guest port of box id. A connection
-// to it wakes the box if it sleeps (a paused box refuses it: the
-// connection is closed). The forward is recorded and reopened when the
+// Expose forwards a host TCP port to a guest port of box id: over the
+// box's network if it has one, else through its agent (Backend.DialGuest
+// picks). A connection to it wakes the box if it sleeps (a paused box
+// refuses it: the connection is closed). The forward is recorded and reopened when the
 // daemon restarts. A forwarded connection on which nothing moves for
 // defaultForwardIdle is closed, and a box's exposed ports hold at most
 // defaultMaxForwardConns connections at once: past that, clients are

@@ -137,9 +137,9 @@ func (b observedBackend) Boot(ctx context.Context, box string, spec catalog.Spec
 	return inst, err
 }
 
-func (b observedBackend) Restore(ctx context.Context, box, ckpt string, fork bool) (Instance, error) {
+func (b observedBackend) Restore(ctx context.Context, box string, spec catalog.Spec, ckpt string, fork bool) (Instance, error) {
 	t0 := time.Now()
-	inst, err := b.Backend.Restore(ctx, box, ckpt, fork)
+	inst, err := b.Backend.Restore(ctx, box, spec, ckpt, fork)
 	how, ok := ctx.Value(startKindKey).(StartKind)
 	switch {
 	case ok:
@@ -167,9 +167,9 @@ func (b observedBackend) Checkpoint(ctx context.Context, box, id string) (Checkp
 	return info, err
 }
 
-func (b observedBackend) Fork(ctx context.Context, parent, ckpt, child string) (CheckpointInfo, Instance, error) {
+func (b observedBackend) Fork(ctx context.Context, parent, ckpt, child string, spec catalog.Spec) (CheckpointInfo, Instance, error) {
 	t0 := time.Now()
-	info, inst, err := b.Backend.Fork(ctx, parent, ckpt, child)
+	info, inst, err := b.Backend.Fork(ctx, parent, ckpt, child, spec)
 	if err == nil {
 		b.obs.Checkpointed(info)
 	}

@@ -68,7 +68,7 @@ func TestRestartAfterForkCrash(t *testing.T) {
 		return tx.CreateBox(catalog.Box{ID: child, State: lifecycle.Creating, ParentID: p.ID, BaseCheckpoint: ck})
 	})
 	e.close()
-	if _, _, err := e.fake.Fork(e.ctx, p.ID, ck, child); err != nil {
+	if _, _, err := e.fake.Fork(e.ctx, p.ID, ck, child, catalog.Spec{Net: &catalog.NetPolicy{}}); err != nil {
 		t.Fatal(err)
 	}
 	e.open()
@@ -205,7 +205,7 @@ func TestRestartStopsVMOfSleepingBox(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.close()
-	if _, err := e.fake.Restore(e.ctx, a.ID, s.LastCheckpointID, false); err != nil {
+	if _, err := e.fake.Restore(e.ctx, a.ID, catalog.Spec{Net: &catalog.NetPolicy{}}, s.LastCheckpointID, false); err != nil {
 		t.Fatal(err)
 	}
 	e.open()

@@ -23,20 +23,26 @@ import (
 // back from it, never lost for want of one.
 //
 // A template's ID is a digest of all a boot depends on: the spec (image,
-// root image config, memory, vCPUs, disk size), the image file's size
-// and modification time, and the backend's BootIdentity (kernel,
-// initramfs, command line, VMM). A box of another shape gets a template
-// of its own; a template made for a kernel or agent no longer configured
-// is forgotten at the next start, and its checkpoint freed once no box
-// builds on it.
+// root image config, memory, vCPUs, disk size, whether it has a network
+// device), the image file's size and modification time, and the
+// backend's BootIdentity (kernel, initramfs, command line, VMM). A box of
+// another shape gets a template of its own; a template made for a kernel
+// or agent no longer configured is forgotten at the next start, and its
+// checkpoint freed once no box builds on it. A box's egress policy is not
+// part of it (catalog.Spec.TemplateSpec): the template's guest boots with
+// its network device on a network that refuses every connection, and
+// each box restored from it gets a network of its own under its own
+// policy.
 
 // templateID returns the ID of spec's template under the backend's
-// current boot identity.
+// current boot identity: the same for every spec with the same
+// TemplateSpec, and for the TemplateSpec itself.
 func (m *Manager) templateID(spec catalog.Spec) (string, error) {
 	ident, err := m.be.BootIdentity()
 	if err != nil {
 		return "", fmt.Errorf("template: %w", err)
 	}
+	spec = spec.TemplateSpec()
 	h := sha256.New()
 	enc := json.NewEncoder(h)
 	if err := enc.Encode(spec); err != nil {
@@ -73,7 +79,7 @@ func (m *Manager) template(ctx context.Context, spec catalog.Spec) (catalog.Temp
 	case err != nil && !errors.Is(err, catalog.ErrNotFound):
 		return tp, fmt.Errorf("template %s: %w", id, err)
 	}
-	return m.makeTemplate(ctx, id, spec)
+	return m.makeTemplate(ctx, id, spec.TemplateSpec())
 }
 
 // makeTemplate boots template id for spec, checkpoints it and stops its

@@ -61,6 +61,20 @@ func (b *Backend) recordWorkingSet(box string, v *vm) {
 	}()
 }
 
+// agentSchema is the GuestSchemaVersion of v's agent: known since v's
+// start, or asked once (a VM found by Attach).
+func agentSchema(ctx context.Context, v *vm) (int, error) {
+	if s := v.schema.Load(); s != 0 {
+		return int(s), nil
+	}
+	h, err := v.agent.Health(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("guest agent: %w", err)
+	}
+	v.schema.Store(int32(h.GuestSchemaVersion))
+	return h.GuestSchemaVersion, nil
+}
+
 func (b *Backend) ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error) {
 	v, err := b.get(box)
 	if err != nil {
@@ -77,15 +91,30 @@ func (b *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, 
 	return v.agent.WriteFile(ctx, path, r, guestagent.WriteOptions{Mode: fs.FileMode(opts.Mode), Append: opts.Append, CreateDirs: opts.CreateDirs})
 }
 
-// DialGuest reaches TCP port port on the guest's 127.0.0.1 through the
-// agent's dial_tcp op. ctx bounds the dial only. The connection half-closes
-// (it has CloseWrite) and lasts until it is closed. A box whose agent
-// predates the op (guestagent.DialTCPSchemaVersion) fails with an error
-// that wraps errors.ErrUnsupported: it needs an upgrade.
+// DialGuest reaches TCP port port of box's guest. For a box with a
+// network whose agent configured it (guestagent.NetworkSchemaVersion),
+// through the network (sailbox-net's dial): the guest's server is
+// reached on its own interface (netapi.GuestIP), from the gateway, with
+// no agent in the data path. Otherwise (a box without a network, an
+// older agent until the box is upgraded, a network gone) through the
+// agent's dial_tcp op, to the guest's 127.0.0.1. ctx bounds the dial
+// only. The connection half-closes (it has CloseWrite) and lasts until
+// it is closed. A box reached through an agent that predates dial_tcp
+// (guestagent.DialTCPSchemaVersion) fails with an error that wraps
+// errors.ErrUnsupported: it needs an upgrade.
 func (b *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn, error) {
 	v, err := b.get(box)
 	if err != nil {
 		return nil, err
+	}
+	if v.net != nil && v.net.alive() {
+		schema, err := agentSchema(ctx, v)
+		if err != nil {
+			return nil, fmt.Errorf("box %s: guest port %d: %w", box, port, err)
+		}
+		if schema >= guestagent.NetworkSchemaVersion {
+			return dialNet(ctx, box, v.net, port)
+		}
 	}
 	conn, err := v.agent.DialTCP(ctx, "", port)
 	if errors.Is(err, errors.ErrUnsupported) {

@@ -17,22 +17,29 @@ import (
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
 
 // The VMM processes: started, adopted once their agent answers, watched,
 // killed.
 
-// start runs sailbox-vmm as l says for box and waits for its agent.
-func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemon.Instance, error) {
+// start runs sailbox-vmm as l says for box and waits for its agent; with
+// a policy (a box with a network, whose launch names its network's
+// socket), box's sailbox-net first, under it, which l's network device
+// then connects to.
+func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch, policy *catalog.NetPolicy) (daemon.Instance, error) {
 	f := b.files(box)
 	// A VMM of the box the backend does not track is an orphan (of a
 	// wake or a create the daemon did not see through): it would keep the
-	// sockets from the new one.
+	// sockets from the new one. So is a network: the box runs no VM.
 	if pids, err := vmmsServing(f.apiSock); err == nil && len(pids) > 0 {
 		if err := b.stopUntracked(box); err != nil {
 			return daemon.Instance{}, err
 		}
+	}
+	if err := b.stopUntrackedNets(box); err != nil {
+		return daemon.Instance{}, err
 	}
 	if err := os.MkdirAll(f.dir, 0o700); err != nil {
 		return daemon.Instance{}, err
@@ -40,20 +47,31 @@ func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemo
 	// A VMM killed with the host (kill -9) leaves its sockets behind, and
 	// the new one could not listen on them. Remove them, unless something
 	// still answers there: then a VMM of the box is alive after all.
-	for _, sock := range []string{f.apiSock, f.vsockSock} {
-		if c, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+	for _, sock := range []struct{ network, path string }{
+		{"unix", f.apiSock}, {"unix", f.vsockSock}, {"unixpacket", f.netSock}, {"unix", f.netCtl},
+	} {
+		if c, err := net.DialTimeout(sock.network, sock.path, time.Second); err == nil {
 			c.Close()
-			return daemon.Instance{}, fmt.Errorf("box %s: a process still serves %s", box, sock)
+			return daemon.Instance{}, fmt.Errorf("box %s: a process still serves %s", box, sock.path)
 		}
-		if err := os.Remove(sock); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := os.Remove(sock.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return daemon.Instance{}, fmt.Errorf("box %s: remove stale socket: %w", box, err)
 		}
 	}
+	var network *netProc
+	if policy != nil {
+		n, err := b.startNet(ctx, box, *policy)
+		if err != nil {
+			return daemon.Instance{}, err
+		}
+		network = n
+	}
 	cmd, err := l.Start(b.cfg.VMM) // in a session of its own: it outlives the daemon
 	if err != nil {
+		b.stopNet(box, network)
 		return daemon.Instance{}, fmt.Errorf("box %s: %w", box, err)
 	}
-	v := &vm{files: f, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(f.apiSock), agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), restored: l.Restore != ""}
+	v := &vm{files: f, pid: cmd.Process.Pid, ctl: vmmapi.NewClient(f.apiSock), agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), restored: l.Restore != "", net: network}
 	go func() {
 		cmd.Wait()
 		close(v.exited)
@@ -62,7 +80,7 @@ func (b *Backend) start(ctx context.Context, box string, l vmmapi.Launch) (daemo
 }
 
 // adopt waits for v's agent and registers v as box's VM; on failure it
-// kills v.
+// kills v and stops its network.
 func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance, error) {
 	wctx, cancel := context.WithTimeout(ctx, b.cfg.BootTimeout)
 	defer cancel()
@@ -70,8 +88,10 @@ func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance
 	if err != nil {
 		b.logVCPUs(box, v)
 		b.kill(v)
+		b.stopNet(box, v.net)
 		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.files.log))
 	}
+	v.schema.Store(int32(h.GuestSchemaVersion))
 	b.register(box, v)
 	return daemon.Instance{GuestSchemaVersion: h.GuestSchemaVersion}, nil
 }
@@ -97,13 +117,18 @@ func (b *Backend) logVCPUs(box string, v *vm) {
 }
 
 // register makes v box's VM, and logs it if it exits while it still is:
-// nothing asked it to (Stop forgets a VM before it stops it).
+// nothing asked it to (Stop forgets a VM before it stops it). Its network
+// goes with it, whatever ended it.
 func (b *Backend) register(box string, v *vm) {
 	b.mu.Lock()
 	b.vms[box] = v
 	b.mu.Unlock()
+	b.watchNet(box, v)
 	go func() {
 		<-v.exited
+		// Before the loss is reported: the restore that follows starts
+		// a network of its own on the same sockets.
+		b.stopNet(box, v.net)
 		b.mu.Lock()
 		current := b.vms[box] == v
 		b.mu.Unlock()
@@ -161,7 +186,8 @@ func running(pid int) bool {
 }
 
 // stopUntracked kills every VMM serving box's control socket that the
-// backend does not track, and removes the box's run directory.
+// backend does not track, and every network of the box, and removes the
+// box's run directory.
 func (b *Backend) stopUntracked(box string) error {
 	f := b.files(box)
 	pids, err := vmmsServing(f.apiSock)
@@ -170,9 +196,10 @@ func (b *Backend) stopUntracked(box string) error {
 	}
 	for _, pid := range pids {
 		b.log.Warn("killing a VMM the daemon did not track", "box", box, "pid", pid)
-		exited := make(chan struct{})
-		go watchPID(pid, exited)
-		b.kill(&vm{pid: pid, exited: exited})
+		b.killPID(pid)
+	}
+	if err := b.stopUntrackedNets(box); err != nil {
+		return err
 	}
 	return os.RemoveAll(f.dir)
 }
@@ -182,6 +209,15 @@ func (b *Backend) stopUntracked(box string) error {
 // vmmapi.ParseLaunch understands, so a VMM is found before it listens
 // and after it stopped answering.
 func vmmsServing(apiSock string) ([]int, error) {
+	return processesServing(apiSock, func(argv []string) bool {
+		l, err := vmmapi.ParseLaunch(argv[1:], io.Discard)
+		return err == nil && l.APISocket == apiSock
+	})
+}
+
+// processesServing returns the running processes whose command line has
+// sock as an argument and that match says are serving it.
+func processesServing(sock string, match func(argv []string) bool) ([]int, error) {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil, err
@@ -197,11 +233,10 @@ func vmmsServing(apiSock string) ([]int, error) {
 			continue // gone, or a kernel thread
 		}
 		argv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
-		if !slices.Contains(argv, apiSock) {
+		if !slices.Contains(argv, sock) {
 			continue // cheap filter before parsing
 		}
-		l, err := vmmapi.ParseLaunch(argv[1:], io.Discard)
-		if err == nil && l.APISocket == apiSock && running(pid) {
+		if match(argv) && running(pid) {
 			pids = append(pids, pid)
 		}
 	}

@@ -3,9 +3,11 @@
 // agent over the box's hybrid vsock socket (guestagent).
 //
 // Per box it keeps RunDir/<box>/: api.sock (control), vsock.sock (agent),
-// console.log and vmm.log. The VMM runs in its own session, so it
-// outlives a daemon restart; Attach finds it again by its control socket.
-// Checkpoints, layers and disk tops live in the checkpoint store (Store).
+// console.log and vmm.log; for a box with a network, its sailbox-net's
+// net.sock (frames), net-ctl.sock (control) and net.log (network.go). The
+// VMM and the network run in sessions of their own, so they outlive a
+// daemon restart; Attach finds them again by their sockets. Checkpoints,
+// layers and disk tops live in the checkpoint store (Store).
 //
 // Running boxes needs /dev/kvm and a built sailbox-vmm, kernel and
 // initramfs (the kvm tier, through sailboxd); the unit tier covers the
@@ -43,6 +45,7 @@ const guestCID = 3
 // Config configures the backend.
 type Config struct {
 	VMM     string // path of the sailbox-vmm binary
+	Net     string // path of the sailbox-net binary (boxes' networks)
 	Kernel  string // guest kernel bzImage
 	Initrd  string // initramfs with the guest agent
 	Cmdline string // extra kernel command line
@@ -77,6 +80,8 @@ type vm struct {
 	exited   chan struct{} // closed when the process is gone
 	restored bool          // restored from a checkpoint: it can record a working set
 	wsAsked  atomic.Bool   // it was asked to
+	net      *netProc      // the box's network; nil: none (set before the VM is registered)
+	schema   atomic.Int32  // its agent's GuestSchemaVersion; 0 until known (a VM Attach found)
 }
 
 var _ daemon.Backend = (*Backend)(nil)
@@ -134,18 +139,18 @@ func (b *Backend) bootIdentity() (string, error) {
 func (b *Backend) GuestSchemaVersion() int { return guestagent.GuestSchemaVersion }
 
 func (b *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daemon.Instance, error) {
-	return b.start(ctx, box, b.bootLaunch(box, spec))
+	return b.start(ctx, box, b.bootLaunch(box, spec), spec.Net)
 }
 
-func (b *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (daemon.Instance, error) {
-	return b.start(ctx, box, b.restoreLaunch(box, ckpt, fork))
+func (b *Backend) Restore(ctx context.Context, box string, spec catalog.Spec, ckpt string, fork bool) (daemon.Instance, error) {
+	return b.start(ctx, box, b.restoreLaunch(box, spec, ckpt, fork), spec.Net)
 }
 
 // Reboot boots the configured kernel and initramfs on the disks of ckpt
 // (sailbox-vmm -disks-from): a fresh boot, memory not restored, whose
 // checkpoints continue ckpt's disk layers.
 func (b *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckpt string) (daemon.Instance, error) {
-	return b.start(ctx, box, b.rebootLaunch(box, spec, ckpt))
+	return b.start(ctx, box, b.rebootLaunch(box, spec, ckpt), spec.Net)
 }
 
 func (b *Backend) get(box string) (*vm, error) {
@@ -184,21 +189,23 @@ func (b *Backend) Checkpoint(ctx context.Context, box, id string) (daemon.Checkp
 	return daemon.CheckpointInfo{Created: res.Created, Bytes: res.LayerBytes + res.DiskBytes, Pause: time.Duration(res.PauseNanos)}, nil
 }
 
-func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.CheckpointInfo, daemon.Instance, error) {
+func (b *Backend) Fork(ctx context.Context, parent, ckpt, child string, spec catalog.Spec) (daemon.CheckpointInfo, daemon.Instance, error) {
 	info, err := b.Checkpoint(ctx, parent, ckpt)
 	if err != nil {
 		return daemon.CheckpointInfo{}, daemon.Instance{}, err
 	}
 	// The child is a restore like any other, started by the backend (a
-	// VMM never starts processes: its seccomp filter forbids it).
-	inst, err := b.Restore(ctx, child, ckpt, true)
+	// VMM never starts processes: its seccomp filter forbids it), with a
+	// network of its own.
+	inst, err := b.Restore(ctx, child, spec, ckpt, true)
 	return info, inst, err
 }
 
 // Stop asks the VMM to shut down, and kills it if it has not exited in
-// ten seconds. A box's VMM the backend does not track (one a crash left
-// behind: a create, a fork or a wake the daemon did not see through) is
-// found by its control socket and killed.
+// ten seconds; then stops the box's network. A box's VMM or network the
+// backend does not track (one a crash left behind: a create, a fork or a
+// wake the daemon did not see through) is found by its socket and
+// killed.
 func (b *Backend) Stop(ctx context.Context, box string) error {
 	b.mu.Lock()
 	v := b.vms[box]
@@ -215,6 +222,7 @@ func (b *Backend) Stop(ctx context.Context, box string) error {
 	case <-time.After(10 * time.Second):
 		b.kill(v)
 	}
+	b.stopNet(box, v.net)
 	return os.RemoveAll(v.files.dir)
 }
 
@@ -234,10 +242,25 @@ func (b *Backend) Attach(ctx context.Context, box string) (bool, error) {
 	if err != nil {
 		return false, nil
 	}
-	v := &vm{files: f, pid: st.PID, ctl: ctl, agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{})}
+	v := &vm{files: f, pid: st.PID, ctl: ctl, agent: guestagent.NewHybridClient(f.vsockSock), exited: make(chan struct{}), net: b.adoptNet(box)}
 	go watchPID(v.pid, v.exited)
+	if v.net == nil && hasNetDevice(v.pid, f) {
+		b.log.Error("box's VMM runs, but its network (sailbox-net) is gone; the guest has no network until it is next restored", "box", box, "pid", v.pid)
+	}
 	b.register(box, v)
 	return true, nil
+}
+
+// hasNetDevice reports whether the VMM process pid was started with a
+// network device on f's socket.
+func hasNetDevice(pid int, f boxFiles) bool {
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	argv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	l, err := vmmapi.ParseLaunch(argv[1:], io.Discard)
+	return err == nil && l.NetSocket == f.netSock
 }
 
 // RemoveCheckpoints frees the checkpoints' storage in the store

@@ -54,11 +54,11 @@ func TestLaunches(t *testing.T) {
 	if got := b.rebootLaunch("sb-1", spec, "sb-1-c4"); !reflect.DeepEqual(got, want) {
 		t.Errorf("reboot launch\n got %+v\nwant %+v", got, want)
 	}
-	fork := b.restoreLaunch("sb-2", "sb-1-c3", true)
+	fork := b.restoreLaunch("sb-2", spec, "sb-1-c3", true)
 	if fork.Restore != "sb-1-c3" || fork.ForkName != "sb-2" || fork.Kernel != "" || fork.APISocket != b.files("sb-2").apiSock {
 		t.Errorf("fork launch: %+v", fork)
 	}
-	if l := b.restoreLaunch("sb-1", "sb-1-c3", false); l.ForkName != "" {
+	if l := b.restoreLaunch("sb-1", spec, "sb-1-c3", false); l.ForkName != "" {
 		t.Errorf("plain restore names a fork: %+v", l)
 	}
 	for _, l := range []vmmapi.Launch{boot, want, fork} {
@@ -184,14 +184,19 @@ func TestBootFailureQuotesTheVMMLog(t *testing.T) {
 
 // hungVMMEnv makes this test binary a sailbox-vmm whose guest never
 // answers: it serves the control API on -api-sock and nothing on vsock
-// ("1"), or nothing at all ("silent").
+// ("1"; "exits": and it exits when asked to shut down), or nothing at
+// all ("silent"). With fakeNetEnv set, this binary started with
+// sailbox-net's flags is a fake sailbox-net (fakeNet).
 const hungVMMEnv = "SAILBOX_VMMBACKEND_HUNG_VMM"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(fakeNetEnv) == "1" && slices.Contains(os.Args, "-control") {
+		os.Exit(fakeNet(os.Args[1:]))
+	}
 	if os.Getenv(hungVMMEnv) == "silent" {
 		select {}
 	}
-	if os.Getenv(hungVMMEnv) == "1" {
+	if mode := os.Getenv(hungVMMEnv); mode == "1" || mode == "exits" {
 		args := os.Args[1:]
 		i := slices.Index(args, "-api-sock")
 		if i < 0 || i+1 >= len(args) {
@@ -201,7 +206,11 @@ func TestMain(m *testing.M) {
 		if err != nil {
 			os.Exit(2)
 		}
-		vmmapi.Serve(context.Background(), l, hungVM{})
+		var c vmmapi.Controller = hungVM{}
+		if os.Getenv(hungVMMEnv) == "exits" {
+			c = exitingVM{}
+		}
+		vmmapi.Serve(context.Background(), l, c)
 		return
 	}
 	os.Exit(m.Run())
@@ -209,7 +218,7 @@ func TestMain(m *testing.M) {
 
 type hungVM struct{}
 
-func (hungVM) Status() vmmapi.Status { return vmmapi.Status{State: "running"} }
+func (hungVM) Status() vmmapi.Status { return vmmapi.Status{State: "running", PID: os.Getpid()} }
 func (hungVM) Shutdown()             {}
 func (hungVM) Pause() error          { return nil }
 func (hungVM) Resume() error         { return nil }
@@ -387,4 +396,15 @@ func TestStopKillsUntrackedVMM(t *testing.T) {
 			}
 		})
 	}
+}
+
+// exitingVM is a hung VM that exits when asked to shut down, as a VMM
+// whose guest powers off does.
+type exitingVM struct{ hungVM }
+
+func (exitingVM) Shutdown() {
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		os.Exit(0)
+	}()
 }

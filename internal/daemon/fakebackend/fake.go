@@ -17,6 +17,12 @@
 // Any other command fails to start (an error). A connection to any guest
 // port echoes what it reads.
 //
+// A VM booted from a spec with Net has a network device, which its
+// checkpoints keep; each start (boot, restore, fork, reboot) attaches it
+// to a network under the policy of the spec it was given (Network
+// reports it), and a restore of a checkpoint with a network device
+// without one fails, as sailbox-vmm refuses it.
+//
 // Like a real VMM, which goes on when its client stops waiting, the calls
 // that start a VM or write a checkpoint do so even when their context is
 // cancelled, and then report the cancellation.
@@ -37,6 +43,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/api/netapi"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
@@ -66,13 +73,40 @@ type Backend struct {
 }
 
 type vm struct {
-	schema   int
-	hostname string
-	files    map[string][]byte
+	schema    int
+	hostname  string
+	files     map[string][]byte
+	netDevice bool               // booted with a network device, which checkpoints keep
+	policy    *catalog.NetPolicy // the network's policy while it runs; nil: none
+	connsIn   uint64             // connections dialled through the network since it started
 }
 
 func (v *vm) clone() *vm {
-	return &vm{schema: v.schema, hostname: v.hostname, files: maps.Clone(v.files)}
+	return &vm{schema: v.schema, hostname: v.hostname, files: maps.Clone(v.files), netDevice: v.netDevice}
+}
+
+// attachNet gives v, just started for box from spec, its network.
+func (v *vm) attachNet(box string, spec catalog.Spec) error {
+	switch {
+	case v.netDevice && spec.Net == nil:
+		return fmt.Errorf("fake: start %s: the checkpoint has a network device: its restore needs a network", box)
+	case v.netDevice:
+		p := *spec.Net
+		v.policy = &p
+	}
+	return nil
+}
+
+// Network reports the policy of box's network (nil if it runs none) and
+// whether its VM has a network device.
+func (f *Backend) Network(box string) (policy *catalog.NetPolicy, device bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	v := f.vms[box]
+	if v == nil {
+		return nil, false
+	}
+	return v.policy, v.netDevice
 }
 
 // New returns a fake whose agent has guest schema version schema.
@@ -210,12 +244,14 @@ func (f *Backend) Boot(ctx context.Context, box string, spec catalog.Spec) (daem
 	if f.vms[box] != nil {
 		return daemon.Instance{}, fmt.Errorf("fake: boot %s: already running", box)
 	}
-	f.vms[box] = &vm{schema: f.schema, hostname: "sailbox", files: map[string][]byte{"/etc/image": []byte(spec.Image)}}
+	v := &vm{schema: f.schema, hostname: "sailbox", files: map[string][]byte{"/etc/image": []byte(spec.Image)}, netDevice: spec.Net != nil}
+	v.attachNet(box, spec)
+	f.vms[box] = v
 	delete(f.dead, box)
 	return daemon.Instance{GuestSchemaVersion: f.schema}, cancelled(ctx)
 }
 
-func (f *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (daemon.Instance, error) {
+func (f *Backend) Restore(ctx context.Context, box string, spec catalog.Spec, ckpt string, fork bool) (daemon.Instance, error) {
 	err := f.begin("Restore", box, ckpt)
 	defer f.mu.Unlock()
 	if err != nil {
@@ -231,6 +267,9 @@ func (f *Backend) Restore(ctx context.Context, box, ckpt string, fork bool) (dae
 	v := c.clone()
 	if fork {
 		v.hostname = box
+	}
+	if err := v.attachNet(box, spec); err != nil {
+		return daemon.Instance{}, err
 	}
 	f.vms[box] = v
 	delete(f.dead, box)
@@ -252,6 +291,8 @@ func (f *Backend) Reboot(ctx context.Context, box string, spec catalog.Spec, ckp
 	}
 	v := c.clone() // the disk survives, the agent is new
 	v.schema = f.schema
+	v.netDevice = spec.Net != nil // a boot: the spec's devices
+	v.attachNet(box, spec)
 	f.vms[box] = v
 	return daemon.Instance{GuestSchemaVersion: v.schema}, nil
 }
@@ -281,7 +322,7 @@ func (f *Backend) checkpointLocked(box, id string) (daemon.CheckpointInfo, error
 	return daemon.CheckpointInfo{Created: time.Now(), Bytes: CheckpointBytes, Pause: CheckpointPause}, nil
 }
 
-func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.CheckpointInfo, daemon.Instance, error) {
+func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string, spec catalog.Spec) (daemon.CheckpointInfo, daemon.Instance, error) {
 	err := f.begin("Fork", parent, ckpt, child)
 	defer f.mu.Unlock()
 	if err != nil {
@@ -293,6 +334,9 @@ func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string) (daemon.
 	}
 	v := f.checkpoints[ckpt].clone()
 	v.hostname = child
+	if err := v.attachNet(child, spec); err != nil {
+		return info, daemon.Instance{}, err
+	}
 	f.vms[child] = v
 	return info, daemon.Instance{GuestSchemaVersion: v.schema}, cancelled(ctx)
 }
@@ -492,8 +536,12 @@ func (f *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn
 	if err != nil {
 		return nil, err
 	}
-	if _, err := f.running(box); err != nil {
+	v, err := f.running(box)
+	if err != nil {
 		return nil, err
+	}
+	if v.policy != nil {
+		v.connsIn++
 	}
 	a, b := net.Pipe()
 	go func() {
@@ -501,4 +549,22 @@ func (f *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn
 		io.Copy(b, b)
 	}()
 	return a, nil
+}
+
+// NetworkStats reports, of box's network, the connections DialGuest made
+// through it since the VM started; the other counters are zero.
+func (f *Backend) NetworkStats(ctx context.Context, box string) (netapi.Stats, error) {
+	err := f.begin("NetworkStats", box)
+	defer f.mu.Unlock()
+	if err != nil {
+		return netapi.Stats{}, err
+	}
+	v, err := f.running(box)
+	if err != nil {
+		return netapi.Stats{}, fmt.Errorf("%w: %w", daemon.ErrConflict, err)
+	}
+	if v.policy == nil {
+		return netapi.Stats{}, fmt.Errorf("fake: %s: %w: no network", box, daemon.ErrConflict)
+	}
+	return netapi.Stats{Box: box, GuestAttached: true, ConnectionsIn: v.connsIn}, nil
 }
