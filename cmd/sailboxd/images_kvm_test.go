@@ -160,12 +160,14 @@ $bb umount /tmp/img
 `
 
 // boxAdded is what a box's root holds beyond its image: mke2fs's
-// lost+found and the machine ID the agent writes (its content the box's
-// own).
+// lost+found, the machine ID the agent writes and the resolver file it
+// writes for the box's network when the image has none (their content
+// the box's own).
 var boxAdded = map[string]imagetest.Node{
-	".":              {Mode: imagetest.TypeDir | 0o755},
-	"lost+found":     {Mode: imagetest.TypeDir | 0o700},
-	"etc/machine-id": {Mode: imagetest.TypeReg | 0o444},
+	".":               {Mode: imagetest.TypeDir | 0o755},
+	"lost+found":      {Mode: imagetest.TypeDir | 0o700},
+	"etc/machine-id":  {Mode: imagetest.TypeReg | 0o444},
+	"etc/resolv.conf": {Mode: imagetest.TypeReg | 0o644},
 }
 
 // checkImageTree fails unless box id's root file system is exactly tree
