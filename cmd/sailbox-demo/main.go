@@ -155,6 +155,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	}()
 	fmt.Fprintf(stdout, "$ export %s\n", shellJoin(d.env()))
 	s := &session{sail: c.Sail, env: append(os.Environ(), d.env()...), out: stdout, rootImage: c.Image != ""}
+	if s.rootImage {
+		if s.fileURL, err = serveFile(ctx); err != nil {
+			return err
+		}
+	}
 	if err := s.walkthrough(ctx); err != nil {
 		d.printLogs(stderr)
 		return err

@@ -29,6 +29,9 @@ type session struct {
 	// rootImage: the boxes' disk is a root file system image (the
 	// Debian one), not an empty data disk.
 	rootImage bool
+	// fileURL is the file a box with a root image fetches over its
+	// network (serveFile).
+	fileURL string
 }
 
 // say prints a comment that introduces the next steps.
@@ -64,8 +67,12 @@ func (s *session) run(ctx context.Context, args ...string) (string, error) {
 // walkthrough takes one box through its lifecycle, and a fork of it, and
 // checks what each step shows.
 func (s *session) walkthrough(ctx context.Context) error {
-	s.say("Create a box: the daemon starts a sailbox-vmm, which boots Linux; ready when its guest agent answers.")
-	out, err := s.run(ctx, "create", "--json")
+	s.say("Create a box: the first create of an image boots Linux once into a template checkpoint; every box is restored from it, ready when its guest agent answers.")
+	create := []string{"create", "--json"}
+	if s.rootImage {
+		create = append(create, demoPolicy...)
+	}
+	out, err := s.run(ctx, create...)
 	if err != nil {
 		return err
 	}
@@ -103,6 +110,9 @@ func (s *session) walkthrough(ctx context.Context) error {
 		}
 		if !strings.Contains(out, "/dev/vda") {
 			return fmt.Errorf("df -h / shows no /dev/vda: %q", out)
+		}
+		if err := s.network(ctx, parent); err != nil {
+			return err
 		}
 	}
 	if _, err := s.run(ctx, "exec", parent, "--", "sh", "-c", "echo hello > /tmp/greeting"); err != nil {
