@@ -50,6 +50,12 @@ type config struct {
 	// MetricsListen is the TCP address that serves /metrics (metrics.go);
 	// "" serves none.
 	MetricsListen string
+
+	// InferenceListen is the TCP address that serves the inference proxy
+	// (inference.go); "" serves none. It must be loopback unless
+	// InferencePublic.
+	InferenceListen string
+	InferencePublic bool
 }
 
 // newBackend builds the backend; tests replace it with the fake. The real
@@ -132,6 +138,8 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&c.VCPUs, "cpus", c.VCPUs, "default vCPUs of new boxes")
 	fs.StringVar(&c.HostID, "host-id", host, "this host's placement ID")
 	fs.StringVar(&c.Inference, "inference-upstream", "", "base `URL` that /v1/inference/... is proxied to")
+	fs.StringVar(&c.InferenceListen, "inference-listen", "", "TCP `address` that serves the inference proxy (/v1/inference/... alone) besides the socket, for clients that take a base URL: loopback (127.0.0.1:8089) unless -inference-listen-public; empty: none")
+	fs.BoolVar(&c.InferencePublic, "inference-listen-public", false, "let -inference-listen bind a non-loopback address (the proxy asks no credentials)")
 	fs.IntVar(&c.MinSchema, "min-resumable-schema", 0, "oldest guest schema `version` a box may be resumed on; older boxes are upgraded when they wake (0: any)")
 	fs.BoolVar(&c.Templates, "templates", true, "create boxes by restoring a template checkpoint of their image and shape, booted once (false: boot every box)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
@@ -173,6 +181,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		if upstream, err = url.Parse(c.Inference); err != nil || upstream.Scheme == "" || upstream.Host == "" {
 			return fmt.Errorf("-inference-upstream %q is not an absolute URL", c.Inference)
 		}
+	}
+	inferenceListen, err := inferenceAddr(c)
+	if err != nil {
+		return err
 	}
 	// Every problem of the configuration at once, before anything serves.
 	be, err := preflight(c, log)
@@ -228,12 +240,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	srv := apiserver.New(apiserver.Config{Manager: m, Logger: log, InferenceUpstream: upstream, Observe: met.ObserveCall})
+	// The inference listener stops with the socket's, whatever stops it.
+	serving, stopServing := context.WithCancel(ctx)
+	defer stopServing()
+	inferenceDone, err := serveInference(serving, inferenceListen, srv, log)
+	if err != nil {
+		l.Close()
+		return err
+	}
 	log.Info("sailboxd listening", "socket", c.Socket, "state_dir", c.StateDir, "host_id", c.HostID)
 	if err := sdNotify("READY=1"); err != nil {
 		log.Warn("telling systemd the daemon is ready", "err", err)
 	}
-	srv := apiserver.New(apiserver.Config{Manager: m, Logger: log, InferenceUpstream: upstream, Observe: met.ObserveCall})
-	err = apiserver.Serve(ctx, l, srv)
+	err = apiserver.Serve(serving, l, srv)
+	stopServing()
+	err = errors.Join(err, <-inferenceDone)
 	log.Info("sailboxd stopped; boxes keep running")
 	return err
 }

@@ -34,8 +34,8 @@ import (
 const (
 	maxRequest     = 64 << 10 // JSON requests
 	maxExecRequest = 16 << 20 // exec, whose stdin travels inline
-	// maxInference bounds an inference call's request and its answer,
-	// which the proxy holds while the box sleeps.
+	// maxInference bounds an inference call's request, which the proxy
+	// holds to send it upstream (its answer is streamed: inference.go).
 	maxInference = 64 << 20
 )
 
@@ -47,7 +47,7 @@ type Config struct {
 	// /v1/inference/P goes to InferenceUpstream/P. Nil answers 501.
 	InferenceUpstream *url.URL
 	// InferenceClient makes the upstream calls; nil uses a client with a
-	// 10-minute timeout. Its redirect policy is replaced: the proxy never
+	// 10-minute timeout (which bounds a streamed answer too). Its redirect policy is replaced: the proxy never
 	// follows a redirect but answers it, as a reverse proxy does.
 	InferenceClient *http.Client
 	// BodyTimeout bounds the time a client may take to send a call's
@@ -67,6 +67,8 @@ type Server struct {
 	bodyTimeout time.Duration
 	observe     CallObserver
 	mux         *http.ServeMux
+	// inferenceMux serves the inference routes alone (InferenceHandler).
+	inferenceMux *http.ServeMux
 }
 
 // Route is one endpoint: a method and a path pattern in ServeMux syntax
@@ -100,14 +102,23 @@ func New(cfg Config) *Server {
 	noRedirects := *s.client
 	noRedirects.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 	s.client = &noRedirects
-	s.mux = http.NewServeMux()
+	s.mux = s.newMux(func(route) bool { return true })
+	s.inferenceMux = s.newMux(func(rt route) bool { return strings.HasPrefix(rt.Pattern, inferencePrefix) })
+	return s
+}
+
+// newMux serves the routes that pass keep, and 404 for anything else.
+func (s *Server) newMux(keep func(route) bool) *http.ServeMux {
+	mux := http.NewServeMux()
 	for _, rt := range s.routes() {
-		s.mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(s.observed(rt.call, rt.h)))
+		if keep(rt) {
+			mux.Handle(rt.Method+" "+rt.Pattern, s.wrap(s.observed(rt.call, rt.h)))
+		}
 	}
-	s.mux.Handle("/", s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+	mux.Handle("/", s.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint: %s %s", daemon.ErrNotFound, r.Method, r.URL.Path)
 	}))
-	return s
+	return mux
 }
 
 // routes is the API: every endpoint, in one table.
@@ -131,8 +142,8 @@ func (s *Server) routes() []route {
 		{Route{"GET", "/v1/boxes/{id}/network"}, "", s.network},
 		{Route{"POST", "/v1/boxes/{id}/ports"}, "expose", s.expose},
 		{Route{"DELETE", "/v1/boxes/{id}/ports/{host_port}"}, "unexpose", s.unexpose},
-		{Route{"GET", "/v1/inference/{path...}"}, "inference", s.inference},
-		{Route{"POST", "/v1/inference/{path...}"}, "inference", s.inference},
+		{Route{"GET", inferencePrefix + "{path...}"}, "inference", s.inference},
+		{Route{"POST", inferencePrefix + "{path...}"}, "inference", s.inference},
 	}
 }
 
@@ -171,7 +182,8 @@ func (w *statusWriter) Write(p []byte) (int, error) {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // wrap bounds the time to send the call's body, turns the handler's error
-// into an error answer and logs the call.
+// into an error answer and logs the call. A call cut short
+// (cutShortError) has its connection aborted once it is logged.
 func (s *Server) wrap(h func(w http.ResponseWriter, r *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		start := time.Now()
@@ -193,9 +205,23 @@ func (s *Server) wrap(h func(w http.ResponseWriter, r *http.Request) error) http
 		if err != nil {
 			attrs = append(attrs, "err", err)
 		}
+		var cut *cutShortError
+		if errors.As(err, &cut) {
+			s.log.Log(r.Context(), max(level, slog.LevelWarn), "api call cut short", attrs...)
+			panic(http.ErrAbortHandler)
+		}
 		s.log.Log(r.Context(), level, "api", attrs...)
 	})
 }
+
+// cutShortError is a call that failed after its answer began (a file read
+// or an inference answer broken off midway). Its answer is cut short,
+// the connection aborted, so that the client cannot take the part it got
+// for the whole.
+type cutShortError struct{ err error }
+
+func (e *cutShortError) Error() string { return "answer cut short: " + e.err.Error() }
+func (e *cutShortError) Unwrap() error { return e.err }
 
 // badRequestError is a request the server could not read.
 type badRequestError struct{ err error }
@@ -206,12 +232,6 @@ func (e *badRequestError) Unwrap() error { return e.err }
 func badRequest(format string, args ...any) error {
 	return &badRequestError{fmt.Errorf(format, args...)}
 }
-
-// upstreamError is an inference upstream that could not be reached.
-type upstreamError struct{ err error }
-
-func (e *upstreamError) Error() string { return "inference upstream: " + e.err.Error() }
-func (e *upstreamError) Unwrap() error { return e.err }
 
 // statusOf is the one place where errors become HTTP statuses and error
 // codes.
@@ -485,10 +505,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) error {
 	lw := &lazyWriter{w: w}
 	if _, err := s.m.ReadFile(r.Context(), r.PathValue("id"), p, lw); err != nil {
 		if lw.started {
-			// Part of the file is out: cut the answer so that the
-			// client cannot take it for the whole file.
-			s.log.Warn("file read failed midway", "box", r.PathValue("id"), "path", p, "err", err)
-			panic(http.ErrAbortHandler)
+			return &cutShortError{fmt.Errorf("read %s: %w", p, err)}
 		}
 		return err
 	}
@@ -550,100 +567,4 @@ func (s *Server) unexpose(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
-}
-
-// hopHeaders are not forwarded by the inference proxy.
-var hopHeaders = []string{
-	"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
-	"Te", "Trailer", "Transfer-Encoding", "Upgrade", api.SailboxIDHeader,
-}
-
-// inference proxies a call to the inference upstream for the box named
-// by the X-SailboxId header, which sleeps while the call is in flight.
-// The upstream's answer is held until the box is resumed, then passed on.
-func (s *Server) inference(w http.ResponseWriter, r *http.Request) error {
-	id := r.Header.Get(api.SailboxIDHeader)
-	if id == "" {
-		return badRequest("the %s header is required", api.SailboxIDHeader)
-	}
-	if s.upstream == nil {
-		return fmt.Errorf("inference proxy: %w: the daemon has no upstream configured", errors.ErrUnsupported)
-	}
-	path, err := inferencePath(r)
-	if err != nil {
-		return err
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxInference))
-	if err != nil {
-		var tooLarge *http.MaxBytesError
-		if errors.As(err, &tooLarge) {
-			return err
-		}
-		return badRequest("read body: %v", err)
-	}
-	target := *s.upstream
-	target.Path = strings.TrimSuffix(target.Path, "/") + "/" + path
-	target.RawQuery = r.URL.RawQuery
-	var status int
-	var header http.Header
-	var answer []byte
-	err = s.m.InferenceCall(r.Context(), id, func(ctx context.Context) error {
-		req, err := http.NewRequestWithContext(ctx, r.Method, target.String(), bytes.NewReader(body))
-		if err != nil {
-			return &upstreamError{err}
-		}
-		req.Header = r.Header.Clone()
-		for _, h := range hopHeaders {
-			req.Header.Del(h)
-		}
-		resp, err := s.client.Do(req)
-		if err != nil {
-			return &upstreamError{err}
-		}
-		defer resp.Body.Close()
-		answer, err = io.ReadAll(io.LimitReader(resp.Body, maxInference+1))
-		if err != nil {
-			return &upstreamError{err}
-		}
-		if len(answer) > maxInference {
-			return &upstreamError{fmt.Errorf("answer larger than %d bytes", maxInference)}
-		}
-		status, header = resp.StatusCode, resp.Header
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for k, vs := range header {
-		if !isHop(k) && k != "Content-Length" {
-			w.Header()[k] = vs
-		}
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(answer)))
-	w.WriteHeader(status)
-	_, err = w.Write(answer)
-	return err
-}
-
-// inferencePath is the part of an inference call's path that goes below
-// the upstream's base. It is unescaped, so an escaped dot (%2e) or slash
-// (%2f) shows here as what the upstream would make of it; a "." or ".."
-// segment, which would take the call outside the base, is refused.
-func inferencePath(r *http.Request) (string, error) {
-	p := r.PathValue("path")
-	for _, seg := range strings.Split(p, "/") {
-		if seg == "." || seg == ".." {
-			return "", badRequest("inference path %q has a %q segment", p, seg)
-		}
-	}
-	return p, nil
-}
-
-func isHop(h string) bool {
-	for _, v := range hopHeaders {
-		if strings.EqualFold(v, h) {
-			return true
-		}
-	}
-	return false
 }
