@@ -55,7 +55,7 @@ func TestKVMAptInstallCheckpointHostFailure(t *testing.T) {
 		t.Errorf("apt-get install -y %s:\n%s", first.Name, out)
 	}
 	checkInstalled(h, b.ID, first.Name, first.Version)
-	if got := repo.Requests(); !slices.Contains(got, "/Packages") && !slices.Contains(got, "/Packages.gz") ||
+	if got := repo.Requests(); (!slices.Contains(got, "/Packages") && !slices.Contains(got, "/Packages.gz")) ||
 		count(got, "/"+debtest.PoolPath(first)) != 1 || slices.Contains(got, "/"+debtest.PoolPath(second)) {
 		t.Errorf("the repository's requests: %v; want its index and %s once", got, first.Name)
 	}

@@ -201,8 +201,8 @@ func TestRepoAptGet(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// The configuration file, named by APT_CONFIG, is read first; the
-	// host's own (Dir::Etc's apt.conf and apt.conf.d) are then its.
+	// apt reads the file APT_CONFIG names first; as it moves Dir::Etc,
+	// the host's apt.conf, apt.conf.d and sources are never read.
 	conf := strings.Join([]string{
 		`Dir::Etc "` + dir + `/etc/";`,
 		`Dir::Etc::main "apt.conf";`,
