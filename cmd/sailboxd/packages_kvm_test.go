@@ -1,13 +1,8 @@
 package main
 
 import (
-	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +11,7 @@ import (
 	"github.com/sailbox-dev/sailbox/api/client"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
 	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/debtest"
 	"github.com/sailbox-dev/sailbox/internal/kvmtest"
 )
 
@@ -40,8 +36,8 @@ func TestKVMInstallPackageForkSleepUpgrade(t *testing.T) {
 	h := newHost(t, "-image", img)
 	ctx := ctxFor(t, 20*time.Minute)
 	c := h.c
-	debA := debPackage(t, "sailbox-hello-a", "1.0-1")
-	debB := debPackage(t, "sailbox-hello-b", "2.0-1")
+	debA := debtest.Package{Name: "sailbox-hello-a", Version: "1.0-1"}.Deb(t)
+	debB := debtest.Package{Name: "sailbox-hello-b", Version: "2.0-1"}.Deb(t)
 	last := time.Now()
 	lap := func(what string) {
 		t.Helper()
@@ -175,44 +171,6 @@ func TestKVMInstallPackageForkSleepUpgrade(t *testing.T) {
 	lap("upgrade of the old-agent box, an install after it")
 }
 
-// The .deb the kvm test installs is one dpkg-deb accepts, with the
-// control fields and files it was given.
-func TestDebPackageDpkgDeb(t *testing.T) {
-	if _, err := exec.LookPath("dpkg-deb"); err != nil {
-		t.Skip("dpkg-deb (package dpkg) is not installed")
-	}
-	p := filepath.Join(t.TempDir(), "a.deb")
-	if err := os.WriteFile(p, debPackage(t, "sailbox-hello-a", "1.0-1"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	info, err := exec.Command("dpkg-deb", "--info", p).CombinedOutput()
-	if err != nil {
-		t.Fatalf("dpkg-deb --info: %v\n%s", err, info)
-	}
-	for _, want := range []string{" Package: sailbox-hello-a\n", " Version: 1.0-1\n", " Architecture: all\n", " postinst "} {
-		if !bytes.Contains(info, []byte(want)) {
-			t.Errorf("dpkg-deb --info lacks %q:\n%s", want, info)
-		}
-	}
-	contents, err := exec.Command("dpkg-deb", "--contents", p).CombinedOutput()
-	if err != nil {
-		t.Fatalf("dpkg-deb --contents: %v\n%s", err, contents)
-	}
-	for _, want := range []string{"./usr/bin/sailbox-hello-a\n", "./usr/share/doc/sailbox-hello-a/copyright\n"} {
-		if !bytes.Contains(contents, []byte(want)) {
-			t.Errorf("dpkg-deb --contents lacks %q:\n%s", want, contents)
-		}
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("dpkg-deb", "-x", p, dir).CombinedOutput(); err != nil {
-		t.Fatalf("dpkg-deb -x: %v\n%s", err, out)
-	}
-	out, err := exec.Command(filepath.Join(dir, "usr/bin/sailbox-hello-a")).Output()
-	if err != nil || string(out) != helloLine("sailbox-hello-a", "1.0-1") {
-		t.Errorf("the packaged program printed %q, %v", out, err)
-	}
-}
-
 // execIn execs argv in box id with working directory dir.
 func (h *host) execIn(id, dir string, argv ...string) (string, int, error) {
 	var stdout, stderr bytes.Buffer
@@ -241,8 +199,8 @@ func putFile(h *host, id, path string, data []byte) {
 func checkInstalled(h *host, id, pkg, version string) {
 	h.t.Helper()
 	checkInstalledStatus(h.t, "box "+id, h.run(id, "dpkg", "-s", pkg), version)
-	if out := h.run(id, pkg); out != helloLine(pkg, version) {
-		h.t.Errorf("box %s: %s printed %q, want %q", id, pkg, out, helloLine(pkg, version))
+	if out, want := h.run(id, pkg), (debtest.Package{Name: pkg, Version: version}).Hello(); out != want {
+		h.t.Errorf("box %s: %s printed %q, want %q", id, pkg, out, want)
 	}
 	if out := h.run(id, "cat", "/var/lib/"+pkg+"/postinst"); out != "configure\n" {
 		h.t.Errorf("box %s: %s's postinst left %q, want its configure", id, pkg, out)
@@ -269,104 +227,4 @@ func checkNotInstalled(h *host, id, pkg string) {
 	if _, code, err := h.exec(id, "test", "-e", "/usr/bin/"+pkg); err != nil || code == 0 {
 		h.t.Errorf("box %s: test -e /usr/bin/%s: exit %d, %v, want it absent", id, pkg, code, err)
 	}
-}
-
-// helloLine is what package pkg's program prints.
-func helloLine(pkg, version string) string {
-	return "hello from " + pkg + " " + version + "\n"
-}
-
-// debPackage builds a Debian binary package, Architecture all, named pkg:
-// a program /usr/bin/<pkg> that prints helloLine, a copyright file (the
-// one file under /usr/share/doc the default image's dpkg excludes keep),
-// and a postinst that leaves its first argument in /var/lib/<pkg>/postinst.
-func debPackage(t testing.TB, pkg, version string) []byte {
-	t.Helper()
-	control := fmt.Sprintf("Package: %s\nVersion: %s\nArchitecture: all\nMaintainer: Sailbox tests <tests@sailbox.invalid>\n"+
-		"Installed-Size: 1\nSection: misc\nPriority: optional\nDescription: Sailbox test package %s\n"+
-		" Installed without network by Sailbox's kvm-tier tests.\n", pkg, version, pkg)
-	postinst := fmt.Sprintf("#!/bin/sh\nset -e\nmkdir -p /var/lib/%s\necho \"$1\" > /var/lib/%s/postinst\n", pkg, pkg)
-	controlTar := tarGz(t, []tarEntry{
-		{name: "./", mode: 0o755},
-		{name: "./control", mode: 0o644, body: control},
-		{name: "./postinst", mode: 0o755, body: postinst},
-	})
-	dataTar := tarGz(t, []tarEntry{
-		{name: "./", mode: 0o755},
-		{name: "./usr/", mode: 0o755},
-		{name: "./usr/bin/", mode: 0o755},
-		{name: "./usr/bin/" + pkg, mode: 0o755, body: "#!/bin/sh\necho '" + strings.TrimSuffix(helloLine(pkg, version), "\n") + "'\n"},
-		{name: "./usr/share/", mode: 0o755},
-		{name: "./usr/share/doc/", mode: 0o755},
-		{name: "./usr/share/doc/" + pkg + "/", mode: 0o755},
-		{name: "./usr/share/doc/" + pkg + "/copyright", mode: 0o644, body: "Written for Sailbox's tests; public domain.\n"},
-	})
-	var ar bytes.Buffer
-	ar.WriteString("!<arch>\n")
-	for _, m := range []struct {
-		name string
-		data []byte
-	}{
-		{"debian-binary", []byte("2.0\n")},
-		{"control.tar.gz", controlTar},
-		{"data.tar.gz", dataTar},
-	} {
-		writeArMember(t, &ar, m.name, m.data)
-	}
-	return ar.Bytes()
-}
-
-// debEpoch is the packages' file times: 2026-01-01 00:00:00 UTC.
-const debEpoch = 1767225600
-
-// writeArMember appends one member to a common ar archive: a 60-byte
-// header (name, mtime, owner, group, octal mode, size, "`\n"), the data,
-// and a newline pad to an even offset.
-func writeArMember(t testing.TB, w *bytes.Buffer, name string, data []byte) {
-	t.Helper()
-	hdr := fmt.Sprintf("%-16s%-12d%-6d%-6d%-8o%-10d`\n", name, debEpoch, 0, 0, 0o100644, len(data))
-	if len(hdr) != 60 {
-		t.Fatalf("ar header for %s is %d bytes, want 60", name, len(hdr))
-	}
-	w.WriteString(hdr)
-	w.Write(data)
-	if len(data)%2 == 1 {
-		w.WriteByte('\n')
-	}
-}
-
-// tarEntry is a directory (a name ending in /) or a regular file.
-type tarEntry struct {
-	name string
-	mode int64
-	body string
-}
-
-// tarGz is a gzipped tar of entries, owned by root.
-func tarGz(t testing.TB, entries []tarEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for _, e := range entries {
-		h := &tar.Header{Name: e.name, Mode: e.mode, Uname: "root", Gname: "root", ModTime: time.Unix(debEpoch, 0), Format: tar.FormatGNU}
-		if strings.HasSuffix(e.name, "/") {
-			h.Typeflag = tar.TypeDir
-		} else {
-			h.Typeflag, h.Size = tar.TypeReg, int64(len(e.body))
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write([]byte(e.body)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
 }
