@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import dataclasses
 import json
 import math
@@ -215,7 +216,7 @@ class Sailbox:
         """Takes a live checkpoint of the running box."""
         return Checkpoint.from_json(self.client.call("POST", self._path("checkpoint"), expect=201, json_body={}))
 
-    def checkpoints(self) -> list[Checkpoint]:
+    def checkpoints(self) -> builtins.list[Checkpoint]:
         """Returns the box's checkpoint chain, newest first."""
         answer = self.client.call("GET", self._path("checkpoints"))
         return [Checkpoint.from_json(c) for c in answer.get("checkpoints") or ()]
@@ -224,9 +225,9 @@ class Sailbox:
     def fork(self) -> Sailbox: ...
 
     @overload
-    def fork(self, count: int) -> list[Sailbox]: ...
+    def fork(self, count: int) -> builtins.list[Sailbox]: ...
 
-    def fork(self, count: int | None = None) -> Sailbox | list[Sailbox]:
+    def fork(self, count: int | None = None) -> Sailbox | builtins.list[Sailbox]:
         """Starts new boxes from a checkpoint of this one.
 
         Without count returns the one new, running child; with count

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 import tempfile
-from typing import Any, BinaryIO, Iterable, Mapping
+from typing import Any, BinaryIO, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 from .errors import DaemonUnreachable, ProtocolError, error_from_answer
@@ -89,7 +89,7 @@ class Answer:
         self.close()
 
 
-Query = Mapping[str, str | int] | Iterable[tuple[str, str | int]]
+Query = Mapping[str, str | int] | Sequence[tuple[str, str | int]]
 
 
 class Client:
@@ -150,6 +150,11 @@ class Client:
                 raise DaemonUnreachable(
                     f"no sailboxd answers on {self.socket_path} ({e.strerror}): start one, "
                     f"or name its socket with ${SOCKET_ENV} or Client(socket_path=...)"
+                ) from e
+            except PermissionError as e:
+                raise DaemonUnreachable(
+                    f"sailboxd's socket {self.socket_path}: {e.strerror}: it is its owner's only, "
+                    "unless the daemon runs with -socket-group and you are in that group"
                 ) from e
             except (OSError, http.client.HTTPException) as e:
                 raise ProtocolError(f"{what}: {e}") from e

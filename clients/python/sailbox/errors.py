@@ -190,7 +190,7 @@ def error_from_answer(status: int, body: bytes, what: str) -> SailboxError:
     except ValueError:
         eb = None
     if isinstance(eb, dict) and isinstance(eb.get("error"), str) and eb["error"]:
-        code = eb.get("code") if isinstance(eb.get("code"), str) else ""
-        return error_for(status, code, eb["error"])
+        code = eb.get("code")
+        return error_for(status, code if isinstance(code, str) else "", eb["error"])
     text = body.decode("utf-8", "replace").strip()
     return error_for(status, "", f"{what}: {text or 'no error body'}")

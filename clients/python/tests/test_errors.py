@@ -30,7 +30,7 @@ from stub import Reply, StubDaemon, error
         (418, "teapot", sailbox.SailboxError),
     ],
 )
-def test_error_answers_map_to_types(stub: StubDaemon, client: sailbox.Client, status: int, code: str, cls: type) -> None:
+def test_error_answers_map_to_types(stub: StubDaemon, client: sailbox.Client, status: int, code: str, cls: type[sailbox.SailboxError]) -> None:
     stub.on("GET", "/v1/boxes/b1", error(status, code, f"the daemon says {code}"))
     with pytest.raises(sailbox.SailboxError) as e:
         Sailbox.get("b1", client=client)

@@ -161,3 +161,12 @@ def test_exec_stream_close_early(stub: StubDaemon, client: sailbox.Client) -> No
     with pytest.raises(StopIteration):
         next(s)
     assert s.exit is None
+
+
+def test_exec_stdin_is_base64(stub: StubDaemon, client: sailbox.Client) -> None:
+    box = running(stub, client)
+    stub.on("POST", "/v1/boxes/b1/exec", stream({"exit": {"exit_code": 0}}))
+    box.exec(["cat"], stdin="ä\x00")
+    assert base64.b64decode(stub.last().json()["stdin"]) == "ä\x00".encode()
+    box.exec(["cat"], stdin=b"\xff")
+    assert stub.last().json()["stdin"] == "/w=="
