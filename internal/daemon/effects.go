@@ -217,7 +217,7 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 	var err error
 	if act == lifecycle.ActForkLive {
 		if ck, err = m.checkpoint(ctx, b); err != nil {
-			return nil, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+			return nil, ck, err
 		}
 	} else {
 		if b.LastCheckpoint == "" {
@@ -232,10 +232,7 @@ func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action
 		}
 	}
 	children, err := m.restoreChildren(ctx, b, ck, count)
-	if err != nil {
-		return nil, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
-	}
-	return children, ck, nil
+	return children, ck, err
 }
 
 // newChild returns a new fork of b, based on checkpoint ck, recorded as
@@ -259,7 +256,10 @@ func (m *Manager) newChild(b *catalog.Box, ck string) (catalog.Box, error) {
 	}
 	err = m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(child) })
 	release() // recorded Creating: the catalog counts it now
-	return child, err
+	if err != nil {
+		return child, fmt.Errorf("box %s: fork: %w", b.ID, err)
+	}
+	return child, nil
 }
 
 // forkLive starts a child of running b from a new checkpoint of it,
@@ -272,7 +272,7 @@ func (m *Manager) forkLive(ctx context.Context, b *catalog.Box) (catalog.Box, ca
 	child, err := m.newChild(b, ck.ID)
 	if err != nil {
 		m.abortCheckpoint(ck.ID)
-		return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+		return child, ck, err
 	}
 	undo := func(err error) (catalog.Box, catalog.Checkpoint, error) {
 		m.discardNewBox(ctx, child.ID)
@@ -322,7 +322,7 @@ func (m *Manager) restoreChildren(ctx context.Context, b *catalog.Box, ck catalo
 				err = m.save(*c)
 			}
 			if err != nil {
-				errs[i] = fmt.Errorf("child %s: %w", c.ID, err)
+				errs[i] = fmt.Errorf("box %s: fork: child %s: %w", b.ID, c.ID, err)
 			}
 		})
 	}
