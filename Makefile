@@ -7,6 +7,10 @@ SHELL := /bin/bash
 .ONESHELL:
 export PATH := /usr/local/go/bin:$(PATH)
 export SAILBOX_CACHE ?= $(HOME)/.cache/sailbox
+# The interpreter of the Python client's tests (Debian's: build/deps.sh
+# installs it with pytest and setuptools); the Go tests that run the
+# client, in the lab too, use it.
+export SAILBOX_PYTHON ?= /usr/bin/python3
 
 .PHONY: demo test bench stress soak chaos deps kernel initramfs image lab-kernel fuzz
 
@@ -35,6 +39,8 @@ test: deps
 	go vet ./...
 	echo "== unit tier (host)"
 	go test -count=1 ./...
+	echo "== python client (pytest, host)"
+	PYTHONDONTWRITEBYTECODE=1 "$$SAILBOX_PYTHON" -m pytest -q -p no:cacheprovider clients/python
 	echo "== kvm tier (real /dev/kvm)"
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	export SAILBOX_OLD_GUEST_INITRAMFS=$$(guestagent/initramfs.sh --rev $(PREVIOUS_AGENT_REV))

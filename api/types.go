@@ -46,6 +46,19 @@ type Box struct {
 	// box has no network (it was created with no_network, or before
 	// boxes had networks).
 	Network *NetworkPolicy `json:"network,omitempty"`
+	// Labels are the box's labels, as its create set them (a fork's
+	// as its parent's); absent: none.
+	Labels map[string]string `json:"labels,omitempty"`
+	// IdleTimeoutSeconds, if positive, is how long the box may run
+	// unused (no exec, no file call, no connection on an exposed port)
+	// before the daemon puts it to sleep.
+	IdleTimeoutSeconds int64 `json:"idle_timeout_seconds,omitempty"`
+	// TTLSeconds is the box's time to live as last set, by create or
+	// extend; 0: the box does not expire.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+	// ExpiresAt is when the daemon terminates the box unless it is
+	// extended; absent when it has no TTL.
+	ExpiresAt *time.Time `json:"expires_at,omitempty"`
 }
 
 // NetworkPolicy is a box's egress policy, enforced by its network when
@@ -121,6 +134,44 @@ type CreateRequest struct {
 	// (400, naming it). Forks inherit the policy.
 	Allow []string `json:"allow,omitempty"`
 	Deny  []string `json:"deny,omitempty"`
+	// Labels are free key=value tags, at most MaxLabels: a key is 1 to
+	// 63 characters of letters, digits, '.', '_', '-' and '/', starting
+	// with a letter or digit; a value at most 255 characters, none of
+	// them a control character. List filters on them
+	// (GET /v1/boxes?label=k=v). Forks inherit them.
+	Labels map[string]string `json:"labels,omitempty"`
+	// IdleTimeoutSeconds, if positive, puts the box to sleep once it
+	// has run that long with no exec, no file call and no connection on
+	// an exposed port (none in flight, none open); the usual wake rules
+	// then apply. Forks inherit it.
+	IdleTimeoutSeconds int64 `json:"idle_timeout_seconds,omitempty"`
+	// TTLSeconds, if positive, terminates the box that long after its
+	// creation unless extended (POST /v1/boxes/{id}/extend). Forks
+	// inherit it, counted from their own creation.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// Bounds on a create's policies.
+const (
+	MaxLabels = 64
+	// MaxPolicySeconds bounds idle_timeout_seconds and ttl_seconds (and
+	// extend's): ten years.
+	MaxPolicySeconds = 10 * 365 * 24 * 3600
+	// MaxForkCount bounds a fork's count.
+	MaxForkCount = 64
+)
+
+// ExtendRequest sets a box's expiry to now plus TTLSeconds (positive).
+type ExtendRequest struct {
+	TTLSeconds int64 `json:"ttl_seconds"`
+}
+
+// ForkRequest asks for Count children (1 to MaxForkCount; 0 means 1),
+// all restored from one checkpoint of the parent and started
+// concurrently: all of them start, or none is left (the children that
+// started are terminated and the error returned).
+type ForkRequest struct {
+	Count int `json:"count,omitempty"`
 }
 
 // NetworkStats are the counters of a box's network, since it last
@@ -172,10 +223,11 @@ type CheckpointList struct {
 	Checkpoints []Checkpoint `json:"checkpoints"`
 }
 
-// ForkResponse is the answer to fork: the new, running child and the
-// checkpoint it was restored from.
+// ForkResponse is the answer to fork: the new, running children (Box is
+// the first of Boxes) and the checkpoint they were restored from.
 type ForkResponse struct {
 	Box        Box        `json:"box"`
+	Boxes      []Box      `json:"boxes"`
 	Checkpoint Checkpoint `json:"checkpoint"`
 }
 

@@ -14,6 +14,7 @@ packages=(
   e2fsprogs          # mkfs.ext4 for test disk images and the box image (image/), debugfs and e2fsck to check it
   busybox-static     # the guest's shell and tools, copied into the initramfs
   mmdebstrap         # the default box image (Debian bookworm) from Debian's archive: image/build.sh
+  python3 python3-pytest python3-setuptools  # the Python client (clients/python): its tests, and pip install --no-build-isolation
 )
 
 missing=()

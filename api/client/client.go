@@ -21,9 +21,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 )
@@ -87,13 +90,22 @@ type ListOptions struct {
 	// MaxGuestSchemaVersion, if not nil, lists only boxes whose agent
 	// reports at most this version.
 	MaxGuestSchemaVersion *int
+	// Labels lists only boxes that carry every one of these labels.
+	Labels map[string]string
 }
 
 // List returns the host's boxes.
 func (c *Client) List(ctx context.Context, opts ListOptions) ([]api.Box, error) {
-	p := "/v1/boxes"
+	q := url.Values{}
 	if opts.MaxGuestSchemaVersion != nil {
-		p += "?max_guest_schema_version=" + strconv.Itoa(*opts.MaxGuestSchemaVersion)
+		q.Set("max_guest_schema_version", strconv.Itoa(*opts.MaxGuestSchemaVersion))
+	}
+	for _, k := range slices.Sorted(maps.Keys(opts.Labels)) {
+		q.Add("label", k+"="+opts.Labels[k])
+	}
+	p := "/v1/boxes"
+	if len(q) > 0 {
+		p += "?" + q.Encode()
 	}
 	var l api.BoxList
 	return l.Boxes, c.doJSON(ctx, "GET", p, nil, http.StatusOK, &l)
@@ -132,8 +144,20 @@ func (c *Client) Checkpoint(ctx context.Context, id string) (api.Checkpoint, err
 
 // Fork starts a new box from box id.
 func (c *Client) Fork(ctx context.Context, id string) (api.ForkResponse, error) {
+	return c.ForkN(ctx, id, 1)
+}
+
+// ForkN starts count new boxes from one checkpoint of box id, all or
+// none.
+func (c *Client) ForkN(ctx context.Context, id string, count int) (api.ForkResponse, error) {
 	var res api.ForkResponse
-	return res, c.doJSON(ctx, "POST", boxPath(id, "fork"), api.Empty{}, http.StatusCreated, &res)
+	return res, c.doJSON(ctx, "POST", boxPath(id, "fork"), api.ForkRequest{Count: count}, http.StatusCreated, &res)
+}
+
+// Extend sets box id's expiry to ttl (whole seconds) from now.
+func (c *Client) Extend(ctx context.Context, id string, ttl time.Duration) (api.Box, error) {
+	var b api.Box
+	return b, c.doJSON(ctx, "POST", boxPath(id, "extend"), api.ExtendRequest{TTLSeconds: int64(ttl / time.Second)}, http.StatusOK, &b)
 }
 
 func (c *Client) boxCall(ctx context.Context, id, call string) (api.Box, error) {

@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,12 +50,13 @@ var commands map[string]*command
 
 func init() {
 	commands = map[string]*command{
-		"create":      {args: "[-mem MiB] [-cpus N] [-image REF] [-disk-size SIZE] [-no-internet] [-allow RULE]... [-deny RULE]... [-no-network]", help: "create a new box (restored from its template checkpoint), with a network of its own unless -no-network", nargs: 0, flags: createFlags, run: runCreate},
-		"ls":          {args: "[-max-schema N]", help: "list boxes (-max-schema: those whose agent needs an upgrade)", nargs: 0, flags: lsFlags, run: runList},
+		"create":      {args: "[-mem MiB] [-cpus N] [-image REF] [-disk-size SIZE] [-no-internet] [-allow RULE]... [-deny RULE]... [-no-network] [-label KEY=VALUE]... [-idle-timeout D] [-ttl D]", help: "create a new box (restored from its template checkpoint), with a network of its own unless -no-network", nargs: 0, flags: createFlags, run: runCreate},
+		"ls":          {args: "[-max-schema N] [-label KEY=VALUE]...", help: "list boxes (-max-schema: those whose agent needs an upgrade; -label: those carrying every label given)", nargs: 0, flags: lsFlags, run: runList},
+		"extend":      {args: "ID DURATION", help: "set the box's expiry to DURATION (1h, 30m) from now", nargs: 2, run: runExtend},
 		"get":         {args: "ID", help: "show a box", nargs: 1, run: boxCall((*client.Client).Get)},
 		"checkpoint":  {args: "ID", help: "checkpoint a running box; it keeps running", nargs: 1, run: runCheckpoint},
 		"checkpoints": {args: "ID", help: "list a box's checkpoint chain, newest first", nargs: 1, run: runCheckpoints},
-		"fork":        {args: "ID", help: "start a new box from this one", nargs: 1, run: runFork},
+		"fork":        {args: "[-count N] ID", help: "start new boxes from one checkpoint of this one (all or none)", nargs: 1, flags: forkFlags, run: runFork},
 		"pause":       {args: "ID", help: "checkpoint and power down until resume", nargs: 1, run: boxCall((*client.Client).Pause)},
 		"sleep":       {args: "ID", help: "checkpoint and power down until used", nargs: 1, run: boxCall((*client.Client).Sleep)},
 		"resume":      {args: "ID", help: "restore a paused or sleeping box", nargs: 1, run: boxCall((*client.Client).Resume)},
@@ -68,14 +71,18 @@ func init() {
 		"net":         {args: "ID", help: "show the counters of the box's network (since its VM last started)", nargs: 1, run: runNet},
 	}
 	commands["terminate"] = commands["rm"]
+	commands["list"] = commands["ls"]
 }
+
+// aliases are commands' other names, left out of the usage.
+var aliases = map[string]bool{"terminate": true, "list": true}
 
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: sail [-socket PATH] [--json] COMMAND [ARGS]")
 	fmt.Fprintln(w, "\ncommands:")
 	names := make([]string, 0, len(commands))
 	for n := range commands {
-		if n != "terminate" {
+		if !aliases[n] {
 			names = append(names, n)
 		}
 	}
@@ -185,7 +192,25 @@ func printBox(w io.Writer, b api.Box) {
 		fmt.Fprintf(tw, "port\t%s → guest %d\n", p.HostAddr, p.GuestPort)
 	}
 	fmt.Fprintf(tw, "network\t%s\n", fmtNetwork(b.Network))
+	if len(b.Labels) > 0 {
+		fmt.Fprintf(tw, "labels\t%s\n", fmtLabels(b.Labels))
+	}
+	if b.IdleTimeoutSeconds > 0 {
+		fmt.Fprintf(tw, "idle timeout\t%s\n", time.Duration(b.IdleTimeoutSeconds)*time.Second)
+	}
+	if b.ExpiresAt != nil {
+		fmt.Fprintf(tw, "expires\t%s (ttl %s)\n", fmtTime(b.ExpiresAt), time.Duration(b.TTLSeconds)*time.Second)
+	}
 	tw.Flush()
+}
+
+// fmtLabels is a box's labels in one line, sorted: k=v k=v.
+func fmtLabels(labels map[string]string) string {
+	var kvs []string
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		kvs = append(kvs, k+"="+labels[k])
+	}
+	return strings.Join(kvs, " ")
 }
 
 // fmtNetwork is a box's network policy in one line.
@@ -215,6 +240,37 @@ func createFlags(fs *flag.FlagSet) {
 	fs.Bool("no-internet", false, "refuse every outbound connection that -allow does not name")
 	fs.Var(new(stringList), "allow", "let connections to this `RULE` through, even to the host (192.168.127.254 is the host's 127.0.0.1): a CIDR block, an address or a domain covering its subdomains (repeatable)")
 	fs.Var(new(stringList), "deny", "refuse connections to this `RULE`, whatever -allow says (repeatable)")
+	fs.Var(labelFlags{}, "label", "label the box `KEY=VALUE` (repeatable; ls -label filters on it)")
+	fs.Duration("idle-timeout", 0, "put the box to sleep once it has run this long unused: no exec, file call or exposed-port connection (0: never)")
+	fs.Duration("ttl", 0, "terminate the box this long after its creation unless extended (0: never)")
+}
+
+// labelFlags collects repeated -label KEY=VALUE.
+type labelFlags map[string]string
+
+func (l labelFlags) String() string { return fmtLabels(l) }
+
+func (l labelFlags) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not KEY=VALUE", v)
+	}
+	l[k] = val
+	return nil
+}
+
+// seconds is d in whole seconds, for a policy flag named name: 0 stays
+// 0, anything else must be at least a second.
+func seconds(name string, d time.Duration) (int64, error) {
+	if d != 0 && d < time.Second {
+		return 0, fmt.Errorf("-%s %s: at least a second, or 0", name, d)
+	}
+	return int64(d / time.Second), nil
+}
+
+func durationFlag(fs *flag.FlagSet, name string) (int64, error) {
+	d, _ := time.ParseDuration(fs.Lookup(name).Value.String())
+	return seconds(name, d)
 }
 
 // stringList is a repeatable flag's values.
@@ -233,13 +289,24 @@ func intFlag(fs *flag.FlagSet, name string) int {
 }
 
 func runCreate(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	idle, err := durationFlag(fs, "idle-timeout")
+	if err != nil {
+		return err
+	}
+	ttl, err := durationFlag(fs, "ttl")
+	if err != nil {
+		return err
+	}
 	b, err := s.c.Create(ctx, api.CreateRequest{
 		MemoryMiB: intFlag(fs, "mem"), VCPUs: intFlag(fs, "cpus"), Image: fs.Lookup("image").Value.String(),
-		DiskSizeBytes: int64(*fs.Lookup("disk-size").Value.(*byteSize)),
-		NoNetwork:     fs.Lookup("no-network").Value.String() == "true",
-		NoInternet:    fs.Lookup("no-internet").Value.String() == "true",
-		Allow:         *fs.Lookup("allow").Value.(*stringList),
-		Deny:          *fs.Lookup("deny").Value.(*stringList),
+		DiskSizeBytes:      int64(*fs.Lookup("disk-size").Value.(*byteSize)),
+		NoNetwork:          fs.Lookup("no-network").Value.String() == "true",
+		NoInternet:         fs.Lookup("no-internet").Value.String() == "true",
+		Allow:              *fs.Lookup("allow").Value.(*stringList),
+		Deny:               *fs.Lookup("deny").Value.(*stringList),
+		Labels:             fs.Lookup("label").Value.(labelFlags),
+		IdleTimeoutSeconds: idle,
+		TTLSeconds:         ttl,
 	})
 	if err != nil {
 		return err
@@ -249,6 +316,7 @@ func runCreate(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) err
 
 func lsFlags(fs *flag.FlagSet) {
 	fs.Int("max-schema", -1, "only boxes whose guest agent reports at most this schema version")
+	fs.Var(labelFlags{}, "label", "only boxes labelled `KEY=VALUE` (repeatable: every one)")
 }
 
 func runList(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
@@ -256,6 +324,7 @@ func runList(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error
 	if n := intFlag(fs, "max-schema"); n >= 0 {
 		opts.MaxGuestSchemaVersion = &n
 	}
+	opts.Labels = fs.Lookup("label").Value.(labelFlags)
 	boxes, err := s.c.List(ctx, opts)
 	if err != nil {
 		return err
@@ -308,12 +377,35 @@ func runCheckpoints(ctx context.Context, s *cli, _ *flag.FlagSet, args []string)
 	})
 }
 
-func runFork(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
-	res, err := s.c.Fork(ctx, args[0])
+func forkFlags(fs *flag.FlagSet) {
+	fs.Int("count", 1, "how many children, all from one checkpoint, started concurrently")
+}
+
+func runFork(ctx context.Context, s *cli, fs *flag.FlagSet, args []string) error {
+	res, err := s.c.ForkN(ctx, args[0], intFlag(fs, "count"))
 	if err != nil {
 		return err
 	}
-	return s.print(res, func(w io.Writer) { fmt.Fprintln(w, res.Box.ID) })
+	return s.print(res, func(w io.Writer) {
+		for _, b := range res.Boxes {
+			fmt.Fprintln(w, b.ID)
+		}
+	})
+}
+
+func runExtend(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
+	d, err := time.ParseDuration(args[1])
+	if err != nil {
+		return fmt.Errorf("%q is not a duration (1h, 30m)", args[1])
+	}
+	if d < time.Second {
+		return fmt.Errorf("extend by %s: at least a second", d)
+	}
+	b, err := s.c.Extend(ctx, args[0], d)
+	if err != nil {
+		return err
+	}
+	return s.print(b, func(w io.Writer) { fmt.Fprintf(w, "%s expires at %s\n", b.ID, fmtTime(b.ExpiresAt)) })
 }
 
 func runUpgrade(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {

@@ -207,3 +207,54 @@ func TestCLINetwork(t *testing.T) {
 		t.Errorf("create with a bad rule: %v", err)
 	}
 }
+
+func TestCLIPolicies(t *testing.T) {
+	env := servertest.Start(t, nil)
+	s := &sailer{t: t, env: env, sock: env.Socket}
+
+	var b api.Box
+	if err := json.Unmarshal([]byte(s.ok("--json", "create", "--label", "team=ml", "-label", "app=eval", "--idle-timeout", "5m", "--ttl", "1h")), &b); err != nil {
+		t.Fatal(err)
+	}
+	if b.Labels["team"] != "ml" || b.Labels["app"] != "eval" || b.IdleTimeoutSeconds != 300 || b.TTLSeconds != 3600 || b.ExpiresAt == nil {
+		t.Fatalf("created %+v", b)
+	}
+	other := strings.TrimSpace(s.ok("create", "-label", "team=web"))
+	if get := s.ok("get", b.ID); !strings.Contains(get, "app=eval team=ml") || !strings.Contains(get, "idle timeout     5m0s") || !strings.Contains(get, "(ttl 1h0m0s)") {
+		t.Errorf("get:\n%s", get)
+	}
+	if ls := s.ok("list", "--label", "team=ml"); !strings.Contains(ls, b.ID) || strings.Contains(ls, other) {
+		t.Errorf("list --label team=ml:\n%s", ls)
+	}
+	if ls := s.ok("ls", "-label", "team=ml", "-label", "app=none"); strings.Contains(ls, b.ID) {
+		t.Errorf("ls with a label no box has:\n%s", ls)
+	}
+	if out := s.ok("extend", b.ID, "2h"); !strings.HasPrefix(out, b.ID+" expires at ") {
+		t.Errorf("extend: %q", out)
+	}
+	var x api.Box
+	json.Unmarshal([]byte(s.ok("--json", "get", b.ID)), &x)
+	if x.TTLSeconds != 7200 || !x.ExpiresAt.After(*b.ExpiresAt) {
+		t.Errorf("after extend 2h: ttl %d, expires %v (was %v)", x.TTLSeconds, x.ExpiresAt, b.ExpiresAt)
+	}
+	kids := strings.Fields(s.ok("fork", "--count", "3", b.ID))
+	if len(kids) != 3 {
+		t.Fatalf("fork --count 3 printed %q", kids)
+	}
+	if ls := s.ok("ls", "-label", "app=eval"); strings.Count(ls, "\n") != 5 { // a header, the parent and 3 children
+		t.Errorf("the children inherit the labels:\n%s", ls)
+	}
+	if one := strings.Fields(s.ok("fork", b.ID)); len(one) != 1 {
+		t.Errorf("fork printed %q", one)
+	}
+	for _, args := range [][]string{
+		{"create", "-label", "novalue"}, {"create", "-ttl", "10ms"}, {"extend", b.ID, "soon"}, {"extend", b.ID, "0s"},
+	} {
+		if _, _, err := s.sail(args...); err == nil {
+			t.Errorf("sail %s succeeded", strings.Join(args, " "))
+		}
+	}
+	if _, _, err := s.sail("fork", "-count", "65", b.ID); err == nil {
+		t.Error("fork -count 65 succeeded")
+	}
+}

@@ -7,7 +7,7 @@ import (
 
 // CallObserver hears every lifecycle call the API serves (the routes
 // with a call name in the route table: create, checkpoint, fork, pause,
-// sleep, resume, connect, upgrade, terminate, exec, read_file,
+// sleep, resume, connect, upgrade, extend, terminate, exec, read_file,
 // write_file, expose, unexpose, inference) when its handler returns: how
 // long it took, and the error code it answered with (api.Code*, the
 // classification of statusOf), "" if it succeeded. An exec or a file

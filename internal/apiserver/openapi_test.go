@@ -149,6 +149,7 @@ func TestOpenAPISchemas(t *testing.T) {
 		"ExposeRequest": api.ExposeRequest{}, "ExecRequest": api.ExecRequest{}, "ExecEvent": api.ExecEvent{},
 		"ExecResult": api.ExecResult{}, "WriteFileResponse": api.WriteFileResponse{}, "ErrorBody": api.ErrorBody{},
 		"NetworkPolicy": api.NetworkPolicy{}, "NetworkStats": api.NetworkStats{},
+		"ForkRequest": api.ForkRequest{}, "ExtendRequest": api.ExtendRequest{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

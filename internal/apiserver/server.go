@@ -136,6 +136,7 @@ func (s *Server) routes() []route {
 		{Route{"POST", "/v1/boxes/{id}/resume"}, "resume", s.boxCall(s.m.Resume)},
 		{Route{"POST", "/v1/boxes/{id}/connect"}, "connect", s.boxCall(s.m.Connect)},
 		{Route{"POST", "/v1/boxes/{id}/upgrade"}, "upgrade", s.upgrade},
+		{Route{"POST", "/v1/boxes/{id}/extend"}, "extend", s.extend},
 		{Route{"POST", "/v1/boxes/{id}/exec"}, "exec", s.exec},
 		{Route{"GET", "/v1/boxes/{id}/files"}, "read_file", s.readFile},
 		{Route{"PUT", "/v1/boxes/{id}/files"}, "write_file", uploading(s.writeFile)},
@@ -321,6 +322,22 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) error {
 		}
 		f.MaxGuestSchemaVersion = &n
 	}
+	for _, kv := range r.URL.Query()["label"] {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return badRequest("label %q is not KEY=VALUE", kv)
+		}
+		if err := daemon.CheckLabel(k, v); err != nil {
+			return err
+		}
+		if f.Labels == nil {
+			f.Labels = map[string]string{}
+		}
+		if old, dup := f.Labels[k]; dup && old != v {
+			return badRequest("label %s is asked for twice, with two values", k)
+		}
+		f.Labels[k] = v
+	}
 	boxes, err := s.m.List(r.Context(), f)
 	if err != nil {
 		return err
@@ -372,14 +389,27 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) fork(w http.ResponseWriter, r *http.Request) error {
-	if err := decode(w, r, maxRequest, &api.Empty{}); err != nil {
+	var req api.ForkRequest
+	if err := decode(w, r, maxRequest, &req); err != nil {
 		return err
 	}
-	res, err := s.m.Fork(r.Context(), r.PathValue("id"))
+	res, err := s.m.Fork(r.Context(), r.PathValue("id"), req)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusCreated, res)
+}
+
+func (s *Server) extend(w http.ResponseWriter, r *http.Request) error {
+	var req api.ExtendRequest
+	if err := decode(w, r, maxRequest, &req); err != nil {
+		return err
+	}
+	b, err := s.m.Extend(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, b)
 }
 
 // boxCall serves a call that takes no arguments and answers the box.

@@ -89,6 +89,14 @@ type Box struct {
 	// that crashes before deleting the record finishes the terminate at
 	// its next start instead of bringing the box back.
 	Terminating bool `json:"terminating,omitempty"`
+	// The box's lifecycle policies (internal/daemon's policies.go):
+	// its labels; the idle time after which the daemon puts it to
+	// sleep; its TTL as last set and the instant it expires (zero: it
+	// does not).
+	Labels             map[string]string `json:"labels,omitempty"`
+	IdleTimeoutSeconds int64             `json:"idle_timeout_seconds,omitempty"`
+	TTLSeconds         int64             `json:"ttl_seconds,omitempty"`
+	ExpiresAt          time.Time         `json:"expires_at,omitzero"`
 }
 
 // Head is the newest checkpoint of the box's chain: LastCheckpoint, or

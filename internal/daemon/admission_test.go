@@ -50,18 +50,18 @@ func TestAdmission(t *testing.T) {
 	}
 	_, err = m.Create(ctx, api.CreateRequest{MemoryMiB: 64})
 	refused("create past the box limit", err)
-	_, err = m.Fork(ctx, a.ID)
+	_, err = m.Fork(ctx, a.ID, api.ForkRequest{})
 	refused("fork past the box limit", err)
 	if _, err := m.Sleep(ctx, b.ID); err != nil {
 		t.Fatal(err)
 	}
 	free = 50
-	_, err = m.Fork(ctx, a.ID)
+	_, err = m.Fork(ctx, a.ID, api.ForkRequest{})
 	refused("fork with the disk nearly full", err)
 	_, err = m.Resume(ctx, b.ID)
 	refused("wake with the disk nearly full", err)
 	free = 1000
-	f, err := m.Fork(ctx, a.ID)
+	f, err := m.Fork(ctx, a.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatalf("fork with room: %v", err)
 	}

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path"
-	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
@@ -49,11 +49,16 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 	if spec.Net, err = netPolicy(req); err != nil { // see network.go
 		return api.Box{}, fmt.Errorf("create: %w", err)
 	}
+	pol, err := createPolicies(req) // see policies.go
+	if err != nil {
+		return api.Box{}, fmt.Errorf("create: %w", err)
+	}
 	release, err := m.admit("create", spec.MemoryMiB)
 	if err != nil {
 		return api.Box{}, err
 	}
-	b := catalog.Box{ID: m.newID(), State: lifecycle.Creating, Created: time.Now().UTC(), HostID: m.hostID, Spec: spec}
+	b := catalog.Box{ID: m.newID(), State: lifecycle.Creating, Created: m.clock.Now().UTC(), HostID: m.hostID, Spec: spec}
+	pol.setOn(&b)
 	unlock := m.lock(b.ID)
 	defer unlock()
 	err = m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(b) })
@@ -74,6 +79,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Box, e
 		m.discardNewBox(ctx, b.ID)
 		return api.Box{}, fmt.Errorf("create box %s: %w", b.ID, err)
 	}
+	m.armExpiry(b) // its idle timer started with OpBooted
 	m.log.Info("box created", "box", b.ID, "memory_mib", spec.MemoryMiB, "vcpus", spec.VCPUs, "guest_schema_version", b.GuestSchemaVersion, "template", b.Template, "network", spec.Net != nil)
 	return m.box(b.ID)
 }
@@ -132,6 +138,11 @@ func toAPI(tx *catalog.Tx, b catalog.Box) (api.Box, error) {
 		LastCheckpointID: b.LastCheckpoint, ParentID: b.ParentID, HostID: b.HostID,
 		PendingUpgrade: b.PendingUpgrade, MemoryMiB: b.Spec.MemoryMiB, VCPUs: b.Spec.VCPUs, DiskSizeBytes: b.Spec.DiskSizeBytes,
 		Ports: []api.Port{}, Network: networkToAPI(b.Spec.Net),
+		Labels: maps.Clone(b.Labels), IdleTimeoutSeconds: b.IdleTimeoutSeconds, TTLSeconds: b.TTLSeconds,
+	}
+	if !b.ExpiresAt.IsZero() {
+		t := b.ExpiresAt.UTC()
+		out.ExpiresAt = &t
 	}
 	if b.LastCheckpoint != "" {
 		ck, err := tx.Checkpoint(b.LastCheckpoint)
@@ -159,6 +170,8 @@ type ListFilter struct {
 	// MaxGuestSchemaVersion, if not nil, keeps boxes whose guest agent
 	// reports at most this version: those that still need an upgrade.
 	MaxGuestSchemaVersion *int
+	// Labels keeps boxes that carry every one of these labels.
+	Labels map[string]string
 }
 
 // List returns the boxes that pass f, sorted by ID.
@@ -171,6 +184,9 @@ func (m *Manager) List(ctx context.Context, f ListFilter) ([]api.Box, error) {
 		}
 		for _, b := range boxes {
 			if f.MaxGuestSchemaVersion != nil && b.GuestSchemaVersion > *f.MaxGuestSchemaVersion {
+				continue
+			}
+			if !hasLabels(b, f.Labels) {
 				continue
 			}
 			ab, err := toAPI(tx, b)
@@ -219,19 +235,32 @@ func (m *Manager) Checkpoint(ctx context.Context, id string) (api.Checkpoint, er
 	return checkpointToAPI(out.checkpoint), nil
 }
 
-// Fork starts a new running box from box id: live from a running box,
-// from its last checkpoint (without waking it) from a paused or sleeping
-// one.
-func (m *Manager) Fork(ctx context.Context, id string) (api.ForkResponse, error) {
-	var out outcome
+// Fork starts req.Count (0: 1) new running boxes from box id, all from
+// one checkpoint: live from a running box, from its last checkpoint
+// (without waking it) from a paused or sleeping one. The children start
+// concurrently; if one fails, those that started are stopped and
+// forgotten, and the error is returned.
+func (m *Manager) Fork(ctx context.Context, id string, req api.ForkRequest) (api.ForkResponse, error) {
+	if req.Count == 0 {
+		req.Count = 1
+	}
+	if req.Count < 1 || req.Count > api.MaxForkCount {
+		return api.ForkResponse{}, fmt.Errorf("fork: %w: count %d is outside [1, %d]", ErrInvalidArgument, req.Count, api.MaxForkCount)
+	}
+	out := outcome{forkCount: req.Count}
 	if _, err := m.change(ctx, id, lifecycle.OpFork, &out); err != nil {
 		return api.ForkResponse{}, err
 	}
-	child, err := m.box(out.child.ID)
-	if err != nil {
-		return api.ForkResponse{}, err
+	res := api.ForkResponse{Checkpoint: checkpointToAPI(out.checkpoint)}
+	for _, c := range out.children {
+		child, err := m.box(c.ID)
+		if err != nil {
+			return api.ForkResponse{}, err
+		}
+		res.Boxes = append(res.Boxes, child)
 	}
-	return api.ForkResponse{Box: child, Checkpoint: checkpointToAPI(out.checkpoint)}, nil
+	res.Box = res.Boxes[0]
+	return res, nil
 }
 
 // Pause checkpoints running box id and powers it down until a resume or
@@ -301,6 +330,11 @@ func (m *Manager) Upgrade(ctx context.Context, id string) (api.UpgradeResponse, 
 func (m *Manager) Terminate(ctx context.Context, id string) (api.TerminateResponse, error) {
 	unlock := m.lock(id)
 	defer unlock()
+	return m.terminate(ctx, id)
+}
+
+// terminate terminates box id, whose lock the caller holds.
+func (m *Manager) terminate(ctx context.Context, id string) (api.TerminateResponse, error) {
 	var out outcome
 	b, err := m.apply(ctx, id, lifecycle.OpTerminate, &out)
 	if err != nil {
@@ -332,6 +366,7 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest, stdo
 	if req.TimeoutMS < 0 {
 		return api.ExecResult{}, fmt.Errorf("exec: %w: negative timeout", ErrInvalidArgument)
 	}
+	defer m.beginUse(id)()
 	if err := m.use(ctx, id, lifecycle.OpExec); err != nil {
 		return api.ExecResult{}, err
 	}
@@ -367,6 +402,7 @@ func (m *Manager) ReadFile(ctx context.Context, id, p string, w io.Writer) (int6
 	if err := checkGuestPath(p); err != nil {
 		return 0, err
 	}
+	defer m.beginUse(id)()
 	if err := m.use(ctx, id, lifecycle.OpFile); err != nil {
 		return 0, err
 	}
@@ -386,6 +422,7 @@ func (m *Manager) WriteFile(ctx context.Context, id, p string, r io.Reader, opts
 	if opts.Mode > 0o777 {
 		return 0, fmt.Errorf("%w: mode %#o has bits beyond 0777", ErrInvalidArgument, opts.Mode)
 	}
+	defer m.beginUse(id)()
 	if err := m.use(ctx, id, lifecycle.OpFile); err != nil {
 		return 0, err
 	}

@@ -76,6 +76,9 @@ type Config struct {
 	Observer Observer
 	// NewID makes box IDs; nil uses "sb-" and 12 random hex digits.
 	NewID func() string
+	// Clock runs the boxes' idle timeouts and TTLs; nil is the wall
+	// clock.
+	Clock Clock
 }
 
 // Manager owns the host's boxes. Its methods are safe for concurrent use.
@@ -92,6 +95,7 @@ type Manager struct {
 	log       *slog.Logger
 	obs       Observer
 	newID     func() string
+	clock     Clock
 
 	locks sync.Map   // box ID → *sync.Mutex, held for every change of the box
 	gcMu  sync.Mutex // one collection of unreferenced checkpoints at a time
@@ -102,6 +106,8 @@ type Manager struct {
 	exitsMu sync.Mutex             // guards exits
 	exits   map[string][]time.Time // recent exits of each box's VM on its own
 
+	uses   usage    // idle timeouts: see idle.go
+	exp    expiries // TTLs: see policies.go
 	fwd    forwards
 	closed atomic.Bool // Close was called
 }
@@ -113,8 +119,13 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{
 		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, store: cfg.Store, limits: cfg.Limits,
-		minSchema: cfg.MinResumableSchema, templates: cfg.Templates, log: cfg.Logger, newID: cfg.NewID,
+		minSchema: cfg.MinResumableSchema, templates: cfg.Templates, log: cfg.Logger, newID: cfg.NewID, clock: cfg.Clock,
 	}
+	if m.clock == nil {
+		m.clock = wallClock{}
+	}
+	m.uses.boxes = map[string]*boxUse{}
+	m.exp.timers = map[string]Timer{}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
 	}
@@ -147,11 +158,12 @@ func randomID() string {
 func (m *Manager) HostID() string { return m.hostID }
 
 // Close stops the exposed ports' listeners and waits for their
-// connections to end, and stops acting on VMs that exit. Boxes' VMs keep
-// running.
+// connections to end, and stops acting on VMs that exit and on the
+// boxes' idle timeouts and TTLs. Boxes' VMs keep running.
 func (m *Manager) Close() error {
 	m.closed.Store(true)
 	m.be.Watch(nil)
+	m.stopPolicyTimers()
 	m.fwd.closeAll()
 	return nil
 }

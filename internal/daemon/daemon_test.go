@@ -29,7 +29,8 @@ type env struct {
 	m    *daemon.Manager
 	ctx  context.Context
 
-	templates bool // daemon.Config.Templates
+	templates bool         // daemon.Config.Templates
+	clock     daemon.Clock // daemon.Config.Clock
 }
 
 func newEnv(t *testing.T) *env {
@@ -46,7 +47,7 @@ func (e *env) open() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: e.fake, HostID: "host-a", Templates: e.templates})
+	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: e.fake, HostID: "host-a", Templates: e.templates, Clock: e.clock})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -231,7 +232,7 @@ func TestFork(t *testing.T) {
 	p := e.create()
 	e.exec(p.ID, "write", "/f", "parent")
 	// Live fork of a running box.
-	f, err := e.m.Fork(e.ctx, p.ID)
+	f, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +251,7 @@ func TestFork(t *testing.T) {
 	// Fork of a sleeping box: from its last checkpoint, without waking it.
 	e.exec(p.ID, "write", "/f", "later")
 	s, _ := e.m.Sleep(e.ctx, p.ID)
-	f2, err := e.m.Fork(e.ctx, p.ID)
+	f2, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{})
 	if err != nil || f2.Checkpoint.ID != s.LastCheckpointID {
 		t.Fatalf("fork of a sleeping box = %+v, %v", f2, err)
 	}
@@ -264,13 +265,13 @@ func TestFork(t *testing.T) {
 	boxes, cks := e.records()
 	e.m.Resume(e.ctx, p.ID)
 	e.fake.FailNext("Fork", errors.New("no memory"))
-	if _, err := e.m.Fork(e.ctx, p.ID); err == nil {
+	if _, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{}); err == nil {
 		t.Fatal("fork succeeded")
 	}
 	e.m.Pause(e.ctx, p.ID)
 	_, cks2 := e.records()
 	e.fake.FailNext("Restore", errors.New("no memory"))
-	if _, err := e.m.Fork(e.ctx, p.ID); err == nil {
+	if _, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{}); err == nil {
 		t.Fatal("fork of a paused box succeeded")
 	}
 	boxes2, cks3 := e.records()
@@ -340,7 +341,7 @@ func TestTerminateFreesOnlyUnreferenced(t *testing.T) {
 	e := newEnv(t)
 	p := e.create()
 	e.m.Checkpoint(e.ctx, p.ID) // c1
-	f, _ := e.m.Fork(e.ctx, p.ID)
+	f, _ := e.m.Fork(e.ctx, p.ID, api.ForkRequest{})
 	e.m.Checkpoint(e.ctx, p.ID) // c3, not on the child's chain
 	res, err := e.m.Terminate(e.ctx, p.ID)
 	if err != nil || res.State != "terminated" || !slices.Equal(res.FreedCheckpoints, []string{p.ID + "-c3"}) {
@@ -537,10 +538,10 @@ func TestConcurrentManager(t *testing.T) {
 			case 0:
 				_, err = e.m.Create(e.ctx, api.CreateRequest{})
 			case 1:
-				_, err = e.m.Fork(e.ctx, root.ID)
+				_, err = e.m.Fork(e.ctx, root.ID, api.ForkRequest{})
 			case 2:
 				var f api.ForkResponse
-				if f, err = e.m.Fork(e.ctx, root.ID); err == nil {
+				if f, err = e.m.Fork(e.ctx, root.ID, api.ForkRequest{}); err == nil {
 					_, err = e.m.Terminate(e.ctx, f.Box.ID)
 				}
 			}

@@ -81,7 +81,7 @@ func TestCreateDiskSize(t *testing.T) {
 	}
 
 	// A fork inherits the size; sleep and wake keep it.
-	f, err := m.Fork(ctx, b.ID)
+	f, err := m.Fork(ctx, b.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
@@ -14,10 +15,12 @@ import (
 // (api/lifecycle) is carried out on the backend and recorded, with the
 // record written before the act and undone if the act fails.
 
-// outcome carries what an op produced besides the box's new state.
+// outcome carries what an op produced besides the box's new state, and
+// what the forks take besides the op.
 type outcome struct {
+	forkCount  int                // in: the forks' number of children; 0 means 1
 	checkpoint catalog.Checkpoint // ActCheckpoint, ActForkLive, ActForkFromCheckpoint
-	child      catalog.Box        // the forks
+	children   []catalog.Box      // the forks
 	upgraded   bool               // ActReboot
 	freed      []string           // ActDestroy
 }
@@ -58,7 +61,7 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 			return b, fmt.Errorf("box %s: %s: stop: %w", id, op, err)
 		}
 	case lifecycle.ActForkLive, lifecycle.ActForkFromCheckpoint:
-		if out.child, out.checkpoint, err = m.fork(ctx, &b, eff.Action); err != nil {
+		if out.children, out.checkpoint, err = m.fork(ctx, &b, eff.Action, max(out.forkCount, 1)); err != nil {
 			return b, err
 		}
 	case lifecycle.ActRestore:
@@ -89,6 +92,7 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		if err := m.cat.Update(func(tx *catalog.Tx) error { return tx.DeleteBox(id) }); err != nil {
 			return b, fmt.Errorf("box %s: terminate: %w", id, err)
 		}
+		m.disarmPolicies(id)
 		m.exitsMu.Lock()
 		delete(m.exits, id)
 		m.exitsMu.Unlock()
@@ -112,6 +116,12 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 	}
 	if prev != b.State {
 		m.log.Info("box state", "box", id, "op", op, "from", prev, "to", b.State)
+		// A box's idle timer runs while it runs (see idle.go).
+		if b.State == lifecycle.Running {
+			m.armIdle(id, b.IdleTimeoutSeconds)
+		} else {
+			m.disarmIdle(id)
+		}
 	}
 	return b, nil
 }
@@ -190,84 +200,142 @@ func (m *Manager) completeCheckpoint(b *catalog.Box, ck catalog.Checkpoint, info
 	return ck, nil
 }
 
-// fork starts a child of b: live from a new checkpoint of running b, or
-// from b's last completed checkpoint for a box that is down. The child is
-// recorded as Creating first and deleted if its VM does not start.
-func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action) (catalog.Box, catalog.Checkpoint, error) {
-	child := catalog.Box{
-		ID:                 m.newID(),
-		State:              lifecycle.Creating,
-		GuestSchemaVersion: b.GuestSchemaVersion,
-		Created:            time.Now().UTC(),
-		ParentID:           b.ID,
-		HostID:             m.hostID,
-		PendingUpgrade:     b.PendingUpgrade,
-		Spec:               b.Spec,
+// fork starts count children of b from one checkpoint: live from a new
+// checkpoint of running b, or from b's last completed checkpoint for a
+// box that is down. Each child is recorded as Creating first; if any
+// does not start, every child is stopped and deleted.
+func (m *Manager) fork(ctx context.Context, b *catalog.Box, act lifecycle.Action, count int) ([]catalog.Box, catalog.Checkpoint, error) {
+	if act == lifecycle.ActForkLive && count == 1 {
+		// One child: the backend checkpoints and restores in one call.
+		child, ck, err := m.forkLive(ctx, b)
+		if err != nil {
+			return nil, ck, err
+		}
+		return []catalog.Box{child}, ck, nil
 	}
 	var ck catalog.Checkpoint
 	var err error
 	if act == lifecycle.ActForkLive {
-		if ck, err = m.beginCheckpoint(b); err != nil {
-			return child, ck, err
+		if ck, err = m.checkpoint(ctx, b); err != nil {
+			return nil, ck, err
 		}
 	} else {
 		if b.LastCheckpoint == "" {
-			return child, ck, fmt.Errorf("box %s: fork: %w: no completed checkpoint", b.ID, ErrConflict)
+			return nil, ck, fmt.Errorf("box %s: fork: %w: no completed checkpoint", b.ID, ErrConflict)
 		}
 		err = m.cat.View(func(tx *catalog.Tx) error {
 			ck, err = tx.Checkpoint(b.LastCheckpoint)
 			return err
 		})
 		if err != nil {
-			return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+			return nil, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
 		}
 	}
-	child.BaseCheckpoint = ck.ID
+	children, err := m.restoreChildren(ctx, b, ck, count)
+	return children, ck, err
+}
+
+// newChild returns a new fork of b, based on checkpoint ck, recorded as
+// Creating (admitted against the host's limits).
+func (m *Manager) newChild(b *catalog.Box, ck string) (catalog.Box, error) {
+	child := catalog.Box{
+		ID:                 m.newID(),
+		State:              lifecycle.Creating,
+		GuestSchemaVersion: b.GuestSchemaVersion,
+		Created:            m.clock.Now().UTC(),
+		ParentID:           b.ID,
+		HostID:             m.hostID,
+		PendingUpgrade:     b.PendingUpgrade,
+		Spec:               b.Spec,
+		BaseCheckpoint:     ck,
+	}
+	inherited(*b).setOn(&child)
 	release, err := m.admit(fmt.Sprintf("box %s: fork", b.ID), child.Spec.MemoryMiB)
 	if err != nil {
-		if act == lifecycle.ActForkLive {
-			m.abortCheckpoint(ck.ID)
-		}
-		return child, ck, err
+		return child, err
 	}
 	err = m.cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(child) })
 	release() // recorded Creating: the catalog counts it now
 	if err != nil {
-		if act == lifecycle.ActForkLive {
-			m.abortCheckpoint(ck.ID)
-		}
-		return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
+		return child, fmt.Errorf("box %s: fork: %w", b.ID, err)
+	}
+	return child, nil
+}
+
+// forkLive starts a child of running b from a new checkpoint of it,
+// taken and restored by the backend's Fork.
+func (m *Manager) forkLive(ctx context.Context, b *catalog.Box) (catalog.Box, catalog.Checkpoint, error) {
+	ck, err := m.beginCheckpoint(b)
+	if err != nil {
+		return catalog.Box{}, ck, err
+	}
+	child, err := m.newChild(b, ck.ID)
+	if err != nil {
+		m.abortCheckpoint(ck.ID)
+		return child, ck, err
 	}
 	undo := func(err error) (catalog.Box, catalog.Checkpoint, error) {
 		m.discardNewBox(ctx, child.ID)
-		if act == lifecycle.ActForkLive {
-			m.abortCheckpoint(ck.ID)
-		}
+		m.abortCheckpoint(ck.ID)
 		return child, ck, fmt.Errorf("box %s: fork: %w", b.ID, err)
 	}
-	var inst Instance
-	if act == lifecycle.ActForkLive {
-		var info CheckpointInfo
-		if info, inst, err = m.be.Fork(ctx, b.ID, ck.ID, child.ID, child.Spec); err != nil {
-			return undo(err)
-		}
-		child.State = lifecycle.Running
-		child.GuestSchemaVersion = inst.GuestSchemaVersion
-		if ck, err = m.completeCheckpoint(b, ck, info, &child); err != nil {
-			return undo(err)
-		}
-	} else {
-		if inst, err = m.be.Restore(ctx, child.ID, child.Spec, ck.ID, true); err != nil {
-			return undo(err)
-		}
-		child.State = lifecycle.Running
-		child.GuestSchemaVersion = inst.GuestSchemaVersion
-		if err := m.save(child); err != nil {
-			return undo(err)
+	info, inst, err := m.be.Fork(ctx, b.ID, ck.ID, child.ID, child.Spec)
+	if err != nil {
+		return undo(err)
+	}
+	child.State = lifecycle.Running
+	child.GuestSchemaVersion = inst.GuestSchemaVersion
+	if ck, err = m.completeCheckpoint(b, ck, info, &child); err != nil {
+		return undo(err)
+	}
+	m.armPolicies(child)
+	m.log.Info("box forked", "parent", b.ID, "child", child.ID, "checkpoint", ck.ID, "live", true)
+	return child, ck, nil
+}
+
+// restoreChildren starts count children of b from its completed
+// checkpoint ck, concurrently: all of them, or (an error) none.
+func (m *Manager) restoreChildren(ctx context.Context, b *catalog.Box, ck catalog.Checkpoint, count int) ([]catalog.Box, error) {
+	children := make([]catalog.Box, 0, count)
+	discard := func() {
+		for _, c := range children {
+			m.discardNewBox(ctx, c.ID)
 		}
 	}
-	m.log.Info("box forked", "parent", b.ID, "child", child.ID, "checkpoint", ck.ID, "live", act == lifecycle.ActForkLive)
-	return child, ck, nil
+	for range count {
+		child, err := m.newChild(b, ck.ID)
+		if err != nil {
+			discard()
+			return nil, err
+		}
+		children = append(children, child)
+	}
+	errs := make([]error, count)
+	var wg sync.WaitGroup
+	for i := range children {
+		wg.Go(func() {
+			c := &children[i]
+			inst, err := m.be.Restore(ctx, c.ID, c.Spec, ck.ID, true)
+			if err == nil {
+				c.State = lifecycle.Running
+				c.GuestSchemaVersion = inst.GuestSchemaVersion
+				err = m.save(*c)
+			}
+			if err != nil {
+				errs[i] = fmt.Errorf("box %s: fork: child %s: %w", b.ID, c.ID, err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		discard()
+		return nil, err
+	}
+	for _, c := range children {
+		m.armPolicies(c)
+		m.log.Info("box forked", "parent", b.ID, "child", c.ID, "checkpoint", ck.ID)
+	}
+	return children, nil
 }
 
 // wake starts a VM for b from its most recent completed checkpoint; with an

@@ -129,6 +129,9 @@ type forwards struct {
 	dial           dialGuestFunc
 	idleTimeout    time.Duration // defaultForwardIdle
 	maxConnsPerBox int           // defaultMaxForwardConns
+	// beginUse, if not nil, records a connection as a use of its box,
+	// from its arrival to its end (see idle.go).
+	beginUse func(box string) (end func())
 
 	mu     sync.Mutex
 	byAddr map[string]*forward  // guarded by mu
@@ -159,6 +162,7 @@ type boxConns struct {
 
 func (f *forwards) init(m *Manager) {
 	f.setup(m.log, m.dialForward)
+	f.beginUse = m.beginUse
 }
 
 func (f *forwards) setup(log *slog.Logger, dial dialGuestFunc) {
@@ -289,6 +293,9 @@ func (f *forwards) openConns(box string) int {
 // stopped.
 func (f *forwards) handle(fw *forward, s *splice) {
 	defer s.close()
+	if f.beginUse != nil {
+		defer f.beginUse(fw.box)()
+	}
 	ctx, cancel := context.WithTimeout(fw.ctx, wakeTimeout)
 	g, err := f.dial(ctx, fw.box, fw.port.GuestPort)
 	cancel()

@@ -181,7 +181,7 @@ func TestCreateRootImages(t *testing.T) {
 	if got := exec(id, api.ExecRequest{Argv: []string{"env"}}) + exec(id, api.ExecRequest{Argv: []string{"pwd"}}); got != "PATH=/deb/bin\n/root\n" {
 		t.Errorf("rootfs.ext4: env and dir %q", got)
 	}
-	f, err := m.Fork(ctx, id)
+	f, err := m.Fork(ctx, id, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -93,7 +93,7 @@ func TestNetworkPolicyKept(t *testing.T) {
 		}
 	}
 	want := p.Network
-	live, err := e.m.Fork(e.ctx, p.ID)
+	live, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func TestNetworkPolicyKept(t *testing.T) {
 	if _, err := e.m.Sleep(e.ctx, p.ID); err != nil {
 		t.Fatal(err)
 	}
-	asleep, err := e.m.Fork(e.ctx, p.ID)
+	asleep, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +117,7 @@ func TestNetworkPolicyKept(t *testing.T) {
 		t.Fatal(err)
 	}
 	requirePolicy(none.ID, nil)
-	noneKid, err := e.m.Fork(e.ctx, none.ID)
+	noneKid, err := e.m.Fork(e.ctx, none.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}

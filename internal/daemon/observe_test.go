@@ -81,7 +81,7 @@ func TestObserver(t *testing.T) {
 	mustOK(m.Sleep(ctx, b.ID))
 	mustOK(m.WriteFile(ctx, b.ID, "/f", bytes.NewReader([]byte("x")), daemon.FileOptions{}))
 	mustOK(nil, m.InferenceCall(ctx, b.ID, func(context.Context) error { return nil }))
-	mustOK(m.Fork(ctx, b.ID))
+	mustOK(m.Fork(ctx, b.ID, api.ForkRequest{}))
 	fake.Crash(b.ID)
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		if _, _, wakes := rec.get(); len(wakes) == 4 {

@@ -30,7 +30,9 @@ import (
 //  4. It restores running boxes whose VM is gone from their most recent
 //     completed checkpoint (or marks them failed).
 //  5. It frees unreferenced checkpoints, sweeps the store of everything
-//     the catalog does not reference, and reopens exposed ports.
+//     the catalog does not reference, reopens exposed ports, and re-arms
+//     the boxes' TTLs from their stored expiry (terminating those that
+//     expired meanwhile) and the idle timeouts of running boxes.
 func (m *Manager) Start(ctx context.Context) error {
 	m.be.Watch(m.vmLost)
 	boxes, err := m.boxes()
@@ -94,6 +96,7 @@ func (m *Manager) Start(ctx context.Context) error {
 				m.log.Warn("cannot reopen exposed port", "box", b.ID, "addr", p.HostAddr, "err", err)
 			}
 		}
+		m.armPolicies(b)
 	}
 	return nil
 }

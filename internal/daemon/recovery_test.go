@@ -125,7 +125,7 @@ func TestLostForkRestoredFromItsBase(t *testing.T) {
 	e := newEnv(t)
 	p := e.create()
 	e.exec(p.ID, "write", "/f", "at birth")
-	f, err := e.m.Fork(e.ctx, p.ID)
+	f, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +167,7 @@ func TestClientDisconnectDoesNotHalfForget(t *testing.T) {
 	if got := e.get(b.ID); got.LastCheckpointID != ck.ID {
 		t.Errorf("box after the checkpoint: %+v", got)
 	}
-	f, err := e.m.Fork(gone(), b.ID)
+	f, err := e.m.Fork(gone(), b.ID, api.ForkRequest{})
 	if err != nil {
 		t.Fatalf("fork with a client gone: %v", err)
 	}
