@@ -139,7 +139,7 @@ func TestKVMPolicies(t *testing.T) {
 		if k.State != lifecycle.Running || k.ParentID != parent.ID || k.Labels["role"] != "parent" || k.ExpiresAt == nil {
 			t.Errorf("child %+v", k)
 		}
-		if out := h.run(k.ID, "hostname"); out != k.ID+"\n" {
+		if out := h.run(k.ID, "hostname"); out != "sbx-"+k.ID+"\n" { // a new machine of its name
 			t.Errorf("child %s: hostname %q", k.ID, out)
 		}
 		if out := h.run(k.ID, "cat", "/tmp/mark"); out != "before-fork\n" {
