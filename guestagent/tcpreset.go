@@ -8,17 +8,17 @@ package guestagent
 // server waiting for its client) sends nothing, so nothing tells it the
 // peer is gone: it would wait for ever. The restored op therefore makes
 // every such connection speak once: for each, it loops back to the
-// guest, through a raw socket, a bare ACK that seems to come from the
-// peer, with sequence numbers outside the connection's window. The
-// guest's TCP answers it with an ACK of its own carrying its true
-// sequence numbers (RFC 793's reply to an unacceptable segment); that
-// ACK goes out to the new stack, which knows no such connection and
-// answers it with a reset whose sequence number is exactly what the
-// guest expects (RFC 5961), so the guest resets the connection at once:
+// guest, through a raw socket, a segment that seems to come from the
+// peer: a bare SYN. The guest's TCP answers a SYN on a synchronized
+// connection with a challenge ACK carrying its true sequence numbers
+// (RFC 5961 4.2), whatever the SYN's sequence number, and changes
+// nothing else: a SYN carries no acknowledgement that could touch the
+// connection's state. That ACK goes out to the new stack. A connection
+// the new stack knows (one made after the restore, before the probe)
+// takes it as a duplicate ACK, harmlessly; one it does not know it
+// answers with a reset whose sequence number is exactly what the guest
+// expects (RFC 5961 3.2), so the guest resets the connection at once:
 // its program sees ECONNRESET, not a hang.
-//
-// Two probes are sent per connection, 2^31 apart in sequence space: a
-// window is smaller than 2^31, so at least one of them is outside it.
 
 import (
 	"bufio"
@@ -124,9 +124,7 @@ const (
 )
 
 // resetProbe is the segment that makes c's guest end speak: an IPv4
-// packet from c's peer to the guest, a bare ACK with sequence number seq
-// (and ack number seq, which acknowledges nothing the guest sent, but
-// may: a connection that the probe ends cannot be harmed by it).
+// packet from c's peer to the guest, a bare SYN with sequence number seq.
 func resetProbe(c tcpSocket, seq uint32) []byte {
 	p := make([]byte, probeLen)
 	ip, tcp := p[:ipv4HeaderLen], p[ipv4HeaderLen:]
@@ -142,9 +140,8 @@ func resetProbe(c tcpSocket, seq uint32) []byte {
 	binary.BigEndian.PutUint16(tcp[0:], c.Remote.Port())
 	binary.BigEndian.PutUint16(tcp[2:], c.Local.Port())
 	binary.BigEndian.PutUint32(tcp[4:], seq)
-	binary.BigEndian.PutUint32(tcp[8:], seq)
 	tcp[12] = tcpHeaderLen / 4 << 4
-	tcp[13] = 0x10 // ACK
+	tcp[13] = 0x02 // SYN
 	binary.BigEndian.PutUint16(tcp[14:], 0xffff)
 	// The pseudo-header: addresses, protocol, TCP length.
 	var pseudo uint32

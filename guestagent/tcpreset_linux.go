@@ -30,7 +30,7 @@ func (*linuxGuest) resetConnections() (int, error) {
 	return probeConnections(stale)
 }
 
-// probeConnections loops two probes back to each of conns through a raw
+// probeConnections loops a probe back to each of conns through a raw
 // socket (CAP_NET_RAW), and returns how many it probed.
 func probeConnections(conns []tcpSocket) (int, error) {
 	if len(conns) == 0 {
@@ -45,19 +45,12 @@ func probeConnections(conns []tcpSocket) (int, error) {
 	var errs []error
 	probed := 0
 	for _, c := range conns {
-		seq := rand.Uint32()
 		to := &unix.SockaddrInet4{Addr: c.Local.Addr().As4()}
-		var cerr error
-		for _, s := range []uint32{seq, seq + 1<<31} {
-			if err := unix.Sendto(fd, resetProbe(c, s), 0, to); err != nil {
-				cerr = fmt.Errorf("reset connection %s-%s: send probe: %w", c.Local, c.Remote, err)
-			}
+		if err := unix.Sendto(fd, resetProbe(c, rand.Uint32()), 0, to); err != nil {
+			errs = append(errs, fmt.Errorf("reset connection %s-%s: send probe: %w", c.Local, c.Remote, err))
+			continue
 		}
-		if cerr != nil {
-			errs = append(errs, cerr)
-		} else {
-			probed++
-		}
+		probed++
 	}
 	return probed, errors.Join(errs...)
 }

@@ -2,6 +2,7 @@ package guestagent
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -65,5 +66,49 @@ func TestProbeResetsDeadConnection(t *testing.T) {
 	client.SetReadDeadline(time.Now().Add(time.Minute))
 	if _, err := client.Read(buf); !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("read after the probe: %v, want ECONNRESET", err)
+	}
+}
+
+// A probe of a live connection (one made after the restore, before the
+// probe) changes nothing: both ends go on, no byte lost.
+func TestProbeLeavesLiveConnection(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (CAP_NET_RAW for the probe): run the test as root")
+	}
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	c := tcpSocket{
+		Local:  client.LocalAddr().(*net.TCPAddr).AddrPort(),
+		Remote: client.RemoteAddr().(*net.TCPAddr).AddrPort(),
+		State:  tcpEstablished,
+	}
+	for range 3 {
+		if n, err := probeConnections([]tcpSocket{c}); n != 1 || err != nil {
+			t.Fatalf("probeConnections = %d, %v", n, err)
+		}
+	}
+	msg := []byte("still here")
+	for _, pair := range [][2]net.Conn{{client, server}, {server, client}} {
+		if _, err := pair[0].Write(msg); err != nil {
+			t.Fatalf("write after the probe: %v", err)
+		}
+		buf := make([]byte, len(msg))
+		pair[1].SetReadDeadline(time.Now().Add(time.Minute)) // a bound on a failure only
+		if _, err := io.ReadFull(pair[1], buf); err != nil || string(buf) != string(msg) {
+			t.Fatalf("read after the probe: %q, %v", buf, err)
+		}
 	}
 }

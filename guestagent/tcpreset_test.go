@@ -63,7 +63,7 @@ func TestParseProcNetTCP(t *testing.T) {
 }
 
 // A probe is a valid IPv4 TCP packet from the peer to the guest: a bare
-// ACK, with the sequence number asked for.
+// SYN, with the sequence number asked for.
 func TestResetProbe(t *testing.T) {
 	c := tcpSocket{Local: netip.MustParseAddrPort("192.168.127.2:41394"), Remote: netip.MustParseAddrPort("192.168.127.254:8080"), State: tcpEstablished}
 	for _, seq := range []uint32{0, 0x80000001, 0xffffffff} {
@@ -77,7 +77,7 @@ func TestResetProbe(t *testing.T) {
 		if !tcp.IsChecksumValid(ip.SourceAddress(), ip.DestinationAddress(), 0, 0) {
 			t.Errorf("seq %#x: bad TCP checksum", seq)
 		}
-		if tcp.SourcePort() != 8080 || tcp.DestinationPort() != 41394 || tcp.SequenceNumber() != seq || tcp.Flags() != header.TCPFlagAck || len(tcp.Payload()) != 0 {
+		if tcp.SourcePort() != 8080 || tcp.DestinationPort() != 41394 || tcp.SequenceNumber() != seq || tcp.Flags() != header.TCPFlagSyn || tcp.AckNumber() != 0 || len(tcp.Payload()) != 0 {
 			t.Errorf("seq %#x: TCP header % x", seq, []byte(tcp))
 		}
 	}
