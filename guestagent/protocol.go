@@ -551,6 +551,10 @@ type RestoredResult struct {
 	// MachineID is the machine ID the agent wrote, or "" if it was given
 	// none.
 	MachineID string `json:"machine_id,omitempty"`
+	// ConnectionsReset is how many TCP connections with a peer off the
+	// guest the agent had the kernel reset: the guest's network is a new
+	// one after a restore, which never knew them.
+	ConnectionsReset int `json:"connections_reset,omitempty"`
 }
 
 // restoredResult is the result of the restored op on the wire.

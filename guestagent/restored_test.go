@@ -87,6 +87,13 @@ func (g *fakeGuest) setMachineID(id string) error {
 	return nil
 }
 
+func (g *fakeGuest) resetConnections() (int, error) {
+	if err := g.record("resetConnections"); err != nil {
+		return 0, err
+	}
+	return 2, nil
+}
+
 func (g *fakeGuest) callList() []string {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -123,7 +130,7 @@ func TestRestoredFork(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Restored: %v", err)
 	}
-	want := RestoredResult{EntropyBits: 512, Reseeded: true, ClockBefore: staleClock, ClockAfter: hostClock, Hostname: "sbx-child", MachineID: machineID}
+	want := RestoredResult{EntropyBits: 512, Reseeded: true, ClockBefore: staleClock, ClockAfter: hostClock, Hostname: "sbx-child", MachineID: machineID, ConnectionsReset: 2}
 	if !got.ClockBefore.Equal(want.ClockBefore) || !got.ClockAfter.Equal(want.ClockAfter) {
 		t.Errorf("clock before %v, after %v; want %v, %v", got.ClockBefore, got.ClockAfter, want.ClockBefore, want.ClockAfter)
 	}
@@ -132,7 +139,7 @@ func TestRestoredFork(t *testing.T) {
 		t.Errorf("Restored = %+v, want %+v", got, want)
 	}
 	// Entropy first: a fork must not run without it, whatever else fails.
-	if calls, want := g.callList(), []string{"addEntropy", "setClock", "setHostname", "setMachineID"}; !slices.Equal(calls, want) {
+	if calls, want := g.callList(), []string{"addEntropy", "setClock", "setHostname", "setMachineID", "resetConnections"}; !slices.Equal(calls, want) {
 		t.Errorf("system calls %q, want %q", calls, want)
 	}
 	if gotSeed, clock, hostname, id := g.state(); !bytes.Equal(gotSeed, seed) || !clock.Equal(hostClock) || hostname != "sbx-child" || id != machineID {
@@ -160,7 +167,7 @@ func TestRestoredInPlace(t *testing.T) {
 	if got.EntropyBits != 8*restoredEntropy || got.Reseeded || got.Hostname != "" || got.MachineID != "" || !got.ClockBefore.Equal(staleClock) {
 		t.Errorf("Restored = %+v; want %d bits credited, no reseed, no new identity", got, 8*restoredEntropy)
 	}
-	if calls, want := g.callList(), []string{"addEntropy", "setClock"}; !slices.Equal(calls, want) {
+	if calls, want := g.callList(), []string{"addEntropy", "setClock", "resetConnections"}; !slices.Equal(calls, want) {
 		t.Errorf("system calls %q, want %q", calls, want)
 	}
 }
@@ -247,7 +254,7 @@ func TestRestoredReportsFailedSteps(t *testing.T) {
 		{
 			fail:     map[string]error{"setHostname": fmt.Errorf("set hostname: %w", syscall.EPERM)},
 			code:     CodePermission,
-			contains: []string{"set hostname: operation not permitted", "(applied: entropy, clock, machine ID)"},
+			contains: []string{"set hostname: operation not permitted", "(applied: entropy, clock, machine ID, connections reset)"},
 		},
 		{
 			fail: map[string]error{
@@ -255,17 +262,18 @@ func TestRestoredReportsFailedSteps(t *testing.T) {
 				"setClock":   errors.New("set clock: broken"),
 			},
 			code:     CodeInternal,
-			contains: []string{"add entropy: no /dev/urandom; set clock: broken", "(applied: hostname, machine ID)"},
+			contains: []string{"add entropy: no /dev/urandom; set clock: broken", "(applied: hostname, machine ID, connections reset)"},
 		},
 		{
 			fail: map[string]error{
-				"addEntropy":   errors.New("a"),
-				"setClock":     errors.New("b"),
-				"setHostname":  errors.New("c"),
-				"setMachineID": errors.New("d"),
+				"addEntropy":       errors.New("a"),
+				"setClock":         errors.New("b"),
+				"setHostname":      errors.New("c"),
+				"setMachineID":     errors.New("d"),
+				"resetConnections": errors.New("e"),
 			},
 			code:     CodeInternal,
-			contains: []string{"restored: a; b; c; d (applied: nothing)"},
+			contains: []string{"restored: a; b; c; d; e (applied: nothing)"},
 		},
 	} {
 		g := &fakeGuest{fail: tc.fail}
@@ -282,8 +290,8 @@ func TestRestoredReportsFailedSteps(t *testing.T) {
 			}
 		}
 		// Every step is attempted.
-		if calls := g.callList(); len(calls) != 4 {
-			t.Errorf("with %v failing: system calls %q, want all four", tc.fail, calls)
+		if calls := g.callList(); len(calls) != 5 {
+			t.Errorf("with %v failing: system calls %q, want all five", tc.fail, calls)
 		}
 	}
 }

@@ -27,6 +27,11 @@ type guestSystem interface {
 	setHostname(name string) error
 	// setMachineID replaces /etc/machine-id, creating /etc if need be.
 	setMachineID(id string) error
+	// resetConnections has the kernel reset the TCP connections a restore
+	// left dead (those with a peer off the guest: its network on the host
+	// is a new one), so that their programs see a reset, not a hang
+	// (tcpreset.go). It returns how many it reset.
+	resetConnections() (int, error)
 }
 
 // system returns what the restored op changes: s.sys if set (tests), the
@@ -67,8 +72,9 @@ func (a *restoredArgs) check() error {
 }
 
 // restored fixes up a guest that has just been restored or forked: it
-// reseeds the kernel's entropy pool, sets the wall clock, and gives the
-// guest a new hostname and machine ID if asked to. It validates all its
+// reseeds the kernel's entropy pool, sets the wall clock, gives the
+// guest a new hostname and machine ID if asked to, and resets the TCP
+// connections its network no longer has. It validates all its
 // arguments before it changes anything, then attempts every step even if
 // one fails, entropy first: of all of them, a fork must never run without
 // it. If a step fails, the error says which steps were applied.
@@ -120,9 +126,13 @@ func (s *Server) restored(args *restoredArgs) (*restoredResult, error) {
 		step("machine ID", err)
 	}
 
+	reset, err := sys.resetConnections()
+	res.ConnectionsReset = reset
+	step("connections reset", err)
+
 	s.logger().Info("agent: restored",
 		"clock_step", hostTime.Sub(before), "entropy_bits", res.EntropyBits, "reseeded", res.Reseeded,
-		"hostname", res.Hostname, "machine_id", res.MachineID, "failed", len(errs))
+		"hostname", res.Hostname, "machine_id", res.MachineID, "connections_reset", res.ConnectionsReset, "failed", len(errs))
 	if len(errs) > 0 {
 		err := errors.Join(errs...)
 		code := CodeInternal

@@ -140,5 +140,12 @@ func ParseHost(s string) (string, netip.Addr, error) {
 	if err != nil || !a.Unmap().Is4() {
 		return "", netip.Addr{}, fmt.Errorf("host %q: %q is not an IPv4 address (the box's network is IPv4)", s, ip)
 	}
-	return d, a.Unmap(), nil
+	a = a.Unmap()
+	switch {
+	case a.IsLoopback():
+		return "", netip.Addr{}, fmt.Errorf("host %q: %s is the box's own loopback; the host's 127.0.0.1 is %s in a box", s, a, HostIP)
+	case a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "", netip.Addr{}, fmt.Errorf("host %q: %s is no address a box can connect to", s, a)
+	}
+	return d, a, nil
 }

@@ -83,7 +83,8 @@ func TestParseHost(t *testing.T) {
 	if err != nil || name != "files.test" || ip != HostIP {
 		t.Fatalf("ParseHost = %s, %v, %v", name, ip, err)
 	}
-	for _, in := range []string{"files.test", "=1.2.3.4", "files.test=", "files.test=::1", "files.test=x", "*.test=1.2.3.4"} {
+	for _, in := range []string{"files.test", "=1.2.3.4", "files.test=", "files.test=::1", "files.test=x", "*.test=1.2.3.4",
+		"files.test=127.0.0.1", "files.test=0.0.0.0", "files.test=224.0.0.1", "files.test=255.255.255.255"} {
 		if _, _, err := ParseHost(in); err == nil {
 			t.Errorf("ParseHost(%q) accepted", in)
 		}

@@ -4,9 +4,13 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/sailbox-dev/sailbox/api/netapi"
 )
 
 func writeConfig(t *testing.T, text string) string {
@@ -32,6 +36,8 @@ cmdline   = "  console=ttyS0 # not a comment "
 log-format = json
 log-level = debug
 host-id = h#1
+net-host = files.lab=192.168.127.254
+net-host = Mirror.Lab.=198.51.100.7
 `)
 	c, err := parseArgs([]string{"-config", conf}, io.Discard)
 	if err != nil {
@@ -44,6 +50,9 @@ host-id = h#1
 	if strings.Join(c.ImageDirs, ",") != "/srv/a,/srv/b" {
 		t.Errorf("image dirs: %q", c.ImageDirs)
 	}
+	if want := map[string]netip.Addr{"files.lab": netapi.HostIP, "mirror.lab": netip.MustParseAddr("198.51.100.7")}; !maps.Equal(c.NetHosts, want) {
+		t.Errorf("net hosts: %v, want %v", c.NetHosts, want)
+	}
 
 	// The command line wins, whichever side of -config it is on; its
 	// -image-dir replaces the file's.
@@ -53,6 +62,11 @@ host-id = h#1
 	}
 	if c.Kernel != "/cli/bzImage" || !c.Templates || strings.Join(c.ImageDirs, ",") != "/cli/images" || c.Initrd != "/k/initramfs.cpio" {
 		t.Errorf("command line over the file: %+v", c)
+	}
+	// -net-host too.
+	c, err = parseArgs([]string{"-config", conf, "-net-host", "cli.lab=192.168.127.254"}, io.Discard)
+	if err != nil || !maps.Equal(c.NetHosts, map[string]netip.Addr{"cli.lab": netapi.HostIP}) {
+		t.Errorf("-net-host over the file: %v, %v", c.NetHosts, err)
 	}
 	// What neither says keeps its default; the environment's default
 	// yields to the file.
@@ -75,6 +89,10 @@ func TestConfigFileErrors(t *testing.T) {
 		{`cmdline = "unterminated` + "\n", ":1: cmdline: a quoted value"},
 		{"max-running = -1\n", "cannot be negative"},
 		{"image = rel.img\n", "-image \"rel.img\""},
+		{"net-host = files.lab\n", ":1: net-host = files.lab: host \"files.lab\": want NAME=IPV4"},
+		{"net-host = files.lab=127.0.0.1\n", "the host's 127.0.0.1 is 192.168.127.254"},
+		{"net-host = files.lab=::1\n", "not an IPv4 address"},
+		{"net-host = a.lab=192.168.127.254\nnet-host = A.lab=198.51.100.7\n", ":2: net-host = A.lab=198.51.100.7: host a.lab is 192.168.127.254 already"},
 	} {
 		conf := writeConfig(t, tc.text)
 		_, err := parseArgs([]string{"-config", conf}, io.Discard)

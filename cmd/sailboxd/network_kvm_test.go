@@ -71,7 +71,13 @@ func fetch(h *host, id, url string) (code int, stderr string) {
 // with curl and with Python's urllib, byte for byte.
 func requireFetched(h *host, id string, port int, sum string) {
 	h.t.Helper()
-	url := fmt.Sprintf("http://%s:%d/data", hostIP, port)
+	requireFetchedURL(h, id, fmt.Sprintf("http://%s:%d/data", hostIP, port), sum)
+}
+
+// requireFetchedURL checks that box id fetches url with curl and with
+// Python's urllib, and that both got the bytes whose SHA-256 is sum.
+func requireFetchedURL(h *host, id, url, sum string) {
+	h.t.Helper()
 	if code, stderr := fetch(h, id, url); code != 0 {
 		h.t.Fatalf("box %s: curl %s: exit %d: %s", id, url, code, stderr)
 	}
@@ -214,6 +220,61 @@ func TestKVMNetworkEgress(t *testing.T) {
 	if pids := h.netPIDs(); len(pids) != 0 {
 		t.Errorf("networks left after every box was terminated: %v", pids)
 	}
+}
+
+// netHost is the name TestKVMNetworkHosts gives the host's loopback
+// (sailboxd -net-host).
+const netHost = "files.lab"
+
+// Static names: the daemon's -net-host names the host's loopback in
+// every box's DNS; a box allowed that domain (and nothing else: no
+// internet) fetches from the host by that name and by the address it
+// resolved to, with curl and urllib, byte for byte; a box under the
+// default policy resolves the name too but is refused the connection.
+func TestKVMNetworkHosts(t *testing.T) {
+	img := kvmtest.Artifact(t, "SAILBOX_DEFAULT_IMAGE")
+	port, sum := loopbackServer(t)
+	h := newHost(t, "-image", img, "-net-host", netHost+"="+hostIP)
+	ctx := ctxFor(t, 20*time.Minute)
+	allowed, err := h.c.Create(ctx, api.CreateRequest{NoInternet: true, Allow: []string{netHost}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	byName := fmt.Sprintf("http://%s:%d/data", netHost, port)
+	resolve := fmt.Sprintf("import socket; print(socket.gethostbyname(%q))", netHost)
+	if got := strings.TrimSpace(h.run(allowed.ID, "python3", "-c", resolve)); got != hostIP {
+		t.Errorf("%s resolves to %q in the box, want %s", netHost, got, hostIP)
+	}
+	requireFetchedURL(h, allowed.ID, byName, sum)
+	// Its address is allowed too, now that the name resolved to it.
+	requireFetched(h, allowed.ID, port, sum)
+	if st, err := h.c.Network(ctx, allowed.ID); err != nil || st.Refused != 0 || st.RefusedLookups != 0 || st.ConnectionsOut < 4 {
+		t.Errorf("allowed box's counters: %+v, %v; want 4 connections out, no refusal", st, err)
+	}
+
+	// The default policy: the name resolves (static names are answered
+	// whatever the policy) but the host's loopback is refused.
+	byDefault, err := h.c.Create(ctx, api.CreateRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(h.run(byDefault.ID, "python3", "-c", resolve)); got != hostIP {
+		t.Errorf("%s resolves to %q in a box under the default policy, want %s", netHost, got, hostIP)
+	}
+	requireRefused(h, byDefault.ID, byName)
+	if log := h.netLog(byDefault.ID); !strings.Contains(log, "refused connection") || !strings.Contains(log, "box="+byDefault.ID) {
+		t.Errorf("box %s: its network's log names no refusal of the box:\n%s", byDefault.ID, log)
+	}
+	// An allow rule lets only its target through: a box allowed another
+	// domain (never looked up here: it would ask the host's resolver)
+	// resolves the static name but is refused its address, by name and
+	// by address.
+	other, err := h.c.Create(ctx, api.CreateRequest{NoInternet: true, Allow: []string{"other.lab"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireRefused(h, other.ID, byName)
+	requireRefused(h, other.ID, fmt.Sprintf("http://%s:%d/data", hostIP, port))
 }
 
 // startGuestServer starts python3's HTTP server on guest port 8000 in box

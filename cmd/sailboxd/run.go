@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/api/netapi"
 	"github.com/sailbox-dev/sailbox/internal/apiserver"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
@@ -32,20 +34,22 @@ type config struct {
 	SocketGroup string
 	VMM         string
 	Net         string // sailbox-net, the boxes' networks
-	Kernel      string
-	Initrd      string
-	Cmdline     string
-	Image       string
-	ImageDirs   []string
-	Limits      daemon.Limits
-	MemoryMiB   int
-	VCPUs       int
-	HostID      string
-	Inference   string
-	MinSchema   int
-	Templates   bool
-	LogLevel    slog.Level
-	LogFormat   logFormat
+	// NetHosts are static names every box's DNS answers (-net-host).
+	NetHosts  map[string]netip.Addr
+	Kernel    string
+	Initrd    string
+	Cmdline   string
+	Image     string
+	ImageDirs []string
+	Limits    daemon.Limits
+	MemoryMiB int
+	VCPUs     int
+	HostID    string
+	Inference string
+	MinSchema int
+	Templates bool
+	LogLevel  slog.Level
+	LogFormat logFormat
 
 	// MetricsListen is the TCP address that serves /metrics (metrics.go);
 	// "" serves none.
@@ -65,7 +69,7 @@ var newBackend = func(c config, log *slog.Logger) (daemon.Backend, error) {
 		return nil, err
 	}
 	return vmmbackend.New(vmmbackend.Config{
-		VMM: c.VMM, Net: c.Net, Kernel: c.Kernel, Initrd: c.Initrd, Cmdline: c.Cmdline,
+		VMM: c.VMM, Net: c.Net, NetHosts: c.NetHosts, Kernel: c.Kernel, Initrd: c.Initrd, Cmdline: c.Cmdline,
 		Store: filepath.Join(c.StateDir, "store"), RunDir: filepath.Join(c.StateDir, "run"), Logger: log,
 	})
 }
@@ -113,6 +117,23 @@ func defaultBinary(name string, beside ...string) string {
 	return name
 }
 
+// addNetHost adds the -net-host entry NAME=IPV4 to hosts; a name given
+// twice must name one address.
+func addNetHost(hosts *map[string]netip.Addr, entry string) error {
+	name, ip, err := netapi.ParseHost(entry)
+	if err != nil {
+		return err
+	}
+	if old, ok := (*hosts)[name]; ok && old != ip {
+		return fmt.Errorf("host %s is %s already, not %s", name, old, ip)
+	}
+	if *hosts == nil {
+		*hosts = map[string]netip.Addr{}
+	}
+	(*hosts)[name] = ip
+	return nil
+}
+
 func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("sailboxd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -123,6 +144,9 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.SocketGroup, "socket-group", "", "`group` (name or ID) that may use the socket too (mode 0660)")
 	fs.StringVar(&c.VMM, "vmm", defaultVMM(), "sailbox-vmm `binary`")
 	fs.StringVar(&c.Net, "sailbox-net", "", "sailbox-net `binary`, which runs each box's network (default: beside sailboxd, beside -vmm, or on $PATH)")
+	fs.Func("net-host", "`NAME=IPV4`: every box's DNS answers NAME with that address, before the host's resolver and whatever the box's policy; 192.168.127.254 is the host's 127.0.0.1 (repeatable; connections still obey each box's policy)", func(s string) error {
+		return addNetHost(&c.NetHosts, s)
+	})
 	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "initramfs with the guest agent (default $SAILBOX_GUEST_INITRAMFS)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "extra guest kernel command line")

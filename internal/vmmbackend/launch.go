@@ -104,5 +104,5 @@ func (b *Backend) restoreLaunch(box string, spec catalog.Spec, ckpt string, fork
 // netLaunch starts box's network under policy p.
 func (b *Backend) netLaunch(box string, p catalog.NetPolicy) netapi.Launch {
 	f := b.files(box)
-	return netapi.Launch{Socket: f.netSock, Control: f.netCtl, Box: box, NoInternet: p.NoInternet, Allow: p.Allow, Deny: p.Deny}
+	return netapi.Launch{Socket: f.netSock, Control: f.netCtl, Box: box, NoInternet: p.NoInternet, Allow: p.Allow, Deny: p.Deny, Hosts: b.cfg.NetHosts}
 }

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -125,8 +126,10 @@ func TestLaunchesWithNetwork(t *testing.T) {
 			t.Errorf("sailbox-vmm parses %q as %+v, %v", l.Args(), got, err)
 		}
 	}
+	b.cfg.NetHosts = map[string]netip.Addr{"files.lab": netapi.HostIP}
 	nl := b.netLaunch("sb-1", *netSpec.Net)
-	want := netapi.Launch{Socket: f.netSock, Control: f.netCtl, Box: "sb-1", NoInternet: true, Allow: []string{"192.168.127.254/32"}}
+	want := netapi.Launch{Socket: f.netSock, Control: f.netCtl, Box: "sb-1", NoInternet: true, Allow: []string{"192.168.127.254/32"},
+		Hosts: map[string]netip.Addr{"files.lab": netapi.HostIP}}
 	if got, err := netapi.ParseLaunch(nl.Args(), io.Discard); err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("sailbox-net parses %q as %+v, %v; want %+v", nl.Args(), got, err, want)
 	}

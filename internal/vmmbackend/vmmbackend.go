@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -44,13 +45,16 @@ const guestCID = 3
 
 // Config configures the backend.
 type Config struct {
-	VMM     string // path of the sailbox-vmm binary
-	Net     string // path of the sailbox-net binary (boxes' networks)
-	Kernel  string // guest kernel bzImage
-	Initrd  string // initramfs with the guest agent
-	Cmdline string // extra kernel command line
-	Store   string // checkpoint store directory
-	RunDir  string // per-box sockets and logs
+	VMM string // path of the sailbox-vmm binary
+	Net string // path of the sailbox-net binary (boxes' networks)
+	// NetHosts are static DNS entries of every box's network
+	// (netapi.Launch.Hosts).
+	NetHosts map[string]netip.Addr
+	Kernel   string // guest kernel bzImage
+	Initrd   string // initramfs with the guest agent
+	Cmdline  string // extra kernel command line
+	Store    string // checkpoint store directory
+	RunDir   string // per-box sockets and logs
 	// BootTimeout bounds how long a boot or restore waits for the guest
 	// agent; zero means two minutes.
 	BootTimeout time.Duration

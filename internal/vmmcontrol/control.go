@@ -87,8 +87,9 @@ func (c *Controller) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.Checkpoint
 }
 
 // FixUpRestoredGuest tells a restored guest's agent, reached through the
-// vsock socket of launch, to set its clock and reseed its entropy pool,
-// and a fork to take a new identity.
+// vsock socket of launch, to set its clock, reseed its entropy pool and
+// reset the TCP connections its new network never knew, and a fork to
+// take a new identity.
 func FixUpRestoredGuest(ctx context.Context, launch vmmapi.Launch, log *slog.Logger) {
 	agent := guestagent.NewHybridClient(launch.VsockUDS)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -105,7 +106,12 @@ func FixUpRestoredGuest(ctx context.Context, launch vmmapi.Launch, log *slog.Log
 			return
 		}
 	}
-	if _, err := agent.Restored(ctx, args); err != nil {
-		log.Error("restored guest: clock, entropy and identity not renewed", "err", err)
+	res, err := agent.Restored(ctx, args)
+	if err != nil {
+		log.Error("restored guest: not every fix-up applied (clock, entropy, identity, connections)", "err", err)
+		return
+	}
+	if res.ConnectionsReset > 0 {
+		log.Info("restored guest: connections from before the checkpoint reset", "connections", res.ConnectionsReset)
 	}
 }
