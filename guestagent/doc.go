@@ -264,6 +264,13 @@
 //     hosts must be able to tell: they reach its ports through dial_tcp.
 //     The protocol did not change: an agent of revision 5 serves hosts
 //     of revisions 1 to 4.
+//   - 6: the restored op resets the TCP connections the restore left
+//     without a peer ([ConnectionResetSchemaVersion]) and reports how many
+//     in the optional connections_reset field. A box on an older agent
+//     keeps such connections hanging after a restore or fork, so users
+//     must be able to tell from the number listed for a box. The protocol
+//     did not change: an agent of revision 6 serves hosts of revisions 1
+//     to 5.
 //
 // Some things never change, in any revision, so that any host can always ask
 // any agent which revision it speaks: the frame header, the numbers of

@@ -19,7 +19,7 @@ const Port uint32 = 1024
 // host must be able to count on; see "Evolution" in the package
 // documentation. Hosts compare it with the agent's, as reported by the
 // health op, before using any other op.
-const GuestSchemaVersion = 5
+const GuestSchemaVersion = 6
 
 // RestoredSchemaVersion is the first GuestSchemaVersion whose agents have
 // the restored op ([Client.Restored]). A box whose agent is older cannot be
@@ -46,6 +46,13 @@ const ExecUserSchemaVersion = 4
 // eth0 down, so a host reaches such a guest through dial_tcp, not its
 // network.
 const NetworkSchemaVersion = 5
+
+// ConnectionResetSchemaVersion is the first GuestSchemaVersion whose
+// agents, in the restored op, reset the guest's TCP connections that a
+// restore left without a peer (see tcpreset_linux.go), so that a
+// program sees ECONNRESET instead of waiting forever. An older agent
+// leaves them to the program's own timeouts or keepalives.
+const ConnectionResetSchemaVersion = 6
 
 // AgentVersion identifies the build of the agent, for humans and logs only.
 // Release builds set it with
