@@ -22,6 +22,7 @@ func writeConfig(t *testing.T, text string) string {
 
 func TestConfigFile(t *testing.T) {
 	t.Setenv("SAILBOX_GUEST_KERNEL", "/from/env/bzImage")
+	t.Setenv("SAILBOX_DEFAULT_IMAGE", "/from/env/rootfs.ext4")
 	conf := writeConfig(t, `
 # a comment
    # an indented comment
@@ -71,7 +72,7 @@ net-host = Mirror.Lab.=198.51.100.7
 	// What neither says keeps its default; the environment's default
 	// yields to the file.
 	c, err = parseArgs([]string{"-config", writeConfig(t, "cpus = 2\n")}, io.Discard)
-	if err != nil || c.Kernel != "/from/env/bzImage" || c.VCPUs != 2 || c.MemoryMiB != 256 || c.LogFormat != logText {
+	if err != nil || c.Kernel != "/from/env/bzImage" || c.Image != "/from/env/rootfs.ext4" || c.VCPUs != 2 || c.MemoryMiB != 256 || c.LogFormat != logText {
 		t.Errorf("defaults: %+v, %v", c, err)
 	}
 }

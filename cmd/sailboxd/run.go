@@ -150,7 +150,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.Kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel `bzImage` (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&c.Initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "initramfs with the guest agent (default $SAILBOX_GUEST_INITRAMFS)")
 	fs.StringVar(&c.Cmdline, "cmdline", "", "extra guest kernel command line")
-	fs.StringVar(&c.Image, "image", "", "default disk `REF` of new boxes: an absolute path (OCI layout directory, docker save .tar, raw ext4 disk, a root file system when <stem>.json lies beside it) or a registry reference")
+	fs.StringVar(&c.Image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "default disk `REF` of new boxes: an absolute path (OCI layout directory, docker save .tar, raw ext4 disk, a root file system when <stem>.json lies beside it) or a registry reference (default $SAILBOX_DEFAULT_IMAGE, which `make demo` and `make test` set to the Debian image image/build.sh prints; empty: boxes run on the initramfs alone)")
 	fs.Func("image-dir", "`directory` whose regular files clients may name as a box's image (repeatable; none: clients name no image)", func(s string) error {
 		c.ImageDirs = append(c.ImageDirs, s)
 		return nil
