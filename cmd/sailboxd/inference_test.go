@@ -3,73 +3,34 @@ package main
 import (
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/client"
-	"github.com/sailbox-dev/sailbox/internal/daemon"
-	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
-	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
 
 // -inference-listen (here from the configuration file) serves the
 // inference proxy on a TCP address, and only it, until the daemon stops.
 func TestInferenceListen(t *testing.T) {
-	fake := fakebackend.New(2)
-	newBackend = func(config, *slog.Logger) (daemon.Backend, error) { return fake, nil }
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "answer for "+r.URL.Path)
 	}))
 	defer upstream.Close()
-	dir, err := os.MkdirTemp("", "sbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	conf := filepath.Join(dir, "sailboxd.conf")
+	conf := filepath.Join(t.TempDir(), "sailboxd.conf")
 	if err := os.WriteFile(conf, []byte("inference-upstream = "+upstream.URL+"\ninference-listen = 127.0.0.1:0\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sock := filepath.Join(dir, "d.sock")
-	args := []string{"-state-dir", filepath.Join(dir, "state"), "-socket", sock, "-host-id", "h1", "-config", conf}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	logs := &logtest.Buffer{}
-	go func() { done <- run(ctx, args, io.Discard, logs) }()
-	stopped := false
-	defer func() {
-		if !stopped {
-			cancel()
-			<-done
-		}
-	}()
-	addrRE := regexp.MustCompile(`msg="serving inference" address=(\S+)`)
-	var addr string
-	for i := 0; ; i++ {
-		if m := addrRE.FindStringSubmatch(logs.String()); m != nil {
-			if _, err := os.Stat(sock); err == nil {
-				addr = m[1]
-				break
-			}
-		}
-		if i == 200 {
-			t.Fatalf("no inference address and socket after 10s:\n%s", logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	d, addr := startFakeDaemon(t, "serving inference", "-config", conf)
 	if host, _, _ := net.SplitHostPort(addr); net.ParseIP(host) == nil || !net.ParseIP(host).IsLoopback() {
 		t.Errorf("inference served on %s, want loopback", addr)
 	}
-	b, err := client.New(sock).Create(context.Background(), api.CreateRequest{})
+	b, err := client.New(d.sock).Create(context.Background(), api.CreateRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,9 +58,7 @@ func TestInferenceListen(t *testing.T) {
 		t.Errorf("DELETE /v1/boxes/%s over the inference address: %d, want 404", b.ID, code)
 	}
 
-	cancel()
-	stopped = true
-	if err := <-done; err != nil {
+	if err := d.stop(); err != nil {
 		t.Fatalf("run: %v", err)
 	}
 	if c, err := net.Dial("tcp", addr); err == nil {

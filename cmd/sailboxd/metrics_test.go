@@ -5,58 +5,22 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/client"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
-	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
 
 // -metrics-listen serves the daemon's metrics on /metrics of the address
 // given, and nothing else there.
 func TestMetricsListen(t *testing.T) {
-	fake := fakebackend.New(2)
-	newBackend = func(config, *slog.Logger) (daemon.Backend, error) { return fake, nil }
-	dir, err := os.MkdirTemp("", "sbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "d.sock")
-	args := []string{"-state-dir", filepath.Join(dir, "state"), "-socket", sock, "-host-id", "h1", "-metrics-listen", "127.0.0.1:0"}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	logs := &logtest.Buffer{}
-	go func() { done <- run(ctx, args, io.Discard, logs) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
-	addrRE := regexp.MustCompile(`msg="serving metrics" address=(\S+)`)
-	var addr string
-	for i := 0; ; i++ {
-		if m := addrRE.FindStringSubmatch(logs.String()); m != nil {
-			if _, err := os.Stat(sock); err == nil {
-				addr = m[1]
-				break
-			}
-		}
-		if i == 200 {
-			t.Fatalf("no metrics address and socket after 10s:\n%s", logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	d, addr := startFakeDaemon(t, "serving metrics", "-metrics-listen", "127.0.0.1:0")
 
-	b, err := client.New(sock).Create(context.Background(), api.CreateRequest{})
+	b, err := client.New(d.sock).Create(context.Background(), api.CreateRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
