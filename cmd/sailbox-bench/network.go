@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -132,13 +133,15 @@ func (s *sink) drain() {
 type netGuest struct {
 	agent *guestagent.Client
 	host  string // the sink's host's address, seen from the guest
-	// stats returns the network's counters, for a stall's report.
-	stats func() string
+	// counters returns the network's counters (empty: none); stats
+	// adds, for a stall's report, where the guest's vCPUs are.
+	counters, stats func() string
 }
 
 // netResult is what one box of a round measured.
 type netResult struct {
 	mibps  float64         // 0: the stream failed
+	after  string          // the network's counters after the stream
 	stall  string          // why the stream failed
 	setups []time.Duration // connection set-up times
 }
@@ -149,7 +152,7 @@ func measureNet(ctx context.Context, o options, s *sink, g netGuest) (netResult,
 	var r netResult
 	s.drain()
 	t := strconv.FormatFloat(netStall.Seconds(), 'f', 0, 64)
-	xctx, cancel := context.WithTimeout(ctx, netStall+time.Duration(o.netMiB)*time.Second)
+	xctx, cancel := context.WithTimeout(ctx, 3*netStall+time.Duration(o.netMiB/4)*time.Second)
 	_, errOut, code, err := g.agent.Run(xctx, "python3", "-c", guestStream, g.host, strconv.Itoa(s.port()), strconv.Itoa(o.netMiB), t)
 	cancel()
 	want := int64(o.netMiB) << 20
@@ -167,6 +170,10 @@ func measureNet(ctx context.Context, o options, s *sink, g netGuest) (netResult,
 		case <-time.After(10 * time.Second):
 			r.stall = "the guest finished, the sink saw no end; " + g.stats()
 		}
+	}
+	r.after = g.counters()
+	if r.stall != "" {
+		return r, nil // a box whose stream stalled may answer nothing more
 	}
 	xctx, cancel = context.WithTimeout(ctx, netStall+time.Duration(o.netConns)*time.Second)
 	out, errOut, code, err := g.agent.Run(xctx, "python3", "-c", guestConnects, g.host, strconv.Itoa(s.port()), strconv.Itoa(o.netConns), t)
@@ -281,7 +288,7 @@ func report(w io.Writer, who string, i int, r netResult) {
 		fmt.Fprintf(w, "%s network round %d: STREAM STALLED: %s; connection set-up p50 %v\n", who, i, r.stall, median(r.setups))
 		return
 	}
-	fmt.Fprintf(w, "%s network round %d: %.1f MiB/s, connection set-up p50 %v\n", who, i, r.mibps, median(r.setups))
+	fmt.Fprintf(w, "%s network round %d: %.1f MiB/s, connection set-up p50 %v %s\n", who, i, r.mibps, median(r.setups), r.after)
 }
 
 // netRound boots a box on the image with a network of its own (a new
@@ -308,7 +315,7 @@ func (ib *imageBench) netRound(ctx context.Context, s *sink, i int) (netResult, 
 		return netResult{}, err
 	}
 	defer b.stop()
-	return measureNet(ctx, ib.o, s, netGuest{agent: b.agent, host: netapi.HostIP.String(), stats: func() string {
+	counters := func() string {
 		var sb strings.Builder
 		if st, ok := b.m.NetStats(); ok {
 			fmt.Fprintf(&sb, "virtio-net %+v", st)
@@ -321,6 +328,15 @@ func (ib *imageBench) netRound(ctx context.Context, s *sink, i int) (netResult, 
 			fmt.Fprintf(&sb, "; sailbox-net: %v", err)
 		}
 		return sb.String()
+	}
+	return measureNet(ctx, ib.o, s, netGuest{agent: b.agent, host: netapi.HostIP.String(), counters: counters, stats: func() string {
+		var sb strings.Builder
+		sb.WriteString(counters())
+		// Where the guest is, twice: a vCPU that moves is alive.
+		fmt.Fprintf(&sb, "\nvCPUs:\n%s", b.m.DescribeVCPUs())
+		time.Sleep(time.Second)
+		fmt.Fprintf(&sb, "vCPUs a second later:\n%s", b.m.DescribeVCPUs())
+		return b.console.wrap(errors.New(sb.String())).Error()
 	}})
 }
 
@@ -373,7 +389,7 @@ func qemuNetRound(ctx context.Context, o options, s *sink, cid uint32) (netResul
 		}
 		return netResult{}, err
 	}
-	return measureNet(ctx, o, s, netGuest{agent: agent, host: slirpNet.Gateway.String(), stats: func() string { return "(qemu: no counters)" }})
+	return measureNet(ctx, o, s, netGuest{agent: agent, host: slirpNet.Gateway.String(), counters: func() string { return "" }, stats: func() string { return "(qemu: no counters)" }})
 }
 
 func medianF(v []float64) float64 {
