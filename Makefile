@@ -55,7 +55,7 @@ bench: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
-	go build -o bin/sailbox-bench ./cmd/sailbox-bench
+	go build -o bin/ ./cmd/sailbox-bench ./cmd/sailbox-net
 	go run ./cmd/kvmlab run -timeout 40m -- bin/sailbox-bench -image "$$SAILBOX_DEFAULT_IMAGE" $(BENCHFLAGS)
 
 # Reproductions run many times over, not part of `make test`: today, ten

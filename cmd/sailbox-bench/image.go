@@ -38,6 +38,23 @@ type imageBench struct {
 	dir  string
 	root *snapshot.Root
 	n    int // machines started, for unique socket and top names
+	// net, if not nil, gives the machines boot starts a network.
+	net *netBox
+}
+
+// netBox is a booted machine's network: the socket of its sailbox-net
+// and the guest's configuration on the kernel command line.
+type netBox struct {
+	socket, cmdline string
+}
+
+// newImageBench makes an imageBench in dir, with a checkpoint store.
+func newImageBench(sys *kvm.System, o options, dir string) (*imageBench, error) {
+	root, err := snapshot.OpenRoot(filepath.Join(dir, "store"), nil)
+	if err != nil {
+		return nil, err
+	}
+	return &imageBench{sys: sys, o: o, dir: dir, root: root}, nil
 }
 
 // phases is how one machine came to its first exec.
@@ -99,6 +116,10 @@ func (ib *imageBench) boot(ctx context.Context, withImage, firstExec bool) (*box
 			return nil, p, err
 		}
 		cfg.Cmdline = imageRootCmdline
+	}
+	if ib.net != nil {
+		cfg.Net = &vmm.Net{SocketPath: ib.net.socket}
+		cfg.Cmdline += " " + ib.net.cmdline
 	}
 	t0 := time.Now()
 	if withImage {
@@ -207,11 +228,10 @@ func benchImage(ctx context.Context, sys *kvm.System, o options, stdout, stderr 
 		return err
 	}
 	defer os.RemoveAll(dir)
-	root, err := snapshot.OpenRoot(filepath.Join(dir, "store"), nil)
+	ib, err := newImageBench(sys, o, dir)
 	if err != nil {
 		return err
 	}
-	ib := &imageBench{sys: sys, o: o, dir: dir, root: root}
 
 	// The template: a boot checkpointed once its agent answers, as the
 	// daemon makes one. A create restores it as a fork.

@@ -10,7 +10,9 @@
 // file system image (-image), boxes booted on it: boot to agent ready
 // against the initramfs alone, create from a template and fork of a box
 // with python3 warm to the first exec, against a cold boot of the image
-// (image.go).
+// (image.go). Last, given the image, the network (network.go): guest →
+// host TCP throughput and connection set-up through a box's sailbox-net,
+// against QEMU's user-mode network. -rows picks the groups to run.
 //
 // On a machine without KVM it runs inside the KVM lab (`make bench`), where
 // absolute times mean little: compare the ratios, measured in one run.

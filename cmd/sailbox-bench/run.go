@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -30,7 +31,14 @@ type options struct {
 	qemu           string
 	timeout        time.Duration
 	snapshots      bool
+	rows           map[string]bool // the row groups to measure (-rows)
+	netBinary      string
+	netMiB         int
+	netConns       int
 }
+
+// rowGroups are -rows' groups, in the order they run.
+var rowGroups = []string{"boot", "snapshots", "image", "net"}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("sailbox-bench", flag.ContinueOnError)
@@ -45,8 +53,28 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a boot after this long")
 	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
 	fs.StringVar(&o.image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "root file system `image` (ext4) for the image rows: boot, create from a template, fork with python3 warm (default $SAILBOX_DEFAULT_IMAGE, which make bench sets to image/build.sh's Debian image); empty: skip them")
+	rows := fs.String("rows", strings.Join(rowGroups, ","), "comma-separated row `groups` to measure: boot (boot and exec against QEMU), snapshots (needs boot), image (needs -image), net (guest → host TCP against QEMU's -netdev user; needs -image)")
+	fs.StringVar(&o.netBinary, "net-binary", besideMe("sailbox-net"), "the sailbox-net `binary` for the net rows (default: beside this one)")
+	fs.IntVar(&o.netMiB, "net-mib", 128, "MiB each net round streams from guest to host")
+	fs.IntVar(&o.netConns, "net-conns", 50, "connections each net round opens, for the set-up time")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	o.rows = map[string]bool{}
+	for _, g := range strings.Split(*rows, ",") {
+		if !slices.Contains(rowGroups, g) {
+			return fmt.Errorf("-rows: unknown group %q (want some of %s)", g, strings.Join(rowGroups, ","))
+		}
+		o.rows[g] = true
+	}
+	if !o.snapshots {
+		delete(o.rows, "snapshots")
+	}
+	if o.rows["snapshots"] && !o.rows["boot"] {
+		return errors.New("-rows: snapshots needs boot (its ratios are to the boot's)")
+	}
+	if o.netMiB < 1 || o.netConns < 1 {
+		return errors.New("need -net-mib >= 1 and -net-conns >= 1")
 	}
 	if o.kernel == "" || o.initrd == "" || o.runs < 1 || o.execs < 1 {
 		return errors.New("need -kernel, -initrd, -runs >= 1 and -execs >= 1")
@@ -62,6 +90,36 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer sys.Close()
 
+	if o.rows["boot"] {
+		if err := benchBoot(ctx, sys, o, stdout, stderr); err != nil {
+			return err
+		}
+	}
+	if o.rows["image"] {
+		if o.image == "" {
+			fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
+		} else if err := benchImage(ctx, sys, o, stdout, stderr); err != nil {
+			return err
+		}
+	}
+	if o.rows["net"] {
+		return benchNetwork(ctx, sys, o, stdout, stderr)
+	}
+	return nil
+}
+
+// besideMe is the path of the binary name in this one's directory.
+func besideMe(name string) string {
+	self, err := os.Executable()
+	if err != nil {
+		return name
+	}
+	return filepath.Join(filepath.Dir(self), name)
+}
+
+// benchBoot measures boots and execs of Sailbox against QEMU, then the
+// snapshots rows against those boots.
+func benchBoot(ctx context.Context, sys *kvm.System, o options, stdout, stderr io.Writer) error {
 	var sb, qb, sx, qx []time.Duration
 	for i := 0; i < o.runs; i++ {
 		boot, execs, err := benchSailbox(ctx, sys, o)
@@ -97,16 +155,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", ratio(median(sb), median(qb)))
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", ratio(median(sx), median(qx)))
 	}
-	if o.snapshots {
-		if err := benchSnapshots(ctx, sys, o, median(sb), stdout, stderr); err != nil {
-			return err
-		}
+	if o.rows["snapshots"] {
+		return benchSnapshots(ctx, sys, o, median(sb), stdout, stderr)
 	}
-	if o.image == "" {
-		fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
-		return nil
-	}
-	return benchImage(ctx, sys, o, stdout, stderr)
+	return nil
 }
 
 // benchSailbox boots one VM, waits for its agent and times exec round trips.
