@@ -105,6 +105,7 @@ image: deps
 
 lab-kernel: deps
 	build/lab-kernel.sh
+	build/lab-qemu.sh
 
 # Runs every fuzz target for FUZZTIME each (seed corpora run in `make test`).
 FUZZTIME ?= 30s

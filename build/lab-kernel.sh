@@ -13,8 +13,8 @@
 #     panicked or locked up now and then; 10 MiB streams stalled in 2 of
 #     8 boots, against none in 16 under 6.12 (`make stress`);
 #   - 6.10 added KVM_PRE_FAULT_MEMORY.
-# The package is found in the archive's signed index (InRelease, checked
-# with gpgv against Debian's keyring), and the .deb checked against it.
+# The package is found in the archive's signed index and checked against
+# it (build/debian.sh).
 set -euo pipefail
 cache=${SAILBOX_CACHE:-$HOME/.cache/sailbox}
 mirror=${SAILBOX_DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -30,34 +30,16 @@ fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fetch() { curl -fsSL --retry 3 -o "$2" "$1" || { echo "lab-kernel: cannot download $1" >&2; exit 1; }; }
+name=lab-kernel
+. "$(dirname "$0")/debian.sh"
 
-echo "lab-kernel: looking up $pkg in $suite (signed index)" >&2
-fetch "$mirror/dists/$suite/InRelease" "$tmp/InRelease"
-gpgv --quiet --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$tmp/Release" "$tmp/InRelease" 2>"$tmp/gpgv.log" ||
-  { cat "$tmp/gpgv.log" >&2; echo "lab-kernel: $suite/InRelease: bad signature" >&2; exit 1; }
-index=main/binary-amd64/Packages.xz
-sum=$(awk -v f="$index" '/^SHA256:/ {s=1; next} /^[^ ]/ {s=0} s && $3 == f {print $1}' "$tmp/Release")
-[ -n "$sum" ] || { echo "lab-kernel: $suite/Release lists no $index" >&2; exit 1; }
-fetch "$mirror/dists/$suite/$index" "$tmp/Packages.xz"
-echo "$sum  $tmp/Packages.xz" | sha256sum --quiet -c - || { echo "lab-kernel: $index: checksum mismatch" >&2; exit 1; }
-
-read -r file debsum < <(xz -dc "$tmp/Packages.xz" | awk -v p="$pkg" '
-  /^Package:/ {hit = ($2 == p)}
-  hit && /^Filename:/ {f = $2}
-  hit && /^SHA256:/ {s = $2}
-  END {if (f != "") print f, s}') || true
-if [ -z "${file:-}" ]; then
-  echo "lab-kernel: $pkg is not in $suite; it offers:" >&2
+debian_index
+if ! debian_deb "$pkg" "" "$tmp/kernel.deb"; then
+  echo "lab-kernel: $suite offers:" >&2
   xz -dc "$tmp/Packages.xz" | awk '/^Package: linux-image-[0-9.]+\+deb12-amd64$/ {print "  " $2}' | sort -uV >&2
   echo "lab-kernel: set SAILBOX_LAB_KERNEL to one of them (the version part)" >&2
   exit 1
 fi
-
-echo "lab-kernel: downloading $pkg (~105 MB)" >&2
-curl -fL --retry 3 --progress-bar -o "$tmp/kernel.deb" "$mirror/$file" ||
-  { echo "lab-kernel: cannot download $mirror/$file" >&2; exit 1; }
-echo "$debsum  $tmp/kernel.deb" | sha256sum --quiet -c - || { echo "lab-kernel: $file: checksum mismatch" >&2; exit 1; }
 
 echo "lab-kernel: unpacking into $dir" >&2
 rm -rf "$dir" && mkdir -p "$dir"

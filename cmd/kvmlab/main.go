@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (int, err
 	}
 	fs.StringVar(&r.Where, "where", where, "where to run: auto, host or lab (env SAILBOX_KVM)")
 	fs.StringVar(&r.LabKernel, "lab-kernel", "", "unpacked lab kernel `dir` (default: from build/lab-kernel.sh)")
+	fs.StringVar(&r.LabQEMU, "lab-qemu", "", "unpacked lab QEMU `dir` (default: from build/lab-qemu.sh)")
 	fs.StringVar(&r.WorkDir, "work", filepath.Join(cache, "labrun", verb), "work `dir` for binaries, initramfs and console log")
 	fs.IntVar(&r.MemoryMiB, "mem", 4096, "lab memory in MiB")
 	fs.IntVar(&r.CPUs, "cpus", 2, "lab vCPUs")

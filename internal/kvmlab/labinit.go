@@ -68,7 +68,8 @@ func RunInit(out io.Writer) error {
 		return err
 	}
 	defer idle.Close()
-	fmt.Fprintf(out, "%s/dev/kvm after %s of lab uptime\n", markerReady, uptime())
+	cpus, _ := os.ReadFile("/sys/devices/system/cpu/online")
+	fmt.Fprintf(out, "%s/dev/kvm after %s of lab uptime, CPUs %s online\n", markerReady, uptime(), strings.TrimSpace(string(cpus)))
 
 	if err := mountHostRoot(); err != nil {
 		return err
@@ -139,21 +140,24 @@ func holdKVM() (io.Closer, error) {
 // (see holdKVM). The issue that made this necessary crashed a lab at 3.9
 // s of uptime, while the idle VM was being created. Single-threaded TCG
 // would avoid the race for the whole run, but nested guests under it
-// could not boot in two minutes.
+// could not boot in two minutes. The lab boots with the other CPUs
+// offline too (maxcpus=1, see Lab.Run), so alone is where they first
+// come online: after fn, every lab CPU is online.
 func alone(fn func() error) error {
-	online, _ := filepath.Glob("/sys/devices/system/cpu/cpu[1-9]*/online")
-	var off []string
-	for _, path := range online {
-		if err := os.WriteFile(path, []byte("0"), 0); err != nil {
-			return errors.Join(fmt.Errorf("lab: offline %s: %w", filepath.Dir(path), err), reonline(off))
+	paths, _ := filepath.Glob("/sys/devices/system/cpu/cpu[1-9]*/online")
+	for i, path := range paths {
+		if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == "0" {
+			continue // not booted (maxcpus=1)
 		}
-		off = append(off, path)
+		if err := os.WriteFile(path, []byte("0"), 0); err != nil {
+			return errors.Join(fmt.Errorf("lab: offline %s: %w", filepath.Dir(path), err), online(paths[:i]))
+		}
 	}
-	return errors.Join(fn(), reonline(off))
+	return errors.Join(fn(), online(paths))
 }
 
-// reonline brings the CPUs whose online files are paths back online.
-func reonline(paths []string) error {
+// online brings the CPUs whose online files are paths online.
+func online(paths []string) error {
 	var errs []error
 	for _, path := range paths {
 		if err := os.WriteFile(path, []byte("1"), 0); err != nil {

@@ -19,6 +19,7 @@ import (
 // model, whose SVM the lab kernel's kvm-amd turns into a real /dev/kvm.
 type Lab struct {
 	QEMU       string        // qemu-system-x86_64
+	Firmware   []string      // directories of QEMU's firmware (-L): its option ROMs, SeaBIOS
 	KernelDir  string        // unpacked linux-image .deb: boot/vmlinuz-*, lib/modules/*
 	InitBinary string        // static build of cmd/kvmlab-init
 	WorkDir    string        // initramfs and console log go here
@@ -64,17 +65,28 @@ func (l *Lab) Run(ctx context.Context, plan *Plan) (*Result, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, l.Timeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, l.QEMU,
+	args := []string{}
+	for _, dir := range l.Firmware {
+		args = append(args, "-L", dir)
+	}
+	cmd := exec.CommandContext(ctx, l.QEMU, append(args,
 		"-machine", "q35", "-cpu", "EPYC", "-accel", "tcg,thread=multi",
 		"-m", fmt.Sprint(l.MemoryMiB), "-smp", fmt.Sprint(l.CPUs),
 		"-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", kernel, "-initrd", initrd,
-		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init"+amdParams(),
+		// maxcpus=1: the lab kernel boots on one CPU, and the lab's init
+		// brings the others online once KVM is set up (see alone). The
+		// kernel live-patches its text while it boots (static keys such
+		// as sched_clock's), and under multi-threaded TCG a CPU running
+		// beside the patch now and then still executes the breakpoint it
+		// removed: a lab died of "Oops: int3" in sched_clock_cpu at 1.6 s
+		// of uptime, before its init ran.
+		"-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init maxcpus=1"+amdParams(),
 		// multidevs=remap: the host root spans file systems (/, /proc,
 		// /sys, ...) whose inode numbers collide; without remapping, the
 		// lab's 9p client takes /proc and /sys for one directory.
 		"-virtfs", "local,path=/,mount_tag="+shareTag+",security_model=none,readonly=on,multidevs=remap",
-	)
+	)...)
 	// QEMU's own warnings (TCG lacks a few EPYC features) go to the log only.
 	cmd.Stderr = log
 	cmd.WaitDelay = 5 * time.Second

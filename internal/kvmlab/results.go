@@ -33,7 +33,7 @@ type Result struct {
 
 	step     int             // the step whose output is being read
 	obs      []observation   // every test result, with its step
-	running  string          // the top-level test running now
+	running  string          // the top-level test running now, "" between tests
 	labFault map[string]bool // tests during which a guest showed a lab fault
 }
 
@@ -139,6 +139,9 @@ func (r *Result) observe(line string) {
 	if m == nil {
 		return
 	}
+	if m[2] == r.running {
+		r.running = ""
+	}
 	r.obs = append(r.obs, observation{step: r.step, status: m[1], name: m[2]})
 	r.tally(m[1], m[2])
 }
@@ -152,6 +155,15 @@ func (r *Result) tally(status, name string) {
 	case "SKIP":
 		r.Skipped = append(r.Skipped, name)
 	}
+}
+
+// cutShort names the top-level test that was running when the lab
+// crashed ("step N TestName"), or "" if the crash came between tests.
+func (r *Result) cutShort() string {
+	if !r.Crashed || r.running == "" {
+		return ""
+	}
+	return fmt.Sprintf("step %d %s", r.step, r.running)
 }
 
 // unfinished lists the steps that did not report an exit.
@@ -188,6 +200,9 @@ func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
 	}
 	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: rerun.Done, LabError: rerun.LabError,
 		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError)}
+	if rerun.running != "" && rerun.step < len(steps) {
+		m.running, m.step = rerun.running, steps[rerun.step]
+	}
 	for _, o := range r.obs {
 		if _, ran := again[o.step]; !ran || o.status == "PASS" {
 			m.obs = append(m.obs, o)

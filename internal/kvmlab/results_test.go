@@ -244,3 +244,52 @@ func feed(r *Result, lines ...string) {
 		r.observe(line)
 	}
 }
+
+// A crash reruns what is left, up to maxCrashReruns times, unless the
+// test it cut short was also cut short by the crash before: that test may
+// be what breaks the lab, and the run stops naming it.
+func TestCrashRerun(t *testing.T) {
+	crashed := func(lines ...string) *Result {
+		r := newResult("lab", 2)
+		feed(r, lines...)
+		r.LabError, r.Crashed = "the lab powered off", true
+		return r
+	}
+	boot := crashed() // died while booting: nothing ran
+	if ok, why := crashRerun(boot, "", 0); !ok || why != "" || boot.cutShort() != "" {
+		t.Errorf("a crash at boot: rerun %v (%q), cut short %q", ok, why, boot.cutShort())
+	}
+	mid := crashed("=== RUN   TestKVMA", "--- PASS: TestKVMA (1.00s)", "=== RUN   TestKVMB", "=== RUN   TestKVMB/sub")
+	if got := mid.cutShort(); got != "step 0 TestKVMB" {
+		t.Fatalf("cut short %q", got)
+	}
+	if ok, _ := crashRerun(mid, "", 0); !ok {
+		t.Error("a first crash in a test is not rerun")
+	}
+	if ok, _ := crashRerun(mid, "step 0 TestKVMA", 1); !ok {
+		t.Error("a crash in another test than the last one is not rerun")
+	}
+	if ok, why := crashRerun(mid, "step 0 TestKVMB", 1); ok || !strings.Contains(why, "TestKVMB") {
+		t.Errorf("the same test cut short twice: rerun %v (%q)", ok, why)
+	}
+	if ok, why := crashRerun(mid, "", maxCrashReruns); ok || !strings.Contains(why, "no more reruns") {
+		t.Errorf("after %d reruns: rerun %v (%q)", maxCrashReruns, ok, why)
+	}
+	between := crashed("=== RUN   TestKVMA", "--- FAIL: TestKVMA (1.00s)")
+	if got := between.cutShort(); got != "" {
+		t.Errorf("a crash between tests cut short %q", got)
+	}
+	ran := crashed(stepMarker(0, 0), stepMarker(1, 0))
+	if ok, _ := crashRerun(ran, "", 0); ok {
+		t.Error("a lab that crashed after its last step is rerun")
+	}
+
+	// The rerun's cut-short test is named by the first run's step.
+	first := crashed(stepMarker(0, 0), "=== RUN   TestKVMC")
+	second := newResult("lab", 1)
+	feed(second, "=== RUN   TestKVMC")
+	second.LabError, second.Crashed = "wedged", true
+	if m := first.mergeRerun(first.unfinished(), second); m.cutShort() != first.cutShort() || m.cutShort() != "step 1 TestKVMC" {
+		t.Errorf("merged cut short %q, first %q", m.cutShort(), first.cutShort())
+	}
+}

@@ -27,6 +27,7 @@ const (
 type Runner struct {
 	Where     string // WhereAuto, WhereHost or WhereLab
 	LabKernel string // unpacked lab kernel (build/lab-kernel.sh); found by running it when empty
+	LabQEMU   string // unpacked lab QEMU (build/lab-qemu.sh); found by running it when empty
 	WorkDir   string
 	MemoryMiB int
 	CPUs      int
@@ -82,19 +83,13 @@ func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
 // newLab readies a lab: QEMU found, the lab kernel fetched, the lab's
 // init built.
 func (r *Runner) newLab(ctx context.Context) (*Lab, error) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
+	kernelDir, err := r.fetched(ctx, r.LabKernel, "build/lab-kernel.sh", "lab kernel")
 	if err != nil {
-		return nil, fmt.Errorf("kvmlab: the lab needs QEMU (apt-get install qemu-system-x86; build/deps.sh does it): %w", err)
+		return nil, err
 	}
-	kernelDir := r.LabKernel
-	if kernelDir == "" {
-		cmd := exec.CommandContext(ctx, "build/lab-kernel.sh")
-		cmd.Stderr = r.Log
-		out, err := cmd.Output()
-		if err != nil {
-			return nil, fmt.Errorf("kvmlab: lab kernel (build/lab-kernel.sh): %w", err)
-		}
-		kernelDir = strings.TrimSpace(string(out))
+	qemuDir, err := r.fetched(ctx, r.LabQEMU, "build/lab-qemu.sh", "lab QEMU")
+	if err != nil {
+		return nil, err
 	}
 	init := filepath.Join(r.WorkDir, "kvmlab-init")
 	build := exec.CommandContext(ctx, "go", "build", "-o", init, "github.com/sailbox-dev/sailbox/cmd/kvmlab-init")
@@ -104,7 +99,8 @@ func (r *Runner) newLab(ctx context.Context) (*Lab, error) {
 		return nil, fmt.Errorf("kvmlab: build the lab's init: %w", err)
 	}
 	lab := &Lab{
-		QEMU:       qemu,
+		QEMU:       filepath.Join(qemuDir, "usr/bin/qemu-system-x86_64"),
+		Firmware:   []string{filepath.Join(qemuDir, "usr/share/qemu"), filepath.Join(qemuDir, "usr/share/seabios")},
 		KernelDir:  kernelDir,
 		InitBinary: init,
 		WorkDir:    r.WorkDir,
@@ -113,9 +109,25 @@ func (r *Runner) newLab(ctx context.Context) (*Lab, error) {
 		Timeout:    r.Timeout,
 		Out:        r.Out,
 	}
-	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
-		filepath.Base(kernelDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
+	fmt.Fprintf(r.Log, "kvmlab: booting the lab (kernel %s, %s, %d MiB, %d CPUs, timeout %v; console log %s)\n",
+		filepath.Base(kernelDir), filepath.Base(qemuDir), r.MemoryMiB, r.CPUs, r.Timeout, lab.ConsoleLog())
 	return lab, nil
+}
+
+// fetched returns dir, or if it is empty the directory that script (run
+// from the repository's root) fetches and prints: the lab's kernel or
+// QEMU, unpacked from Debian's archive into the cache.
+func (r *Runner) fetched(ctx context.Context, dir, script, what string) (string, error) {
+	if dir != "" {
+		return dir, nil
+	}
+	cmd := exec.CommandContext(ctx, script)
+	cmd.Stderr = r.Log
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("kvmlab: %s (%s): %w", what, script, err)
+	}
+	return strings.TrimSpace(string(out)), nil
 }
 
 // retestLabFaults runs once more, in a fresh lab, the tests that failed
@@ -174,23 +186,50 @@ func withFlag(args []string, flag, value string) []string {
 }
 
 // maxCrashReruns bounds how many fresh labs run what crashed labs left.
-const maxCrashReruns = 2
+// On a busy CI machine the lab's emulated SVM has crashed three labs in
+// one 22-minute kvm tier (at 15m39s, 4m57s and 6s of their uptime), so
+// the bound leaves room for that; a test that a crash cuts short twice in
+// a row is not run a third time (see crashRerun).
+const maxCrashReruns = 5
 
-// rerunCrashed runs in a fresh lab, up to maxCrashReruns times, the steps
-// a crashed lab did not finish, without the tests that passed in them.
+// crashRerun decides whether what the crashed run res left runs again in
+// a fresh lab, given the test that the previous crash cut short (prev,
+// "" if none or no previous crash) and the reruns made so far. A crash
+// says nothing about the test it cut short, unless the same test is cut
+// short twice in a row: then that test may be what breaks the lab (a
+// guest driving the emulated SVM somewhere it always fails), and running
+// it again would only hide it, so the run stops with the lab's error
+// naming it.
+func crashRerun(res *Result, prev string, reruns int) (again bool, why string) {
+	switch cut := res.cutShort(); {
+	case !res.Crashed || len(res.unfinished()) == 0:
+		return false, ""
+	case cut != "" && cut == prev:
+		return false, fmt.Sprintf("%s was running at this lab crash and the one before; it is not run again", cut)
+	case reruns >= maxCrashReruns:
+		return false, fmt.Sprintf("%d lab crashes in one run; no more reruns", reruns+1)
+	}
+	return true, ""
+}
+
+// rerunCrashed runs in a fresh lab, while crashRerun allows, the steps a
+// crashed lab did not finish, without the tests that passed in them.
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
-	for range maxCrashReruns {
-		if !res.Crashed {
+	prev := ""
+	for reruns := 0; ; reruns++ {
+		ok, why := crashRerun(res, prev, reruns)
+		if why != "" {
+			res.LabError += "; " + why
+		}
+		if !ok {
 			return res, nil
 		}
+		prev = res.cutShort()
 		// The lab's emulated SVM breaks now and then (its kernel panics,
 		// triple-faults or wedges): that is not a test's failure, so what
 		// did not finish runs again in a fresh lab, and the crash is
 		// reported.
 		steps := res.unfinished()
-		if len(steps) == 0 {
-			return res, nil
-		}
 		crashLog := filepath.Join(r.WorkDir, fmt.Sprintf("console-crash%d.log", len(res.Reruns)+1))
 		if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
 			crashLog = lab.ConsoleLog()
@@ -205,15 +244,18 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 			rerun.Steps = append(rerun.Steps, s)
 			names = append(names, s.Name)
 		}
-		fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s; console log %s); running the %d unfinished steps again in a fresh lab, without the tests that passed: %s\n",
-			res.LabError, crashLog, len(steps), strings.Join(names, ", "))
+		cut := ""
+		if prev != "" {
+			cut = ", cutting short " + prev
+		}
+		fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s%s; console log %s); running the %d unfinished steps again in a fresh lab, without the tests that passed: %s\n",
+			res.LabError, cut, crashLog, len(steps), strings.Join(names, ", "))
 		again, err := lab.Run(ctx, rerun)
 		if err != nil {
 			return nil, err
 		}
 		res = res.mergeRerun(steps, again)
 	}
-	return res, nil
 }
 
 // ForwardedEnv returns the SAILBOX_* variables of this process, which steps
