@@ -97,10 +97,10 @@ func (b *Backend) startNet(ctx context.Context, box string, p catalog.NetPolicy)
 		}
 		select {
 		case <-n.exited:
-			return nil, fmt.Errorf("box %s: sailbox-net exited at start (its log ends %q)", box, logTail(f.netLog))
+			return nil, fmt.Errorf("box %s: sailbox-net exited at start (its log ends %q)", box, logTail(f.netLog, 1))
 		case <-ctx.Done():
 			b.stopNet(box, n)
-			return nil, fmt.Errorf("box %s: sailbox-net did not answer within %v: %w (its log ends %q)", box, netReadyTimeout, err, logTail(f.netLog))
+			return nil, fmt.Errorf("box %s: sailbox-net did not answer within %v: %w (its log ends %q)", box, netReadyTimeout, err, logTail(f.netLog, 1))
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
@@ -151,7 +151,7 @@ func (b *Backend) watchNet(box string, v *vm) {
 		}
 		if !n.stopping.Load() {
 			b.log.Error("box's network (sailbox-net) exited on its own; the guest has no network until it is next restored, exposed ports go through the agent",
-				"box", box, "pid", n.pid, "log_tail", logTail(v.files.netLog))
+				"box", box, "pid", n.pid, "log_tail", logTail(v.files.netLog, 1))
 		}
 	}()
 }

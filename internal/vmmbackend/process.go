@@ -89,7 +89,7 @@ func (b *Backend) adopt(ctx context.Context, box string, v *vm) (daemon.Instance
 		b.logVCPUs(box, v)
 		b.kill(v)
 		b.stopNet(box, v.net)
-		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.files.log))
+		return daemon.Instance{}, fmt.Errorf("box %s: guest agent: %w (the VMM's log ends %q)", box, err, logTail(v.files.log, 1))
 	}
 	v.schema.Store(int32(h.GuestSchemaVersion))
 	b.register(box, v)
@@ -113,7 +113,9 @@ func (b *Backend) logVCPUs(box string, v *vm) {
 		b.log.Warn("guest agent did not answer; its vCPUs cannot be described", "box", box, "err", err)
 		return
 	}
-	b.log.Warn("guest agent did not answer; its vCPUs", "box", box, "vcpus", d)
+	// The guest's console says why, if its kernel got as far as printing
+	// (a panic, an oops); a guest booted quiet prints nothing else.
+	b.log.Warn("guest agent did not answer; its vCPUs", "box", box, "vcpus", d, "console", logTail(v.files.console, 30))
 }
 
 // register makes v box's VM, and logs it if it exits while it still is:
@@ -133,7 +135,7 @@ func (b *Backend) register(box string, v *vm) {
 		current := b.vms[box] == v
 		b.mu.Unlock()
 		if current {
-			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.files.log))
+			b.log.Error("box's VMM exited on its own", "box", box, "pid", v.pid, "log_tail", logTail(v.files.log, 1))
 			if lost := b.lost.Load(); lost != nil && *lost != nil {
 				(*lost)(box)
 			}
@@ -144,15 +146,15 @@ func (b *Backend) register(box string, v *vm) {
 // Watch has lost called when a box's VMM exits on its own.
 func (b *Backend) Watch(lost func(box string)) { b.lost.Store(&lost) }
 
-// logTail is the last line of the VMM log at path: what it said last,
-// often why it stopped.
-func logTail(path string) string {
+// logTail is the last n lines of the log at path: what it said last, or
+// "" if it cannot be read.
+func logTail(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return ""
 	}
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	return lines[len(lines)-1]
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // watchPID closes exited when process pid is gone (for VMMs this process
