@@ -5,11 +5,11 @@ set -euo pipefail
 
 # Tools the build needs, by package. Keep in sync with README "What gets installed".
 packages=(
-  qemu-system-x86    # the KVM lab (TCG + emulated AMD SVM) and the QEMU peer in benchmarks
+  qemu-system-x86    # the QEMU peer in benchmarks; its libraries serve the lab's QEMU 10 (build/lab-qemu.sh)
   linux-source-6.1   # the guest kernel source
   flex bison bc libelf-dev libssl-dev  # kernel build
   xz-utils cpio      # unpacking the kernel source and .debs
-  curl gpgv debian-archive-keyring  # the lab kernel from bookworm-backports, signature-checked
+  curl gpgv debian-archive-keyring  # the lab kernel and QEMU from bookworm-backports, signature-checked
   build-essential
   e2fsprogs          # mkfs.ext4 for test disk images and the box image (image/), debugfs and e2fsck to check it
   busybox-static     # the guest's shell and tools, copied into the initramfs
