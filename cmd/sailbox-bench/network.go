@@ -313,13 +313,15 @@ func report(w io.Writer, who string, i int, r netResult) {
 // netRound boots a box on the image with a network of its own (a new
 // sailbox-net that lets it reach the host's loopback) and measures it.
 func (ib *imageBench) netRound(ctx context.Context, s *sink, i int) (netResult, error) {
+	// Names by machine, not round: a round whose boot broke is taken
+	// again (retryBoot) beside the first attempt's files.
 	l := netapi.Launch{
-		Socket:  filepath.Join(ib.dir, fmt.Sprintf("n%d.sock", i)),
-		Control: filepath.Join(ib.dir, fmt.Sprintf("n%d.ctl", i)),
+		Socket:  filepath.Join(ib.dir, fmt.Sprintf("n%d.sock", ib.n)),
+		Control: filepath.Join(ib.dir, fmt.Sprintf("n%d.ctl", ib.n)),
 		Box:     fmt.Sprintf("bench%d", i),
 		Allow:   []string{netapi.HostIP.String()},
 	}
-	cmd, err := l.Start(ib.o.netBinary, filepath.Join(ib.dir, fmt.Sprintf("n%d.log", i)))
+	cmd, err := l.Start(ib.o.netBinary, filepath.Join(ib.dir, fmt.Sprintf("n%d.log", ib.n)))
 	if err != nil {
 		return netResult{}, err
 	}
