@@ -207,3 +207,15 @@ func TestReportLeavesOutPlotsOfRowsNotMeasured(t *testing.T) {
 		t.Errorf("the Markdown of a full run without snapshot rows:\n%s", md)
 	}
 }
+
+func TestValuesLeaveOutWhatJSONCannotHold(t *testing.T) {
+	res := sampleResults()
+	res.values("net.throughput.sailbox", "net", "throughput", "MiB/s", 3.5, math.Inf(1), math.NaN())
+	if row, _ := res.rowByID("net.throughput.sailbox"); len(row.Samples) != 1 {
+		t.Errorf("samples %v, want the finite one alone", row.Samples)
+	}
+	var out bytes.Buffer
+	if err := handBack(&out, res); err != nil {
+		t.Fatalf("hand back: %v", err)
+	}
+}

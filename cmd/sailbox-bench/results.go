@@ -108,10 +108,17 @@ func (r *Results) durations(id, group, label string, d ...time.Duration) {
 	}
 }
 
-// values records v (in unit) as row id's samples.
+// values records v (in unit) as row id's samples. A sample that is not a
+// number (JSON has none) is left out, with a note.
 func (r *Results) values(id, group, label, unit string, v ...float64) {
 	row := r.row(id, group, label, unit)
-	row.Samples = append(row.Samples, v...)
+	for _, x := range v {
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			r.note("%s: a sample of %v left out", id, x)
+			continue
+		}
+		row.Samples = append(row.Samples, x)
+	}
 }
 
 // pair records one sample y measured at x.
