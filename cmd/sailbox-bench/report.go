@@ -125,13 +125,11 @@ func markdown(res *Results, base string, drawn map[string]bool) string {
 				ratios = append(ratios, fmt.Sprintf("%.3f ÷ %s", q.Value, strings.Join(q.Den, " + ")))
 			}
 		}
-		label := row.Label
-		if len(row.X) > 0 {
-			label += fmt.Sprintf(" (all %s)", row.XUnit)
+		for _, part := range tableParts(row) {
+			fmt.Fprintf(&b, "| %s `%s` | %d | %s | %s | %s | %s | %s |\n", part.label, row.ID, len(part.samples),
+				number(percentile(part.samples, 0.5)), number(percentile(part.samples, 0.9)), number(percentile(part.samples, 0.99)),
+				row.Unit, strings.Join(ratios, "; "))
 		}
-		fmt.Fprintf(&b, "| %s `%s` | %d | %s | %s | %s | %s | %s |\n", label, row.ID, len(row.Samples),
-			number(percentile(row.Samples, 0.5)), number(percentile(row.Samples, 0.9)), number(percentile(row.Samples, 0.99)),
-			row.Unit, strings.Join(ratios, "; "))
 	}
 	fmt.Fprintf(&b, "\npN is the sample at rank ⌊N/100 · n⌋ of the n sorted samples (p99 of fewer than 100 is the largest); every sample is in the JSON.\n")
 
@@ -161,6 +159,37 @@ func markdown(res *Results, base string, drawn map[string]bool) string {
 		}
 	}
 	return b.String()
+}
+
+// tablePart is some of a row's samples, as one line of the table.
+type tablePart struct {
+	label   string
+	samples []float64
+}
+
+// tableParts splits a row measured against X values that repeat (the
+// checkpoint rounds' dirty MiB) into a line per value, in the order
+// measured; any other row is one line.
+func tableParts(row Row) []tablePart {
+	if len(row.X) != len(row.Samples) || len(row.X) == 0 {
+		return []tablePart{{row.Label, row.Samples}}
+	}
+	var xs []float64
+	by := map[float64][]float64{}
+	for i, x := range row.X {
+		if _, ok := by[x]; !ok {
+			xs = append(xs, x)
+		}
+		by[x] = append(by[x], row.Samples[i])
+	}
+	if len(xs) == len(row.X) {
+		return []tablePart{{fmt.Sprintf("%s (over %s %g to %g)", row.Label, row.XUnit, xs[0], xs[len(xs)-1]), row.Samples}}
+	}
+	parts := make([]tablePart, len(xs))
+	for i, x := range xs {
+		parts[i] = tablePart{fmt.Sprintf("%s, at %g %s", row.Label, x, row.XUnit), by[x]}
+	}
+	return parts
 }
 
 func machineLine(m Machine) string {
