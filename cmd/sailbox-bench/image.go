@@ -375,8 +375,8 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 	return nil
 }
 
-// forkKind is one kind of fork and what its forks measured: checkpoint(i)
-// is the checkpoint of its fork i, taken by it if need be (tookCkpt > 0
+// forkKind is one kind of fork and what its forks measured: checkpoint(a)
+// is the checkpoint of its fork attempt a, taken by it if need be (tookCkpt > 0
 // then, counted in the fork's time); argv is the first exec; check, if
 // not nil, runs after the first exec, untimed. Its fork 0 records the
 // working set that the later ones with the working set map ahead.
