@@ -11,7 +11,8 @@ import (
 )
 
 // plotSpec is one PNG of the report: a paired row drawn as points
-// (against its X), or rows' samples drawn as box plots side by side.
+// (against its X, joined if a curve), or rows' samples drawn as box plots
+// side by side.
 // Only rows the run measured are drawn; a plot none of whose rows were
 // measured is left out, and the Markdown says so.
 type plotSpec struct {
@@ -19,7 +20,6 @@ type plotSpec struct {
 	title  string
 	paired string   // a row with X: points of its samples against X
 	boxes  []string // rows: a box plot of each one's samples
-	joined bool     // paired: join the points in X order with a line
 }
 
 // plots are the report's plots, in its order.
@@ -29,7 +29,7 @@ var plots = []plotSpec{
 		"restore.cold", "restore.ws", "fork.cold", "fork.ws",
 		"image.create.cold", "image.create.ws", "image.pyfork.cold", "image.pyfork.ws",
 	}},
-	{name: "fork-memory", title: "private host memory against forks running", paired: "forks.private", joined: true},
+	{name: "fork-memory", title: "private host memory against forks running", paired: "forks.private"},
 }
 
 // drawPlot writes spec's plot of res to path. It reports false, writing
@@ -53,7 +53,7 @@ func drawPlot(res *Results, spec plotSpec, path string) (bool, error) {
 			return false, fmt.Errorf("plot %s: %w", spec.name, err)
 		}
 		p.Add(s)
-		if spec.joined {
+		if row.Curve {
 			l, err := plotter.NewLine(xys)
 			if err != nil {
 				return false, fmt.Errorf("plot %s: %w", spec.name, err)

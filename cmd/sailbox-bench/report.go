@@ -167,12 +167,16 @@ type tablePart struct {
 	samples []float64
 }
 
-// tableParts splits a row measured against X values that repeat (the
-// checkpoint rounds' dirty MiB) into a line per value, in the order
-// measured; any other row is one line.
+// tableParts splits a row measured at X values (the checkpoints' dirty
+// MiB) into a line per value, in the order measured; a curve is one line,
+// its last point; any other row is one line.
 func tableParts(row Row) []tablePart {
-	if len(row.X) != len(row.Samples) || len(row.X) == 0 {
+	n := len(row.Samples)
+	switch {
+	case len(row.X) != n || n == 0:
 		return []tablePart{{row.Label, row.Samples}}
+	case row.Curve:
+		return []tablePart{{fmt.Sprintf("%s, at %g %s", row.Label, row.X[n-1], row.XUnit), row.Samples[n-1:]}}
 	}
 	var xs []float64
 	by := map[float64][]float64{}
@@ -181,9 +185,6 @@ func tableParts(row Row) []tablePart {
 			xs = append(xs, x)
 		}
 		by[x] = append(by[x], row.Samples[i])
-	}
-	if len(xs) == len(row.X) {
-		return []tablePart{{fmt.Sprintf("%s (over %s %g to %g)", row.Label, row.XUnit, xs[0], xs[len(xs)-1]), row.Samples}}
 	}
 	parts := make([]tablePart, len(xs))
 	for i, x := range xs {

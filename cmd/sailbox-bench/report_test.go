@@ -33,7 +33,7 @@ func sampleResults() *Results {
 	res.durations("fork.cold", "snapshots", "fork", 300*time.Millisecond, 320*time.Millisecond)
 	res.durations("fork.ws", "snapshots", "fork, working set", 100*time.Millisecond, 120*time.Millisecond)
 	for n := 1; n <= 3; n++ {
-		res.pair("forks.private", "snapshots", "private memory", "MiB", "forks", float64(n), 12*float64(n))
+		res.curve("forks.private", "snapshots", "private memory", "MiB", "forks", float64(n), 12*float64(n))
 	}
 	res.ratio("boot.sailbox/boot.qemu", "sailbox boot / qemu boot", "boot.sailbox", "boot.qemu")
 	res.Retries = append(res.Retries, Retry{What: "snapshots parent boot", Attempt: 1, Error: "boot broke: agent not healthy\nconsole ends: x"})
@@ -182,7 +182,7 @@ func TestReportWritesJSONMarkdownAndPNGs(t *testing.T) {
 		"| boot to agent ready, qemu `boot.qemu` | 10 | 12000 | 20000 | 20000 | ms |  |",
 		// A row measured against repeated X: a line per X.
 		"| checkpoint pause, at 16 MiB `checkpoint.pause` | 2 | 14.0 | 14.0 | 14.0 | ms |  |",
-		"| private memory (over forks 1 to 3) `forks.private` | 3 | 24.0 | 36.0 | 36.0 | MiB |  |",
+		"| private memory, at 3 forks `forks.private` | 1 | 36.0 | 36.0 | 36.0 | MiB |  |",
 		"snapshots parent boot, attempt 1 of 3 (taken again): boot broke: agent not healthy",
 		"qemu run 1 failed, left out",
 		"](results-20261206T213000Z-quick-pause.png)",

@@ -58,6 +58,9 @@ type Row struct {
 	Samples []float64 `json:"samples"`
 	X       []float64 `json:"x,omitempty"`
 	XUnit   string    `json:"x_unit,omitempty"`
+	// Curve: the samples are one quantity as X grows (the private memory
+	// of 1, 2, ... forks), not repeated measurements at each X.
+	Curve bool `json:"curve,omitempty"`
 }
 
 // Ratio is a row's p50 over the sum of other rows' p50s, in the same run:
@@ -127,6 +130,12 @@ func (r *Results) pair(id, group, label, unit, xUnit string, x, y float64) {
 	row.XUnit = xUnit
 	row.X = append(row.X, x)
 	row.Samples = append(row.Samples, y)
+}
+
+// curve records the point (x, y) of a curve (Row.Curve).
+func (r *Results) curve(id, group, label, unit, xUnit string, x, y float64) {
+	r.pair(id, group, label, unit, xUnit, x, y)
+	r.row(id, group, label, unit).Curve = true
 }
 
 // note records what the run left out.

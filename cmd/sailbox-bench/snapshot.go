@@ -216,7 +216,7 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 		if i < densityForks {
 			children = append(children, c)
 			private += u.Private
-			res.pair("forks.private", "snapshots", "private host memory of the forks running together", "MiB", "forks", float64(i+1), float64(private)/(1<<20))
+			res.curve("forks.private", "snapshots", "private host memory of the forks running together", "MiB", "forks", float64(i+1), float64(private)/(1<<20))
 		} else {
 			c.stop()
 		}
