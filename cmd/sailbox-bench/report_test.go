@@ -224,3 +224,31 @@ func TestValuesLeaveOutWhatJSONCannotHold(t *testing.T) {
 		t.Fatalf("hand back: %v", err)
 	}
 }
+
+func TestHandbackTakesTheLastComplete(t *testing.T) {
+	interim, final := sampleResults(), sampleResults()
+	interim.Error = "interim results"
+	final.Commit = "final"
+	var out bytes.Buffer
+	for _, r := range []*Results{interim, final} {
+		if err := handBack(&out, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := readHandback(&out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Commit != "final" || got.Error != "" {
+		t.Errorf("read back commit %q, error %q: want the last hand-back", got.Commit, got.Error)
+	}
+	// A run killed before its last hand-back: the interim one.
+	out.Reset()
+	handBack(&out, interim)
+	var cut bytes.Buffer
+	handBack(&cut, final)
+	out.WriteString(strings.SplitAfter(cut.String(), "\n")[0][:100])
+	if got, err := readHandback(&out); err != nil || got.Error != "interim results" {
+		t.Errorf("after a cut final hand-back: %v, %v; want the interim results", got, err)
+	}
+}

@@ -134,7 +134,9 @@ func newResults(ctx context.Context, fs *flag.FlagSet, o options, quick bool, co
 	return res
 }
 
-// measureAll measures the row groups o.rows names into res.
+// measureAll measures the row groups o.rows names into res. After each
+// group but the last it hands back what it has so far (handback.go), so
+// that a run the lab kills later (its timeout, a lab crash) keeps them.
 func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.Writer) error {
 	sys, err := kvm.OpenUsable()
 	if err != nil {
@@ -142,21 +144,37 @@ func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.
 	}
 	defer sys.Close()
 
-	if o.rows["boot"] {
-		if err := benchBoot(ctx, sys, o, res, stdout, stderr); err != nil {
+	groups := []struct {
+		name    string
+		measure func() error
+	}{
+		{"boot", func() error { return benchBoot(ctx, sys, o, res, stdout, stderr) }},
+		{"image", func() error {
+			if o.image == "" {
+				fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
+				res.note("image rows skipped: no -image")
+				return nil
+			}
+			return benchImage(ctx, sys, o, res, stdout, stderr)
+		}},
+		{"net", func() error { return benchNetwork(ctx, sys, o, res, stdout, stderr) }},
+	}
+	var last string
+	for _, g := range groups {
+		if !o.rows[g.name] {
+			continue
+		}
+		if last != "" {
+			interim := *res
+			interim.Error = fmt.Sprintf("interim results, handed back after the %s rows: the run was stopped before it finished", last)
+			if err := handBack(stdout, &interim); err != nil {
+				return err
+			}
+		}
+		if err := g.measure(); err != nil {
 			return err
 		}
-	}
-	if o.rows["image"] {
-		if o.image == "" {
-			fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
-			res.note("image rows skipped: no -image")
-		} else if err := benchImage(ctx, sys, o, res, stdout, stderr); err != nil {
-			return err
-		}
-	}
-	if o.rows["net"] {
-		return benchNetwork(ctx, sys, o, res, stdout, stderr)
+		last = g.name
 	}
 	return nil
 }
