@@ -144,6 +144,15 @@ func (ib *imageBench) boot(ctx context.Context, withImage, firstExec bool) (*box
 	return b, p, err
 }
 
+// bootRetried is boot, taken again if the boot broke (retryBoot).
+func (ib *imageBench) bootRetried(ctx context.Context, res *Results, log io.Writer, what string, withImage, firstExec bool) (b *boxRun, p phases, err error) {
+	err = res.retryBoot(log, what, func() (err error) {
+		b, p, err = ib.boot(ctx, withImage, firstExec)
+		return err
+	})
+	return b, p, err
+}
+
 // restoreFork restores checkpoint id as a fork: a new machine, a new top
 // over the checkpoint's disk, then the new identity a fork takes
 // (guestagent.ForkArgs) and the first exec, argv.
@@ -171,7 +180,7 @@ func (ib *imageBench) await(ctx context.Context, m *vmm.Machine, uds string, con
 	defer cancel()
 	t := time.Now()
 	if _, err := b.agent.WaitHealthy(wctx, 2*time.Millisecond, b.done); err != nil {
-		return nil, b.fail(fmt.Errorf("agent: %w", err))
+		return nil, b.fail(brokenBoot{fmt.Errorf("agent: %w", err)})
 	}
 	p.healthy = time.Since(t)
 	if forkName != "" {
@@ -222,7 +231,7 @@ func (ib *imageBench) checkpoint(b *boxRun, id string) error {
 // answer and the first exec; a create from the template; and a fork of a
 // box with python3 warm. Forks alternate without and with the working set
 // the first of their kind recorded mapped ahead.
-func benchImage(ctx context.Context, sys *kvm.System, o options, stdout, stderr io.Writer) error {
+func benchImage(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
 	dir, err := os.MkdirTemp("", "sailbox-bench-image")
 	if err != nil {
 		return err
@@ -235,7 +244,7 @@ func benchImage(ctx context.Context, sys *kvm.System, o options, stdout, stderr 
 
 	// The template: a boot checkpointed once its agent answers, as the
 	// daemon makes one. A create restores it as a fork.
-	tpl, _, err := ib.boot(ctx, true, false)
+	tpl, _, err := ib.bootRetried(ctx, res, stderr, "template boot", true, false)
 	if err != nil {
 		return fmt.Errorf("template boot: %w", err)
 	}
@@ -256,7 +265,7 @@ func benchImage(ctx context.Context, sys *kvm.System, o options, stdout, stderr 
 	// imports, answered: a new interpreter, but the guest's page cache
 	// holds what it reads. The parent idles through all the rounds.
 	pythonArgv := []string{"python3", "-c", pythonImports}
-	parent, _, err := ib.boot(ctx, true, true)
+	parent, _, err := ib.bootRetried(ctx, res, stderr, "python parent boot", true, true)
 	if err != nil {
 		return fmt.Errorf("python parent boot: %w", err)
 	}
@@ -291,7 +300,7 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 
 	var initramfsReady, imageReady, coldExec, coldPython, againPython []time.Duration
 	for i := range o.runs {
-		b, p, err := ib.boot(ctx, false, true)
+		b, p, err := ib.bootRetried(ctx, res, stderr, fmt.Sprintf("initramfs boot %d", i), false, true)
 		if err != nil {
 			return fmt.Errorf("initramfs boot %d: %w", i, err)
 		}
@@ -302,7 +311,7 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 		// The image, to the first exec; then, in the same box, the
 		// Python imports on a cold page cache, and again on a warm one:
 		// what the interpreter itself costs.
-		if b, p, err = ib.boot(ctx, true, true); err != nil {
+		if b, p, err = ib.bootRetried(ctx, res, stderr, fmt.Sprintf("image cold boot %d", i), true, true); err != nil {
 			return fmt.Errorf("image cold boot %d: %w", i, err)
 		}
 		t := time.Now()
@@ -323,37 +332,51 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 
 		for _, f := range []*forkKind{create, pyFork} {
 			for _, withWS := range []bool{false, true} {
-				if err := ib.fork(ctx, stderr, f, withWS); err != nil {
+				if err := ib.fork(ctx, res, stderr, f, withWS); err != nil {
 					return err
 				}
 			}
 		}
 	}
 
+	rows := []struct {
+		id, label string
+		d         []time.Duration
+	}{
+		{"image.initramfs-ready", "boot to agent ready, initramfs only", initramfsReady},
+		{"image.image-ready", "boot to agent ready, the image (root switch)", imageReady},
+		{"image.cold-exec", "cold boot of the image to first exec (true)", coldExec},
+		{"image.create.cold", "create from its template to first exec (true)", create.cold},
+		{"image.create.ws", "  again, the first create's working set mapped ahead", create.warm},
+		{"image.pyfork.cold", "fork of a box with python3 warm to first exec", pyFork.cold},
+		{"image.pyfork.ws", "  the same, fork 0's working set mapped ahead", pyFork.warm},
+		{"image.python.cold", "python3 imports in a cold-booted box (exec alone)", coldPython},
+		{"image.python.again", "  again in that box (page cache warm)", againPython},
+		{"image.python.forks", "python3 imports in the python-warm forks (exec alone)", pyFork.execs},
+	}
+	for _, r := range rows {
+		res.durations(r.id, "image", strings.TrimSpace(r.label), r.d...)
+	}
+	p50 := func(id string) time.Duration { v, _ := res.p50(id); return fromMS(v).Round(time.Millisecond) }
 	fmt.Fprintf(stdout, "\nroot image %s, %d MiB, booted with %s; %d rounds, each one of every kind\n",
 		o.image, o.memMiB, strings.TrimPrefix(imageRootCmdline, "quiet "), o.runs)
 	fmt.Fprintf(stdout, "%-52s %12s %10s\n", "median (same run)", "time", "÷ initramfs")
-	fmt.Fprintf(stdout, "%-52s %12v %10s\n", "boot to agent ready, initramfs only", median(initramfsReady).Round(time.Millisecond), "1")
-	fmt.Fprintf(stdout, "%-52s %12v %10.3f\n", "boot to agent ready, the image (root switch)", median(imageReady).Round(time.Millisecond), ratio(median(imageReady), median(initramfsReady)))
-	coldBoot := median(coldExec)
+	fmt.Fprintf(stdout, "%-52s %12v %10s\n", rows[0].label, p50(rows[0].id), "1")
+	fmt.Fprintf(stdout, "%-52s %12v %10.3f\n", rows[1].label, p50(rows[1].id), res.ratio(rows[1].id+"/"+rows[0].id, "image boot ÷ initramfs boot", rows[1].id, rows[0].id))
 	fmt.Fprintf(stdout, "\n%-52s %12s %10s\n", "median (same run)", "time", "÷ boot")
-	fmt.Fprintf(stdout, "%-52s %12v %10s\n", "cold boot of the image to first exec (true)", coldBoot.Round(time.Millisecond), "1")
-	imageRow := func(name string, d []time.Duration) {
-		fmt.Fprintf(stdout, "%-52s %12v %10.4f\n", name, median(d).Round(time.Millisecond), ratio(median(d), coldBoot))
+	fmt.Fprintf(stdout, "%-52s %12v %10s\n", rows[2].label, p50(rows[2].id), "1")
+	for _, r := range rows[3:7] {
+		fmt.Fprintf(stdout, "%-52s %12v %10.4f\n", r.label, p50(r.id), res.ratio(r.id+"/"+rows[2].id, strings.TrimSpace(r.label)+" ÷ cold boot of the image", r.id, rows[2].id))
 	}
-	imageRow("create from its template to first exec (true)", create.cold)
-	imageRow("  again, the first create's working set mapped ahead", create.warm)
-	imageRow("fork of a box with python3 warm to first exec", pyFork.cold)
-	imageRow("  the same, fork 0's working set mapped ahead", pyFork.warm)
 	fmt.Fprintf(stdout, "  (a fork's first exec: python3 -c '%s')\n", pythonImports)
-	fmt.Fprintf(stdout, "%-52s %12v\n", "python3 imports in a cold-booted box (exec alone)", median(coldPython).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "%-52s %12v\n", "  again in that box (page cache warm)", median(againPython).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "%-52s %12v\n", "python3 imports in the python-warm forks (exec alone)", median(pyFork.execs).Round(time.Millisecond))
+	for _, r := range rows[7:] {
+		fmt.Fprintf(stdout, "%-52s %12v\n", r.label, p50(r.id))
+	}
 	return nil
 }
 
-// forkKind is one kind of fork and what its forks measured: checkpoint(i)
-// is the checkpoint of its fork i, taken by it if need be (tookCkpt > 0
+// forkKind is one kind of fork and what its forks measured: checkpoint(a)
+// is the checkpoint of its fork attempt a, taken by it if need be (tookCkpt > 0
 // then, counted in the fork's time); argv is the first exec; check, if
 // not nil, runs after the first exec, untimed. Its fork 0 records the
 // working set that the later ones with the working set map ahead.
@@ -364,22 +387,33 @@ type forkKind struct {
 	check      func(*boxRun) error
 
 	n          int             // forks made
+	attempts   int             // forks tried, broken boots included: checkpoint(attempts)
 	cold, warm []time.Duration // to the first exec: without, with the working set
 	execs      []time.Duration // the first exec alone, of all
 }
 
 // fork makes f's next fork, with or without the working set mapped
 // ahead, to its first exec, records the times and stops it.
-func (ib *imageBench) fork(ctx context.Context, stderr io.Writer, f *forkKind, withWS bool) error {
+func (ib *imageBench) fork(ctx context.Context, res *Results, stderr io.Writer, f *forkKind, withWS bool) error {
 	i := f.n
 	f.n++
-	id, tCkpt, err := f.checkpoint(i)
+	var b *boxRun
+	var p phases
+	var tCkpt time.Duration
+	err := res.retryBoot(stderr, fmt.Sprintf("%s %d", f.what, i), func() error {
+		id, took, err := f.checkpoint(f.attempts)
+		f.attempts++
+		if err != nil {
+			return err
+		}
+		tCkpt = took
+		if b, p, err = ib.restoreFork(ctx, id, withWS, f.argv...); err != nil {
+			return fmt.Errorf("from checkpoint %s: %w", id, err)
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("%s %d: %w", f.what, i, err)
-	}
-	b, p, err := ib.restoreFork(ctx, id, withWS, f.argv...)
-	if err != nil {
-		return fmt.Errorf("%s %d (from checkpoint %s): %w", f.what, i, id, err)
 	}
 	if i == 0 {
 		if _, err := b.m.SaveWorkingSet(); err != nil {

@@ -16,6 +16,10 @@
 //
 // On a machine without KVM it runs inside the KVM lab (`make bench`), where
 // absolute times mean little: compare the ratios, measured in one run.
+//
+// Besides the text tables, a run hands its results back in its output
+// (results.go, handback.go); `sailbox-bench report` finds them there and
+// writes results-<time>.json, .md and PNG plots (report.go, plots.go).
 package main
 
 import "github.com/sailbox-dev/sailbox/internal/cli"

@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -199,11 +198,12 @@ func lastLine(b []byte) string {
 	return lines[len(lines)-1]
 }
 
-// benchNetwork runs o.runs rounds of one Sailbox box and one QEMU guest
+// benchNetwork runs o.netRuns rounds of one Sailbox box and one QEMU guest
 // (when o.qemu is set) and prints the network rows.
-func benchNetwork(ctx context.Context, sys *kvm.System, o options, stdout, stderr io.Writer) error {
+func benchNetwork(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
 	if o.image == "" {
 		fmt.Fprintf(stdout, "\nnetwork rows skipped: no -image (the guests' client is its python3)\n")
+		res.note("net rows skipped: no -image")
 		return nil
 	}
 	if _, err := os.Stat(o.netBinary); err != nil {
@@ -227,8 +227,12 @@ func benchNetwork(ctx context.Context, sys *kvm.System, o options, stdout, stder
 	var sRates, qRates []float64
 	var sSetups, qSetups []time.Duration
 	sStalls, qStalls := 0, 0
-	for i := range o.runs {
-		r, err := ib.netRound(ctx, s, i)
+	for i := range o.netRuns {
+		var r netResult
+		err := res.retryBoot(stderr, fmt.Sprintf("sailbox network round %d", i), func() (err error) {
+			r, err = ib.netRound(ctx, s, i)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("sailbox network round %d: %w", i, err)
 		}
@@ -245,6 +249,7 @@ func benchNetwork(ctx context.Context, sys *kvm.System, o options, stdout, stder
 		r, err = qemuNetRound(ctx, o, s, uint32(200+i))
 		if err != nil {
 			fmt.Fprintf(stderr, "qemu    network round %d: failed, left out: %v\n", i, err)
+			res.note("qemu network round %d failed, left out: %v", i, err)
 			continue
 		}
 		report(stderr, "qemu   ", i, r)
@@ -256,31 +261,42 @@ func benchNetwork(ctx context.Context, sys *kvm.System, o options, stdout, stder
 		qSetups = append(qSetups, r.setups...)
 	}
 
+	res.values("net.throughput.sailbox", "net", "TCP throughput guest → host, one stream, sailbox", "MiB/s", sRates...)
+	res.values("net.throughput.qemu", "net", "TCP throughput guest → host, one stream, qemu -netdev user", "MiB/s", qRates...)
+	res.durations("net.setup.sailbox", "net", "TCP connection set-up guest → host, sailbox", sSetups...)
+	res.durations("net.setup.qemu", "net", "TCP connection set-up guest → host, qemu -netdev user", qSetups...)
+	if sStalls+qStalls > 0 {
+		res.note("net: streams stalled (no byte in %v), left out of the throughput: sailbox %d, qemu %d", netStall, sStalls, qStalls)
+	}
 	fmt.Fprintf(stdout, "\nnetwork, guest → host 127.0.0.1 (python3 in the image; QEMU: -netdev user); %d rounds, each a %d MiB stream and %d connections\n",
-		o.runs, o.netMiB, o.netConns)
+		o.netRuns, o.netMiB, o.netConns)
 	fmt.Fprintf(stdout, "%-34s %12s %12s %10s\n", "median (same run)", "sailbox", "qemu", "ratio")
-	rate := func(v []float64) string {
-		if len(v) == 0 {
+	rate := func(id string) string {
+		v, ok := res.p50(id)
+		if !ok {
 			return "-"
 		}
-		return fmt.Sprintf("%.1f MiB/s", medianF(v))
+		return fmt.Sprintf("%.1f MiB/s", v)
 	}
-	rr := "-"
-	if len(sRates) > 0 && len(qRates) > 0 {
-		rr = fmt.Sprintf("%.3f", medianF(sRates)/medianF(qRates))
-	}
-	fmt.Fprintf(stdout, "%-34s %12s %12s %10s\n", "TCP throughput, one stream", rate(sRates), rate(qRates), rr)
-	dur := func(d []time.Duration) string {
-		if len(d) == 0 {
+	dur := func(id string) string {
+		v, ok := res.p50(id)
+		if !ok {
 			return "-"
 		}
-		return median(d).Round(time.Microsecond).String()
+		return fromMS(v).Round(time.Microsecond).String()
 	}
-	cr := "-"
-	if len(sSetups) > 0 && len(qSetups) > 0 {
-		cr = fmt.Sprintf("%.3f", ratio(median(sSetups), median(qSetups)))
+	ratioOf := func(num, den, label string) string {
+		_, okN := res.p50(num)
+		_, okD := res.p50(den)
+		if !okN || !okD {
+			return "-"
+		}
+		return fmt.Sprintf("%.3f", res.ratio(num+"/"+den, label, num, den))
 	}
-	fmt.Fprintf(stdout, "%-34s %12s %12s %10s\n", "TCP connection set-up (p50)", dur(sSetups), dur(qSetups), cr)
+	fmt.Fprintf(stdout, "%-34s %12s %12s %10s\n", "TCP throughput, one stream", rate("net.throughput.sailbox"), rate("net.throughput.qemu"),
+		ratioOf("net.throughput.sailbox", "net.throughput.qemu", "sailbox TCP throughput / qemu's (higher is better)"))
+	fmt.Fprintf(stdout, "%-34s %12s %12s %10s\n", "TCP connection set-up (p50)", dur("net.setup.sailbox"), dur("net.setup.qemu"),
+		ratioOf("net.setup.sailbox", "net.setup.qemu", "sailbox TCP connection set-up / qemu's"))
 	fmt.Fprintf(stdout, "%-34s %12d %12d\n", "streams stalled (no byte in "+netStall.String()+")", sStalls, qStalls)
 	fmt.Fprintf(stdout, "  (throughput: sailbox ÷ qemu, higher is better; set-up: sailbox ÷ qemu, lower is better)\n")
 	return nil
@@ -297,13 +313,15 @@ func report(w io.Writer, who string, i int, r netResult) {
 // netRound boots a box on the image with a network of its own (a new
 // sailbox-net that lets it reach the host's loopback) and measures it.
 func (ib *imageBench) netRound(ctx context.Context, s *sink, i int) (netResult, error) {
+	// Names by machine, not round: a round whose boot broke is taken
+	// again (retryBoot) beside the first attempt's files.
 	l := netapi.Launch{
-		Socket:  filepath.Join(ib.dir, fmt.Sprintf("n%d.sock", i)),
-		Control: filepath.Join(ib.dir, fmt.Sprintf("n%d.ctl", i)),
+		Socket:  filepath.Join(ib.dir, fmt.Sprintf("n%d.sock", ib.n)),
+		Control: filepath.Join(ib.dir, fmt.Sprintf("n%d.ctl", ib.n)),
 		Box:     fmt.Sprintf("bench%d", i),
 		Allow:   []string{netapi.HostIP.String()},
 	}
-	cmd, err := l.Start(ib.o.netBinary, filepath.Join(ib.dir, fmt.Sprintf("n%d.log", i)))
+	cmd, err := l.Start(ib.o.netBinary, filepath.Join(ib.dir, fmt.Sprintf("n%d.log", ib.n)))
 	if err != nil {
 		return netResult{}, err
 	}
@@ -393,13 +411,4 @@ func qemuNetRound(ctx context.Context, o options, s *sink, cid uint32) (netResul
 		return netResult{}, err
 	}
 	return measureNet(ctx, o, s, netGuest{agent: agent, host: slirpNet.Gateway.String(), counters: func() string { return "" }, stats: func() string { return "(qemu: no counters)" }})
-}
-
-func medianF(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

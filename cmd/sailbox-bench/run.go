@@ -33,6 +33,7 @@ type options struct {
 	snapshots      bool
 	rows           map[string]bool // the row groups to measure (-rows)
 	netBinary      string
+	netRuns        int // net rounds: each streams for long, so fewer than -runs
 	netMiB         int
 	netConns       int
 }
@@ -41,24 +42,43 @@ type options struct {
 var rowGroups = []string{"boot", "snapshots", "image", "net"}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "report" {
+		return runReport(args[1:], stdout, stderr)
+	}
 	fs := flag.NewFlagSet("sailbox-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: sailbox-bench [flags]            measure (needs KVM), the results handed back in the output\n       sailbox-bench report [-in output] [-out dir]   write them as results-<time>.{json,md,png}\n")
+		fs.PrintDefaults()
+	}
 	var o options
 	fs.StringVar(&o.kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&o.initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest initramfs (default $SAILBOX_GUEST_INITRAMFS)")
-	fs.IntVar(&o.runs, "runs", 3, "boots per VMM")
+	fs.IntVar(&o.runs, "runs", 20, "samples of each latency row: boots per VMM, restores and forks of each kind, image rounds")
 	fs.IntVar(&o.execs, "execs", 20, "exec round trips per boot")
 	fs.IntVar(&o.memMiB, "mem", 256, "guest memory in MiB")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
-	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up on a boot after this long")
+	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "a boot whose agent has not answered after this long is broken: its sample is taken again, up to 3 attempts")
 	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
 	fs.StringVar(&o.image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "root file system `image` (ext4) for the image rows: boot, create from a template, fork with python3 warm (default $SAILBOX_DEFAULT_IMAGE, which make bench sets to image/build.sh's Debian image); empty: skip them")
 	rows := fs.String("rows", strings.Join(rowGroups, ","), "comma-separated row `groups` to measure: boot (boot and exec against QEMU), snapshots (needs boot), image (needs -image), net (guest → host TCP against QEMU's -netdev user; needs -image)")
 	fs.StringVar(&o.netBinary, "net-binary", besideMe("sailbox-net"), "the sailbox-net `binary` for the net rows (default: beside this one)")
+	fs.IntVar(&o.netRuns, "net-runs", 3, "net rounds (each a stream and -net-conns connections, under both VMMs)")
 	fs.IntVar(&o.netMiB, "net-mib", 128, "MiB each net round streams from guest to host")
 	fs.IntVar(&o.netConns, "net-conns", 50, "connections each net round opens, for the set-up time")
+	quick := fs.Bool("quick", false, "a smoke test: -runs 2 -execs 5 -net-runs 1 -net-mib 16 -net-conns 10, unless given")
+	commit := fs.String("commit", "", "the `version` of the tree built (git describe), for the results (default: git describe here)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *quick {
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		for name, v := range map[string]string{"runs": "2", "execs": "5", "net-runs": "1", "net-mib": "16", "net-conns": "10"} {
+			if !set[name] {
+				fs.Set(name, v)
+			}
+		}
 	}
 	o.rows = map[string]bool{}
 	for _, g := range strings.Split(*rows, ",") {
@@ -73,8 +93,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.rows["snapshots"] && !o.rows["boot"] {
 		return errors.New("-rows: snapshots needs boot (its ratios are to the boot's)")
 	}
-	if o.netMiB < 1 || o.netConns < 1 {
-		return errors.New("need -net-mib >= 1 and -net-conns >= 1")
+	if o.netMiB < 1 || o.netConns < 1 || o.netRuns < 1 {
+		return errors.New("need -net-runs, -net-mib and -net-conns >= 1")
 	}
 	if o.kernel == "" || o.initrd == "" || o.runs < 1 || o.execs < 1 {
 		return errors.New("need -kernel, -initrd, -runs >= 1 and -execs >= 1")
@@ -84,26 +104,77 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("-image: %w", err)
 		}
 	}
+	res := newResults(ctx, fs, o, *quick, *commit)
+	err := measureAll(ctx, o, res, stdout, stderr)
+	res.Finished = time.Now().UTC()
+	if err != nil {
+		res.Error = err.Error()
+	}
+	if herr := handBack(stdout, res); herr != nil && err == nil {
+		err = herr
+	}
+	return err
+}
+
+// newResults starts a run's Results: what it runs on and with.
+func newResults(ctx context.Context, fs *flag.FlagSet, o options, quick bool, commit string) *Results {
+	res := &Results{
+		Format: resultsFormat, Started: time.Now().UTC(), Quick: quick, Commit: commit,
+		Flags: map[string]string{}, Machine: thisMachine(), Peers: map[string]string{},
+		Guest: map[string]string{"kernel": o.kernel, "initramfs": o.initrd, "image": o.image, "memory_mib": fmt.Sprint(o.memMiB)},
+		Rows:  []Row{}, Ratios: []Ratio{}, Retries: []Retry{}, Notes: []string{},
+	}
+	fs.VisitAll(func(f *flag.Flag) { res.Flags[f.Name] = f.Value.String() })
+	if res.Commit == "" {
+		res.Commit = firstLine(ctx, "git", "describe", "--always", "--dirty")
+	}
+	if o.qemu != "" {
+		res.Peers["qemu"] = firstLine(ctx, o.qemu, "--version")
+	}
+	return res
+}
+
+// measureAll measures the row groups o.rows names into res. After each
+// group but the last it hands back what it has so far (handback.go), so
+// that a run the lab kills later (its timeout, a lab crash) keeps them.
+func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.Writer) error {
 	sys, err := kvm.OpenUsable()
 	if err != nil {
 		return err
 	}
 	defer sys.Close()
 
-	if o.rows["boot"] {
-		if err := benchBoot(ctx, sys, o, stdout, stderr); err != nil {
+	groups := []struct {
+		name    string
+		measure func() error
+	}{
+		{"boot", func() error { return benchBoot(ctx, sys, o, res, stdout, stderr) }},
+		{"image", func() error {
+			if o.image == "" {
+				fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
+				res.note("image rows skipped: no -image")
+				return nil
+			}
+			return benchImage(ctx, sys, o, res, stdout, stderr)
+		}},
+		{"net", func() error { return benchNetwork(ctx, sys, o, res, stdout, stderr) }},
+	}
+	var last string
+	for _, g := range groups {
+		if !o.rows[g.name] {
+			continue
+		}
+		if last != "" {
+			interim := *res
+			interim.Error = fmt.Sprintf("interim results, handed back after the %s rows: the run was stopped before it finished", last)
+			if err := handBack(stdout, &interim); err != nil {
+				return err
+			}
+		}
+		if err := g.measure(); err != nil {
 			return err
 		}
-	}
-	if o.rows["image"] {
-		if o.image == "" {
-			fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
-		} else if err := benchImage(ctx, sys, o, stdout, stderr); err != nil {
-			return err
-		}
-	}
-	if o.rows["net"] {
-		return benchNetwork(ctx, sys, o, stdout, stderr)
+		last = g.name
 	}
 	return nil
 }
@@ -119,44 +190,52 @@ func besideMe(name string) string {
 
 // benchBoot measures boots and execs of Sailbox against QEMU, then the
 // snapshots rows against those boots.
-func benchBoot(ctx context.Context, sys *kvm.System, o options, stdout, stderr io.Writer) error {
-	var sb, qb, sx, qx []time.Duration
+func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
 	for i := 0; i < o.runs; i++ {
-		boot, execs, err := benchSailbox(ctx, sys, o)
+		var boot time.Duration
+		var execs []time.Duration
+		err := res.retryBoot(stderr, fmt.Sprintf("sailbox run %d", i), func() (err error) {
+			boot, execs, err = benchSailbox(ctx, sys, o)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("sailbox run %d: %w", i, err)
 		}
 		fmt.Fprintf(stderr, "sailbox run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
-		sb, sx = append(sb, boot), append(sx, execs...)
+		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", boot)
+		res.durations("exec.sailbox", "boot", "exec round trip (true), sailbox", execs...)
 		if o.qemu != "" {
 			boot, execs, err := benchQEMU(ctx, o, uint32(100+i))
 			if err != nil {
 				fmt.Fprintf(stderr, "qemu    run %d: failed, left out: %v\n", i, err)
+				res.note("qemu run %d failed, left out: %v", i, err)
 				continue
 			}
 			fmt.Fprintf(stderr, "qemu    run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
-			qb, qx = append(qb, boot), append(qx, execs...)
+			res.durations("boot.qemu", "boot", "boot to agent ready, qemu", boot)
+			res.durations("exec.qemu", "boot", "exec round trip (true), qemu", execs...)
 		}
 	}
 
 	fmt.Fprintf(stdout, "\n%-34s %12s %12s\n", "median over runs", "sailbox", "qemu")
-	row := func(name string, s, q []time.Duration) {
+	row := func(name, sailbox, qemu string) {
 		qs := "-"
-		if len(q) > 0 {
-			qs = median(q).Round(10 * time.Microsecond).String()
+		if q, ok := res.p50(qemu); ok {
+			qs = fromMS(q).Round(10 * time.Microsecond).String()
 		}
-		fmt.Fprintf(stdout, "%-34s %12v %12s\n", name, median(s).Round(10*time.Microsecond), qs)
+		s, _ := res.p50(sailbox)
+		fmt.Fprintf(stdout, "%-34s %12v %12s\n", name, fromMS(s).Round(10*time.Microsecond), qs)
 	}
-	row("boot to agent ready", sb, qb)
-	row("exec round trip (true)", sx, qx)
+	row("boot to agent ready", "boot.sailbox", "boot.qemu")
+	row("exec round trip (true)", "exec.sailbox", "exec.qemu")
 	fmt.Fprintf(stdout, "\nratios (same run):\n")
-	fmt.Fprintf(stdout, "  sailbox exec RTT / sailbox boot        %.4f\n", ratio(median(sx), median(sb)))
-	if len(qb) > 0 {
-		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", ratio(median(sb), median(qb)))
-		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", ratio(median(sx), median(qx)))
+	fmt.Fprintf(stdout, "  sailbox exec RTT / sailbox boot        %.4f\n", res.ratio("exec.sailbox/boot.sailbox", "sailbox exec RTT / sailbox boot", "exec.sailbox", "boot.sailbox"))
+	if _, ok := res.p50("boot.qemu"); ok {
+		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", res.ratio("boot.sailbox/boot.qemu", "sailbox boot / qemu boot", "boot.sailbox", "boot.qemu"))
+		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", res.ratio("exec.sailbox/exec.qemu", "sailbox exec RTT / qemu exec RTT", "exec.sailbox", "exec.qemu"))
 	}
 	if o.rows["snapshots"] {
-		return benchSnapshots(ctx, sys, o, median(sb), stdout, stderr)
+		return benchSnapshots(ctx, sys, o, res, stdout, stderr)
 	}
 	return nil
 }
@@ -237,7 +316,7 @@ func measure(ctx context.Context, c *guestagent.Client, start time.Time, o optio
 	_, err := c.WaitHealthy(waitCtx, 5*time.Millisecond, exited)
 	cancel()
 	if err != nil {
-		return 0, nil, err
+		return 0, nil, brokenBoot{err}
 	}
 	boot := time.Since(start)
 	var rtts []time.Duration
@@ -252,20 +331,4 @@ func measure(ctx context.Context, c *guestagent.Client, start time.Time, o optio
 		rtts = append(rtts, time.Since(t0))
 	}
 	return boot, rtts, nil
-}
-
-func median(d []time.Duration) time.Duration {
-	if len(d) == 0 {
-		return 0
-	}
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func ratio(a, b time.Duration) float64 {
-	if b == 0 {
-		return 0
-	}
-	return float64(a) / float64(b)
 }

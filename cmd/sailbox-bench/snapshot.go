@@ -41,7 +41,7 @@ func startMachine(ctx context.Context, m *vmm.Machine, uds string, o options) (*
 	t0 := time.Now()
 	if _, err := r.agent.WaitHealthy(wctx, 2*time.Millisecond, r.done); err != nil {
 		r.stop()
-		return nil, err
+		return nil, brokenBoot{err}
 	}
 	r.healthy = time.Since(t0)
 	if _, _, code, err := r.agent.Run(wctx, "true"); err != nil || code != 0 {
@@ -52,9 +52,13 @@ func startMachine(ctx context.Context, m *vmm.Machine, uds string, o options) (*
 	return r, nil
 }
 
+// densityForks is how many forks the bench keeps running together, for
+// the host memory they take; later forks are stopped once measured.
+const densityForks = 10
+
 // benchSnapshots measures checkpoints, restores and forks of one box, and
 // reports each against the cold boot measured in the same run.
-func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot time.Duration, stdout, stderr io.Writer) error {
+func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
 	dir, err := os.MkdirTemp("", "sailbox-bench-snap")
 	if err != nil {
 		return err
@@ -64,15 +68,20 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 	if err != nil {
 		return err
 	}
-	uds := filepath.Join(dir, "parent.vsock")
-	m, err := vmm.New(sys, vmm.Config{
-		KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
-		Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
-	})
-	if err != nil {
+	var parent *running
+	err = res.retryBoot(stderr, "snapshots parent boot", func() error {
+		uds := filepath.Join(dir, "parent.vsock")
+		os.Remove(uds) // a broken attempt's
+		m, err := vmm.New(sys, vmm.Config{
+			KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
+			Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
+		})
+		if err != nil {
+			return err
+		}
+		parent, err = startMachine(ctx, m, uds, o)
 		return err
-	}
-	parent, err := startMachine(ctx, m, uds, o)
+	})
 	if err != nil {
 		return fmt.Errorf("parent: %w", err)
 	}
@@ -82,11 +91,13 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 		return st, err
 	}
 
-	// Checkpoint cost against the memory dirtied since the last one.
+	// Checkpoint cost against the memory dirtied since the last one, in
+	// rounds of 0, 16 and 64 MiB, -runs samples in all or more.
 	full, err := ckpt("full")
 	if err != nil {
 		return err
 	}
+	res.durations("checkpoint.full.pause", "snapshots", "pause of the first (full) checkpoint", full.Pause)
 	fmt.Fprintf(stdout, "\ncheckpoints of a running %d MiB box (the first is full: every page the guest touched)\n", o.memMiB)
 	fmt.Fprintf(stdout, "%-22s %14s %14s %12s %14s\n", "dirtied since last", "pages written", "bytes/dirtied", "pause", "paused pages")
 	line := func(name string, dirtied int64, st vmm.CheckpointStats) {
@@ -97,47 +108,59 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 		fmt.Fprintf(stdout, "%-22s %14d %14s %12v %14d\n", name, st.Pages, r, st.Pause.Round(10*time.Microsecond), st.PausedPages)
 	}
 	line("(full)", 0, full)
-	for _, mib := range []int{0, 16, 64} {
-		if _, _, code, err := parent.agent.Run(ctx, "sh", "-c", fmt.Sprintf("dd if=/dev/urandom of=/tmp/blob bs=1M count=%d 2>/dev/null", mib)); err != nil || code != 0 {
-			return fmt.Errorf("dirty %d MiB: exit %d, %v", mib, code, err)
+	dirties := []int{0, 16, 64}
+	for round := range (o.runs + len(dirties) - 1) / len(dirties) {
+		for _, mib := range dirties {
+			if _, _, code, err := parent.agent.Run(ctx, "sh", "-c", fmt.Sprintf("dd if=/dev/urandom of=/tmp/blob bs=1M count=%d 2>/dev/null", mib)); err != nil || code != 0 {
+				return fmt.Errorf("dirty %d MiB: exit %d, %v", mib, code, err)
+			}
+			st, err := ckpt(fmt.Sprintf("dirty%d-%d", mib, round))
+			if err != nil {
+				return err
+			}
+			line(fmt.Sprintf("%d MiB", mib), int64(mib)<<20, st)
+			res.pair("checkpoint.pause", "snapshots", "checkpoint pause against MiB dirtied since the last", "ms", "MiB", float64(mib), ms(st.Pause))
+			res.pair("checkpoint.written", "snapshots", "checkpoint pages written against MiB dirtied since the last", "MiB", "MiB", float64(mib), float64(st.PageBytes)/(1<<20))
 		}
-		st, err := ckpt(fmt.Sprintf("dirty%d", mib))
-		if err != nil {
-			return err
-		}
-		line(fmt.Sprintf("%d MiB", mib), int64(mib)<<20, st)
 	}
+	latest := fmt.Sprintf("dirty64-%d", (o.runs+len(dirties)-1)/len(dirties)-1)
 
-	// Restore to first exec, from the latest checkpoint: the first with
-	// nothing mapped ahead, then the others with the working set the first
-	// recorded.
-	var restores, warmRestores []time.Duration
-	for i := range max(o.runs, 2) {
-		cuds := filepath.Join(dir, fmt.Sprintf("restore%d.vsock", i))
-		t0 := time.Now()
-		rm, err := vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: "dirty64", VsockUDSPath: cuds})
-		if err != nil {
+	// Restore to first exec, from the latest checkpoint, alternating:
+	// nothing mapped ahead, then the working set restore 0 recorded.
+	for i := range 2 * o.runs {
+		withWS := i%2 == 1
+		var took time.Duration
+		err := res.retryBoot(stderr, fmt.Sprintf("restore %d", i), func() error {
+			cuds := filepath.Join(dir, fmt.Sprintf("restore%d.vsock", i))
+			os.Remove(cuds)
+			t0 := time.Now()
+			rm, err := vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: latest, VsockUDSPath: cuds, NoWorkingSet: !withWS})
+			if err != nil {
+				return err
+			}
+			r, err := startMachine(ctx, rm, cuds, o)
+			if err != nil {
+				return err
+			}
+			took = time.Since(t0)
+			defer r.stop()
+			if i == 0 {
+				_, err = rm.SaveWorkingSet()
+			}
 			return err
-		}
-		r, err := startMachine(ctx, rm, cuds, o)
+		})
 		if err != nil {
 			return fmt.Errorf("restore %d: %w", i, err)
 		}
-		if i == 0 {
-			restores = append(restores, time.Since(t0))
-			if _, err := rm.SaveWorkingSet(); err != nil {
-				r.stop()
-				return err
-			}
+		if withWS {
+			res.durations("restore.ws", "snapshots", "restore to first exec, working set mapped ahead", took)
 		} else {
-			warmRestores = append(warmRestores, time.Since(t0))
+			res.durations("restore.cold", "snapshots", "restore to first exec, nothing mapped ahead", took)
 		}
-		r.stop()
 	}
 
-	// Forks of the running parent, kept running together.
-	const forks = 10
-	var forkTimes, prefaulted []time.Duration
+	// Forks of the running parent, the first densityForks kept running
+	// together for the host memory they take.
 	var private uint64
 	var children []*running
 	defer func() {
@@ -145,82 +168,102 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, coldBoot ti
 			c.stop()
 		}
 	}()
-	for i := range forks {
-		id := fmt.Sprintf("fork%d", i)
-		cuds := filepath.Join(dir, id+".vsock")
-		t0 := time.Now()
-		if _, err := ckpt(id); err != nil {
-			return err
-		}
-		tCkpt := time.Since(t0)
+	for i := range 2 * o.runs {
 		// Fork 0 records its working set in its checkpoint, which the
 		// parent's later checkpoints chain onto. Odd forks map it ahead;
 		// even ones do not.
 		withWS := i%2 == 1
-		cm, err := vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: id, VsockUDSPath: cuds, NoWorkingSet: !withWS})
-		if err != nil {
+		var c *running
+		var cm *vmm.Machine
+		var total, tCkpt, tRestore time.Duration
+		err := res.retryBoot(stderr, fmt.Sprintf("fork %d", i), func() error {
+			id := fmt.Sprintf("fork%d-%d", i, len(res.Retries))
+			cuds := filepath.Join(dir, id+".vsock")
+			t0 := time.Now()
+			if _, err := ckpt(id); err != nil {
+				return err
+			}
+			tCkpt = time.Since(t0)
+			var err error
+			cm, err = vmm.Restore(sys, vmm.RestoreConfig{Root: root, ID: id, VsockUDSPath: cuds, NoWorkingSet: !withWS})
+			if err != nil {
+				return err
+			}
+			tRestore = time.Since(t0) - tCkpt
+			c, err = startMachine(ctx, cm, cuds, o)
+			total = time.Since(t0)
 			return err
-		}
-		tRestore := time.Since(t0) - tCkpt
-		c, err := startMachine(ctx, cm, cuds, o)
+		})
 		if err != nil {
 			return fmt.Errorf("fork %d: %w", i, err)
 		}
-		total := time.Since(t0)
 		if withWS {
-			prefaulted = append(prefaulted, total)
+			res.durations("fork.ws", "snapshots", "fork of a running box to first exec, fork 0's working set mapped ahead", total)
 		} else {
-			forkTimes = append(forkTimes, total)
+			res.durations("fork.cold", "snapshots", "fork of a running box to first exec in the child", total)
 		}
-		children = append(children, c)
 		if i == 0 {
 			if _, err := cm.SaveWorkingSet(); err != nil {
+				c.stop()
 				return err
 			}
 		}
 		u, err := cm.Memory().Usage()
 		if err != nil {
+			c.stop()
 			return err
 		}
-		private += u.Private
+		if i < densityForks {
+			children = append(children, c)
+			private += u.Private
+			res.curve("forks.private", "snapshots", "private host memory of the forks running together", "MiB", "forks", float64(i+1), float64(private)/(1<<20))
+		} else {
+			c.stop()
+		}
 		fmt.Fprintf(stderr, "fork %d: first exec after %v (working set ahead: %v; checkpoint %v, restore %v, agent healthy %v, exec %v); guest pages touched %d, private memory %d KiB\n",
 			i, total.Round(time.Millisecond), withWS, tCkpt.Round(time.Millisecond), tRestore.Round(time.Millisecond),
 			c.healthy.Round(time.Millisecond), c.exec.Round(time.Millisecond), u.Resident/memory.PageSize, u.Private>>10)
 	}
 
+	p50 := func(id string) time.Duration { v, _ := res.p50(id); return fromMS(v).Round(time.Millisecond) }
+	coldBoot := p50("boot.sailbox")
 	fmt.Fprintf(stdout, "\n%-44s %12s %10s\n", "median (same run)", "time", "÷ boot")
-	fmt.Fprintf(stdout, "%-44s %12v %10s\n", "cold boot to agent ready", coldBoot.Round(time.Millisecond), "1")
-	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "restore to first exec (64 MiB-dirty chain)", median(restores).Round(time.Millisecond), ratio(median(restores), coldBoot))
-	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "  again, its working set mapped ahead", median(warmRestores).Round(time.Millisecond), ratio(median(warmRestores), coldBoot))
-	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "fork of a running box to first exec in child", median(forkTimes).Round(time.Millisecond), ratio(median(forkTimes), coldBoot))
-	fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", "  the same, fork 0's working set mapped ahead", median(prefaulted).Round(time.Millisecond), ratio(median(prefaulted), coldBoot))
+	fmt.Fprintf(stdout, "%-44s %12v %10s\n", "cold boot to agent ready", coldBoot, "1")
+	for _, r := range []struct{ id, label string }{
+		{"restore.cold", "restore to first exec (64 MiB-dirty chain)"},
+		{"restore.ws", "  again, restore 0's working set mapped ahead"},
+		{"fork.cold", "fork of a running box to first exec in child"},
+		{"fork.ws", "  the same, fork 0's working set mapped ahead"},
+	} {
+		fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", r.label, p50(r.id), res.ratio(r.id+"/boot.sailbox", r.label+" ÷ cold boot", r.id, "boot.sailbox"))
+	}
+	forks := min(densityForks, 2*o.runs)
 	fmt.Fprintf(stdout, "\n%d forks running: private host memory %d KiB in all, %d KiB per fork, of %d MiB guest memory each\n",
-		forks, private>>10, private/forks>>10, o.memMiB)
+		forks, private>>10, private/uint64(forks)>>10, o.memMiB)
 
 	if o.qemu == "" {
 		return nil
 	}
-	var qs []qemuSnapshot
 	for i := range o.runs {
 		q, err := benchQEMUSnapshot(ctx, o, uint32(200+i))
 		if err != nil {
 			fmt.Fprintf(stderr, "qemu snapshot run %d: failed, left out: %v\n", i, err)
+			res.note("qemu snapshot run %d failed, left out: %v", i, err)
 			continue
 		}
 		fmt.Fprintf(stderr, "qemu snapshot run %d: save %v (%d MiB file), restore to first exec %v\n", i, q.save.Round(time.Millisecond), q.fileBytes>>20, q.restore.Round(time.Millisecond))
-		qs = append(qs, q)
+		res.durations("qemu.save", "snapshots", "qemu's own snapshot: save (stop + migrate to a file)", q.save)
+		res.durations("qemu.restore", "snapshots", "qemu's own snapshot: restore to first exec (-incoming + cont)", q.restore)
+		res.values("qemu.file", "snapshots", "qemu's own snapshot: file size", "MiB", float64(q.fileBytes)/(1<<20))
 	}
-	if len(qs) == 0 {
+	if _, ok := res.p50("qemu.save"); !ok {
 		return nil
 	}
-	var saves, qrestores []time.Duration
-	for _, q := range qs {
-		saves, qrestores = append(saves, q.save), append(qrestores, q.restore)
-	}
+	file, _ := res.p50("qemu.file")
 	fmt.Fprintf(stdout, "\nqemu's own snapshot of the same guest (stop + migrate to a file; -incoming + cont), same run:\n")
-	fmt.Fprintf(stdout, "  save                                     %12v   (%d MiB file)\n", median(saves).Round(time.Millisecond), qs[0].fileBytes>>20)
-	fmt.Fprintf(stdout, "  restore to first exec                    %12v\n", median(qrestores).Round(time.Millisecond))
-	fmt.Fprintf(stdout, "  sailbox restore / qemu restore           %12.4f\n", ratio(median(restores), median(qrestores)))
-	fmt.Fprintf(stdout, "  sailbox fork / qemu save+restore         %12.4f\n", ratio(median(forkTimes), median(saves)+median(qrestores)))
+	fmt.Fprintf(stdout, "  save                                     %12v   (%.0f MiB file)\n", p50("qemu.save"), file)
+	fmt.Fprintf(stdout, "  restore to first exec                    %12v\n", p50("qemu.restore"))
+	fmt.Fprintf(stdout, "  sailbox restore / qemu restore           %12.4f\n", res.ratio("restore.cold/qemu.restore", "sailbox restore / qemu restore", "restore.cold", "qemu.restore"))
+	fmt.Fprintf(stdout, "  sailbox fork / qemu save+restore         %12.4f\n", res.ratio("fork.cold/qemu.save+restore", "sailbox fork / qemu save+restore", "fork.cold", "qemu.save", "qemu.restore"))
 	return nil
 }
