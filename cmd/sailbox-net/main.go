@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,13 +26,21 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/netapi"
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 	"github.com/sailbox-dev/sailbox/internal/usernet"
 )
+
+// logMax caps the network's log (its stderr, which sailboxd points at
+// net.log) and its one backup: the guest decides how many connections
+// and lookups it makes, and so how much is logged.
+const logMax = 4 << 20
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr))
+	stderr := guestlog.CapOutput(os.Stderr, logMax)
+	stdlog.SetOutput(stderr)
+	os.Exit(run(ctx, os.Args[1:], stderr))
 }
 
 // run serves one box's network until ctx is done; it returns the exit
