@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/devices/virtio/vsock"
 	"github.com/sailbox-dev/sailbox/guestagent"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
@@ -129,6 +130,23 @@ func (b *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, 
 	n, err := v.agent.WriteFile(ctx, path, r, guestagent.WriteOptions{Mode: fs.FileMode(opts.Mode), Append: opts.Append, CreateDirs: opts.CreateDirs})
 	return n, agentError(err)
 }
+
+// agentConnReserve is how many of a VM's vsock connections are left for
+// the daemon's own calls to its guest agent (exec, files, health, the
+// restored op) when the guest holds every connection it may and the
+// box's exposed ports every one the daemon allows, each forwarded
+// through the agent: the device's host share less the daemon's cap on
+// forwards, 768 − 512 = 256. That many calls may be in flight at once
+// before one is refused ("connection table full"), not counting the
+// forwards a box with a network makes through it instead.
+const agentConnReserve = vsock.HostConnections - daemon.MaxForwardConns
+
+// minAgentConnReserve is the least agentConnReserve may be: a change to
+// the device's share or to the daemon's cap that leaves less does not
+// build (a negative constant does not convert to uint).
+const minAgentConnReserve = 128
+
+const _ uint = agentConnReserve - minAgentConnReserve
 
 // DialGuest reaches TCP port port of box's guest. For a box with a
 // network whose agent configured it (guestagent.NetworkSchemaVersion),
