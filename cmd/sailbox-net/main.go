@@ -38,14 +38,14 @@ const logMax = 4 << 20
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	stderr := guestlog.CapOutput(os.Stderr, logMax)
-	stdlog.SetOutput(stderr)
-	os.Exit(run(ctx, os.Args[1:], stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stderr))
 }
 
 // run serves one box's network until ctx is done; it returns the exit
 // status.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
+	stderr = guestlog.CapOutput(stderr, logMax)
+	stdlog.SetOutput(stderr)
 	l, err := netapi.ParseLaunch(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
