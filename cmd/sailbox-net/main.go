@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,8 +26,14 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/netapi"
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 	"github.com/sailbox-dev/sailbox/internal/usernet"
 )
+
+// logMax caps the network's log (its stderr, which sailboxd points at
+// net.log) and its one backup: the guest decides how many connections
+// and lookups it makes, and so how much is logged.
+const logMax = 4 << 20
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -37,6 +44,8 @@ func main() {
 // run serves one box's network until ctx is done; it returns the exit
 // status.
 func run(ctx context.Context, args []string, stderr io.Writer) int {
+	stderr = guestlog.CapOutput(stderr, logMax)
+	stdlog.SetOutput(stderr)
 	l, err := netapi.ParseLaunch(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0

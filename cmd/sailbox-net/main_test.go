@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	stdlog "log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -209,5 +210,26 @@ func TestBadFlagsExit2(t *testing.T) {
 		if code := run(context.Background(), args, &stderr); code != 2 || stderr.Len() == 0 {
 			t.Errorf("run %q: status %d, stderr %q; want 2 and a reason", args, code, stderr.String())
 		}
+	}
+}
+
+// A stderr that is a file (sailboxd's net.log) is capped: its backup,
+// net.log.1, is opened beside it at start.
+func TestLogFileCapped(t *testing.T) {
+	t.Cleanup(func() { stdlog.SetOutput(os.Stderr) })
+	path := filepath.Join(t.TempDir(), "net.log")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if code := run(context.Background(), nil, f); code != 2 {
+		t.Errorf("run without flags: status %d, want 2", code)
+	}
+	if _, err := os.Stat(path + ".1"); err != nil {
+		t.Errorf("no backup beside the log: %v", err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "sailbox-net:") {
+		t.Errorf("the log holds %q, want the refusal", b)
 	}
 }

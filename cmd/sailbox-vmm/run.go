@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	stdlog "log"
 	"log/slog"
 	"net"
 	"os"
@@ -23,7 +24,14 @@ import (
 // much host disk.
 const consoleLogMax = 8 << 20
 
+// ownLogMax caps the VMM's own log (its stderr, when its starter points
+// that at a file: sailboxd's vmm.log) and its one backup, for a VMM that
+// a guest makes chatty despite the rate limits on what it can cause.
+const ownLogMax = 4 << 20
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	stderr = guestlog.CapOutput(stderr, ownLogMax)
+	stdlog.SetOutput(stderr)
 	c, err := vmmapi.ParseLaunch(args, stderr)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	stdlog "log"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,5 +52,26 @@ func TestRunRejectsBadInput(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("run(%q) = %v, want an error containing %q", c.args, err, c.want)
 		}
+	}
+}
+
+// A stderr that is a file (sailboxd's vmm.log) is capped: its backup,
+// vmm.log.1, is opened beside it at start, before any sandbox.
+func TestOwnLogCapped(t *testing.T) {
+	t.Cleanup(func() { stdlog.SetOutput(os.Stderr) })
+	path := filepath.Join(t.TempDir(), "vmm.log")
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := run(context.Background(), []string{"-mem", "x"}, &bytes.Buffer{}, f); err == nil {
+		t.Fatal("run with a bad flag succeeded")
+	}
+	if _, err := os.Stat(path + ".1"); err != nil {
+		t.Errorf("no backup beside the log: %v", err)
+	}
+	if b, _ := os.ReadFile(path); !strings.Contains(string(b), "invalid value") {
+		t.Errorf("the log holds %q, want the flag's refusal", b)
 	}
 }

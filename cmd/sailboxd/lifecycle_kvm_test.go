@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -51,6 +52,12 @@ func TestKVMDaemonLifecycle(t *testing.T) {
 	var got bytes.Buffer
 	if _, err := c.ReadFile(ctx, a.ID, "/tmp/api", &got); err != nil || got.String() != "written" {
 		t.Errorf("read file: %q, %v", got.String(), err)
+	}
+	// The agent's "no such file" is the API's not found, not an internal
+	// error.
+	var ce *client.Error
+	if _, err := c.ReadFile(ctx, a.ID, "/tmp/no-such-file", io.Discard); !errors.As(err, &ce) || ce.Status != http.StatusNotFound || ce.Code != api.CodeNotFound || !strings.Contains(ce.Message, "/tmp/no-such-file") {
+		t.Errorf("read of a missing file: %v, want 404 %s naming it", err, api.CodeNotFound)
 	}
 
 	ck, err := c.Checkpoint(ctx, a.ID)

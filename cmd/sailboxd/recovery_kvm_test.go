@@ -245,10 +245,11 @@ func TestKVMDaemonConcurrentForks(t *testing.T) {
 	}
 }
 
-// A box's VMM killed while the daemon runs is noticed at once: the box is
-// restored from its last completed checkpoint (what it did after is gone)
-// and works on; a box without one of its own comes back from its
-// template's, as it was created.
+// A box's VMM killed while the daemon runs, by its seccomp filter for a
+// forbidden call or by SIGKILL, is noticed at once: the box is restored
+// from its last completed checkpoint (what it did after is gone) and
+// works on; a box without one of its own comes back from its template's,
+// as it was created.
 func TestKVMDaemonRestoresAKilledVMM(t *testing.T) {
 	h := newHost(t)
 	ctx := ctxFor(t, 10*time.Minute)
@@ -267,13 +268,20 @@ func TestKVMDaemonRestoresAKilledVMM(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.run(fresh.ID, "sh", "-c", "echo -n lost > /tmp/f")
-	for _, id := range []string{a.ID, fresh.ID} {
+	pidOf := func(id string) int {
 		pids := h.vmmPIDsOf(id)
 		if len(pids) != 1 {
 			t.Fatalf("box %s has VMMs %v, want one", id, pids)
 		}
-		syscall.Kill(pids[0], syscall.SIGKILL)
+		return pids[0]
 	}
+	// The first VMM makes a call its seccomp filter forbids, as a guest
+	// that took it over would, and is killed for it (-seccomp kill, the
+	// default); the second is killed outright.
+	if ws := makeForbiddenCall(t, pidOf(a.ID)); !ws.Signaled() || ws.Signal() != syscall.SIGSYS {
+		t.Errorf("the VMM that made a forbidden call ended with status %#x, want killed by SIGSYS", uint32(ws))
+	}
+	syscall.Kill(pidOf(fresh.ID), syscall.SIGKILL)
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		up := func(id string) bool { return len(h.vmmPIDsOf(id)) == 1 && h.state(id) == string(lifecycle.Running) }
 		if up(a.ID) && up(fresh.ID) {

@@ -91,7 +91,7 @@ func TestAPI(t *testing.T) {
 	if err != nil || out.String() != "in\x00put" {
 		t.Errorf("exec with stdin = %q, %v", out.String(), err)
 	}
-	if _, err := c.Exec(ctx, b.ID, api.ExecRequest{Argv: []string{"nosuch"}}, nil, nil); status(err) != 500 {
+	if _, err := c.Exec(ctx, b.ID, api.ExecRequest{Argv: []string{"nosuch"}}, nil, nil); status(err) != 400 {
 		t.Errorf("exec of an unknown command: %v", err)
 	}
 	if _, err := c.Exec(ctx, b.ID, api.ExecRequest{}, nil, nil); status(err) != 400 {

@@ -89,7 +89,11 @@ type Backend interface {
 	Sweep(ctx context.Context, keep []string) ([]string, error)
 
 	// Exec runs req in box's guest, writing its output to stdout and
-	// stderr as it arrives.
+	// stderr as it arrives. Exec, ReadFile and WriteFile fail with an
+	// ErrNotFound for a guest file (or a directory on its path) that
+	// does not exist, and with an ErrInvalidArgument for a path or
+	// program the guest cannot use (a directory read as a file, no such
+	// program or user).
 	Exec(ctx context.Context, box string, req api.ExecRequest, stdout, stderr io.Writer) (api.ExecResult, error)
 	// ReadFile writes the guest file at path to w.
 	ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error)

@@ -27,14 +27,6 @@ const (
 	// guest (or a client) that holds one open and silent does not hold
 	// it forever.
 	defaultForwardIdle = 10 * time.Minute
-	// defaultMaxForwardConns bounds the open connections of one box's
-	// exposed ports, those still waking it included. For a box without
-	// a network each is a connection to the agent through the VM's vsock
-	// device, whose table holds 1024 (devices/virtio/vsock); the rest is
-	// left for the daemon's own calls to the agent (exec, files,
-	// health), which a flood of forwarded connections must not lock out.
-	// For a box with one, each is a connection through its network.
-	defaultMaxForwardConns = 512
 	// acceptRetryWait is the pause after an accept error such as EMFILE.
 	acceptRetryWait = 50 * time.Millisecond
 	// refusalWarnEvery spaces the warnings about connections refused over
@@ -45,13 +37,24 @@ const (
 	copyBufSize = 32 << 10
 )
 
+// MaxForwardConns bounds the open connections of one box's exposed
+// ports, those still waking it included. For a box without a network
+// each is a connection to the agent through the VM's vsock device, one of
+// the device's host-initiated connections (vsock.HostConnections, 768);
+// what the cap leaves of those is kept for the daemon's own calls to the
+// agent (exec, files, health), which a flood of forwarded connections
+// must not lock out: the backend checks, when compiled, that it leaves
+// enough (internal/vmmbackend's agentConnReserve). For a box with a
+// network, each is a connection through the network instead.
+const MaxForwardConns = 512
+
 // Expose forwards a host TCP port to a guest port of box id: over the
 // box's network if it has one, else through its agent (Backend.DialGuest
 // picks). A connection to it wakes the box if it sleeps (a paused box
 // refuses it: the connection is closed). The forward is recorded and reopened when the
 // daemon restarts. A forwarded connection on which nothing moves for
 // defaultForwardIdle is closed, and a box's exposed ports hold at most
-// defaultMaxForwardConns connections at once: past that, clients are
+// MaxForwardConns connections at once: past that, clients are
 // closed at once.
 func (m *Manager) Expose(ctx context.Context, id string, req api.ExposeRequest) (api.Port, error) {
 	if req.GuestPort < 1 || req.GuestPort > 65535 {
@@ -128,7 +131,7 @@ type forwards struct {
 	log            *slog.Logger
 	dial           dialGuestFunc
 	idleTimeout    time.Duration // defaultForwardIdle
-	maxConnsPerBox int           // defaultMaxForwardConns
+	maxConnsPerBox int           // MaxForwardConns
 	// beginUse, if not nil, records a connection as a use of its box,
 	// from its arrival to its end (see idle.go).
 	beginUse func(box string) (end func())
@@ -167,7 +170,7 @@ func (f *forwards) init(m *Manager) {
 
 func (f *forwards) setup(log *slog.Logger, dial dialGuestFunc) {
 	f.log, f.dial = log, dial
-	f.idleTimeout, f.maxConnsPerBox = defaultForwardIdle, defaultMaxForwardConns
+	f.idleTimeout, f.maxConnsPerBox = defaultForwardIdle, MaxForwardConns
 	f.byAddr = map[string]*forward{}
 	f.boxes = map[string]*boxConns{}
 }

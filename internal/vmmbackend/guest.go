@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
+	"github.com/sailbox-dev/sailbox/devices/virtio/vsock"
 	"github.com/sailbox-dev/sailbox/guestagent"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
@@ -30,11 +31,48 @@ func (b *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, std
 		Argv: req.Argv, Env: req.Env, Dir: req.Dir, User: req.User, Timeout: time.Duration(req.TimeoutMS) * time.Millisecond,
 	}, stdin, stdout, stderr)
 	if err != nil {
-		return api.ExecResult{}, err
+		return api.ExecResult{}, agentError(err)
 	}
 	b.recordWorkingSet(box, v)
 	return api.ExecResult{ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut}, nil
 }
+
+// agentKinds are the daemon's error kinds for the guest agent's error
+// codes that are the caller's doing: a guest file (or a directory on its
+// path) that does not exist is the API's 404, a path or program the call
+// cannot use (a directory read as a file, a relative path, no such
+// program or user) its 400. Every other code, and a code this host does
+// not know (a newer agent's), stays an internal error.
+//
+// Agents have sent these codes since the first guest schema version
+// (guestagent.CodeNotFound and the others were in schema 1), so no agent
+// a box can run needs a fallback that reads the message.
+var agentKinds = map[string]error{
+	guestagent.CodeNotFound:   daemon.ErrNotFound,
+	guestagent.CodeBadRequest: daemon.ErrInvalidArgument,
+	guestagent.CodeExecFailed: daemon.ErrInvalidArgument,
+}
+
+// agentError is err from a call to a guest agent as the daemon sees it:
+// an agent's *guestagent.Error whose code agentKinds names also matches
+// that daemon kind (errors.Is), and keeps the agent's message.
+func agentError(err error) error {
+	var ae *guestagent.Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	kind := agentKinds[ae.Code]
+	if kind == nil {
+		return err
+	}
+	return &agentRefusal{kind: kind, err: err}
+}
+
+// agentRefusal is an agent's error of a daemon kind.
+type agentRefusal struct{ kind, err error }
+
+func (e *agentRefusal) Error() string   { return e.err.Error() }
+func (e *agentRefusal) Unwrap() []error { return []error{e.kind, e.err} }
 
 // recordWorkingSet has a restored VM record its working set once its
 // first exec is done: the pages its guest needed to wake and serve it,
@@ -80,7 +118,8 @@ func (b *Backend) ReadFile(ctx context.Context, box, path string, w io.Writer) (
 	if err != nil {
 		return 0, err
 	}
-	return v.agent.ReadFile(ctx, path, w)
+	n, err := v.agent.ReadFile(ctx, path, w)
+	return n, agentError(err)
 }
 
 func (b *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, opts daemon.FileOptions) (int64, error) {
@@ -88,8 +127,26 @@ func (b *Backend) WriteFile(ctx context.Context, box, path string, r io.Reader, 
 	if err != nil {
 		return 0, err
 	}
-	return v.agent.WriteFile(ctx, path, r, guestagent.WriteOptions{Mode: fs.FileMode(opts.Mode), Append: opts.Append, CreateDirs: opts.CreateDirs})
+	n, err := v.agent.WriteFile(ctx, path, r, guestagent.WriteOptions{Mode: fs.FileMode(opts.Mode), Append: opts.Append, CreateDirs: opts.CreateDirs})
+	return n, agentError(err)
 }
+
+// agentConnReserve is how many of a VM's vsock connections are left for
+// the daemon's own calls to its guest agent (exec, files, health, the
+// restored op) when the guest holds every connection it may and the
+// box's exposed ports every one the daemon allows, each forwarded
+// through the agent: the device's host share less the daemon's cap on
+// forwards, 768 − 512 = 256. That many calls may be in flight at once
+// before one is refused ("connection table full"), not counting the
+// forwards a box with a network makes through it instead.
+const agentConnReserve = vsock.HostConnections - daemon.MaxForwardConns
+
+// minAgentConnReserve is the least agentConnReserve may be: a change to
+// the device's share or to the daemon's cap that leaves less does not
+// build (a negative constant does not convert to uint).
+const minAgentConnReserve = 128
+
+const _ uint = agentConnReserve - minAgentConnReserve
 
 // DialGuest reaches TCP port port of box's guest. For a box with a
 // network whose agent configured it (guestagent.NetworkSchemaVersion),

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/sailbox-dev/sailbox/internal/guestlog"
 )
 
 // The filter is tested on a child: this test binary run again with
@@ -193,6 +195,15 @@ func child(mode Mode, call, dir string) int {
 	if netListener, err = net.Listen("unixpacket", filepath.Join(dir, "net.sock")); err != nil {
 		return fail("listen seqpacket", err)
 	}
+	// The VMM's own log, its stderr pointed at a file by its starter,
+	// adopted before the filter as sailbox-vmm does at its start.
+	logFile, err := os.OpenFile(filepath.Join(dir, "vmm.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fail("own log", err)
+	}
+	if ownLog, err = guestlog.AdoptCapped(logFile, logFile.Name(), ownLogCap, nil); err != nil {
+		return fail("own log", err)
+	}
 	if err := Install(mode); err != nil {
 		return fail("install", err)
 	}
@@ -266,6 +277,20 @@ var allowedWork = []struct {
 	}},
 	{"network link", func(Mode, string, net.Listener) error {
 		return seqpacketRoundTrip(netListener)
+	}},
+	{"own log rotated in place", func(_ Mode, dir string, _ net.Listener) error {
+		line := bytes.Repeat([]byte("x"), 99)
+		for range 3 * ownLogCap / 100 {
+			ownLog.Write(append(line, '\n'))
+		}
+		if lost := ownLog.Lost(); lost != 0 {
+			return fmt.Errorf("%d bytes lost", lost)
+		}
+		fi, err := os.Stat(filepath.Join(dir, "vmm.log.1"))
+		if err != nil || fi.Size() != ownLogCap {
+			return fmt.Errorf("backup after rotations: %v, %v", fi, err)
+		}
+		return nil
 	}},
 	{"eventfd", func(Mode, string, net.Listener) error {
 		fd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -428,6 +453,12 @@ func socketRoundTrip(ln net.Listener) error {
 
 // netListener is the network's SOCK_SEQPACKET socket in the child.
 var netListener net.Listener
+
+// ownLog is the child's own log, capped as sailbox-vmm caps its stderr
+// (guestlog.CapOutput), at ownLogCap.
+var ownLog *guestlog.CappedFile
+
+const ownLogCap = 64 << 10
 
 // seqpacketRoundTrip is the virtio-net device's link: a SOCK_SEQPACKET
 // connection (socket(AF_UNIX, SOCK_SEQPACKET|SOCK_CLOEXEC|SOCK_NONBLOCK)

@@ -70,7 +70,7 @@ class BadRequest(SailboxError):
 
 
 class NotFound(SailboxError):
-    """404: no such box (or port, or checkpoint)."""
+    """404: no such box (or port, or checkpoint, or guest file)."""
 
     default_code = "not_found"
 

@@ -32,8 +32,9 @@
 // make the device panic or grow without bound.
 //
 // The connection table holds 1024 connections, of which at most 256 may be
-// guest-initiated: the rest is kept for the host's connections into the
-// guest, so that a guest cannot lock the host out of its own services. A
+// guest-initiated: the rest ([HostConnections], 768) is kept for the
+// host's connections into the guest, so that a guest cannot lock the host
+// out of its own services. A
 // guest REQUEST past either bound is answered with RST; a host client the
 // full table has no room for reads "ERR connection table full\n" before
 // its socket is closed.

@@ -31,11 +31,7 @@ const (
 	// above the device's buffers: 1024 × (256 + 32) KiB at worst.
 	maxConnections = 1024
 	// maxGuestConnections bounds the guest-initiated connections in the
-	// table. The rest is kept for host-initiated ones, which are the
-	// host's calls to services in the guest (sailboxd's to its agent, and
-	// the exposed ports it forwards through the agent): a guest sending
-	// REQUEST after REQUEST cannot lock the host out of it. sailboxd caps
-	// its forwards below what is left (internal/daemon/expose.go).
+	// table. The rest, HostConnections, is kept for host-initiated ones.
 	maxGuestConnections = 256
 	// maxPendingResets bounds the RST replies waiting for rx buffers;
 	// past it, replies are dropped (spec §5.10.6.1: a driver that posts no
@@ -48,6 +44,20 @@ const (
 	// guestWarnsPerSecond bounds the warnings a guest can cause at will.
 	guestWarnsPerSecond = 10
 )
+
+// HostConnections is how many host-initiated connections the table has
+// room for however many connections the guest opens: the table's size
+// less the guest's share. They are the host's calls to services in the
+// guest (sailboxd's to its agent, and the exposed ports it forwards
+// through the agent), so a guest sending REQUEST after REQUEST cannot
+// lock the host out of it. A host that also caps some of its own
+// connections (sailboxd its forwards) keeps that cap below this, leaving
+// room for the rest (internal/vmmbackend's agentConnReserve).
+const HostConnections = maxConnections - maxGuestConnections
+
+// The guest's share leaves the host a share of its own (checked when
+// compiled: a negative constant does not convert to uint).
+const _ uint = HostConnections - 1
 
 // limits are the device's timeouts and connection caps; tests shrink them.
 type limits struct {

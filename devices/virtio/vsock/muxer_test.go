@@ -648,3 +648,64 @@ func TestConnectionLimits(t *testing.T) {
 	g.send(guestHeader(opRequest, 40004, 5000), nil)
 	g.expect(t, opResponse, 5000, 40004)
 }
+
+// TestHostShareAtTheCaps runs the real caps (defaultLimits), not
+// shrunk ones: a guest that opens every connection it may is refused the
+// next cleanly (RST, with room left in the table), and the host still
+// gets every one of its HostConnections, the last of them carrying a
+// call both ways as the daemon's calls to the agent do when the guest
+// and the exposed ports have taken all theirs; past that, the full table
+// refuses a host client with the reason and the guest hears nothing.
+func TestHostShareAtTheCaps(t *testing.T) {
+	_, g, path := startDevice(t, defaultLimits)
+	ln := listenGuestPort(t, path, 5000)
+	var guestSide []*net.UnixConn // the host ends of guest-initiated connections
+	t.Cleanup(func() {
+		for _, c := range guestSide {
+			c.Close()
+		}
+	})
+	for i := range uint32(maxGuestConnections) {
+		g.send(guestHeader(opRequest, 40000+i, 5000), nil)
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			t.Fatal(err)
+		}
+		guestSide = append(guestSide, c)
+		g.expect(t, opResponse, 5000, 40000+i)
+	}
+	g.send(guestHeader(opRequest, 40000+maxGuestConnections, 5000), nil)
+	g.expect(t, opRST, 5000, 40000+maxGuestConnections)
+
+	const agentPort = 1024
+	for range HostConnections - 1 {
+		establish(t, g, path, agentPort, 64<<10)
+	}
+	// The last place: a call, both ways.
+	c, hport := establish(t, g, path, agentPort, 64<<10)
+	e := &guestEnd{t: t, g: g, port: agentPort, hostPort: hport, bufAlloc: 64 << 10}
+	if _, err := c.Write([]byte("health?")); err != nil {
+		t.Fatal(err)
+	}
+	h, p := g.expect(t, opRW, hport, agentPort)
+	e.account(h)
+	if string(p) != "health?" {
+		t.Fatalf("guest got %q on the host's last connection", p)
+	}
+	e.send(opRW, 0, []byte("ok"))
+	buf := make([]byte, 2)
+	c.SetReadDeadline(time.Now().Add(testTimeout))
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("host read %q, %v on its last connection", buf, err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	if c, err := Dial(ctx, path, agentPort); err == nil || !strings.Contains(err.Error(), `"ERR connection table full\n"`) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("Dial to a full table = %v, want a refusal naming the full table", err)
+	}
+	g.expectNothing(t, 50*time.Millisecond)
+}

@@ -469,7 +469,7 @@ func (f *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, std
 		fmt.Fprintln(&out, req.User)
 	default:
 		f.mu.Unlock()
-		return api.ExecResult{}, fmt.Errorf("fake: exec %q: no such command", req.Argv[0])
+		return api.ExecResult{}, fmt.Errorf("fake: exec %q: %w: no such command", req.Argv[0], daemon.ErrInvalidArgument)
 	}
 	f.mu.Unlock()
 	if out.Len() > 0 && stdout != nil {
@@ -485,8 +485,9 @@ func (f *Backend) Exec(ctx context.Context, box string, req api.ExecRequest, std
 	return api.ExecResult{ExitCode: code}, nil
 }
 
-// ErrNoFile is the fake's missing file.
-var ErrNoFile = errors.New("fake: no such file")
+// ErrNoFile is the fake's missing file; it is a daemon.ErrNotFound, as
+// the Backend contract says.
+var ErrNoFile = fmt.Errorf("fake: no such file: %w", daemon.ErrNotFound)
 
 func (f *Backend) ReadFile(ctx context.Context, box, path string, w io.Writer) (int64, error) {
 	err := f.begin("ReadFile", box, path)

@@ -48,15 +48,15 @@ def main(sock: str) -> None:
     with box.exec_stream(["echo", "streamed"]) as s:
         pieces = list(s)
     assert b"".join(p.data for p in pieces) == b"streamed\n" and s.exit == sailbox.ExecExit(0), (pieces, s.exit)
-    expect_error(sailbox.InternalError, box.exec, ["no-such-command"])
+    expect_error(sailbox.BadRequest, box.exec, ["no-such-command"])
 
     # files.
     assert box.files.write("/note", "from python") == len("from python")
     assert box.files.write("/note", b"!", append=True) == 1
     assert box.files.read("/note") == b"from python!"
     assert box.files.read_text("/note") == "from python!"
-    # (The daemon answers a guest file that is missing with 500.)
-    assert "/nope" in expect_error(sailbox.SailboxError, box.files.read, "/nope").message
+    e = expect_error(sailbox.NotFound, box.files.read, "/nope")
+    assert "/nope" in e.message and e.status == 404 and e.code == "not_found", e
 
     # checkpoint and fork.
     ck = box.checkpoint()
