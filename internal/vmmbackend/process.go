@@ -166,15 +166,36 @@ func watchPID(pid int, exited chan struct{}) {
 	close(exited)
 }
 
-// running reports whether process pid exists and has not exited. A
-// zombie has exited: a VMM whose daemon is gone is reaped by init, which
-// may take its time (or, as a container's PID 1, never do it).
+// running reports whether process pid exists and has not exited: whether
+// any of its threads still runs. A zombie has exited: a VMM whose daemon
+// is gone is reaped by init, which may take its time (or, as a
+// container's PID 1, never do it). The thread group's leader alone does
+// not say: killed, a Go process's leader is a zombie at once while its
+// other threads are still exiting, and their descriptors (its listening
+// sockets among them) are closed by the last one; a restore that took
+// the leader's word found the sockets still served.
 func running(pid int) bool {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 	if err != nil {
-		return syscall.Kill(pid, 0) == nil // no /proc: existence is all we can tell
+		// Gone, or no /proc: existence is all that can be told.
+		return syscall.Kill(pid, 0) == nil
 	}
-	// "pid (comm) S ...": the state follows the last ')', as comm may
+	for _, t := range tids {
+		if threadRunning(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name())) {
+			return true
+		}
+	}
+	return false
+}
+
+// threadRunning reports whether the thread whose stat file is path exists
+// and is not a zombie.
+func threadRunning(path string) bool {
+	stat, err := os.ReadFile(path)
+	if err != nil {
+		return false // gone since the directory was read
+	}
+	// "tid (comm) S ...": the state follows the last ')', as comm may
 	// hold anything.
 	i := bytes.LastIndexByte(stat, ')')
 	if i < 0 || i+2 >= len(stat) {

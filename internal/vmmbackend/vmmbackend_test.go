@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -12,10 +13,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -190,6 +193,9 @@ func TestBootFailureQuotesTheVMMLog(t *testing.T) {
 const hungVMMEnv = "SAILBOX_VMMBACKEND_HUNG_VMM"
 
 func TestMain(m *testing.M) {
+	if sock := os.Getenv(zombieLeaderEnv); sock != "" {
+		zombieLeader(sock)
+	}
 	if os.Getenv(fakeNetEnv) == "1" && slices.Contains(os.Args, "-control") {
 		os.Exit(fakeNet(os.Args[1:]))
 	}
@@ -411,4 +417,76 @@ func (exitingVM) Shutdown() {
 		time.Sleep(20 * time.Millisecond)
 		os.Exit(0)
 	}()
+}
+
+// zombieLeaderEnv makes the test binary a process whose leader thread
+// exits while another thread goes on serving a Unix socket (the first
+// argument): what a killed Go process looks like while its threads exit.
+const zombieLeaderEnv = "SAILBOX_VMMBACKEND_ZOMBIE_LEADER"
+
+func init() {
+	if os.Getenv(zombieLeaderEnv) != "" {
+		// The leader thread is the one that exits below.
+		runtime.LockOSThread()
+	}
+}
+
+func zombieLeader(sock string) {
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		os.Exit(2)
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	// exit(2), not exit_group(2): only the leader ends.
+	syscall.RawSyscall(syscall.SYS_EXIT, 0, 0, 0)
+}
+
+// A process whose leader is a zombie but whose other threads still hold
+// its sockets is running: a restore must not take its sockets for free.
+func TestRunningWhileThreadsOutliveTheLeader(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), zombieLeaderEnv+"="+sock)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	defer func() {
+		syscall.Kill(pid, syscall.SIGKILL)
+		cmd.Wait()
+	}()
+	leaderState := func() byte {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) {
+			return b[i+2]
+		}
+		return 0
+	}
+	for leaderState() != 'Z' {
+		time.Sleep(10 * time.Millisecond) // until the leader has exited
+	}
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatalf("the process's other threads do not serve: %v", err)
+	}
+	c.Close()
+	if !running(pid) {
+		t.Fatal("a process whose threads still serve its socket is not running")
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	for running(pid) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		t.Error("a process that is not running still serves its socket")
+	}
 }
