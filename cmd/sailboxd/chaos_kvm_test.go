@@ -186,15 +186,20 @@ func TestKVMChaosClientDisconnects(t *testing.T) {
 }
 
 // settle waits until no box is being created and the VMMs and networks
-// running are those of the running boxes. An abandoned create may reach
-// the daemon after the client gave up, and the daemon records its box
-// (Creating) only once the call runs: until then its VMM and network
-// cannot exist either, but a list taken in between shows neither the box
-// nor them, and one taken a moment later its VMM. A VMM or network that
-// belongs to no box never goes away: settle gives up after 3 minutes and
-// checkWhole reports it.
+// running are those of the running boxes, and that has held for two
+// seconds. An abandoned create may reach the daemon after the client gave
+// up, and the daemon records its box (Creating) only once the call runs:
+// until then its VMM and network cannot exist either, so a list taken in
+// between looks settled, and one taken a moment later shows the box
+// creating (a CI run saw this: a create abandoned after 3 ms was recorded
+// after settle had returned). Nothing marks a request still on its way,
+// so settle waits for quiet. A VMM or network that belongs to no box
+// never goes away: settle gives up after 3 minutes and checkWhole reports
+// it.
 func (h *host) settle(ctx context.Context) {
 	h.t.Helper()
+	const quiet = 2 * time.Second
+	var since time.Time // when the state last became settled
 	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
 		all, err := h.c.List(ctx, client.ListOptions{})
 		if err != nil {
@@ -210,7 +215,12 @@ func (h *host) settle(ctx context.Context) {
 			}
 		}
 		creating := slices.ContainsFunc(all, func(b api.Box) bool { return b.State == lifecycle.Creating })
-		if !creating && len(h.vmmPIDs()) == running && len(h.netPIDs()) == networks {
+		switch settled := !creating && len(h.vmmPIDs()) == running && len(h.netPIDs()) == networks; {
+		case !settled:
+			since = time.Time{}
+		case since.IsZero():
+			since = time.Now()
+		case time.Since(since) >= quiet:
 			return
 		}
 		if time.Now().After(deadline) {
