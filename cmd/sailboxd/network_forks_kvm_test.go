@@ -139,12 +139,14 @@ func (s *heldServer) url(path string) string {
 
 // startDownloads starts, in the background in box id, two downloads of
 // url: curl (without TCP keepalives, which would probe a dead connection
-// after a minute) into /tmp/NAME.curl, and Python's urllib (no timeout),
+// after a minute, and without output buffering: stdio would keep the last
+// 4 KiB of the held first half from the file, and waitHalfway waiting
+// for it, as two CI runs saw, stuck at 520192 bytes) into /tmp/NAME.curl, and Python's urllib (no timeout),
 // which prints its data's SHA-256 or the exception it got. Each writes
 // its outcome to /tmp/NAME.curl.rc and /tmp/NAME.py.out when it ends.
 func startDownloads(h *host, id, name, url string) {
 	h.t.Helper()
-	curl := fmt.Sprintf(`curl -sS --no-keepalive --max-time 900 -o /tmp/%[1]s.curl %[2]s 2>/tmp/%[1]s.curl.err; echo $? > /tmp/%[1]s.curl.rc`, name, shellQuote(url))
+	curl := fmt.Sprintf(`curl -sS -N --no-keepalive --max-time 900 -o /tmp/%[1]s.curl %[2]s 2>/tmp/%[1]s.curl.err; echo $? > /tmp/%[1]s.curl.rc`, name, shellQuote(url))
 	py := fmt.Sprintf(`import hashlib, urllib.request
 try:
     print(hashlib.sha256(urllib.request.urlopen(%q).read()).hexdigest())
