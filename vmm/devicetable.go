@@ -327,6 +327,7 @@ func (m *Machine) bootDevices() ([]string, error) {
 			return nil, err
 		}
 	}
+	m.catchQueueNotifies()
 	return args, nil
 }
 
@@ -402,6 +403,7 @@ func (m *Machine) restoreDevices(rc RestoreConfig, man *snapshot.Manifest, slots
 			return fmt.Errorf("mmio device %d (%s): %w", i, ss.Kind, err)
 		}
 	}
+	m.catchQueueNotifies()
 	return nil
 }
 

@@ -104,6 +104,11 @@ type Machine struct {
 	vcpus   []*vcpu
 	closers []io.Closer // device back ends
 	irqfds  []*kvm.IRQFD
+	// ioeventfds reports KVM_CAP_IOEVENTFD: the virtio devices' queue
+	// notifications are caught by the kernel and delivered by notifiers
+	// (notify.go).
+	ioeventfds bool
+	notifiers  notifiers
 
 	// The devices, kept for pausing and saving them.
 	serial *serial.Serial
@@ -215,6 +220,11 @@ func (m *Machine) createVM(sys *kvm.System) error {
 	if err := m.vm.CreatePIT2(); err != nil {
 		return err
 	}
+	n, err := m.vm.CheckExtension(kvm.CapIOEventFD)
+	if err != nil {
+		return err
+	}
+	m.ioeventfds = n > 0
 	flags, err := m.enableDirtyLog()
 	if err != nil {
 		return err
@@ -313,8 +323,10 @@ func (m *Machine) Close() error {
 			errs = append(errs, cpu.Close())
 		}
 	}
-	// Devices first: their goroutines may raise interrupts until closed,
-	// and an irqfd's descriptor number must not be reused under them.
+	// The notifiers before the devices they kick. Devices before the
+	// irqfds: their goroutines may raise interrupts until closed, and an
+	// irqfd's descriptor number must not be reused under them.
+	errs = append(errs, m.notifiers.close())
 	for _, c := range m.closers {
 		errs = append(errs, c.Close())
 	}

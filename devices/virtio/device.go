@@ -37,7 +37,8 @@ const (
 //
 // The transport calls Activate once the driver sets DRIVER_OK, Notify when
 // the driver kicks a queue, and Reset when the driver resets the device.
-// Activate, Notify and Reset are called from vCPU goroutines and must not
+// Activate, Notify and Reset are called from vCPU goroutines (Notify also
+// from the goroutine that delivers kicks the kernel caught) and must not
 // block for long; devices with slow back ends hand work to goroutines of
 // their own.
 type Device interface {

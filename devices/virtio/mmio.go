@@ -81,8 +81,9 @@ var statusOrder = [...]struct{ bit, after uint32 }{
 // start a Device. Map it on the MMIO bus with MMIOSize bytes and declare it
 // to Linux with KernelCmdline.
 //
-// Bus accesses arrive on vCPU goroutines; the transport serializes them,
-// and its calls into the device (Activate, Notify, Reset, ReadConfig,
+// Bus accesses arrive on vCPU goroutines, and Kick on the goroutines that
+// wait for kicks the kernel caught; the transport serializes them, and
+// its calls into the device (Activate, Notify, Reset, ReadConfig,
 // WriteConfig), under one lock. The device raises its used-buffer
 // interrupt from any goroutine through the signal function given to
 // Activate, which does not take that lock.
@@ -104,6 +105,10 @@ type MMIO struct {
 	// guarded by mu, because devices raise interrupts from their own
 	// goroutines and also from inside Notify, while a vCPU holds mu.
 	interruptStatus atomic.Uint32
+
+	// registerKicks and caughtKicks count kicks (KickCounts); atomic so
+	// that reading them needs no lock.
+	registerKicks, caughtKicks atomic.Uint64
 
 	// mu guards the fields below and serializes calls into dev.
 	mu                sync.Mutex
@@ -255,20 +260,60 @@ func (m *MMIO) Write(offset uint64, data []byte) {
 		}
 	case regQueueNotify:
 		// Without VIRTIO_F_NOTIFICATION_DATA the value is the queue index.
-		// Kicks before DRIVER_OK, or for queues the device does not have,
-		// are the driver's bug and go nowhere.
-		if m.activated && v < uint32(len(m.queues)) {
-			if m.paused {
-				m.deferredKicks[v] = true
-				break
-			}
-			m.dev.Notify(int(v))
-		}
+		m.registerKicks.Add(1)
+		m.kickLocked(uint64(v))
 	case regInterruptACK:
 		m.interruptStatus.And(^v)
 	case regStatus:
 		m.writeStatus(v)
 	}
+}
+
+// QueueNotifyOffset is the offset of the QueueNotify register in the
+// transport's window. The driver kicks queue i by writing i there, 4
+// bytes wide; a VMM that has the kernel catch those writes (KVM's
+// ioeventfds) delivers them with Kick instead.
+const QueueNotifyOffset = regQueueNotify
+
+// Queues is the number of the device's queues: the values a driver
+// writes to QueueNotify are 0 to Queues()-1.
+func (m *MMIO) Queues() int { return len(m.queues) }
+
+// Kick is the driver's kick of queue index, caught before it reached the
+// QueueNotify register (KVM signalled an eventfd for the write): the
+// transport handles it as it handles the write. Safe from any goroutine.
+func (m *MMIO) Kick(index int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.caughtKicks.Add(1)
+	m.kickLocked(uint64(index))
+}
+
+// kickLocked delivers the driver's kick of queue index. Kicks before
+// DRIVER_OK, or for queues the device does not have, are the driver's
+// bug and go nowhere; kicks while the transport is paused wait for
+// Resume. Called with mu held.
+func (m *MMIO) kickLocked(index uint64) {
+	if !m.activated || index >= uint64(len(m.queues)) {
+		return
+	}
+	if m.paused {
+		m.deferredKicks[index] = true
+		return
+	}
+	m.dev.Notify(int(index))
+}
+
+// KickCounts counts the driver's kicks by the way they reached the
+// transport, whether or not they went anywhere.
+type KickCounts struct {
+	Register uint64 // writes to QueueNotify on the bus: each one a vCPU's exit to the VMM
+	Caught   uint64 // Kick: writes the kernel caught before they left the guest
+}
+
+// KickCounts returns the transport's counts of kicks.
+func (m *MMIO) KickCounts() KickCounts {
+	return KickCounts{Register: m.registerKicks.Load(), Caught: m.caughtKicks.Load()}
 }
 
 // setHalf sets the high or low 32 bits of *addr to v.

@@ -320,6 +320,46 @@ func TestMMIONotify(t *testing.T) {
 	}
 }
 
+// A kick the kernel caught (MMIO.Kick) goes where the same write to
+// QueueNotify would: nowhere before DRIVER_OK or for a queue the device
+// does not have, and, while the transport is paused, to the device only
+// on Resume, once per queue however many kicks came.
+func TestMMIOCaughtKicks(t *testing.T) {
+	dev := newFakeDevice()
+	d := vt.New(t, dev, 1<<20)
+	if got := d.MMIO.Queues(); got != 2 {
+		t.Fatalf("Queues() = %d, want 2", got)
+	}
+	d.MMIO.Kick(0) // before DRIVER_OK
+	if err := d.Start(0, 2); err != nil {
+		t.Fatal(err)
+	}
+	d.MMIO.Kick(1)
+	d.MMIO.Kick(2) // no such queue
+	if want := []int{1}; !slices.Equal(dev.notified, want) {
+		t.Fatalf("notified %v, want %v", dev.notified, want)
+	}
+	dev.notified = nil
+
+	if err := d.MMIO.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	d.MMIO.Kick(1)
+	d.MMIO.Kick(1)
+	d.Kick(0) // the register's kicks wait the same way
+	d.MMIO.Kick(5)
+	if len(dev.notified) != 0 {
+		t.Fatalf("notified %v while paused, want nothing", dev.notified)
+	}
+	d.MMIO.Resume()
+	if want := []int{0, 1}; !slices.Equal(dev.notified, want) {
+		t.Errorf("notified %v on resume, want %v", dev.notified, want)
+	}
+	if got, want := d.MMIO.KickCounts(), (virtio.KickCounts{Register: 1, Caught: 6}); got != want {
+		t.Errorf("KickCounts = %+v, want %+v", got, want)
+	}
+}
+
 func TestMMIOInterrupts(t *testing.T) {
 	dev := newFakeDevice()
 	d := vt.New(t, dev, 1<<20)
