@@ -38,19 +38,19 @@ type CheckpointStats struct {
 // most CheckpointStats.Pause (the rest is bookkeeping between them).
 // Stop and Resume are zero for a machine that was paused already.
 type PauseParts struct {
-	Stop      time.Duration // stopping every vCPU and device
-	DirtyLog  time.Duration // fetching and clearing the dirty log: KVM's and the VMM's own writes
-	Copy      time.Duration // copying the pages dirtied since the first copy
-	VMState   time.Duration // saving the in-kernel irqchip, PIT and clock
-	VCPUState time.Duration // saving every vCPU's registers, MSRs, LAPIC and events
-	Devices   time.Duration // saving every device's state
-	DiskSeal  time.Duration // sealing each layered disk's top as a layer
-	Resume    time.Duration // letting every device and vCPU run again
+	Stop       time.Duration // stopping every vCPU and device
+	DirtyLog   time.Duration // fetching and clearing the dirty log: KVM's and the VMM's own writes
+	Copy       time.Duration // copying the pages dirtied since the first copy
+	VMState    time.Duration // saving the in-kernel irqchip, PIT and clock
+	VCPUState  time.Duration // saving every vCPU's registers, MSRs, LAPIC and events
+	Devices    time.Duration // saving every device's state
+	DiskSwitch time.Duration // switching each layered disk to a new top (its seal runs after)
+	Resume     time.Duration // letting every device and vCPU run again
 }
 
 // Sum is the parts' total.
 func (p PauseParts) Sum() time.Duration {
-	return p.Stop + p.DirtyLog + p.Copy + p.VMState + p.VCPUState + p.Devices + p.DiskSeal + p.Resume
+	return p.Stop + p.DirtyLog + p.Copy + p.VMState + p.VCPUState + p.Devices + p.DiskSwitch + p.Resume
 }
 
 // lap measures consecutive parts: each call returns the time since the
@@ -81,8 +81,9 @@ var ErrNotCheckpointable = errors.New("machine cannot be checkpointed")
 //
 // The guest stops only for the final step: the pages changed since a
 // first copy made while it ran are copied again (to a spill file), the state
-// is saved and the disks sealed, and it runs on. Writing the layer
-// files and the manifest happens after, while it runs. The checkpoint
+// is saved and each disk switched to a new top, and it runs on. Sealing
+// the disks' layers (fsync, checksums), writing the memory layer and the
+// manifest happen after, while it runs. The checkpoint
 // exists once Checkpoint returns without error.
 func (m *Machine) Checkpoint(opts CheckpointOptions) (*snapshot.Manifest, CheckpointStats, error) {
 	start := time.Now()
@@ -219,9 +220,13 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	for i := range m.cfg.Disks {
 		id := diskID(m.cfg, i)
 		chain := m.diskChain(i)
-		// Layers sealed by checkpoints that failed after sealing, then
-		// this one's.
-		for j, info := range m.pendingSeals[id] {
+		// Layers switched out by checkpoints that failed after, then
+		// this one's, sealed now that the guest runs again.
+		for j, l := range m.pendingSeals[id] {
+			info, err := m.cfg.Disks[i].Layered.FinishSeal(l)
+			if err != nil {
+				return nil, fmt.Errorf("seal disk %s: %w", id, err)
+			}
 			ref, err := p.AddDiskLayer(fmt.Sprintf("%s-%s-%d", opts.ID, id, j), info)
 			if err != nil {
 				return nil, err
@@ -240,9 +245,9 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 }
 
 // captureLocked runs while the guest is stopped: it copies the pages
-// changed since the first copy, saves every part's state and seals the
-// layered disks, whose new tops go in root. The sealed layers join
-// m.pendingSeals until a checkpoint commits them. Each part's time, from
+// changed since the first copy, saves every part's state and switches
+// each layered disk to a new top in root. The switched-out layers join
+// m.pendingSeals until a checkpoint seals and commits them. Each part's time, from
 // the lap l started at, goes in parts.
 func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages *pageCopy, l *lap, parts *PauseParts) (map[string][]byte, error) {
 	bm, err := m.takeDirtyBitmap()
@@ -302,13 +307,15 @@ func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages 
 			continue
 		}
 		id := diskID(m.cfg, i)
-		info, err := d.Layered.Seal(root.TopPath(fmt.Sprintf("%s-%s.top", p.ID(), id)))
+		// Only the switch to a new top: the seal's fsyncs and checksums
+		// wait until the guest runs again.
+		l, err := d.Layered.SwitchTop(root.TopPath(fmt.Sprintf("%s-%s.top", p.ID(), id)))
 		if err != nil {
 			return nil, fmt.Errorf("seal disk %s: %w", id, err)
 		}
-		m.pendingSeals[id] = append(m.pendingSeals[id], info)
+		m.pendingSeals[id] = append(m.pendingSeals[id], l)
 	}
-	parts.DiskSeal = l.next()
+	parts.DiskSwitch = l.next()
 	return state, nil
 }
 

@@ -149,7 +149,7 @@ func TestKVMCheckpointRestore(t *testing.T) {
 	// A running guest with a layered disk: every part of the stop took
 	// place (each makes system calls, so none can take no time at all).
 	p := stats.PauseParts
-	for name, d := range map[string]time.Duration{"stop": p.Stop, "dirty log": p.DirtyLog, "vm state": p.VMState, "vcpu state": p.VCPUState, "devices": p.Devices, "disk seal": p.DiskSeal, "resume": p.Resume} {
+	for name, d := range map[string]time.Duration{"stop": p.Stop, "dirty log": p.DirtyLog, "vm state": p.VMState, "vcpu state": p.VCPUState, "devices": p.Devices, "disk switch": p.DiskSwitch, "resume": p.Resume} {
 		if d <= 0 {
 			t.Errorf("pause part %s not measured: %+v", name, p)
 		}
@@ -202,12 +202,12 @@ func checkpoint(t *testing.T, b *box, g *guest, id string) (*snapshot.Manifest, 
 func checkPauseParts(t *testing.T, stats vmm.CheckpointStats) {
 	t.Helper()
 	p := stats.PauseParts
-	t.Logf("pause %v: stop %v, dirty log %v, copy %v (%d pages), vm state %v, vcpu state %v, devices %v, disk seal %v, resume %v",
-		stats.Pause, p.Stop, p.DirtyLog, p.Copy, stats.PausedPages, p.VMState, p.VCPUState, p.Devices, p.DiskSeal, p.Resume)
+	t.Logf("pause %v: stop %v, dirty log %v, copy %v (%d pages), vm state %v, vcpu state %v, devices %v, disk switch %v, resume %v",
+		stats.Pause, p.Stop, p.DirtyLog, p.Copy, stats.PausedPages, p.VMState, p.VCPUState, p.Devices, p.DiskSwitch, p.Resume)
 	if p.Sum() > stats.Pause {
 		t.Errorf("pause parts sum to %v, more than the pause %v: %+v", p.Sum(), stats.Pause, p)
 	}
-	for name, d := range map[string]time.Duration{"stop": p.Stop, "dirty log": p.DirtyLog, "copy": p.Copy, "vm state": p.VMState, "vcpu state": p.VCPUState, "devices": p.Devices, "disk seal": p.DiskSeal, "resume": p.Resume} {
+	for name, d := range map[string]time.Duration{"stop": p.Stop, "dirty log": p.DirtyLog, "copy": p.Copy, "vm state": p.VMState, "vcpu state": p.VCPUState, "devices": p.Devices, "disk switch": p.DiskSwitch, "resume": p.Resume} {
 		if d < 0 {
 			t.Errorf("pause part %s negative: %v", name, d)
 		}

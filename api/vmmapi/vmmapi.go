@@ -61,14 +61,14 @@ type CheckpointResult struct {
 // parts of the step the guest was stopped for, one after the other, so
 // that they sum to at most CheckpointResult.PauseNanos.
 type PauseParts struct {
-	StopNanos      int64 `json:"stop_ns"`       // stopping every vCPU and device
-	DirtyLogNanos  int64 `json:"dirty_log_ns"`  // fetching and clearing the dirty log
-	CopyNanos      int64 `json:"copy_ns"`       // copying the pages dirtied since the first copy
-	VMStateNanos   int64 `json:"vm_state_ns"`   // saving the irqchip, PIT and clock
-	VCPUStateNanos int64 `json:"vcpu_state_ns"` // saving every vCPU
-	DevicesNanos   int64 `json:"devices_ns"`    // saving every device
-	DiskSealNanos  int64 `json:"disk_seal_ns"`  // sealing the layered disks' tops
-	ResumeNanos    int64 `json:"resume_ns"`     // letting the guest run again
+	StopNanos       int64 `json:"stop_ns"`        // stopping every vCPU and device
+	DirtyLogNanos   int64 `json:"dirty_log_ns"`   // fetching and clearing the dirty log
+	CopyNanos       int64 `json:"copy_ns"`        // copying the pages dirtied since the first copy
+	VMStateNanos    int64 `json:"vm_state_ns"`    // saving the irqchip, PIT and clock
+	VCPUStateNanos  int64 `json:"vcpu_state_ns"`  // saving every vCPU
+	DevicesNanos    int64 `json:"devices_ns"`     // saving every device
+	DiskSwitchNanos int64 `json:"disk_switch_ns"` // switching each layered disk to a new top
+	ResumeNanos     int64 `json:"resume_ns"`      // letting the guest run again
 }
 
 // VCPUs describes where each vCPU is: registers, pending interrupts and

@@ -41,7 +41,7 @@ func (f *fakeVM) Checkpoint(req CheckpointRequest) (CheckpointResult, error) {
 
 // fakeParts has every field set, each to a different value.
 func fakeParts() *PauseParts {
-	return &PauseParts{StopNanos: 1, DirtyLogNanos: 2, CopyNanos: 3, VMStateNanos: 4, VCPUStateNanos: 5, DevicesNanos: 6, DiskSealNanos: 7, ResumeNanos: 8}
+	return &PauseParts{StopNanos: 1, DirtyLogNanos: 2, CopyNanos: 3, VMStateNanos: 4, VCPUStateNanos: 5, DevicesNanos: 6, DiskSwitchNanos: 7, ResumeNanos: 8}
 }
 func (f *fakeVM) DescribeVCPUs() string { return "vcpu 0 rip=0x1000\n" }
 func (f *fakeVM) SaveWorkingSet() (WorkingSetResult, error) {

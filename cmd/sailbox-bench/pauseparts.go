@@ -24,7 +24,7 @@ func pauseParts(p vmm.PauseParts) []pausePart {
 		{"vm_state", "irqchip, PIT and clock save", p.VMState},
 		{"vcpu_state", "vCPU state save", p.VCPUState},
 		{"devices", "device state save", p.Devices},
-		{"disk_seal", "disk seal", p.DiskSeal},
+		{"disk_switch", "disk switch to new tops", p.DiskSwitch},
 		{"resume", "resume", p.Resume},
 	}
 }

@@ -13,7 +13,7 @@ import (
 // MiB dirtied, so the report's table has a line per part and dirty size.
 func TestPausePartsRows(t *testing.T) {
 	msec := time.Millisecond
-	p := vmm.PauseParts{Stop: 1 * msec, DirtyLog: 2 * msec, Copy: 3 * msec, VMState: 4 * msec, VCPUState: 5 * msec, Devices: 6 * msec, DiskSeal: 7 * msec, Resume: 8 * msec}
+	p := vmm.PauseParts{Stop: 1 * msec, DirtyLog: 2 * msec, Copy: 3 * msec, VMState: 4 * msec, VCPUState: 5 * msec, Devices: 6 * msec, DiskSwitch: 7 * msec, Resume: 8 * msec}
 	parts := pauseParts(p)
 	var sum time.Duration
 	ids := map[string]bool{}
@@ -39,13 +39,13 @@ func TestPausePartsRows(t *testing.T) {
 	md := markdown(&res, "results-x", nil)
 	for _, want := range []string{
 		"| checkpoint pause: copy of the pages dirtied since the pre-copy, against MiB dirtied since the last, at 0 MiB `checkpoint.pause.copy` | 2 | 3.00 |",
-		"| checkpoint pause: disk seal, against MiB dirtied since the last, at 64 MiB `checkpoint.pause.disk_seal` | 1 | 7.00 |",
+		"| checkpoint pause: disk switch to new tops, against MiB dirtied since the last, at 64 MiB `checkpoint.pause.disk_switch` | 1 | 7.00 |",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("report lacks %q:\n%s", want, md)
 		}
 	}
-	if got, want := pausePartsLine(p), "stop=1.000 dirty_log=2.000 copy=3.000 vm_state=4.000 vcpu_state=5.000 devices=6.000 disk_seal=7.000 resume=8.000"; got != want {
+	if got, want := pausePartsLine(p), "stop=1.000 dirty_log=2.000 copy=3.000 vm_state=4.000 vcpu_state=5.000 devices=6.000 disk_switch=7.000 resume=8.000"; got != want {
 		t.Errorf("text line = %q, want %q", got, want)
 	}
 }

@@ -320,5 +320,5 @@ func pausePartsAttr(p *vmmapi.PauseParts) slog.Attr {
 	return slog.Group("parts",
 		"stop", d(p.StopNanos), "dirty_log", d(p.DirtyLogNanos), "copy", d(p.CopyNanos),
 		"vm_state", d(p.VMStateNanos), "vcpu_state", d(p.VCPUStateNanos), "devices", d(p.DevicesNanos),
-		"disk_seal", d(p.DiskSealNanos), "resume", d(p.ResumeNanos))
+		"disk_switch", d(p.DiskSwitchNanos), "resume", d(p.ResumeNanos))
 }

@@ -92,7 +92,7 @@ func pauseParts(p vmm.PauseParts) *vmmapi.PauseParts {
 	return &vmmapi.PauseParts{
 		StopNanos: p.Stop.Nanoseconds(), DirtyLogNanos: p.DirtyLog.Nanoseconds(), CopyNanos: p.Copy.Nanoseconds(),
 		VMStateNanos: p.VMState.Nanoseconds(), VCPUStateNanos: p.VCPUState.Nanoseconds(), DevicesNanos: p.Devices.Nanoseconds(),
-		DiskSealNanos: p.DiskSeal.Nanoseconds(), ResumeNanos: p.Resume.Nanoseconds(),
+		DiskSwitchNanos: p.DiskSwitch.Nanoseconds(), ResumeNanos: p.Resume.Nanoseconds(),
 	}
 }
 

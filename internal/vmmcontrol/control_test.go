@@ -22,7 +22,7 @@ func TestPausePartsReported(t *testing.T) {
 	for i := range g.NumField() {
 		sum += g.Field(i).Int()
 	}
-	if g.NumField() != v.NumField() || time.Duration(sum) != p.Sum() || got.CopyNanos != p.Copy.Nanoseconds() || got.DiskSealNanos != p.DiskSeal.Nanoseconds() {
+	if g.NumField() != v.NumField() || time.Duration(sum) != p.Sum() || got.CopyNanos != p.Copy.Nanoseconds() || got.DiskSwitchNanos != p.DiskSwitch.Nanoseconds() {
 		t.Errorf("reported %+v (sum %d ns) for %+v (sum %v)", got, sum, p, p.Sum())
 	}
 }
