@@ -83,8 +83,8 @@ var ErrNotCheckpointable = errors.New("machine cannot be checkpointed")
 // first copy made while it ran are copied again (to a spill file), the state
 // is saved and each disk switched to a new top, and it runs on. Sealing
 // the disks' layers (fsync, checksums), writing the memory layer and the
-// manifest happen after, while it runs. The checkpoint
-// exists once Checkpoint returns without error.
+// manifest happen after, while it runs. The checkpoint exists once
+// Checkpoint returns without error.
 func (m *Machine) Checkpoint(opts CheckpointOptions) (*snapshot.Manifest, CheckpointStats, error) {
 	start := time.Now()
 	var stats CheckpointStats
@@ -247,8 +247,8 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 // captureLocked runs while the guest is stopped: it copies the pages
 // changed since the first copy, saves every part's state and switches
 // each layered disk to a new top in root. The switched-out layers join
-// m.pendingSeals until a checkpoint seals and commits them. Each part's time, from
-// the lap l started at, goes in parts.
+// m.pendingSeals until a checkpoint seals and commits them. Each part's
+// time, from the lap l started at, goes in parts.
 func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages *pageCopy, l *lap, parts *PauseParts) (map[string][]byte, error) {
 	bm, err := m.takeDirtyBitmap()
 	if err != nil {
