@@ -28,7 +28,42 @@ type CheckpointStats struct {
 	PausedPages uint64        // pages copied while the guest was stopped
 	DiskBytes   int64         // blocks sealed into new disk layers
 	Pause       time.Duration // how long the guest was stopped
-	Total       time.Duration
+	// PauseParts is where Pause went.
+	PauseParts PauseParts
+	Total      time.Duration
+}
+
+// PauseParts is where a checkpoint's pause went: the parts of the step
+// the guest was stopped for, one after the other, so that they sum to at
+// most CheckpointStats.Pause (the rest is bookkeeping between them).
+// Stop and Resume are zero for a machine that was paused already.
+type PauseParts struct {
+	Stop       time.Duration // stopping every vCPU and device
+	DirtyLog   time.Duration // fetching and clearing the dirty log: KVM's and the VMM's own writes
+	Copy       time.Duration // copying the pages dirtied since the first copy
+	VMState    time.Duration // saving the in-kernel irqchip, PIT and clock
+	VCPUState  time.Duration // saving every vCPU's registers, MSRs, LAPIC and events
+	Devices    time.Duration // saving every device's state
+	DiskSwitch time.Duration // switching each layered disk to a new top (its seal runs after)
+	Resume     time.Duration // letting every device and vCPU run again
+}
+
+// Sum is the parts' total.
+func (p PauseParts) Sum() time.Duration {
+	return p.Stop + p.DirtyLog + p.Copy + p.VMState + p.VCPUState + p.Devices + p.DiskSwitch + p.Resume
+}
+
+// lap measures consecutive parts: each call returns the time since the
+// previous one (or since the lap was started).
+type lap struct{ last time.Time }
+
+func startLap() *lap { return &lap{last: time.Now()} }
+
+func (l *lap) next() time.Duration {
+	now := time.Now()
+	d := now.Sub(l.last)
+	l.last = now
+	return d
 }
 
 // ErrNotCheckpointable reports a machine Checkpoint cannot capture: one
@@ -46,9 +81,10 @@ var ErrNotCheckpointable = errors.New("machine cannot be checkpointed")
 //
 // The guest stops only for the final step: the pages changed since a
 // first copy made while it ran are copied again (to a spill file), the state
-// is saved and the disks sealed, and it runs on. Writing the layer
-// files and the manifest happens after, while it runs. The checkpoint
-// exists once Checkpoint returns without error.
+// is saved and each disk switched to a new top, and it runs on. Sealing
+// the disks' layers (fsync, checksums), writing the memory layer and the
+// manifest happen after, while it runs. The checkpoint exists once
+// Checkpoint returns without error.
 func (m *Machine) Checkpoint(opts CheckpointOptions) (*snapshot.Manifest, CheckpointStats, error) {
 	start := time.Now()
 	var stats CheckpointStats
@@ -110,7 +146,11 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	// First copy, while the guest runs.
 	wasPaused := m.paused
 	if !wasPaused {
-		if err := m.takeDirtyInto(pages); err != nil {
+		bm, err := m.takeDirtyBitmap()
+		if err != nil {
+			return nil, err
+		}
+		if err := pages.take(bm); err != nil {
 			return nil, err
 		}
 		for i, d := range m.cfg.Disks {
@@ -124,15 +164,19 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 
 	// The stop.
 	paused := time.Now()
+	parts := &stats.PauseParts
+	l := startLap()
 	if !wasPaused {
 		if err := m.pauseLocked(); err != nil {
 			m.resumeLocked()
 			return nil, err
 		}
+		parts.Stop = l.next()
 	}
-	state, err := m.captureLocked(p, opts.Root, pages)
+	state, err := m.captureLocked(p, opts.Root, pages, l, parts)
 	if !wasPaused {
 		m.resumeLocked()
+		parts.Resume = l.next()
 	}
 	stats.Pause = time.Since(paused)
 	stats.PausedPages = pages.last
@@ -176,9 +220,13 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	for i := range m.cfg.Disks {
 		id := diskID(m.cfg, i)
 		chain := m.diskChain(i)
-		// Layers sealed by checkpoints that failed after sealing, then
-		// this one's.
-		for j, info := range m.pendingSeals[id] {
+		// Layers switched out by checkpoints that failed after, then
+		// this one's, sealed now that the guest runs again.
+		for j, l := range m.pendingSeals[id] {
+			info, err := m.cfg.Disks[i].Layered.FinishSeal(l)
+			if err != nil {
+				return nil, fmt.Errorf("seal disk %s: %w", id, err)
+			}
 			ref, err := p.AddDiskLayer(fmt.Sprintf("%s-%s-%d", opts.ID, id, j), info)
 			if err != nil {
 				return nil, err
@@ -197,13 +245,20 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 }
 
 // captureLocked runs while the guest is stopped: it copies the pages
-// changed since the first copy, saves every part's state and seals the
-// layered disks, whose new tops go in root. The sealed layers join
-// m.pendingSeals until a checkpoint commits them.
-func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages *pageCopy) (map[string][]byte, error) {
-	if err := m.takeDirtyInto(pages); err != nil {
+// changed since the first copy, saves every part's state and switches
+// each layered disk to a new top in root. The switched-out layers join
+// m.pendingSeals until a checkpoint seals and commits them. Each part's
+// time, from the lap l started at, goes in parts.
+func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages *pageCopy, l *lap, parts *PauseParts) (map[string][]byte, error) {
+	bm, err := m.takeDirtyBitmap()
+	if err != nil {
 		return nil, err
 	}
+	parts.DirtyLog = l.next()
+	if err := pages.take(bm); err != nil {
+		return nil, err
+	}
+	parts.Copy = l.next()
 	state := map[string][]byte{}
 	put := func(id string, v any) (err error) {
 		state[id], err = encodeSection(id, v)
@@ -216,6 +271,7 @@ func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages 
 	if err := put(sectionVM, vmSection{Version: vmStateVersion, VMState: vmState}); err != nil {
 		return nil, err
 	}
+	parts.VMState = l.next()
 	for _, v := range m.vcpus {
 		var st VCPUState
 		err := v.do(func(cpu *kvm.VCPU) error {
@@ -236,6 +292,7 @@ func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages 
 			return nil, err
 		}
 	}
+	parts.VCPUState = l.next()
 	slots, err := m.saveDevices(state)
 	if err != nil {
 		return nil, err
@@ -244,17 +301,21 @@ func (m *Machine) captureLocked(p *snapshot.Pending, root *snapshot.Root, pages 
 	if err := put(sectionMachine, shape); err != nil {
 		return nil, err
 	}
+	parts.Devices = l.next()
 	for i, d := range m.cfg.Disks {
 		if d.Layered == nil {
 			continue
 		}
 		id := diskID(m.cfg, i)
-		info, err := d.Layered.Seal(root.TopPath(fmt.Sprintf("%s-%s.top", p.ID(), id)))
+		// Only the switch to a new top: the seal's fsyncs and checksums
+		// wait until the guest runs again.
+		l, err := d.Layered.SwitchTop(root.TopPath(fmt.Sprintf("%s-%s.top", p.ID(), id)))
 		if err != nil {
 			return nil, fmt.Errorf("seal disk %s: %w", id, err)
 		}
-		m.pendingSeals[id] = append(m.pendingSeals[id], info)
+		m.pendingSeals[id] = append(m.pendingSeals[id], l)
 	}
+	parts.DiskSwitch = l.next()
 	return state, nil
 }
 
@@ -266,12 +327,12 @@ func snapshotCPUID(entries []kvm.CPUIDEntry) []snapshot.CPUIDEntry {
 	return out
 }
 
-// takeDirtyInto copies into pages the guest pages changed since the last
-// take (with, the first time, those a failed checkpoint left behind).
-func (m *Machine) takeDirtyInto(pages *pageCopy) error {
+// takeDirtyBitmap returns the guest pages changed since the last take
+// (with, the first time, those a failed checkpoint left behind).
+func (m *Machine) takeDirtyBitmap() ([]uint64, error) {
 	bm, err := m.takeDirty()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if m.carryDirty != nil {
 		for i := range bm {
@@ -279,5 +340,5 @@ func (m *Machine) takeDirtyInto(pages *pageCopy) error {
 		}
 		m.carryDirty = nil
 	}
-	return pages.take(bm)
+	return bm, nil
 }

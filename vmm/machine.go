@@ -118,14 +118,14 @@ type Machine struct {
 
 	// Checkpoints. Guarded by lifeMu.
 	dirty        *dirtyLog
-	msrIndex     []uint32                    // KVM's MSRs to save and restore
-	chain        *snapshot.Manifest          // the last checkpoint taken or restored from
-	carryDirty   []uint64                    // pages a failed checkpoint took from the dirty log
-	pendingSeals map[string][]disklayer.Info // disk layers sealed, not yet in a checkpoint
-	restored     []VCPUState                 // for a restored machine: its vCPUs, by ID
-	workingSet   *memory.WorkingSet          // for a restored machine: pages to map before it runs
-	restoredFrom string                      // for a restored machine: the checkpoint
-	restoredRoot *snapshot.Root              // and its store
+	msrIndex     []uint32                      // KVM's MSRs to save and restore
+	chain        *snapshot.Manifest            // the last checkpoint taken or restored from
+	carryDirty   []uint64                      // pages a failed checkpoint took from the dirty log
+	pendingSeals map[string][]*disklayer.Layer // disk layers switched out of the top, not yet in a checkpoint
+	restored     []VCPUState                   // for a restored machine: its vCPUs, by ID
+	workingSet   *memory.WorkingSet            // for a restored machine: pages to map before it runs
+	restoredFrom string                        // for a restored machine: the checkpoint
+	restoredRoot *snapshot.Root                // and its store
 
 	// lifeMu guards running and paused, and serializes Pause, Resume and
 	// Checkpoint.
@@ -160,7 +160,7 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 		defer initrd.Close()
 	}
 
-	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}}
+	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]*disklayer.Layer{}}
 	built := false
 	defer func() {
 		if !built {

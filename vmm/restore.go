@@ -110,7 +110,7 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 		Serial:    rc.Serial,
 		Logger:    rc.Logger,
 	}
-	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]disklayer.Info{}, chain: man, workingSet: rc.WorkingSet, restoredFrom: rc.ID, restoredRoot: rc.Root}
+	m := &Machine{cfg: cfg, exitCh: make(chan struct{}), pendingSeals: map[string][]*disklayer.Layer{}, chain: man, workingSet: rc.WorkingSet, restoredFrom: rc.ID, restoredRoot: rc.Root}
 	built := false
 	defer func() {
 		if !built {

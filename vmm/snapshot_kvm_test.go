@@ -145,6 +145,15 @@ func TestKVMCheckpointRestore(t *testing.T) {
 	}
 	t.Logf("checkpoint c1: %d pages (%d bytes, layer file %d), %d copied paused, pause %v, total %v; %d disk bytes sealed",
 		stats.Pages, stats.PageBytes, stats.LayerBytes, stats.PausedPages, stats.Pause, stats.Total, stats.DiskBytes)
+	checkPauseParts(t, stats)
+	// A running guest with a layered disk: every part of the stop took
+	// place (each makes system calls, so none can take no time at all).
+	p := stats.PauseParts
+	for name, d := range map[string]time.Duration{"stop": p.Stop, "dirty log": p.DirtyLog, "vm state": p.VMState, "vcpu state": p.VCPUState, "devices": p.Devices, "disk switch": p.DiskSwitch, "resume": p.Resume} {
+		if d <= 0 {
+			t.Errorf("pause part %s not measured: %+v", name, p)
+		}
+	}
 	if len(man.Memory) != 1 || len(man.Disks["vda"].Layers) != 1 {
 		t.Errorf("manifest chains: memory %v, disk %v; want one layer each", man.Memory, man.Disks)
 	}
@@ -184,7 +193,25 @@ func checkpoint(t *testing.T, b *box, g *guest, id string) (*snapshot.Manifest, 
 	}
 	t.Logf("checkpoint %s: %d pages (%d bytes), %d copied paused, pause %v, total %v",
 		id, stats.Pages, stats.PageBytes, stats.PausedPages, stats.Pause, stats.Total)
+	checkPauseParts(t, stats)
 	return man, stats
+}
+
+// checkPauseParts logs where a checkpoint's pause went and checks the
+// parts, one after the other, add up to no more than the pause.
+func checkPauseParts(t *testing.T, stats vmm.CheckpointStats) {
+	t.Helper()
+	p := stats.PauseParts
+	t.Logf("pause %v: stop %v, dirty log %v, copy %v (%d pages), vm state %v, vcpu state %v, devices %v, disk switch %v, resume %v",
+		stats.Pause, p.Stop, p.DirtyLog, p.Copy, stats.PausedPages, p.VMState, p.VCPUState, p.Devices, p.DiskSwitch, p.Resume)
+	if p.Sum() > stats.Pause {
+		t.Errorf("pause parts sum to %v, more than the pause %v: %+v", p.Sum(), stats.Pause, p)
+	}
+	for name, d := range map[string]time.Duration{"stop": p.Stop, "dirty log": p.DirtyLog, "copy": p.Copy, "vm state": p.VMState, "vcpu state": p.VCPUState, "devices": p.Devices, "disk switch": p.DiskSwitch, "resume": p.Resume} {
+		if d < 0 {
+			t.Errorf("pause part %s negative: %v", name, d)
+		}
+	}
 }
 
 // Fork a running box: parent and child both run, with their own memory,

@@ -52,6 +52,23 @@ type CheckpointResult struct {
 	DiskBytes   int64     `json:"disk_bytes"`   // disk blocks sealed
 	PauseNanos  int64     `json:"pause_ns"`     // how long the guest was stopped
 	TotalNanos  int64     `json:"total_ns"`
+	// PauseParts is where the pause went; nil from a VMM that does not
+	// report it.
+	PauseParts *PauseParts `json:"pause_parts,omitempty"`
+}
+
+// PauseParts is where a checkpoint's pause went, in nanoseconds: the
+// parts of the step the guest was stopped for, one after the other, so
+// that they sum to at most CheckpointResult.PauseNanos.
+type PauseParts struct {
+	StopNanos       int64 `json:"stop_ns"`        // stopping every vCPU and device
+	DirtyLogNanos   int64 `json:"dirty_log_ns"`   // fetching and clearing the dirty log
+	CopyNanos       int64 `json:"copy_ns"`        // copying the pages dirtied since the first copy
+	VMStateNanos    int64 `json:"vm_state_ns"`    // saving the irqchip, PIT and clock
+	VCPUStateNanos  int64 `json:"vcpu_state_ns"`  // saving every vCPU
+	DevicesNanos    int64 `json:"devices_ns"`     // saving every device
+	DiskSwitchNanos int64 `json:"disk_switch_ns"` // switching each layered disk to a new top
+	ResumeNanos     int64 `json:"resume_ns"`      // letting the guest run again
 }
 
 // VCPUs describes where each vCPU is: registers, pending interrupts and

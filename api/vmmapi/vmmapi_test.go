@@ -2,6 +2,7 @@ package vmmapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -35,7 +36,12 @@ func (f *fakeVM) Pause() error {
 }
 func (f *fakeVM) Resume() error { f.paused.Store(false); return nil }
 func (f *fakeVM) Checkpoint(req CheckpointRequest) (CheckpointResult, error) {
-	return CheckpointResult{ID: req.ID, Pages: 7}, nil
+	return CheckpointResult{ID: req.ID, Pages: 7, PauseNanos: 100, PauseParts: fakeParts()}, nil
+}
+
+// fakeParts has every field set, each to a different value.
+func fakeParts() *PauseParts {
+	return &PauseParts{StopNanos: 1, DirtyLogNanos: 2, CopyNanos: 3, VMStateNanos: 4, VCPUStateNanos: 5, DevicesNanos: 6, DiskSwitchNanos: 7, ResumeNanos: 8}
 }
 func (f *fakeVM) DescribeVCPUs() string { return "vcpu 0 rip=0x1000\n" }
 func (f *fakeVM) SaveWorkingSet() (WorkingSetResult, error) {
@@ -77,8 +83,8 @@ func TestClientServer(t *testing.T) {
 	if err := c.Resume(ctx); err != nil {
 		t.Errorf("resume: %v", err)
 	}
-	if res, err := c.Checkpoint(ctx, "c1"); err != nil || res.ID != "c1" || res.Pages != 7 {
-		t.Errorf("checkpoint = %+v, %v", res, err)
+	if res, err := c.Checkpoint(ctx, "c1"); err != nil || res.ID != "c1" || res.Pages != 7 || res.PauseParts == nil || *res.PauseParts != *fakeParts() {
+		t.Errorf("checkpoint = %+v (parts %+v), %v; want parts %+v", res, res.PauseParts, err, fakeParts())
 	}
 	if d, err := c.DescribeVCPUs(ctx); err != nil || d != vm.DescribeVCPUs() {
 		t.Errorf("vcpus = %q, %v; want %q", d, err, vm.DescribeVCPUs())
@@ -140,5 +146,17 @@ func TestErrorIs(t *testing.T) {
 				t.Errorf("status %d: errors.Is(%v) = %v", status, s, got)
 			}
 		}
+	}
+}
+
+// A checkpoint result from a VMM that does not report the pause's parts
+// (older than the field) still decodes, with none.
+func TestCheckpointResultWithoutPauseParts(t *testing.T) {
+	var res CheckpointResult
+	if err := json.Unmarshal([]byte(`{"id":"c1","pages":7,"pause_ns":5000000}`), &res); err != nil {
+		t.Fatal(err)
+	}
+	if res.ID != "c1" || res.PauseNanos != 5000000 || res.PauseParts != nil {
+		t.Errorf("result = %+v, want no parts", res)
 	}
 }

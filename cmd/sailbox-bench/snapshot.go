@@ -99,13 +99,13 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 	}
 	res.durations("checkpoint.full.pause", "snapshots", "pause of the first (full) checkpoint", full.Pause)
 	fmt.Fprintf(stdout, "\ncheckpoints of a running %d MiB box (the first is full: every page the guest touched)\n", o.memMiB)
-	fmt.Fprintf(stdout, "%-22s %14s %14s %12s %14s\n", "dirtied since last", "pages written", "bytes/dirtied", "pause", "paused pages")
+	fmt.Fprintf(stdout, "%-22s %14s %14s %12s %14s %s\n", "dirtied since last", "pages written", "bytes/dirtied", "pause", "paused pages", " pause parts (ms)")
 	line := func(name string, dirtied int64, st vmm.CheckpointStats) {
 		r := "-"
 		if dirtied > 0 {
 			r = fmt.Sprintf("%.3f", float64(st.PageBytes)/float64(dirtied))
 		}
-		fmt.Fprintf(stdout, "%-22s %14d %14s %12v %14d\n", name, st.Pages, r, st.Pause.Round(10*time.Microsecond), st.PausedPages)
+		fmt.Fprintf(stdout, "%-22s %14d %14s %12v %14d  %s\n", name, st.Pages, r, st.Pause.Round(10*time.Microsecond), st.PausedPages, pausePartsLine(st.PauseParts))
 	}
 	line("(full)", 0, full)
 	dirties := []int{0, 16, 64}
@@ -120,6 +120,7 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 			}
 			line(fmt.Sprintf("%d MiB", mib), int64(mib)<<20, st)
 			res.pair("checkpoint.pause", "snapshots", "checkpoint pause against MiB dirtied since the last", "ms", "MiB", float64(mib), ms(st.Pause))
+			res.recordPauseParts(float64(mib), st)
 			res.pair("checkpoint.written", "snapshots", "checkpoint pages written against MiB dirtied since the last", "MiB", "MiB", float64(mib), float64(st.PageBytes)/(1<<20))
 		}
 	}

@@ -83,7 +83,17 @@ func (c *Controller) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.Checkpoint
 		ID: man.ID, Parent: man.Parent, Created: man.Created,
 		Pages: st.Pages, PageBytes: st.PageBytes, LayerBytes: st.LayerBytes, PausedPages: st.PausedPages,
 		DiskBytes: st.DiskBytes, PauseNanos: st.Pause.Nanoseconds(), TotalNanos: st.Total.Nanoseconds(),
+		PauseParts: pauseParts(st.PauseParts),
 	}, nil
+}
+
+// pauseParts is p as the control API reports it.
+func pauseParts(p vmm.PauseParts) *vmmapi.PauseParts {
+	return &vmmapi.PauseParts{
+		StopNanos: p.Stop.Nanoseconds(), DirtyLogNanos: p.DirtyLog.Nanoseconds(), CopyNanos: p.Copy.Nanoseconds(),
+		VMStateNanos: p.VMState.Nanoseconds(), VCPUStateNanos: p.VCPUState.Nanoseconds(), DevicesNanos: p.Devices.Nanoseconds(),
+		DiskSwitchNanos: p.DiskSwitch.Nanoseconds(), ResumeNanos: p.Resume.Nanoseconds(),
+	}
 }
 
 // FixUpRestoredGuest tells a restored guest's agent, reached through the

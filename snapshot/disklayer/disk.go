@@ -378,7 +378,8 @@ func (d *Disk) Sync() error {
 // and opens a new empty top at newTop (which must not exist). Writes
 // continue to the new top as soon as it is open; the rest of the seal
 // (fsync, index, checksums) runs without blocking I/O. The returned Info
-// names the sealed file, which stays at the old top's path.
+// names the sealed file, which stays at the old top's path. It is
+// SwitchTop then FinishSeal.
 //
 // If Seal fails after the new top opened, the disk stays usable and the
 // failed layer remains in its chain; the next Seal finishes it first.
@@ -396,11 +397,58 @@ func (d *Disk) Seal(newTop string) (Info, error) {
 			return Info{}, fmt.Errorf("seal disk: finish earlier seal: %w", err)
 		}
 	}
-	nt, err := createTop(newTop, d.size)
+	l, err := d.switchTop(newTop)
 	if err != nil {
+		return Info{}, err
+	}
+	if err := d.finishSeal(l); err != nil {
 		return Info{}, fmt.Errorf("seal disk: %w", err)
 	}
+	return l.Info(), nil
+}
 
+// SwitchTop is the part of a seal that must happen at one instant of the
+// disk (for a checkpoint, while its guest is stopped): the top leaves the
+// disk's writes as a layer to seal, and a new empty top at newTop takes
+// them from then on. It costs a file creation, whatever the top holds;
+// FinishSeal does the rest, which costs as much as the layer's data.
+// Until then the layer is in the disk's chain, read from as before, and a
+// Seal finishes it first.
+func (d *Disk) SwitchTop(newTop string) (*Layer, error) {
+	d.sealMu.Lock()
+	defer d.sealMu.Unlock()
+	d.mu.RLock()
+	closed := d.closed
+	d.mu.RUnlock()
+	if closed {
+		return nil, fmt.Errorf("seal disk: %w", os.ErrClosed)
+	}
+	return d.switchTop(newTop)
+}
+
+// FinishSeal makes a layer SwitchTop returned durable and valid (fsync,
+// index, checksums) and returns its Info; for one finished already (by
+// an earlier FinishSeal or a Seal), only its Info.
+func (d *Disk) FinishSeal(l *Layer) (Info, error) {
+	d.sealMu.Lock()
+	defer d.sealMu.Unlock()
+	d.mu.RLock()
+	pending := slices.Contains(d.sealing, l)
+	d.mu.RUnlock()
+	if pending {
+		if err := d.finishSeal(l); err != nil {
+			return Info{}, fmt.Errorf("seal disk: %w", err)
+		}
+	}
+	return l.Info(), nil
+}
+
+// switchTop does SwitchTop's work; d.sealMu is held.
+func (d *Disk) switchTop(newTop string) (*Layer, error) {
+	nt, err := createTop(newTop, d.size)
+	if err != nil {
+		return nil, fmt.Errorf("seal disk: %w", err)
+	}
 	d.mu.Lock()
 	old := d.top
 	l := &Layer{path: old.path, f: old.f, index: old.present.extents()}
@@ -409,11 +457,7 @@ func (d *Disk) Seal(newTop string) (Info, error) {
 	d.sealing = append(d.sealing, l)
 	d.top = nt
 	d.mu.Unlock()
-
-	if err := d.finishSeal(l); err != nil {
-		return Info{}, fmt.Errorf("seal disk: %w", err)
-	}
-	return l.Info(), nil
+	return l, nil
 }
 
 // finishSeal makes a layer that left the top durable and valid (see

@@ -416,3 +416,56 @@ func TestConcurrentSeal(t *testing.T) {
 		t.Fatal("the sealed chain differs from the model")
 	}
 }
+
+// SwitchTop only swaps the top (a checkpoint does it with its guest
+// stopped): the layer it returns is not sealed yet, no index or checksum
+// written, whatever it holds; the disk reads and writes right meanwhile;
+// FinishSeal then seals it exactly as Seal would, and again does nothing.
+func TestSwitchTopThenFinishSeal(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	td := newTestDisk(t)
+	const size = 64 * BlockSize
+	d := td.open(Layout{Size: size})
+	model := make([]byte, size)
+	write := func(off int64, n int) {
+		p := random(rng, n)
+		mustWrite(t, d, p, off)
+		copy(model[off:], p)
+	}
+	write(0, 40*BlockSize)
+	l, err := d.SwitchTop(td.path("top"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenLayer(l.path); err == nil {
+		t.Error("the switched-out top is a sealed layer already: SwitchTop did the seal's work")
+	}
+	write(BlockSize/2, BlockSize) // to the new top
+	if got := contents(t, d); !bytes.Equal(got, model) {
+		t.Fatal("disk differs from the model between SwitchTop and FinishSeal")
+	}
+	info, err := d.FinishSeal(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Blocks != 40 || info.Path != l.path {
+		t.Errorf("sealed info = %+v, want 40 blocks at %s", info, l.path)
+	}
+	sealed, err := OpenLayer(info.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sealed.Close()
+	if err := sealed.Verify(); err != nil || sealed.Checksum() != info.Checksum {
+		t.Errorf("sealed layer: verify %v, checksum %08x, FinishSeal said %08x", err, sealed.Checksum(), info.Checksum)
+	}
+	if again, err := d.FinishSeal(l); err != nil || again != info {
+		t.Errorf("second FinishSeal = %+v, %v; want %+v", again, err, info)
+	}
+	if next := td.seal(d); next.Blocks != 2 {
+		t.Errorf("next seal = %+v, want the 2 blocks written after the switch", next)
+	}
+	if got := contents(t, d); !bytes.Equal(got, model) {
+		t.Fatal("disk differs from the model after the seals")
+	}
+}
