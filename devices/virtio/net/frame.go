@@ -81,7 +81,7 @@ var (
 	errOffload     = errors.New("header asks for an offload that was not negotiated")
 	errRunt        = fmt.Errorf("frame shorter than an Ethernet header (%d bytes)", MinFrame)
 	errOversize    = fmt.Errorf("frame longer than %d bytes (%d with TSO)", MaxFrame, MaxTSOFrame)
-	errCsum        = errors.New("checksum offsets outside the frame")
+	errCsum        = errors.New("checksum field outside the frame, or at an odd csum_offset")
 	errTSO         = errors.New("TSO packet is not one IPv4 TCP packet")
 )
 
@@ -111,7 +111,9 @@ func (o txOffloads) maxFrame(gso byte) int {
 //     is not offered), UDP or TCPv6.
 //
 // NEEDS_CSUM: csum_start and csum_offset place a 16-bit checksum field
-// inside the frame, past the Ethernet header; the device sums the frame
+// inside the frame, past the Ethernet header, at an even offset (as every
+// ones' complement checksum is: else the sum could not verify); the
+// device sums the frame
 // from csum_start to its end (the field holds the pseudo-header's sum)
 // and stores the ones' complement there, as a NIC would.
 //
@@ -150,7 +152,7 @@ func parseTx(p []byte, o txOffloads) ([]byte, error) {
 	}
 	start := int(binary.LittleEndian.Uint16(p[hdrCsumStart:]))
 	offset := int(binary.LittleEndian.Uint16(p[hdrCsumOffset:]))
-	if start < ethHeaderLen || start+offset+2 > len(frame) {
+	if start < ethHeaderLen || offset%2 != 0 || start+offset+2 > len(frame) {
 		return nil, fmt.Errorf("%w (csum_start %d, csum_offset %d, frame %d bytes)", errCsum, start, offset, len(frame))
 	}
 	if gso == gsoTCPv4 {

@@ -184,6 +184,7 @@ func TestParseTxOffloads(t *testing.T) {
 		{"csum field past the frame", edit(udp, func(p []byte) {
 			binary.LittleEndian.PutUint16(p[hdrCsumOffset:], uint16(len(udp)-hdrSize-int(udpStart)-1))
 		}), featureCsum, errCsum},
+		{"csum_offset odd", edit(udp, func(p []byte) { binary.LittleEndian.PutUint16(p[hdrCsumOffset:], 7) }), featureCsum, errCsum},
 		{"csum_start past the frame", edit(udp, func(p []byte) { binary.LittleEndian.PutUint16(p[hdrCsumStart:], 0xffff) }), featureCsum, errCsum},
 	} {
 		frame, err := parseTx(bytes.Clone(c.p), c.o)
