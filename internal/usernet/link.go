@@ -53,6 +53,9 @@ func (f *frameConn) Read(b []byte) (int, error) {
 
 func (f *frameConn) Write(b []byte) (int, error) {
 	if f.congested.Load() {
+		// The deadline that timed out is still set: the raw write would
+		// fail on it before trying, and the switch would drop the link.
+		f.UnixConn.SetWriteDeadline(time.Time{})
 		err := f.tryWrite(b)
 		if errors.Is(err, syscall.EAGAIN) {
 			f.c.framesDropped.Add(1)

@@ -17,9 +17,17 @@ import (
 
 // Feature bits (spec §5.1.3).
 const (
-	featureMTU    = 1 << 3  // VIRTIO_NET_F_MTU: mtu in the configuration space
-	featureMAC    = 1 << 5  // VIRTIO_NET_F_MAC: mac in the configuration space
-	featureStatus = 1 << 16 // VIRTIO_NET_F_STATUS: status in the configuration space
+	featureCsum     = 1 << 0  // VIRTIO_NET_F_CSUM: the device completes checksums (NEEDS_CSUM)
+	featureMTU      = 1 << 3  // VIRTIO_NET_F_MTU: mtu in the configuration space
+	featureMAC      = 1 << 5  // VIRTIO_NET_F_MAC: mac in the configuration space
+	featureHostTSO4 = 1 << 11 // VIRTIO_NET_F_HOST_TSO4: the device takes TSO packets (GSO_TCPV4); needs featureCsum
+	featureStatus   = 1 << 16 // VIRTIO_NET_F_STATUS: status in the configuration space
+
+	// baseFeatures are offered by every device.
+	baseFeatures = featureMAC | featureStatus | featureMTU
+	// offloadFeatures are the transmit offloads, offered by a device
+	// built by New, or restored from a state that had them.
+	offloadFeatures = featureCsum | featureHostTSO4
 )
 
 // struct virtio_net_config (spec §5.1.4), as far as the offered features
@@ -51,10 +59,14 @@ const (
 	// Past it, frames are dropped (Stats.RxDropped).
 	maxHeld   = 256
 	rxHandoff = 32
-	// txBuffers bounds the frames copied out of the transmit queue and
-	// not yet sent: while all wait for the socket, the device takes no
-	// more chains.
-	txBuffers = 64
+	// txBuffers and tsoBuffers bound the frames copied out of the
+	// transmit queue and not yet sent: txBuffers of up to MaxFrame
+	// bytes, tsoBuffers of up to MaxTSOFrame for larger TSO packets.
+	// While the buffers a chain needs all wait for the socket, the device
+	// takes no more chains. Together at most 64 × 1530 + 8 × 65561 bytes
+	// (about 608 KiB), made as needed.
+	txBuffers  = 64
+	tsoBuffers = 8
 	// guestWarnsPerSecond bounds the warnings a guest can cause at will.
 	guestWarnsPerSecond = 10
 )
@@ -142,27 +154,32 @@ type counters struct {
 type Device struct {
 	config   [configSize]byte // struct virtio_net_config, read-only
 	mac      MAC
+	features uint64 // offered: baseFeatures, and offloadFeatures unless restored from a state without them
 	log      *slog.Logger
 	guestLog *slog.Logger // what the guest or the peer can cause at will, rate-limited
 	conn     *stdnet.UnixConn
 	stats    counters
 
-	events chan func(*loop) // unbuffered: work for the loop
-	kick   chan struct{}    // capacity 1: a queue has new buffers, or a transmit buffer came free
-	rx     chan []byte      // capacity rxHandoff: frames from the reader, in rxPool's buffers
-	out    chan txFrame     // capacity txBuffers: frames for the writer, in txPool's buffers
-	rxPool *bufPool         // taken by the reader, given back by the loop
-	txPool *bufPool         // taken by the loop, given back by the writer
-	done   chan struct{}    // closed by Close: goroutines end, posts fail
-	wg     sync.WaitGroup   // the loop, the reader and the writer
+	events  chan func(*loop) // unbuffered: work for the loop
+	kick    chan struct{}    // capacity 1: a queue has new buffers, or a transmit buffer came free
+	rx      chan []byte      // capacity rxHandoff: frames from the reader, in rxPool's buffers
+	out     chan txFrame     // capacity txBuffers+tsoBuffers: frames for the writer, in txPool's or tsoPool's buffers
+	rxPool  *bufPool         // taken by the reader, given back by the loop
+	txPool  *bufPool         // taken by the loop, given back by the writer
+	tsoPool *bufPool         // the same, for packets above MaxFrame
+	done    chan struct{}    // closed by Close: goroutines end, posts fail
+	wg      sync.WaitGroup   // the loop, the reader and the writer
 
 	closed sync.Once
 	paused pauseState // Pause, Resume and Save (persist.go)
 }
 
 // txFrame is a frame on its way to the writer: frame is a slice of buf,
-// which goes back to txPool once sent.
-type txFrame struct{ buf, frame []byte }
+// which goes back to pool once sent.
+type txFrame struct {
+	buf, frame []byte
+	pool       *bufPool
+}
 
 var _ virtio.Device = (*Device)(nil)
 
@@ -180,30 +197,35 @@ func New(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newDevice(conn, mac, cfg.Logger), nil
+	return newDevice(conn, mac, true, cfg.Logger), nil
 }
 
 // newDevice returns a device on conn, a connected SOCK_SEQPACKET socket,
-// whose goroutines run.
-func newDevice(conn *stdnet.UnixConn, mac MAC, log *slog.Logger) *Device {
+// whose goroutines run; it offers the transmit offloads if offloads.
+func newDevice(conn *stdnet.UnixConn, mac MAC, offloads bool, log *slog.Logger) *Device {
 	if log == nil {
 		log = slog.Default()
 	}
 	log = log.With("device", "virtio-net")
 	d := &Device{
 		mac:      mac,
+		features: baseFeatures,
 		log:      log,
 		guestLog: guestlog.NewLimiter(guestWarnsPerSecond, time.Second).Logger(log),
 		conn:     conn,
 		events:   make(chan func(*loop)),
 		kick:     make(chan struct{}, 1),
 		rx:       make(chan []byte, rxHandoff),
-		out:      make(chan txFrame, txBuffers),
+		out:      make(chan txFrame, txBuffers+tsoBuffers),
 		// The reader holds one buffer besides the maxHeld the loop and
 		// the hand-over hold.
-		rxPool: newBufPool(maxHeld+1, MaxFrame),
-		txPool: newBufPool(txBuffers, hdrSize+MaxFrame),
-		done:   make(chan struct{}),
+		rxPool:  newBufPool(maxHeld+1, MaxFrame),
+		txPool:  newBufPool(txBuffers, hdrSize+MaxFrame),
+		tsoPool: newBufPool(tsoBuffers, hdrSize+MaxTSOFrame),
+		done:    make(chan struct{}),
+	}
+	if offloads {
+		d.features |= offloadFeatures
 	}
 	copy(d.config[cfgMAC:], mac[:])
 	binary.LittleEndian.PutUint16(d.config[cfgStatus:], statusLinkUp)
@@ -240,8 +262,10 @@ func (d *Device) Stats() Stats {
 // Type is virtio.TypeNet.
 func (d *Device) Type() uint32 { return virtio.TypeNet }
 
-// Features offers the MAC, the link status and the MTU; no offload.
-func (d *Device) Features() uint64 { return featureMAC | featureStatus | featureMTU }
+// Features offers the MAC, the link status and the MTU, and the transmit
+// offloads: checksum completion and TCPv4 segmentation (TSO), unless the
+// device was restored from a state without them.
+func (d *Device) Features() uint64 { return d.features }
 
 // QueueSizes lists the receive and transmit queues' maximum sizes.
 func (d *Device) QueueSizes() []uint16 { return []uint16{queueSize, queueSize} }
@@ -274,6 +298,7 @@ func (d *Device) Activate(mem devices.GuestMemory, acked uint64, queues []*virti
 			return errors.New("virtio-net: activate: already active")
 		}
 		l.mem, l.rxq, l.txq, l.signal = mem, queues[rxQueue], queues[txQueue], signal
+		l.offloads = txOffloads(acked & d.features & offloadFeatures)
 		return nil
 	})
 	if err != nil {

@@ -22,9 +22,9 @@ func TestConfigSpace(t *testing.T) {
 	if got := d.Read32(vt.RegDeviceID); got != virtio.TypeNet {
 		t.Errorf("device ID %d, want %d", got, virtio.TypeNet)
 	}
-	want := uint64(virtio.FeatureVersion1 | featureMAC | featureStatus | featureMTU)
+	want := uint64(virtio.FeatureVersion1 | featureMAC | featureStatus | featureMTU | featureCsum | featureHostTSO4)
 	if got := d.DeviceFeatures(); got != want {
-		t.Errorf("features %#x, want %#x (no offloads, no mergeable buffers, no control queue)", got, want)
+		t.Errorf("features %#x, want %#x (checksum and TSO4 offloads; no TSO6, ECN, UFO, receive offload, mergeable buffers or control queue)", got, want)
 	}
 	if got := d.ReadConfig(cfgMAC, 6); !bytes.Equal(got, DefaultMAC[:]) {
 		t.Errorf("mac %x, want %x", got, DefaultMAC)
@@ -337,7 +337,7 @@ func TestTransmitBackPressure(t *testing.T) {
 // the driver resets, are dropped.
 func TestNotActiveDrops(t *testing.T) {
 	conn, peer := seqpacketPair(t)
-	dev := newDevice(conn, DefaultMAC, testLogger(t))
+	dev := newDevice(conn, DefaultMAC, true, testLogger(t))
 	t.Cleanup(func() { dev.Close() })
 	g := &guest{t: t, dev: dev, drv: vt.New(t, dev, testMem), peer: peer, rxBufs: map[uint16]vt.Buf{}}
 	g.peerWrite(frameOf(100, 1))

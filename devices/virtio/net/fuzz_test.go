@@ -7,30 +7,83 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/gopacket/layers"
+
 	vt "github.com/sailbox-dev/sailbox/devices/virtio/virtiotest"
 )
 
-// FuzzParseTx checks the transmit header and frame checks on any bytes:
-// what parseTx accepts is a frame of MinFrame to MaxFrame bytes behind an
-// all-zero flags and gso_type, and it is the rest of the packet.
+// FuzzParseTx checks the transmit header and frame checks on any bytes,
+// under no offloads, checksum only, and checksum and TSO: what parseTx
+// accepts asks only for negotiated offloads, is a frame of MinFrame to
+// MaxFrame bytes (MaxTSOFrame for a TSO packet, which is one IPv4 TCP
+// packet), and is the rest of the packet, unchanged but for a checksum
+// that, with the pseudo-header's sum the driver left in its field,
+// verifies. A refused packet is left as it was.
 func FuzzParseTx(f *testing.F) {
+	_, tso := tsoPacket(f, 2000, 1)
+	f.Add(tso)
+	_, partial, start, offset := l4Packet(f, layers.IPProtocolUDP, 40, 2)
+	f.Add(append(txHeader(flagNeedsCsum, gsoNone, 0, start, offset), partial...))
 	f.Fuzz(func(t *testing.T, p []byte) {
-		frame, err := parseTx(p)
-		if err != nil {
-			if frame != nil {
-				t.Fatalf("error %v with a frame", err)
-			}
-			return
-		}
-		switch {
-		case len(p) < hdrSize || p[hdrFlags] != 0 || p[hdrGSOType] != 0:
-			t.Fatalf("accepted the header %x", p[:min(len(p), hdrSize)])
-		case len(frame) < MinFrame || len(frame) > MaxFrame:
-			t.Fatalf("accepted a %d-byte frame", len(frame))
-		case !bytes.Equal(frame, p[hdrSize:]):
-			t.Fatal("the frame is not the packet's rest")
+		for _, o := range []txOffloads{0, featureCsum, allOffloads} {
+			checkParseTx(t, p, o)
 		}
 	})
+}
+
+func checkParseTx(t *testing.T, p []byte, o txOffloads) {
+	q := bytes.Clone(p)
+	frame, err := parseTx(q, o)
+	if err != nil {
+		if frame != nil {
+			t.Fatalf("offloads %#x: error %v with a frame", o, err)
+		}
+		if !bytes.Equal(q, p) {
+			t.Fatalf("offloads %#x: a refused packet was changed", o)
+		}
+		return
+	}
+	flags, gso := p[hdrFlags], p[hdrGSOType]
+	needsCsum := flags&flagNeedsCsum != 0
+	limit := MaxFrame
+	if gso == gsoTCPv4 {
+		limit = MaxTSOFrame
+	}
+	switch {
+	case flags&(flagDataValid|flagRSCInfo) != 0,
+		needsCsum && o&featureCsum == 0,
+		gso != gsoNone && (gso != gsoTCPv4 || o&featureHostTSO4 == 0 || !needsCsum):
+		t.Fatalf("offloads %#x: accepted the header %x", o, p[:hdrSize])
+	case len(frame) < MinFrame || len(frame) > limit:
+		t.Fatalf("offloads %#x: accepted a %d-byte frame", o, len(frame))
+	case len(frame) != len(p)-hdrSize || &frame[0] != &q[hdrSize]:
+		t.Fatalf("offloads %#x: the frame is not the packet's rest", o)
+	}
+	if !needsCsum {
+		if !bytes.Equal(frame, p[hdrSize:]) {
+			t.Fatalf("offloads %#x: the frame changed without NEEDS_CSUM", o)
+		}
+		return
+	}
+	start := int(binary.LittleEndian.Uint16(p[hdrCsumStart:]))
+	field := start + int(binary.LittleEndian.Uint16(p[hdrCsumOffset:]))
+	in := p[hdrSize:]
+	if start < ethHeaderLen || (field-start)%2 != 0 || field+2 > len(frame) ||
+		!bytes.Equal(frame[:field], in[:field]) || !bytes.Equal(frame[field+2:], in[field+2:]) {
+		t.Fatalf("offloads %#x: csum_start %d, field at %d: more than the checksum changed", o, start, field)
+	}
+	pseudo := binary.BigEndian.Uint16(in[field:])
+	sum := uint32(sum16(frame[start:])) + uint32(pseudo)
+	if got := sum&0xffff + sum>>16; got != 0xffff {
+		t.Fatalf("offloads %#x: the completed checksum does not verify (sum %#04x)", o, got)
+	}
+	if gso == gsoTCPv4 {
+		ip := frame[ethHeaderLen:]
+		if binary.BigEndian.Uint16(frame[12:]) != etherTypeIPv4 || ip[0]>>4 != 4 || ip[9] != ipProtoTCP ||
+			int(binary.BigEndian.Uint16(ip[2:])) != len(ip) || start != ethHeaderLen+int(ip[0]&0xf)*4 {
+			t.Fatalf("accepted a TSO packet that is not one IPv4 TCP packet: %x", frame[:min(len(frame), 60)])
+		}
+	}
 }
 
 // Buffer placements in fuzzed chain layouts.
@@ -48,8 +101,8 @@ const fuzzMem = 4 << 20
 // FuzzTransmitChain sends an arbitrary transmit chain through the whole
 // path (fake driver, MMIO transport, queue, device, socket): the device
 // must return it unused, and send exactly its frame if it is a valid
-// packet, else nothing, counting it invalid. A valid frame sent after it
-// must then arrive, first.
+// packet (as parseTx completes it), else nothing, counting it invalid. A
+// valid frame sent after it must then arrive, first.
 //
 // layout describes the chain, 3 bytes per buffer: flags (bit 0: device-
 // writable; bits 1-2: a placement), then a little-endian 16-bit length.
@@ -95,15 +148,17 @@ func FuzzTransmitChain(f *testing.F) {
 			bufs = append(bufs, b)
 		}
 		packet := stream[:readable]
-		valid := wellFormed && readable >= hdrSize+MinFrame && readable <= hdrSize+MaxFrame &&
-			hdrFlagsByte == 0 && gsoByte == 0
+		// The driver accepted every feature: the device checks the
+		// packet as parseTx does under every offload.
+		want, err := parseTx(bytes.Clone(packet), allOffloads)
+		valid := wellFormed && err == nil
 
 		if used := g.transmit(bufs...); used != 0 {
 			t.Fatalf("used length %d for a transmit chain", used)
 		}
 		if valid {
-			if got := g.peerRead(); !bytes.Equal(got, packet[hdrSize:]) {
-				t.Fatalf("peer read %d bytes, want the %d-byte frame", len(got), readable-hdrSize)
+			if got := g.peerRead(); !bytes.Equal(got, want) {
+				t.Fatalf("peer read %d bytes, want the %d-byte frame", len(got), len(want))
 			}
 		}
 		sentinel := frameOf(64, 0xee)
@@ -111,9 +166,9 @@ func FuzzTransmitChain(f *testing.F) {
 		if got := g.peerRead(); !bytes.Equal(got, sentinel) {
 			t.Fatalf("peer read %d bytes %x, want the sentinel frame (valid %v)", len(got), got[:min(len(got), 16)], valid)
 		}
-		want := map[bool]uint64{true: 0, false: 1}[valid]
+		invalid := map[bool]uint64{true: 0, false: 1}[valid]
 		g.waitStats("the frames counted", func(s Stats) bool {
-			return s.TxInvalid == want && s.TxFrames == 2-want
+			return s.TxInvalid == invalid && s.TxFrames == 2-invalid
 		})
 	})
 }

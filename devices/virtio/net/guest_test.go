@@ -73,10 +73,17 @@ type guest struct {
 // accepting every offered feature, with testMem bytes of guest memory.
 func newGuest(t testing.TB) *guest { return newGuestMem(t, testMem, testLogger(t)) }
 
+// newGuestMem is newGuest with memSize bytes of guest memory.
 func newGuestMem(t testing.TB, memSize uint64, log *slog.Logger) *guest {
+	return newGuestDev(t, memSize, log, true)
+}
+
+// newGuestDev is newGuestMem for a device that offers the transmit
+// offloads or not (as one restored from a version 1 state).
+func newGuestDev(t testing.TB, memSize uint64, log *slog.Logger, offloads bool) *guest {
 	t.Helper()
 	conn, peer := seqpacketPair(t)
-	dev := newDevice(conn, DefaultMAC, log)
+	dev := newDevice(conn, DefaultMAC, offloads, log)
 	t.Cleanup(func() { dev.Close() })
 	g := &guest{t: t, dev: dev, drv: vt.New(t, dev, memSize), peer: peer, rxBufs: map[uint16]vt.Buf{}}
 	if err := g.drv.Start(^uint64(0), numQueues); err != nil {
@@ -187,7 +194,7 @@ func (g *guest) peerRead() []byte {
 func readMessage(t testing.TB, c *stdnet.UnixConn) []byte {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(testTimeout))
-	buf := make([]byte, 64<<10)
+	buf := make([]byte, MaxTSOFrame+1)
 	n, _, flags, _, err := c.ReadMsgUnix(buf, nil)
 	if err != nil || flags&unix.MSG_TRUNC != 0 {
 		t.Fatalf("peer read: %d bytes, flags %#x, %v", n, flags, err)

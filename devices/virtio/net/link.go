@@ -68,7 +68,7 @@ func (d *Device) writeLoop() {
 		select {
 		case f := <-d.out:
 			d.send(f.frame)
-			d.txPool.put(f.buf)
+			f.pool.put(f.buf)
 			d.notify() // the loop may wait for a buffer
 		case <-d.done:
 			return

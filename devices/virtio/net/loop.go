@@ -18,6 +18,7 @@ type loop struct {
 	mem      devices.GuestMemory
 	rxq, txq *virtio.Queue
 	signal   func() error
+	offloads txOffloads      // the transmit offloads the driver accepted
 	returned [numQueues]bool // chains returned since the last interrupt
 
 	// pending are frames from the peer waiting for receive buffers,
@@ -31,6 +32,7 @@ func (l *loop) active() bool { return l.txq != nil }
 // for it.
 func (l *loop) deactivate() {
 	l.mem, l.rxq, l.txq, l.signal = nil, nil, nil, nil
+	l.offloads = 0
 	l.returned = [numQueues]bool{}
 	for l.pending.len() > 0 {
 		l.drop(l.pending.pop())
@@ -93,58 +95,75 @@ func (l *loop) pump() {
 }
 
 // transmit copies the frames of the transmit queue's chains out and hands
-// them to the writer, returning each chain at once. It stops when every
-// transmit buffer waits for the socket: the writer's next send wakes the
-// loop again.
+// them to the writer, returning each chain at once. It stops at a chain
+// whose buffer pool has every buffer waiting for the socket, leaving it
+// for the next pass: the writer's next send wakes the loop again.
 func (l *loop) transmit() {
 	for {
-		buf := l.d.txPool.tryGet()
-		if buf == nil {
-			return
-		}
 		c, ok, err := l.txq.Pop(l.mem)
 		if !ok {
-			l.d.txPool.put(buf)
 			if err != nil {
 				l.d.guestLog.Warn("virtio-net: transmit queue", "err", err)
 			}
 			return
 		}
-		var frame []byte
+		var pool *bufPool
 		if err == nil {
-			frame, err = readTx(l.mem, &c, buf)
+			pool, err = l.txPoolFor(&c)
+		}
+		var buf, frame []byte
+		if err == nil {
+			if buf = pool.tryGet(); buf == nil {
+				l.txq.PutBack()
+				return
+			}
+			frame, err = readTx(l.mem, &c, buf, l.offloads)
 		}
 		if perr := l.push(txQueue, c.Head, 0); perr != nil {
-			l.d.txPool.put(buf)
+			if buf != nil {
+				pool.put(buf)
+			}
 			l.d.guestLog.Warn("virtio-net: return transmit chain", "err", perr)
 			return
 		}
 		if err != nil {
-			l.d.txPool.put(buf)
+			if buf != nil {
+				pool.put(buf)
+			}
 			l.d.stats.txInvalid.Add(1)
 			l.d.guestLog.Warn("virtio-net: dropping transmit chain", "head", c.Head, "err", err)
 			continue
 		}
-		l.d.out <- txFrame{buf: buf, frame: frame} // never blocks: out holds every buffer
+		l.d.out <- txFrame{buf: buf, frame: frame, pool: pool} // never blocks: out holds every buffer
 	}
 }
 
-// readTx reads the transmitted packet of chain c into buf (hdrSize +
-// MaxFrame bytes) and returns its frame. A chain whose readable bytes
-// cannot be a packet is not read.
-func readTx(mem devices.GuestMemory, c *virtio.Chain, buf []byte) ([]byte, error) {
+// txPoolFor returns the pool whose buffers hold chain c's packet: txPool
+// up to MaxFrame, tsoPool past it if the driver accepted TSO. A chain that
+// cannot be a packet needs none.
+func (l *loop) txPoolFor(c *virtio.Chain) (*bufPool, error) {
 	if len(c.Writable) > 0 {
 		return nil, errors.New("a transmit chain with device-writable buffers")
 	}
-	n := c.ReadableLen()
-	if n > uint64(len(buf)) {
+	switch n := c.ReadableLen(); {
+	case n <= hdrSize+MaxFrame:
+		return l.d.txPool, nil
+	case n <= hdrSize+uint64(l.offloads.maxFrame(gsoTCPv4)):
+		return l.d.tsoPool, nil
+	default:
 		return nil, fmt.Errorf("%w: %d bytes with the header", errOversize, n)
 	}
-	p := buf[:n]
+}
+
+// readTx reads the transmitted packet of chain c, which fits buf, into
+// buf and returns its frame, checked and with its checksum completed
+// under the offloads o (parseTx).
+func readTx(mem devices.GuestMemory, c *virtio.Chain, buf []byte, o txOffloads) ([]byte, error) {
+	p := buf[:c.ReadableLen()]
 	if _, err := io.ReadFull(c.Reader(mem), p); err != nil {
 		return nil, err
 	}
-	return parseTx(p)
+	return parseTx(p, o)
 }
 
 // deliver writes the frames held for the guest into its receive buffers,

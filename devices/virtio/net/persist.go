@@ -17,22 +17,33 @@ import (
 // process that took it, and a restored device connects to the socket
 // given to Restore (a new peer, for a fork too). So the state is the
 // device's identity, its MAC, which the guest read from the
-// configuration space; the two queues' state is the transport's
-// (virtio.MMIOState). Frames the device held for the guest, and frames
+// configuration space, and whether it offered the transmit offloads,
+// which the transport's state holds as negotiated and checks against
+// what the restored device offers; the two queues' state is the
+// transport's (virtio.MMIOState). Frames the device held for the guest, and frames
 // on their way to the old peer, are not saved: they are lost, as on a
 // link that was reset. The device never holds a chain between events, so
 // the saved queues own no buffer in flight.
 
-// StateVersion is the version of State that Save writes and Restore
-// accepts.
-const StateVersion = 1
+// StateVersion is the version of State that Save writes. Restore also
+// accepts stateVersionNoOffloads.
+const StateVersion = 2
+
+// stateVersionNoOffloads is the version written before the transmit
+// offloads: such a device offered none, and its restored self offers
+// none either (Offloads is false), so that the driver's negotiated
+// features stay valid.
+const stateVersionNoOffloads = 1
 
 // State is a virtio-net device's state.
 type State struct {
-	Version uint32 // StateVersion
+	Version uint32 // StateVersion, or stateVersionNoOffloads
 	// MAC is the guest's, as MAC.String writes it; a restored device
 	// offers the same, whatever its Config would say.
 	MAC string
+	// Offloads: the device offers VIRTIO_NET_F_CSUM and
+	// VIRTIO_NET_F_HOST_TSO4. Absent (false) in version 1.
+	Offloads bool `json:",omitempty"`
 }
 
 // pauseState is a Device's pause: while paused, the event loop runs a
@@ -96,7 +107,7 @@ func (d *Device) Save() (State, error) {
 	if p.resume == nil {
 		return State{}, fmt.Errorf("virtio-net: save: %w", virtio.ErrNotPaused)
 	}
-	return State{Version: StateVersion, MAC: d.mac.String()}, nil
+	return State{Version: StateVersion, MAC: d.mac.String(), Offloads: d.features&offloadFeatures != 0}, nil
 }
 
 // SaveState implements virtio.Persistent.
@@ -121,7 +132,7 @@ func Restore(st State, socketPath string, log *slog.Logger) (*Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newDevice(conn, mac, log), nil
+	return newDevice(conn, mac, st.Offloads, log), nil
 }
 
 // restoreOn is Restore on a connected socket.
@@ -130,13 +141,18 @@ func restoreOn(st State, conn *stdnet.UnixConn, log *slog.Logger) (*Device, erro
 	if err != nil {
 		return nil, err
 	}
-	return newDevice(conn, mac, log), nil
+	return newDevice(conn, mac, st.Offloads, log), nil
 }
 
 // checkState checks st and returns its MAC.
 func checkState(st State) (MAC, error) {
-	if err := devices.CheckStateVersion("virtio-net", st.Version, StateVersion); err != nil {
-		return MAC{}, err
+	switch {
+	case st.Version == stateVersionNoOffloads && st.Offloads:
+		return MAC{}, fmt.Errorf("virtio-net: restore: %w: offloads in a version %d state", devices.ErrInvalidState, st.Version)
+	case st.Version != stateVersionNoOffloads:
+		if err := devices.CheckStateVersion("virtio-net", st.Version, StateVersion); err != nil {
+			return MAC{}, err
+		}
 	}
 	mac, err := ParseMAC(st.MAC)
 	if err != nil {
