@@ -8,19 +8,14 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
-	"github.com/sailbox-dev/sailbox/api/lifecycle"
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/guestagent"
-	"github.com/sailbox-dev/sailbox/internal/apiserver"
-	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
 
@@ -64,18 +59,10 @@ func (l hybridListener) Accept() (net.Conn, error) {
 // socket, reached by the backend as after a daemon restart.
 func TestAgentRefusalsKeepTheirStatus(t *testing.T) {
 	b := newBackend(t)
-	cat, err := catalog.Open(filepath.Join(t.TempDir(), "catalog.db"), &catalog.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cat.Close()
+	const id = "sb-1"
+	cat := catalogWithRunningBoxes(t, id)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	const id = "sb-1"
-	box := catalog.Box{ID: id, State: lifecycle.Running, HostID: "h", Created: time.Now(), Spec: catalog.Spec{MemoryMiB: 256, VCPUs: 1}}
-	if err := cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(box) }); err != nil {
-		t.Fatal(err)
-	}
 	f := b.files(id)
 	os.MkdirAll(f.dir, 0o700)
 	l, err := net.Listen("unix", f.apiSock)
@@ -89,15 +76,7 @@ func TestAgentRefusalsKeepTheirStatus(t *testing.T) {
 	}
 	go (&guestagent.Server{}).Serve(ctx, hybridListener{vl})
 
-	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: b, HostID: "h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(apiserver.New(apiserver.Config{Manager: m}))
-	defer srv.Close()
+	srv := serveManager(t, ctx, cat, b)
 
 	call := func(method, path, body string) (int, api.ErrorBody) {
 		t.Helper()

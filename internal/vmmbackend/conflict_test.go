@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -48,20 +50,13 @@ func (fullDiskVM) Checkpoint(req vmmapi.CheckpointRequest) (vmmapi.CheckpointRes
 // VM for is a conflict too; a full disk is 507.
 func TestVMMRefusalsAnswer409(t *testing.T) {
 	b := newBackend(t)
-	cat, err := catalog.Open(filepath.Join(t.TempDir(), "catalog.db"), &catalog.Options{NoSync: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cat.Close()
+	vms := map[string]vmmapi.Controller{"sb-1": refusingVM{}, "sb-full": fullDiskVM{}}
+	cat := catalogWithRunningBoxes(t, slices.Collect(maps.Keys(vms))...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	for id, vm := range map[string]vmmapi.Controller{"sb-1": refusingVM{}, "sb-full": fullDiskVM{}} {
-		box := catalog.Box{ID: id, State: lifecycle.Running, HostID: "h", Created: time.Now(), Spec: catalog.Spec{MemoryMiB: 256, VCPUs: 1}}
-		if err := cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(box) }); err != nil {
-			t.Fatal(err)
-		}
+	for id, vm := range vms {
 		// The box's VMM, found by the daemon's start as after a restart.
-		f := b.files(box.ID)
+		f := b.files(id)
 		os.MkdirAll(f.dir, 0o700)
 		l, err := net.Listen("unix", f.apiSock)
 		if err != nil {
@@ -70,15 +65,7 @@ func TestVMMRefusalsAnswer409(t *testing.T) {
 		go vmmapi.Serve(ctx, l, vm)
 	}
 
-	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: b, HostID: "h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(apiserver.New(apiserver.Config{Manager: m}))
-	defer srv.Close()
+	srv := serveManager(t, ctx, cat, b)
 
 	post := func(path string) (int, api.ErrorBody) {
 		t.Helper()
@@ -105,4 +92,39 @@ func TestVMMRefusalsAnswer409(t *testing.T) {
 	if _, err := b.Checkpoint(ctx, "sb-none", "c"); !errors.Is(err, daemon.ErrConflict) {
 		t.Errorf("checkpoint of a box without a VM: %v, want daemon.ErrConflict", err)
 	}
+}
+
+// catalogWithRunningBoxes opens a catalog, closed with the test, in which
+// a running box exists for each of ids.
+func catalogWithRunningBoxes(t *testing.T, ids ...string) *catalog.Catalog {
+	t.Helper()
+	cat, err := catalog.Open(filepath.Join(t.TempDir(), "catalog.db"), &catalog.Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cat.Close() })
+	for _, id := range ids {
+		box := catalog.Box{ID: id, State: lifecycle.Running, HostID: "h", Created: time.Now(), Spec: catalog.Spec{MemoryMiB: 256, VCPUs: 1}}
+		if err := cat.Update(func(tx *catalog.Tx) error { return tx.CreateBox(box) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return cat
+}
+
+// serveManager starts a daemon over cat and b (which attaches to the VMMs
+// the test serves, as after a restart) and serves its API over HTTP until
+// the test ends.
+func serveManager(t *testing.T, ctx context.Context, cat *catalog.Catalog, b *Backend) *httptest.Server {
+	t.Helper()
+	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: b, HostID: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(apiserver.New(apiserver.Config{Manager: m}))
+	t.Cleanup(srv.Close)
+	return srv
 }

@@ -304,20 +304,7 @@ func TestTransmitBackPressure(t *testing.T) {
 		// writer waits for the peer.
 		g.offerTx(g.drv.Readable(packet(frameOf(1514, i))))
 	}
-	var used int
-	for stable := 0; stable < 20; {
-		u, err := g.drv.Queue(txQueue).Used()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(u) == 0 {
-			stable++
-		} else {
-			stable = 0
-		}
-		used += len(u)
-		time.Sleep(10 * time.Millisecond)
-	}
+	used := g.txSettled(t)
 	t.Logf("the device took %d chains", used)
 	if used >= frames || used < txBuffers {
 		t.Fatalf("the device took %d of %d chains from a peer that does not read; want at least its %d buffers and not all", used, frames, txBuffers)

@@ -132,6 +132,28 @@ func (g *guest) transmit(bufs ...vt.Buf) uint32 {
 
 // send transmits frame as Linux does: the header in one descriptor, the
 // frame in the next.
+// txSettled counts the transmit chains the device returns until it has
+// returned none for 20 polls in a row: what it takes from a peer that
+// does not read before its buffers run out.
+func (g *guest) txSettled(t testing.TB) int {
+	t.Helper()
+	var used int
+	for stable := 0; stable < 20; {
+		u, err := g.drv.Queue(txQueue).Used()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(u) == 0 {
+			stable++
+		} else {
+			stable = 0
+		}
+		used += len(u)
+		time.Sleep(10 * time.Millisecond)
+	}
+	return used
+}
+
 func (g *guest) send(frame []byte) {
 	g.t.Helper()
 	g.transmit(g.drv.Readable(make([]byte, hdrSize)), g.drv.Readable(frame))

@@ -6,7 +6,6 @@ import (
 	"errors"
 	stdnet "net"
 	"testing"
-	"time"
 
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -267,20 +266,7 @@ func TestTransmitTSOMemoryBounded(t *testing.T) {
 		want = append(want, w)
 		g.offerTx(g.drv.Readable(p[:hdrSize]), g.drv.Readable(p[hdrSize:]))
 	}
-	var used int
-	for stable := 0; stable < 20; {
-		u, err := g.drv.Queue(txQueue).Used()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(u) == 0 {
-			stable++
-		} else {
-			stable = 0
-		}
-		used += len(u)
-		time.Sleep(10 * time.Millisecond)
-	}
+	used := g.txSettled(t)
 	t.Logf("the device took %d chains", used)
 	if used >= frames {
 		t.Fatalf("the device took all %d chains from a peer that does not read", frames)
