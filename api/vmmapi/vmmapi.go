@@ -33,6 +33,31 @@ type Status struct {
 	MemoryMiB int       `json:"memory_mib"`
 	StartedAt time.Time `json:"started_at"`
 	PID       int       `json:"pid"`
+	// Memory is the VMM process's resident memory split at guest RAM;
+	// nil if the VMM could not read it (or is older than the field).
+	Memory *MemoryUsage `json:"memory,omitempty"`
+}
+
+// MemoryUsage is a VMM process's resident memory in bytes, from the
+// kernel's accounting of its mappings (/proc/self/smaps).
+type MemoryUsage struct {
+	// GuestResident is guest RAM in host memory; page-cache pages of a
+	// restored checkpoint's layers, which forks share, count whole.
+	GuestResident uint64 `json:"guest_resident"`
+	// GuestPrivate is guest RAM only this VMM holds: pages the guest
+	// wrote since its restore, or all it touched since its boot.
+	GuestPrivate uint64 `json:"guest_private"`
+	// VMMResident is the Rss of every other mapping: the VMM's own memory
+	// (binary, heap, stacks, device buffers), counted as Firecracker's
+	// memory cop counts its overhead (RSS outside guest memory).
+	VMMResident uint64 `json:"vmm_resident"`
+	// VMMPrivate is the part of VMMResident no other process shares: it
+	// leaves out the binary's text, which every VMM maps.
+	VMMPrivate uint64 `json:"vmm_private"`
+	// Proportional is the whole process's Pss: shared pages divided among
+	// the processes mapping them, so that summed over VMMs each page
+	// counts once.
+	Proportional uint64 `json:"proportional"`
 }
 
 // CheckpointRequest names the checkpoint to write in the VMM's store.

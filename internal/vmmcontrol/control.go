@@ -50,7 +50,15 @@ func (c *Controller) Status() vmmapi.Status {
 	if c.m.Paused() {
 		state = "paused"
 	}
-	return vmmapi.Status{State: state, VCPUs: c.m.VCPUs(), MemoryMiB: int(c.m.Memory().Size() >> 20), StartedAt: c.started.UTC(), PID: os.Getpid()}
+	st := vmmapi.Status{State: state, VCPUs: c.m.VCPUs(), MemoryMiB: int(c.m.Memory().Size() >> 20), StartedAt: c.started.UTC(), PID: os.Getpid()}
+	if u, err := c.m.Memory().ProcessUsage(); err == nil {
+		st.Memory = &vmmapi.MemoryUsage{
+			GuestResident: u.Guest.Resident, GuestPrivate: u.Guest.Private,
+			VMMResident: u.Other.Resident, VMMPrivate: u.Other.Private,
+			Proportional: u.Guest.Proportional + u.Other.Proportional,
+		}
+	}
+	return st
 }
 
 func (c *Controller) Shutdown()     { c.m.Stop() }

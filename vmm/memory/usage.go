@@ -2,9 +2,9 @@ package memory
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"strings"
@@ -22,29 +22,64 @@ type Usage struct {
 	// copied on write from a layer) and pages of its own not shared.
 	// After a fork or restore, it grows with what the guest writes.
 	Private uint64
+	// Proportional is Resident with each shared page divided among the
+	// processes that map it (smaps' Pss): summed over processes, it
+	// counts every page once.
+	Proportional uint64
 }
 
 // Usage reads the host memory the mapping takes now.
 func (m *Memory) Usage() (Usage, error) {
+	u, err := m.ProcessUsage()
+	return u.Guest, err
+}
+
+// ProcessUsage is this process's resident memory split at guest RAM.
+type ProcessUsage struct {
+	Guest Usage
+	// Other is every other mapping's: the VMM's own memory (its binary,
+	// heap, stacks, buffers), its shared pages (the binary's text) counted
+	// whole in Resident, as an RSS counts them.
+	Other Usage
+}
+
+// ProcessUsage reads, in one pass over /proc/self/smaps, the host memory
+// the mapping takes now and the rest of the process's.
+func (m *Memory) ProcessUsage() (ProcessUsage, error) {
 	start, end := m.span()
-	data, err := os.ReadFile("/proc/self/smaps")
+	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
-		return Usage{}, fmt.Errorf("guest memory usage: %w", err)
+		return ProcessUsage{}, fmt.Errorf("guest memory usage: %w", err)
 	}
-	var u Usage
-	in := false
-	sc := bufio.NewScanner(bytes.NewReader(data))
+	defer f.Close()
+	u, err := parseSmaps(f, start, end)
+	if err != nil {
+		return ProcessUsage{}, fmt.Errorf("guest memory usage: %w", err)
+	}
+	return u, nil
+}
+
+// parseSmaps adds up smaps' Rss, Pss and Private_* fields of the
+// mappings inside [start, end) into Guest, and of every other mapping
+// into Other. Restored guest RAM is many mappings (layer files mapped
+// over an anonymous one), all inside the span.
+func parseSmaps(r io.Reader, start, end uintptr) (ProcessUsage, error) {
+	var pu ProcessUsage
+	u := &pu.Other
+	sc := bufio.NewScanner(r)
 	for sc.Scan() {
-		line := sc.Text()
-		fields := strings.Fields(line)
+		fields := strings.Fields(sc.Text())
 		if len(fields) == 0 {
 			continue
 		}
 		if lo, hi, ok := parseRange(fields[0]); ok {
-			in = lo >= start && hi <= end
+			u = &pu.Other
+			if lo >= start && hi <= end {
+				u = &pu.Guest
+			}
 			continue
 		}
-		if !in || len(fields) < 2 {
+		if len(fields) < 2 {
 			continue
 		}
 		kb, err := strconv.ParseUint(fields[1], 10, 64)
@@ -54,11 +89,13 @@ func (m *Memory) Usage() (Usage, error) {
 		switch fields[0] {
 		case "Rss:":
 			u.Resident += kb << 10
+		case "Pss:":
+			u.Proportional += kb << 10
 		case "Private_Clean:", "Private_Dirty:":
 			u.Private += kb << 10
 		}
 	}
-	return u, sc.Err()
+	return pu, sc.Err()
 }
 
 // parseRange parses the "start-end" of a smaps mapping header line.
