@@ -59,7 +59,7 @@ bench: deps
 	export SAILBOX_GUEST_KERNEL=$$(kernel/build.sh)
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
-	go build -o bin/ ./cmd/sailbox-bench ./cmd/sailbox-net
+	go build -o bin/ ./cmd/sailbox-bench ./cmd/sailbox-net ./cmd/sailbox-vmm
 	status=0
 	go run ./cmd/kvmlab run -timeout 120m -- bin/sailbox-bench -image "$$SAILBOX_DEFAULT_IMAGE" -commit "$$(git describe --always --dirty)" $(BENCHFLAGS) | tee "$(BENCH_OUTPUT)" || status=$$?
 	bin/sailbox-bench report -in "$(BENCH_OUTPUT)" -out bench || { [ "$$status" != 0 ] || status=1; }

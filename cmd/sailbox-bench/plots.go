@@ -7,29 +7,30 @@ import (
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 )
 
-// plotSpec is one PNG of the report: a paired row drawn as points
-// (against its X, joined if a curve), or rows' samples drawn as box plots
-// side by side.
+// plotSpec is one PNG of the report: paired rows drawn as points
+// (against their X, joined if a curve; a legend if more than one), or
+// rows' samples drawn as box plots side by side.
 // Only rows the run measured are drawn; a plot none of whose rows were
 // measured is left out, and the Markdown says so.
 type plotSpec struct {
 	name   string // the file's suffix: results-<time>-<name>.png
 	title  string
-	paired string   // a row with X: points of its samples against X
+	paired []string // rows with X: points of their samples against X
 	boxes  []string // rows: a box plot of each one's samples
 }
 
 // plots are the report's plots, in its order.
 var plots = []plotSpec{
-	{name: "pause", title: "checkpoint pause against MiB dirtied since the last", paired: "checkpoint.pause"},
+	{name: "pause", title: "checkpoint pause against MiB dirtied since the last", paired: []string{"checkpoint.pause"}},
 	{name: "latency", title: "restore and fork to first exec, without and with a working set mapped ahead", boxes: []string{
 		"restore.cold", "restore.ws", "fork.cold", "fork.ws",
-		"image.create.cold", "image.create.ws", "image.pyfork.cold", "image.pyfork.ws",
+		"density.fork", "image.create.cold", "image.create.ws", "image.pyfork.cold", "image.pyfork.ws",
 	}},
-	{name: "fork-memory", title: "private host memory against forks running", paired: "forks.private"},
+	{name: "fork-memory", title: "host memory against forks running", paired: []string{"density.host.curve", "density.pss.curve", "forks.private"}},
 }
 
 // drawPlot writes spec's plot of res to path. It reports false, writing
@@ -38,28 +39,42 @@ func drawPlot(res *Results, spec plotSpec, path string) (bool, error) {
 	p := plot.New()
 	p.Title.Text = spec.title
 	width := 480.0
-	if spec.paired != "" {
-		row, ok := res.rowByID(spec.paired)
-		if !ok || len(row.X) != len(row.Samples) {
+	if len(spec.paired) > 0 {
+		var drawn []*Row
+		for _, id := range spec.paired {
+			if row, ok := res.rowByID(id); ok && len(row.X) == len(row.Samples) {
+				drawn = append(drawn, row)
+			}
+		}
+		if len(drawn) == 0 {
 			return false, nil
 		}
-		xys := make(plotter.XYs, len(row.Samples))
-		for i := range row.Samples {
-			xys[i] = plotter.XY{X: row.X[i], Y: row.Samples[i]}
-		}
-		p.X.Label.Text, p.Y.Label.Text = row.XUnit, row.Unit
-		s, err := plotter.NewScatter(xys)
-		if err != nil {
-			return false, fmt.Errorf("plot %s: %w", spec.name, err)
-		}
-		p.Add(s)
-		if row.Curve {
-			l, err := plotter.NewLine(xys)
+		for i, row := range drawn {
+			xys := make(plotter.XYs, len(row.Samples))
+			for j := range row.Samples {
+				xys[j] = plotter.XY{X: row.X[j], Y: row.Samples[j]}
+			}
+			p.X.Label.Text, p.Y.Label.Text = row.XUnit, row.Unit
+			s, err := plotter.NewScatter(xys)
 			if err != nil {
 				return false, fmt.Errorf("plot %s: %w", spec.name, err)
 			}
-			p.Add(l)
+			s.GlyphStyle.Color = plotutil.Color(i)
+			s.GlyphStyle.Shape = plotutil.Shape(i)
+			p.Add(s)
+			if row.Curve {
+				l, err := plotter.NewLine(xys)
+				if err != nil {
+					return false, fmt.Errorf("plot %s: %w", spec.name, err)
+				}
+				l.Color = plotutil.Color(i)
+				p.Add(l)
+			}
+			if len(drawn) > 1 {
+				p.Legend.Add(row.ID, s)
+			}
 		}
+		p.Legend.Top, p.Legend.Left = true, true
 		p.Add(plotter.NewGrid())
 	} else {
 		var names []string

@@ -36,10 +36,12 @@ type options struct {
 	netRuns        int // net rounds: each streams for long, so fewer than -runs
 	netMiB         int
 	netConns       int
+	densityForks   int    // children of one running box (-rows density)
+	vmmBinary      string // the sailbox-vmm each density child runs in
 }
 
 // rowGroups are -rows' groups, in the order they run.
-var rowGroups = []string{"boot", "snapshots", "image", "net"}
+var rowGroups = []string{"boot", "snapshots", "density", "image", "net"}
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "report" {
@@ -61,12 +63,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "a boot whose agent has not answered after this long is broken: its sample is taken again, up to 3 attempts")
 	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
 	fs.StringVar(&o.image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "root file system `image` (ext4) for the image rows: boot, create from a template, fork with python3 warm (default $SAILBOX_DEFAULT_IMAGE, which make bench sets to image/build.sh's Debian image); empty: skip them")
-	rows := fs.String("rows", strings.Join(rowGroups, ","), "comma-separated row `groups` to measure: boot (boot and exec against QEMU), snapshots (needs boot), image (needs -image), net (guest → host TCP against QEMU's -netdev user; needs -image)")
+	rows := fs.String("rows", strings.Join(rowGroups, ","), "comma-separated row `groups` to measure: boot (boot and exec against QEMU), snapshots (needs boot), density (-density-forks children of one running box, each a sailbox-vmm: forks/s against boot's boots/s, host memory against forks × -mem, the VMM's own memory per box against Firecracker's published 5 MiB), image (needs -image), net (guest → host TCP against QEMU's -netdev user; needs -image)")
 	fs.StringVar(&o.netBinary, "net-binary", besideMe("sailbox-net"), "the sailbox-net `binary` for the net rows (default: beside this one)")
 	fs.IntVar(&o.netRuns, "net-runs", 3, "net rounds (each a stream and -net-conns connections, under both VMMs)")
 	fs.IntVar(&o.netMiB, "net-mib", 128, "MiB each net round streams from guest to host")
 	fs.IntVar(&o.netConns, "net-conns", 50, "connections each net round opens, for the set-up time")
-	quick := fs.Bool("quick", false, "a smoke test: -runs 2 -execs 5 -net-runs 1 -net-mib 16 -net-conns 10, unless given")
+	fs.IntVar(&o.densityForks, "density-forks", 100, "density rows: children of one running box to start and keep running together (fewer if the host's memory runs short: the rows say how many)")
+	fs.StringVar(&o.vmmBinary, "vmm-binary", besideMe("sailbox-vmm"), "the sailbox-vmm `binary` each density child runs in (default: beside this one)")
+	quick := fs.Bool("quick", false, "a smoke test: -runs 2 -execs 5 -net-runs 1 -net-mib 16 -net-conns 10 -density-forks 10, unless given")
 	commit := fs.String("commit", "", "the `version` of the tree built (git describe), for the results (default: git describe here)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -74,7 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *quick {
 		set := map[string]bool{}
 		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		for name, v := range map[string]string{"runs": "2", "execs": "5", "net-runs": "1", "net-mib": "16", "net-conns": "10"} {
+		for name, v := range map[string]string{"runs": "2", "execs": "5", "net-runs": "1", "net-mib": "16", "net-conns": "10", "density-forks": "10"} {
 			if !set[name] {
 				fs.Set(name, v)
 			}
@@ -92,6 +96,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	if o.rows["snapshots"] && !o.rows["boot"] {
 		return errors.New("-rows: snapshots needs boot (its ratios are to the boot's)")
+	}
+	if o.densityForks < 1 {
+		return errors.New("need -density-forks >= 1")
 	}
 	if o.netMiB < 1 || o.netConns < 1 || o.netRuns < 1 {
 		return errors.New("need -net-runs, -net-mib and -net-conns >= 1")
@@ -149,6 +156,12 @@ func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.
 		measure func() error
 	}{
 		{"boot", func() error { return benchBoot(ctx, sys, o, res, stdout, stderr) }},
+		{"density", func() error {
+			if !o.rows["boot"] {
+				res.note("density: no boot rows, so no cold boots per second to compare the forks per second with")
+			}
+			return benchDensity(ctx, sys, o, res, stdout, stderr)
+		}},
 		{"image", func() error {
 			if o.image == "" {
 				fmt.Fprintf(stdout, "\nroot image rows skipped: no -image (make bench passes image/build.sh's)\n")
