@@ -231,12 +231,7 @@ func startChild(ctx context.Context, o options, store, dir, id string) (*density
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	l := vmmapi.Launch{
-		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
-		Store: store, Restore: id, ForkName: id,
-		VsockUDS: filepath.Join(dir, "vsock"), APISocket: filepath.Join(dir, "api.sock"),
-		Log: filepath.Join(dir, "vmm.log"),
-	}
+	l := childLaunch(store, dir, id)
 	cmd, err := l.Start(o.vmmBinary)
 	if err != nil {
 		return nil, err
@@ -258,6 +253,18 @@ func startChild(ctx context.Context, o options, store, dir, id string) (*density
 		return fail(fmt.Errorf("first exec: exit %d, %v", code, err))
 	}
 	return c, nil
+}
+
+// childLaunch is how a child's VMM starts, as the daemon's backend starts
+// a fork's (vmmbackend.restoreLaunch): checkpoint id restored from store
+// as a fork named id, its vsock, control socket and log in dir.
+func childLaunch(store, dir, id string) vmmapi.Launch {
+	return vmmapi.Launch{
+		MemoryMiB: vmmapi.DefaultMemoryMiB, VCPUs: vmmapi.DefaultVCPUs,
+		Store: store, Restore: id, ForkName: id,
+		VsockUDS: filepath.Join(dir, "vsock"), APISocket: filepath.Join(dir, "api.sock"),
+		Log: filepath.Join(dir, "vmm.log"),
+	}
 }
 
 // childStatus is c's VMM's status, with its memory.

@@ -2,12 +2,15 @@ package main
 
 import (
 	"image/png"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
 )
 
 // The first lines of a lab's /proc/meminfo.
@@ -162,5 +165,18 @@ func TestForkMemoryPlotDrawsTheDensityCurves(t *testing.T) {
 	md := markdown(res, "results-x", map[string]bool{"fork-memory": true})
 	if !strings.Contains(md, "| host used, at 100 forks `density.host.curve` | 1 | 4000 |") {
 		t.Errorf("the Markdown lacks the curve's last point:\n%s", md)
+	}
+}
+
+// A child's launch is one sailbox-vmm accepts: a restore as a fork, with
+// the control socket the rows read its memory from.
+func TestChildLaunchParsesBack(t *testing.T) {
+	l := childLaunch("/run/kvmlab/tmp/d/store", "/run/kvmlab/tmp/d/density7-0", "density7-0")
+	got, err := vmmapi.ParseLaunch(l.Args(), io.Discard)
+	if err != nil {
+		t.Fatalf("sailbox-vmm %q: %v", l.Args(), err)
+	}
+	if got.Restore != "density7-0" || got.ForkName != "density7-0" || got.APISocket == "" || got.VsockUDS == "" || got.Store != l.Store {
+		t.Errorf("parsed back as %+v", got)
 	}
 }
