@@ -54,10 +54,30 @@ type MemoryUsage struct {
 	// VMMPrivate is the part of VMMResident no other process shares: it
 	// leaves out the binary's text, which every VMM maps.
 	VMMPrivate uint64 `json:"vmm_private"`
+	// VMMFiles is the part of VMMResident mapped from files: the
+	// binary's pages, which every VMM on a host shares from one
+	// page-cache copy.
+	VMMFiles uint64 `json:"vmm_files"`
 	// Proportional is the whole process's Pss: shared pages divided among
 	// the processes mapping them, so that summed over VMMs each page
 	// counts once.
 	Proportional uint64 `json:"proportional"`
+	// Go is the Go runtime's account of the memory it mapped; nil from
+	// a VMM older than the field.
+	Go *GoMemory `json:"go,omitempty"`
+}
+
+// GoMemory is where a VMM's Go runtime says its memory goes, in bytes
+// (runtime/metrics' /memory/classes): what it mapped, which is resident
+// unless released.
+type GoMemory struct {
+	HeapObjects uint64 `json:"heap_objects"` // live objects, and dead ones not yet swept
+	// HeapFree is heap the runtime holds free and has not returned to
+	// the OS (heap/free and heap/unused): resident if it was ever used.
+	HeapFree     uint64 `json:"heap_free"`
+	HeapReleased uint64 `json:"heap_released"` // returned to the OS: not resident
+	Stacks       uint64 `json:"stacks"`        // goroutine and OS thread stacks
+	Other        uint64 `json:"other"`         // the runtime's metadata, profiling buckets and the rest
 }
 
 // CheckpointRequest names the checkpoint to write in the VMM's store.

@@ -188,6 +188,12 @@ func benchDensity(ctx context.Context, sys *kvm.System, o options, res *Results,
 			}
 			res.curve("density.pss.curve", "density", "density: the children's Pss, summed", "MiB", "forks", float64(n), mib(int64(sum)))
 			line += fmt.Sprintf(", children's Pss %d MiB", sum>>20)
+			// What the boxes cost the host's CPUs doing nothing: the
+			// guests idle, their VMMs waiting, the parent idle too.
+			if busy, err := hostBusy(time.Second); err == nil {
+				res.curve("density.idle_cpu.curve", "density", "density: host CPU busy over 1 s with the forks running idle", "%", "forks", float64(n), busy)
+				line += fmt.Sprintf(", host CPU %.1f%% busy idle", busy)
+			}
 		}
 		fmt.Fprintln(stderr, line)
 		measuring += time.Since(tm)
@@ -212,6 +218,13 @@ func benchDensity(ctx context.Context, sys *kvm.System, o options, res *Results,
 		sum += u.Proportional
 		res.values("density.vmm.rss", "density", "density: the VMM's own memory per box (RSS outside guest RAM)", "MiB", mib(int64(u.VMMResident)))
 		res.values("density.vmm.private", "density", "density: the VMM's own memory per box, private (its binary's shared text left out)", "MiB", mib(int64(u.VMMPrivate)))
+		res.values("density.vmm.files", "density", "density: the VMM's own memory per box mapped from files (its binary, shared by every VMM)", "MiB", mib(int64(u.VMMFiles)))
+		if g := u.Go; g != nil {
+			res.values("density.go.heap_objects", "density", "density: per box, the Go runtime's heap objects", "MiB", mib(int64(g.HeapObjects)))
+			res.values("density.go.heap_free", "density", "density: per box, the Go runtime's free heap not returned to the OS", "MiB", mib(int64(g.HeapFree)))
+			res.values("density.go.stacks", "density", "density: per box, the Go runtime's stacks", "MiB", mib(int64(g.Stacks)))
+			res.values("density.go.other", "density", "density: per box, the Go runtime's metadata and other", "MiB", mib(int64(g.Other)))
+		}
 		res.values("density.guest.rss", "density", "density: guest RAM resident per box (checkpoint pages shared by the forks included)", "MiB", mib(int64(u.GuestResident)))
 		res.values("density.guest.private", "density", "density: guest RAM private per box (written since its fork)", "MiB", mib(int64(u.GuestPrivate)))
 	}
@@ -371,7 +384,68 @@ func (d densitySummary) print(w io.Writer, res *Results) {
 	fmt.Fprintf(w, "  checkpoint store (within host memory used)  %10.1f MiB\n", mib(d.store))
 	fmt.Fprintf(w, "  per box, p50: VMM RSS outside guest RAM     %10.2f MiB  (Firecracker publishes <= %d MiB)\n", p50("density.vmm.rss"), firecrackerVMMOverheadMiB)
 	fmt.Fprintf(w, "  per box, p50: VMM private outside guest RAM %10.2f MiB\n", p50("density.vmm.private"))
+	fmt.Fprintf(w, "  per box, p50: VMM RSS mapped from files     %10.2f MiB  (its binary)\n", p50("density.vmm.files"))
+	if _, ok := res.p50("density.go.heap_objects"); ok {
+		fmt.Fprintf(w, "  per box, p50: Go heap objects / free heap / stacks / other  %.2f / %.2f / %.2f / %.2f MiB (mapped, not all resident)\n",
+			p50("density.go.heap_objects"), p50("density.go.heap_free"), p50("density.go.stacks"), p50("density.go.other"))
+	}
 	fmt.Fprintf(w, "  per box, p50: guest RAM resident / private  %10.2f / %.2f MiB\n", p50("density.guest.rss"), p50("density.guest.private"))
+}
+
+// hostBusy is the percentage of the host's CPU time spent busy (not idle
+// or waiting for I/O) over the next d.
+func hostBusy(d time.Duration) (float64, error) {
+	read := func() (busy, total uint64, err error) {
+		b, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return 0, 0, err
+		}
+		busy, total, ok := cpuTimes(string(b))
+		if !ok {
+			return 0, 0, errors.New("/proc/stat has no cpu line")
+		}
+		return busy, total, nil
+	}
+	b0, t0, err := read()
+	if err != nil {
+		return 0, err
+	}
+	time.Sleep(d)
+	b1, t1, err := read()
+	if err != nil {
+		return 0, err
+	}
+	if t1 <= t0 {
+		return 0, errors.New("/proc/stat: no CPU time passed")
+	}
+	return 100 * float64(b1-b0) / float64(t1-t0), nil
+}
+
+// cpuTimes adds up /proc/stat's first line, the host's CPU time in
+// ticks: all of it, and the busy part (all but idle and iowait).
+func cpuTimes(stat string) (busy, total uint64, ok bool) {
+	line, _, _ := strings.Cut(stat, "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 5 || fields[0] != "cpu" {
+		return 0, 0, false
+	}
+	var idle uint64
+	for i, f := range fields[1:] {
+		v, err := strconv.ParseUint(f, 10, 64)
+		if err != nil {
+			return 0, 0, false
+		}
+		// user nice system idle iowait irq softirq steal guest
+		// guest_nice: guest time is already in user and nice.
+		if i >= 8 {
+			break
+		}
+		total += v
+		if i == 3 || i == 4 {
+			idle += v
+		}
+	}
+	return total - idle, total, true
 }
 
 // memAvailable is the host's MemAvailable, in bytes.

@@ -180,3 +180,18 @@ func TestChildLaunchParsesBack(t *testing.T) {
 		t.Errorf("parsed back as %+v", got)
 	}
 }
+
+func TestCPUTimes(t *testing.T) {
+	// user nice system idle iowait irq softirq steal guest guest_nice
+	stat := "cpu  100 5 50 800 20 3 2 0 40 0\ncpu0 50 2 25 400 10 1 1 0 20 0\n"
+	busy, total, ok := cpuTimes(stat)
+	if !ok || total != 980 || busy != 160 {
+		t.Errorf("cpuTimes = %d busy of %d, %v; want 160 of 980 (guest time is in user already)", busy, total, ok)
+	}
+	if _, _, ok := cpuTimes("intr 1 2 3\n"); ok {
+		t.Error("a /proc/stat without the cpu line parsed")
+	}
+	if b, err := hostBusy(20 * time.Millisecond); err != nil || b < 0 || b > 100 {
+		t.Errorf("this host: %v%% busy, %v", b, err)
+	}
+}

@@ -54,8 +54,9 @@ func (c *Controller) Status() vmmapi.Status {
 	if u, err := c.m.Memory().ProcessUsage(); err == nil {
 		st.Memory = &vmmapi.MemoryUsage{
 			GuestResident: u.Guest.Resident, GuestPrivate: u.Guest.Private,
-			VMMResident: u.Other.Resident, VMMPrivate: u.Other.Private,
+			VMMResident: u.Other.Resident, VMMPrivate: u.Other.Private, VMMFiles: u.OtherFiles.Resident,
 			Proportional: u.Guest.Proportional + u.Other.Proportional,
+			Go:           goMemory(),
 		}
 	}
 	return st

@@ -41,6 +41,10 @@ type ProcessUsage struct {
 	// heap, stacks, buffers), its shared pages (the binary's text) counted
 	// whole in Resident, as an RSS counts them.
 	Other Usage
+	// OtherFiles is the part of Other mapped from files: the binary's
+	// text and data (a static Go binary maps no library). The rest of
+	// Other is anonymous: the Go heap, stacks, the runtime's.
+	OtherFiles Usage
 }
 
 // ProcessUsage reads, in one pass over /proc/self/smaps, the host memory
@@ -66,6 +70,7 @@ func (m *Memory) ProcessUsage() (ProcessUsage, error) {
 func parseSmaps(r io.Reader, start, end uintptr) (ProcessUsage, error) {
 	var pu ProcessUsage
 	u := &pu.Other
+	file := false // the mapping outside guest RAM is of a file
 	sc := bufio.NewScanner(r)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -73,9 +78,12 @@ func parseSmaps(r io.Reader, start, end uintptr) (ProcessUsage, error) {
 			continue
 		}
 		if lo, hi, ok := parseRange(fields[0]); ok {
+			// "start-end perms offset dev inode [path]": a path that
+			// is not a pseudo-name such as [heap] or [stack] is a file.
 			u = &pu.Other
+			file = len(fields) >= 6 && strings.HasPrefix(fields[5], "/")
 			if lo >= start && hi <= end {
-				u = &pu.Guest
+				u, file = &pu.Guest, false
 			}
 			continue
 		}
@@ -86,16 +94,24 @@ func parseSmaps(r io.Reader, start, end uintptr) (ProcessUsage, error) {
 		if err != nil {
 			continue
 		}
-		switch fields[0] {
-		case "Rss:":
-			u.Resident += kb << 10
-		case "Pss:":
-			u.Proportional += kb << 10
-		case "Private_Clean:", "Private_Dirty:":
-			u.Private += kb << 10
+		add(u, fields[0], kb<<10)
+		if file {
+			add(&pu.OtherFiles, fields[0], kb<<10)
 		}
 	}
 	return pu, sc.Err()
+}
+
+// add adds the bytes of smaps field key (Rss, Pss, Private_*) to u.
+func add(u *Usage, key string, bytes uint64) {
+	switch key {
+	case "Rss:":
+		u.Resident += bytes
+	case "Pss:":
+		u.Proportional += bytes
+	case "Private_Clean:", "Private_Dirty:":
+		u.Private += bytes
+	}
 }
 
 // parseRange parses the "start-end" of a smaps mapping header line.
