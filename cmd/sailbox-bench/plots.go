@@ -26,7 +26,7 @@ type plotSpec struct {
 var plots = []plotSpec{
 	{name: "pause", title: "checkpoint pause against MiB dirtied since the last", paired: "checkpoint.pause"},
 	{name: "latency", title: "restore and fork to first exec, without and with a working set mapped ahead", boxes: []string{
-		"restore.cold", "restore.ws", "fork.cold", "fork.ws",
+		"restore.cold", "restore.ws", "fork.cold", "fork.ws", "fork.family",
 		"image.create.cold", "image.create.ws", "image.pyfork.cold", "image.pyfork.ws",
 	}},
 	{name: "fork-memory", title: "private host memory against forks running", paired: "forks.private"},

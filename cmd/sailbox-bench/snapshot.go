@@ -226,6 +226,10 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 			c.healthy.Round(time.Millisecond), c.exec.Round(time.Millisecond), u.Resident/memory.PageSize, u.Private>>10)
 	}
 
+	if err := benchFamilyFork(ctx, sys, root, dir, "full", o, res, stderr); err != nil {
+		return err
+	}
+
 	p50 := func(id string) time.Duration { v, _ := res.p50(id); return fromMS(v).Round(time.Millisecond) }
 	coldBoot := p50("boot.sailbox")
 	fmt.Fprintf(stdout, "\n%-44s %12s %10s\n", "median (same run)", "time", "÷ boot")
@@ -235,6 +239,7 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 		{"restore.ws", "  again, restore 0's working set mapped ahead"},
 		{"fork.cold", "fork of a running box to first exec in child"},
 		{"fork.ws", "  the same, fork 0's working set mapped ahead"},
+		{"fork.family", "first fork of a new box of the family (ws)"},
 	} {
 		fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", r.label, p50(r.id), res.ratio(r.id+"/boot.sailbox", r.label+" ÷ cold boot", r.id, "boot.sailbox"))
 	}
