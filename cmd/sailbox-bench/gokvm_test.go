@@ -14,10 +14,24 @@ import (
 
 func TestGokvmArgsBootTheSameGuest(t *testing.T) {
 	o := options{kernel: "/k/bzImage", initrd: "/i/initramfs.cpio", memMiB: 256}
-	args := gokvmArgs(o)
-	want := []string{"boot", "-k", "/k/bzImage", "-i", "/i/initramfs.cpio", "-m", "256M", "-c", "1", "-p", vmm.BaseCmdline + " quiet"}
+	args := gokvmArgs(o, "console=ttyS0 quiet")
+	want := []string{"boot", "-k", "/k/bzImage", "-i", "/i/initramfs.cpio", "-m", "256M", "-c", "1", "-p", "console=ttyS0 quiet"}
 	if !slices.Equal(args, want) {
 		t.Errorf("gokvm args %q, want %q", args, want)
+	}
+	// Each boot gives gokvm Sailbox's command line, and what its machine
+	// needs (noapic) alone.
+	for _, b := range append([]consoleBoot{gokvmProbe}, consoleBoots...) {
+		rest, ok := strings.CutPrefix(b.gokvm, vmm.BaseCmdline+" ")
+		if !ok {
+			t.Errorf("%s: gokvm's command line %q is not Sailbox's and more", b.rows, b.gokvm)
+			continue
+		}
+		for _, arg := range strings.Fields(rest) {
+			if arg != strings.TrimSpace(gokvmNoAPIC) && !strings.Contains(b.sailbox+" quiet", arg) {
+				t.Errorf("%s: gokvm gets %q, Sailbox's boot does not", b.rows, arg)
+			}
+		}
 	}
 }
 
@@ -33,7 +47,7 @@ func fakeGokvm(t *testing.T, script string) string {
 }
 
 func TestBenchGokvmTimesTheMarker(t *testing.T) {
-	o := options{timeout: time.Minute, memMiB: 256}
+	o := options{gokvmTimeout: time.Minute, memMiB: 256}
 	o.gokvm = fakeGokvm(t, `[ "$1" = boot ] || exit 2
 echo "Start CPU 0 of 1"
 echo "this is not terminal and does not accept input" >&2
@@ -42,7 +56,7 @@ sleep 0.05
 printf 'u-root!\n'
 exec sleep 60
 `)
-	took, err := benchGokvm(context.Background(), o)
+	took, err := benchGokvm(context.Background(), o, consoleBoots[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,11 +72,11 @@ func TestBenchGokvmReportsAFailedBoot(t *testing.T) {
 		{"silent", "exec sleep 60\n", "after 200ms"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			o := options{timeout: 200 * time.Millisecond, memMiB: 256, gokvm: fakeGokvm(t, c.script)}
+			o := options{gokvmTimeout: 200 * time.Millisecond, memMiB: 256, gokvm: fakeGokvm(t, c.script)}
 			if c.name != "silent" {
-				o.timeout = time.Minute // failed by what it printed, not by the timeout
+				o.gokvmTimeout = time.Minute // failed by what it printed, not by the timeout
 			}
-			_, err := benchGokvm(context.Background(), o)
+			_, err := benchGokvm(context.Background(), o, consoleBoots[0])
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("error %v, want one with %q", err, c.want)
 			}

@@ -218,8 +218,11 @@ func benchQEMUSnapshot(ctx context.Context, o options, cid uint32, mode qemuSnap
 	}
 	t0 := time.Now()
 	if err = h.must("stop"); err == nil {
-		// Synchronous over a monitor socket; its outcome is info migrate's.
-		_, err = h.do("migrate \"exec:cat > " + state + "\"")
+		// Detached (-d): a synchronous migrate over a monitor socket
+		// returns only when its status timer next fires, once a second
+		// (hmp_migrate_status_cb), which would round every save up to a
+		// whole second. Its outcome is info migrate's.
+		err = h.must("migrate -d \"exec:cat > " + state + "\"")
 	}
 	for err == nil {
 		var out string

@@ -29,7 +29,8 @@ type options struct {
 	runs, execs    int
 	memMiB         int
 	qemu           string
-	gokvm          string // gokvm's binary; empty: no gokvm row
+	gokvm          string // gokvm's binary; empty: no gokvm rows
+	gokvmTimeout   time.Duration
 	timeout        time.Duration
 	snapshots      bool
 	rows           map[string]bool // the row groups to measure (-rows)
@@ -59,7 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.execs, "execs", 20, "exec round trips per boot")
 	fs.IntVar(&o.memMiB, "mem", 256, "guest memory in MiB")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
-	fs.StringVar(&o.gokvm, "gokvm", "", "gokvm `binary` (build/gokvm.sh builds it; make bench passes it) for a comparison of boots to init's first console line (empty: skip, with a note)")
+	fs.StringVar(&o.gokvm, "gokvm", "", "gokvm `binary` (build/gokvm.sh builds it; make bench passes it) for a comparison of boots to a console line (empty: skip, with a note)")
+	fs.DurationVar(&o.gokvmTimeout, "gokvm-timeout", time.Minute, "a gokvm boot that has not printed its console line after this long failed (it is left out, not taken again)")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "a boot whose agent has not answered after this long is broken: its sample is taken again, up to 3 attempts")
 	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
 	fs.StringVar(&o.image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "root file system `image` (ext4) for the image rows: boot, create from a template, fork with python3 warm (default $SAILBOX_DEFAULT_IMAGE, which make bench sets to image/build.sh's Debian image); empty: skip them")
@@ -194,13 +196,13 @@ func besideMe(name string) string {
 }
 
 // benchBoot measures boots and execs of Sailbox against QEMU, and boots
-// to init's first console line against gokvm (gokvm.go), then the
-// snapshots rows against those boots.
+// to console lines against gokvm (gokvm.go), then the snapshots rows
+// against those boots.
 func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
 	if o.gokvm == "" {
 		res.note("gokvm rows skipped: no -gokvm (build/gokvm.sh builds it; make bench passes it)")
 	}
-	gokvmFailed, gokvmBooted := 0, 0
+	gokvm := newGokvmRuns()
 	for i := 0; i < o.runs; i++ {
 		var sb sailboxBoot
 		err := res.retryBoot(stderr, fmt.Sprintf("sailbox run %d", i), func() (err error) {
@@ -213,11 +215,6 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		fmt.Fprintf(stderr, "sailbox run %d: init on the console after %v, agent ready in %v, exec p50 %v\n", i, sb.init.Round(time.Millisecond), sb.boot.Round(time.Millisecond), median(sb.execs))
 		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", sb.boot)
 		res.durations("exec.sailbox", "boot", "exec round trip (true), sailbox", sb.execs...)
-		if sb.init > 0 {
-			res.durations("init.sailbox", "boot", "boot to init's first console line, sailbox", sb.init)
-		} else {
-			res.note("sailbox run %d: no %q on the console, its init row left out", i, initMarker)
-		}
 		if o.qemu != "" {
 			boot, execs, err := benchQEMU(ctx, o, uint32(100+i))
 			if err != nil {
@@ -229,21 +226,9 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 				res.durations("exec.qemu", "boot", "exec round trip (true), qemu", execs...)
 			}
 		}
-		// A gokvm that never booted twice will not: the rest of its runs
-		// would each wait -timeout for nothing.
-		if o.gokvm != "" && (gokvmBooted > 0 || gokvmFailed < 2) {
-			init, err := benchGokvm(ctx, o)
-			if err != nil {
-				gokvmFailed++
-				fmt.Fprintf(stderr, "gokvm   run %d: failed, left out: %v\n", i, err)
-				res.note("gokvm run %d failed, left out: %v", i, err)
-				if gokvmBooted == 0 && gokvmFailed == 2 {
-					res.note("gokvm failed twice without a boot: its later runs skipped")
-				}
-			} else {
-				gokvmBooted++
-				fmt.Fprintf(stderr, "gokvm   run %d: init on the console after %v\n", i, init.Round(time.Millisecond))
-				res.durations("init.gokvm", "boot", "boot to init's first console line, gokvm", init)
+		if o.gokvm != "" {
+			if err := gokvm.round(ctx, sys, o, res, stderr, i, sb); err != nil {
+				return err
 			}
 		}
 	}
@@ -258,7 +243,9 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 	row := func(name, sailbox, qemu, gokvm string) {
 		fmt.Fprintf(stdout, "%-34s %12s %12s %12s\n", name, cell(sailbox), cell(qemu), cell(gokvm))
 	}
-	row("boot to init (console line)", "init.sailbox", "", "init.gokvm")
+	for _, b := range consoleBoots {
+		row("boot to "+b.rows+" (console line)", b.rows+".sailbox", "", b.rows+".gokvm")
+	}
 	row("boot to agent ready", "boot.sailbox", "boot.qemu", "")
 	row("exec round trip (true)", "exec.sailbox", "exec.qemu", "")
 	fmt.Fprintf(stdout, "\nratios (same run):\n")
@@ -267,8 +254,10 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", res.ratio("boot.sailbox/boot.qemu", "sailbox boot / qemu boot", "boot.sailbox", "boot.qemu"))
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", res.ratio("exec.sailbox/exec.qemu", "sailbox exec RTT / qemu exec RTT", "exec.sailbox", "exec.qemu"))
 	}
-	if _, ok := res.p50("init.gokvm"); ok {
-		fmt.Fprintf(stdout, "  sailbox boot to init / gokvm's         %.3f\n", res.ratio("init.sailbox/init.gokvm", "sailbox boot to init's first console line / gokvm's", "init.sailbox", "init.gokvm"))
+	for _, b := range consoleBoots {
+		if _, ok := res.p50(b.rows + ".gokvm"); ok {
+			fmt.Fprintf(stdout, "  sailbox boot to %-5s / gokvm's         %.3f\n", b.rows, res.ratio(b.rows+".sailbox/"+b.rows+".gokvm", "sailbox "+b.label+" / gokvm's", b.rows+".sailbox", b.rows+".gokvm"))
+		}
 	}
 	if o.rows["snapshots"] {
 		return benchSnapshots(ctx, sys, o, res, stdout, stderr)
