@@ -33,8 +33,8 @@ type qemuSnapMode struct {
 // qemuSnapModes are the modes the bench measures, in the order it runs
 // them. The first's row IDs (qemu.save, ...) predate the second.
 var qemuSnapModes = []qemuSnapMode{
-	{rows: "qemu", label: "migrate to a file"},
-	{rows: "qemu.shared", label: "shared memory file, x-ignore-shared", sharedMemory: true},
+	{rows: "qemu", label: "RAM in the stream"},
+	{rows: "qemu.shared", label: "RAM in a shared file, x-ignore-shared", sharedMemory: true},
 }
 
 // qemuSnapshot is one save (stop, then migrate to a file) and restore

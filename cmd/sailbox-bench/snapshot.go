@@ -271,17 +271,17 @@ func benchQEMUSnapshots(ctx context.Context, o options, res *Results, stdout, st
 	fmt.Fprintf(stdout, "\nqemu's own snapshots of the same guest (stop + migrate to a file; -incoming + cont), same run:\n")
 	fmt.Fprintf(stdout, "%-50s", "")
 	for _, mode := range qemuSnapModes {
-		fmt.Fprintf(stdout, " %36s", mode.label)
+		fmt.Fprintf(stdout, " %38s", mode.label)
 	}
 	fmt.Fprintln(stdout)
 	line := func(label string, cell func(mode qemuSnapMode) string) {
 		fmt.Fprintf(stdout, "  %-48s", label)
 		for _, mode := range qemuSnapModes {
 			if _, ok := res.p50(mode.rows + ".save"); !ok {
-				fmt.Fprintf(stdout, " %36s", "-")
+				fmt.Fprintf(stdout, " %38s", "-")
 				continue
 			}
-			fmt.Fprintf(stdout, " %36s", cell(mode))
+			fmt.Fprintf(stdout, " %38s", cell(mode))
 		}
 		fmt.Fprintln(stdout)
 	}
