@@ -44,9 +44,11 @@ type consoleBoot struct {
 // gokvm's machine has none of (gokvm's own default command line has
 // it). Without it, Linux 6.1 takes gokvm's MP table (CPUs, no interrupt
 // sources) for symmetric I/O mode, keeps the local APIC's LINT0 masked, and
-// never sees a timer interrupt: the first lab run's boots with Sailbox's
-// command line alone printed nothing after the MP table warning in 2
-// minutes.
+// never sees a timer interrupt (so its source reads): in the lab, no boot
+// with Sailbox's command line alone got to init (two quiet ones in 2
+// minutes each, gokvmProbe's with the full log stopped right after the
+// TSC calibration failed, where the delay loop's calibration waits for
+// timer ticks).
 const gokvmNoAPIC = " noapic"
 
 // kernelRunsInit is what the kernel prints (at KERN_INFO: the full kernel
@@ -64,9 +66,10 @@ var consoleBoots = []consoleBoot{
 		sailbox: "loglevel=7", gokvm: vmm.BaseCmdline + " loglevel=7" + gokvmNoAPIC},
 }
 
-// gokvmProbe is booted once under gokvm: kinit's boot with Sailbox's
-// command line alone, without noapic, to show whether gokvm still needs it
-// (and where the kernel stops if it does).
+// gokvmProbe is booted once a run under gokvm: kinit's boot with
+// Sailbox's command line alone, without noapic, to show whether gokvm
+// still needs it (and where the kernel stops if it does). It costs up to
+// -gokvm-timeout.
 var gokvmProbe = consoleBoot{rows: "probe", marker: kernelRunsInit, sailbox: "loglevel=7", gokvm: vmm.BaseCmdline + " loglevel=7"}
 
 // gokvmVCPUExited is what gokvm prints when a vCPU's loop ended (an

@@ -28,7 +28,8 @@ type Results struct {
 	// lab run, the one the lab ran on.
 	Machine Machine  `json:"machine"`
 	Host    *Machine `json:"host,omitempty"`
-	// Peers are the versions of what Sailbox is compared with ("qemu").
+	// Peers are the versions of what Sailbox is compared with ("qemu",
+	// "gokvm": the module version its binary records).
 	Peers map[string]string `json:"peers"`
 	// Guest is what the guests booted: kernel, initramfs and image paths.
 	Guest   map[string]string `json:"guest"`
