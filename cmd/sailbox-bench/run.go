@@ -244,7 +244,9 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		fmt.Fprintf(stdout, "%-34s %12s %12s %12s\n", name, cell(sailbox), cell(qemu), cell(gokvm))
 	}
 	for _, b := range consoleBoots {
-		row("boot to "+b.rows+" (console line)", b.rows+".sailbox", "", b.rows+".gokvm")
+		if o.gokvm != "" {
+			row("boot to "+b.rows+" (console line)", b.rows+".sailbox", "", b.rows+".gokvm")
+		}
 	}
 	row("boot to agent ready", "boot.sailbox", "boot.qemu", "")
 	row("exec round trip (true)", "exec.sailbox", "exec.qemu", "")
