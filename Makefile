@@ -61,8 +61,8 @@ bench: deps
 	export SAILBOX_GUEST_INITRAMFS=$$(guestagent/initramfs.sh)
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	go build -o bin/ ./cmd/sailbox-bench ./cmd/sailbox-net
-	gokvm=$$(build/gokvm.sh) || { echo "bench: gokvm could not be built; its rows are skipped" >&2; gokvm=; }
 	status=0
+	gokvm=$$(build/gokvm.sh) || { echo "bench: gokvm could not be built; its rows are skipped" >&2; gokvm=; }
 	go run ./cmd/kvmlab run -timeout 120m -- bin/sailbox-bench -image "$$SAILBOX_DEFAULT_IMAGE" -gokvm "$$gokvm" -commit "$$(git describe --always --dirty)" $(BENCHFLAGS) | tee "$(BENCH_OUTPUT)" || status=$$?
 	bin/sailbox-bench report -in "$(BENCH_OUTPUT)" -out bench || { [ "$$status" != 0 ] || status=1; }
 	exit "$$status"
