@@ -19,10 +19,16 @@ version=${SAILBOX_GOKVM:-v0.0.8-0.20231003020000-f53faca69d28}
 
 gover=$(go env GOVERSION)
 out=$cache/gokvm/$version-$gover
-if [ -x "$out/gokvm" ]; then
-  echo "$out/gokvm"
-  exit 0
-fi
+lookup() {
+  if [ -x "$out/gokvm" ]; then
+    echo "$out/gokvm"
+    exit 0
+  fi
+}
+lookup
+. "$(dirname "$0")/cachelock.sh"
+cache_lock "$cache/gokvm" gokvm
+lookup
 echo "gokvm: building github.com/bobuhiro11/gokvm@$version with $gover (go install, from the module proxy)" >&2
 rm -rf "$out.tmp" && mkdir -p "$out.tmp"
 # Outside any module, so that this checkout's go.mod plays no part.
