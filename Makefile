@@ -48,8 +48,9 @@ test: deps
 	export SAILBOX_VMM=$$PWD/bin/sailbox-vmm SAILBOX_NET=$$PWD/bin/sailbox-net
 	go run ./cmd/kvmlab test ./...
 
-# Benchmarks on real KVM (in the lab here): Sailbox vs QEMU, same kernel and
-# initramfs, same run, then boxes on the Debian image (image/build.sh).
+# Benchmarks on real KVM (in the lab here): Sailbox vs QEMU and gokvm
+# (build/gokvm.sh, from the Go module proxy), same kernel and initramfs,
+# same run, then boxes on the Debian image (image/build.sh).
 # Reports medians and ratios; never pass/fail on time. The run hands its
 # results back in its output (the lab's files are read-only to it), which
 # `sailbox-bench report` turns into bench/results-<time>.{json,md} and
@@ -61,7 +62,8 @@ bench: deps
 	export SAILBOX_DEFAULT_IMAGE=$$(image/build.sh)
 	go build -o bin/ ./cmd/sailbox-bench ./cmd/sailbox-net ./cmd/sailbox-vmm
 	status=0
-	go run ./cmd/kvmlab run -timeout 120m -- bin/sailbox-bench -image "$$SAILBOX_DEFAULT_IMAGE" -commit "$$(git describe --always --dirty)" $(BENCHFLAGS) | tee "$(BENCH_OUTPUT)" || status=$$?
+	gokvm=$$(build/gokvm.sh) || { echo "bench: gokvm could not be built; its rows are skipped" >&2; gokvm=; }
+	go run ./cmd/kvmlab run -timeout 120m -- bin/sailbox-bench -image "$$SAILBOX_DEFAULT_IMAGE" -gokvm "$$gokvm" -commit "$$(git describe --always --dirty)" $(BENCHFLAGS) | tee "$(BENCH_OUTPUT)" || status=$$?
 	bin/sailbox-bench report -in "$(BENCH_OUTPUT)" -out bench || { [ "$$status" != 0 ] || status=1; }
 	exit "$$status"
 

@@ -23,10 +23,16 @@ version=${SAILBOX_LAB_KERNEL:-6.12.95+deb12}
 pkg=linux-image-$version-amd64
 
 dir=$cache/lab/$pkg
-if [ -f "$dir/.unpacked" ]; then
-  echo "$dir"
-  exit 0
-fi
+lookup() {
+  if [ -f "$dir/.unpacked" ]; then
+    echo "$dir"
+    exit 0
+  fi
+}
+lookup
+. "$(dirname "$0")/cachelock.sh"
+cache_lock "$cache/lab" lab-kernel
+lookup
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

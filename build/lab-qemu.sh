@@ -21,10 +21,16 @@ version=${SAILBOX_LAB_QEMU:-1:10.0.2+ds-2+deb13u1~bpo12+1}
 
 stamp() { echo "$cache/lab/qemu-${1//[:~]/_}"; }
 dir=$(stamp "$version")
-if [ -f "$dir/.unpacked" ]; then
-  echo "$dir"
-  exit 0
-fi
+lookup() {
+  if [ -f "$dir/.unpacked" ]; then
+    echo "$dir"
+    exit 0
+  fi
+}
+lookup
+. "$(dirname "$0")/cachelock.sh"
+cache_lock "$cache/lab" lab-qemu
+lookup
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -38,10 +44,7 @@ if ! debian_versions qemu-system-x86 | grep -qxF "$version"; then
   echo "lab-qemu: WARNING: $suite no longer offers QEMU $version; taking $offered (set SAILBOX_LAB_QEMU to choose)" >&2
   version=$offered
   dir=$(stamp "$version")
-  if [ -f "$dir/.unpacked" ]; then
-    echo "$dir"
-    exit 0
-  fi
+  lookup
 fi
 # qemu-system-data must match QEMU's version; SeaBIOS is the newest offered.
 debian_deb qemu-system-x86 "$version" "$tmp/qemu.deb"

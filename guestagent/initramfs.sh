@@ -50,10 +50,16 @@ else
   } | sha256sum | cut -c1-16)
   out=$cache/initramfs/$key
 fi
-if [ -f "$out/initramfs.cpio" ]; then
-  echo "$out/initramfs.cpio"
-  exit 0
-fi
+lookup() {
+  if [ -f "$out/initramfs.cpio" ]; then
+    echo "$out/initramfs.cpio"
+    exit 0
+  fi
+}
+lookup
+. "$(dirname "$0")/../build/cachelock.sh"
+cache_lock "$cache/initramfs" initramfs
+lookup
 
 if [ -n "$rev" ]; then
   src=$(mktemp -d "${TMPDIR:-/tmp}/sailbox-initramfs.XXXXXX")

@@ -29,10 +29,16 @@ key=$( {
   gcc --version | head -1
 } | sha256sum | cut -c1-16)
 out=$cache/kernel/$key
-if [ -f "$out/bzImage" ]; then
-  echo "$out/bzImage"
-  exit 0
-fi
+lookup() {
+  if [ -f "$out/bzImage" ]; then
+    echo "$out/bzImage"
+    exit 0
+  fi
+}
+lookup
+. "$here/../build/cachelock.sh"
+cache_lock "$cache/kernel" kernel
+lookup
 
 # The unpacked tree is shared by every key with the same source version; the
 # object tree is reused between keys so that a fragment change rebuilds

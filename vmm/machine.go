@@ -83,10 +83,11 @@ func (e Exit) String() string {
 	return [...]string{"stopped", "reset", "shutdown", "poweroff"}[e]
 }
 
-// baseCmdline is what every guest gets: console on COM1, reboot through the
+// BaseCmdline is what every guest gets: console on COM1, reboot through the
 // keyboard controller, no PCI probing, the TSC trusted (kvm-clock provides
-// its frequency), and no legacy timer check.
-const baseCmdline = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check"
+// its frequency), and no legacy timer check. The benchmark gives a peer
+// VMM's boot of the same kernel the same arguments.
+const BaseCmdline = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable no_timer_check"
 
 // ErrConfig wraps configuration errors (bad files, sizes, counts).
 var ErrConfig = errors.New("invalid machine configuration")
@@ -178,7 +179,7 @@ func New(sys *kvm.System, cfg Config) (*Machine, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmdline := append([]string{baseCmdline}, devArgs...)
+	cmdline := append([]string{BaseCmdline}, devArgs...)
 	if cfg.Cmdline != "" {
 		cmdline = append(cmdline, cfg.Cmdline)
 	}

@@ -27,7 +27,7 @@ type plotSpec struct {
 var plots = []plotSpec{
 	{name: "pause", title: "checkpoint pause against MiB dirtied since the last", paired: []string{"checkpoint.pause"}},
 	{name: "latency", title: "restore and fork to first exec, without and with a working set mapped ahead", boxes: []string{
-		"restore.cold", "restore.ws", "fork.cold", "fork.ws",
+		"restore.cold", "restore.ws", "fork.cold", "fork.ws", "fork.family",
 		"density.fork", "image.create.cold", "image.create.ws", "image.pyfork.cold", "image.pyfork.ws",
 	}},
 	{name: "fork-memory", title: "host memory against forks running", paired: []string{"density.host.curve", "density.pss.curve", "forks.private"}},

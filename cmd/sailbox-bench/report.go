@@ -119,13 +119,14 @@ func markdown(res *Results, base string, drawn map[string]bool) string {
 		if len(row.Samples) == 0 {
 			continue
 		}
-		var ratios []string
-		for _, q := range res.Ratios {
-			if q.Num == row.ID {
-				ratios = append(ratios, fmt.Sprintf("%.3f ÷ %s", q.Value, strings.Join(q.Den, " + ")))
-			}
-		}
 		for _, part := range tableParts(row) {
+			var ratios []string
+			for _, q := range res.Ratios {
+				// A ratio of the samples at one X goes on that X's line.
+				if q.Num == row.ID && (q.NumX == nil || part.x != nil && *part.x == *q.NumX) {
+					ratios = append(ratios, fmt.Sprintf("%.3f ÷ %s", q.Value, strings.Join(q.Den, " + ")))
+				}
+			}
 			fmt.Fprintf(&b, "| %s `%s` | %d | %s | %s | %s | %s | %s |\n", part.label, row.ID, len(part.samples),
 				number(percentile(part.samples, 0.5)), number(percentile(part.samples, 0.9)), number(percentile(part.samples, 0.99)),
 				row.Unit, strings.Join(ratios, "; "))
@@ -164,6 +165,7 @@ func markdown(res *Results, base string, drawn map[string]bool) string {
 // tablePart is some of a row's samples, as one line of the table.
 type tablePart struct {
 	label   string
+	x       *float64 // the X they were measured at, for a row split by X
 	samples []float64
 }
 
@@ -174,9 +176,9 @@ func tableParts(row Row) []tablePart {
 	n := len(row.Samples)
 	switch {
 	case len(row.X) != n || n == 0:
-		return []tablePart{{row.Label, row.Samples}}
+		return []tablePart{{label: row.Label, samples: row.Samples}}
 	case row.Curve:
-		return []tablePart{{fmt.Sprintf("%s, at %g %s", row.Label, row.X[n-1], row.XUnit), row.Samples[n-1:]}}
+		return []tablePart{{label: fmt.Sprintf("%s, at %g %s", row.Label, row.X[n-1], row.XUnit), samples: row.Samples[n-1:]}}
 	}
 	var xs []float64
 	by := map[float64][]float64{}
@@ -188,7 +190,7 @@ func tableParts(row Row) []tablePart {
 	}
 	parts := make([]tablePart, len(xs))
 	for i, x := range xs {
-		parts[i] = tablePart{fmt.Sprintf("%s, at %g %s", row.Label, x, row.XUnit), by[x]}
+		parts[i] = tablePart{fmt.Sprintf("%s, at %g %s", row.Label, x, row.XUnit), &xs[i], by[x]}
 	}
 	return parts
 }

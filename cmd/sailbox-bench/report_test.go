@@ -252,3 +252,36 @@ func TestHandbackTakesTheLastComplete(t *testing.T) {
 		t.Errorf("after a cut final hand-back: %v, %v; want the interim results", got, err)
 	}
 }
+
+func TestRatioAtTakesTheSamplesAtOneX(t *testing.T) {
+	res := sampleResults()
+	res.durations("qemu.shared.save", "snapshots", "qemu save", 20*time.Millisecond, 25*time.Millisecond, 15*time.Millisecond)
+	// At 0 MiB the pauses are 10 ms (and 14, 26 ms at 16, 64 MiB): 10/20.
+	if v := res.ratioAt("checkpoint.pause@0MiB/qemu.shared.save", "idle pause / qemu save", "checkpoint.pause", 0, "qemu.shared.save"); v != 0.5 {
+		t.Errorf("ratio at 0 MiB = %v, want 0.5", v)
+	}
+	if v := res.ratioAt("z", "z", "checkpoint.pause", 8, "qemu.shared.save"); v != 0 {
+		t.Errorf("ratio at an X never measured = %v, want 0", v)
+	}
+	if v := res.ratioAt("z", "z", "fork.cold", 0, "qemu.shared.save"); v != 0 {
+		t.Errorf("ratio at an X of a row without X = %v, want 0", v)
+	}
+	var out bytes.Buffer
+	if err := handBack(&out, res); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := readHandback(&out); err != nil || !reflect.DeepEqual(got, res) {
+		t.Errorf("round trip of a ratio at one X: %v, changed: %v", err, !reflect.DeepEqual(got, res))
+	}
+	md := markdown(res, "results-x", nil)
+	for _, s := range []string{
+		// On the line of its X alone; one at an X no line has, nowhere.
+		"| checkpoint pause, at 0 MiB `checkpoint.pause` | 2 | 10.0 | 10.0 | 10.0 | ms | 0.500 ÷ qemu.shared.save |",
+		"| checkpoint pause, at 16 MiB `checkpoint.pause` | 2 | 14.0 | 14.0 | 14.0 | ms |  |",
+		"| fork `fork.cold` | 2 | 320 | 320 | 320 | ms |  |",
+	} {
+		if !strings.Contains(md, s) {
+			t.Errorf("the Markdown lacks %q:\n%s", s, md)
+		}
+	}
+}

@@ -28,7 +28,8 @@ type Results struct {
 	// lab run, the one the lab ran on.
 	Machine Machine  `json:"machine"`
 	Host    *Machine `json:"host,omitempty"`
-	// Peers are the versions of what Sailbox is compared with ("qemu").
+	// Peers are the versions of what Sailbox is compared with ("qemu",
+	// "gokvm": the module version its binary records).
 	Peers map[string]string `json:"peers"`
 	// Guest is what the guests booted: kernel, initramfs and image paths.
 	Guest   map[string]string `json:"guest"`
@@ -64,11 +65,14 @@ type Row struct {
 }
 
 // Ratio is a row's p50 over the sum of other rows' p50s, in the same run:
-// a peer's (QEMU's) or a cold boot's.
+// a peer's (QEMU's, gokvm's) or a cold boot's.
 type Ratio struct {
-	ID    string   `json:"id"`
-	Label string   `json:"label"`
-	Num   string   `json:"num"` // a row ID
+	ID    string `json:"id"`
+	Label string `json:"label"`
+	Num   string `json:"num"` // a row ID
+	// NumX, if set, narrows Num to its samples measured at this X (the
+	// checkpoints at 0 MiB dirtied).
+	NumX  *float64 `json:"num_x,omitempty"`
 	Den   []string `json:"den"` // row IDs, summed
 	Value float64  `json:"value"`
 }
@@ -146,10 +150,23 @@ func (r *Results) note(format string, a ...any) {
 // ratio records and returns row num's p50 over the sum of den's p50s; 0
 // (recorded as such) if a row is missing or empty.
 func (r *Results) ratio(id, label, num string, den ...string) float64 {
+	n, ok := r.p50(num)
+	return r.addRatio(Ratio{ID: id, Label: label, Num: num, Den: den}, n, ok)
+}
+
+// ratioAt is ratio with num's samples measured at x alone.
+func (r *Results) ratioAt(id, label, num string, x float64, den ...string) float64 {
+	n, ok := r.p50At(num, x)
+	return r.addRatio(Ratio{ID: id, Label: label, Num: num, NumX: &x, Den: den}, n, ok)
+}
+
+// addRatio records q with the value n (if ok) over the sum of its den's
+// p50s.
+func (r *Results) addRatio(q Ratio, n float64, ok bool) float64 {
 	v := 0.0
-	if n, ok := r.p50(num); ok {
+	if ok {
 		d := 0.0
-		for _, id := range den {
+		for _, id := range q.Den {
 			p, ok := r.p50(id)
 			if !ok {
 				d = 0
@@ -161,7 +178,8 @@ func (r *Results) ratio(id, label, num string, den ...string) float64 {
 			v = n / d
 		}
 	}
-	r.Ratios = append(r.Ratios, Ratio{ID: id, Label: label, Num: num, Den: den, Value: v})
+	q.Value = v
+	r.Ratios = append(r.Ratios, q)
 	return v
 }
 
@@ -171,6 +189,25 @@ func (r *Results) p50(id string) (float64, bool) {
 		return percentile(row.Samples, 0.5), true
 	}
 	return 0, false
+}
+
+// p50At is the p50 of row id's samples measured at x, false if it has
+// none.
+func (r *Results) p50At(id string, x float64) (float64, bool) {
+	row, ok := r.rowByID(id)
+	if !ok || len(row.X) != len(row.Samples) {
+		return 0, false
+	}
+	var at []float64
+	for i, v := range row.Samples {
+		if row.X[i] == x {
+			at = append(at, v)
+		}
+	}
+	if len(at) == 0 {
+		return 0, false
+	}
+	return percentile(at, 0.5), true
 }
 
 // rowByID returns row id if it has samples.

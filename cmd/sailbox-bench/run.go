@@ -29,6 +29,8 @@ type options struct {
 	runs, execs    int
 	memMiB         int
 	qemu           string
+	gokvm          string // gokvm's binary; empty: no gokvm rows
+	gokvmTimeout   time.Duration
 	timeout        time.Duration
 	snapshots      bool
 	rows           map[string]bool // the row groups to measure (-rows)
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.IntVar(&o.execs, "execs", 20, "exec round trips per boot")
 	fs.IntVar(&o.memMiB, "mem", 256, "guest memory in MiB")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
+	fs.StringVar(&o.gokvm, "gokvm", "", "gokvm `binary` (build/gokvm.sh builds it; make bench passes it) for a comparison of boots to a console line (empty: skip, with a note)")
+	fs.DurationVar(&o.gokvmTimeout, "gokvm-timeout", time.Minute, "a gokvm boot that has not printed its console line after this long failed (it is left out, not taken again)")
 	fs.DurationVar(&o.timeout, "timeout", 2*time.Minute, "a boot whose agent has not answered after this long is broken: its sample is taken again, up to 3 attempts")
 	fs.BoolVar(&o.snapshots, "snapshots", true, "also measure checkpoints, restores and forks")
 	fs.StringVar(&o.image, "image", os.Getenv("SAILBOX_DEFAULT_IMAGE"), "root file system `image` (ext4) for the image rows: boot, create from a template, fork with python3 warm (default $SAILBOX_DEFAULT_IMAGE, which make bench sets to image/build.sh's Debian image); empty: skip them")
@@ -138,6 +142,9 @@ func newResults(ctx context.Context, fs *flag.FlagSet, o options, quick bool, co
 	if o.qemu != "" {
 		res.Peers["qemu"] = firstLine(ctx, o.qemu, "--version")
 	}
+	if o.gokvm != "" {
+		res.Peers["gokvm"] = gokvmVersion(o.gokvm)
+	}
 	return res
 }
 
@@ -201,51 +208,71 @@ func besideMe(name string) string {
 	return filepath.Join(filepath.Dir(self), name)
 }
 
-// benchBoot measures boots and execs of Sailbox against QEMU, then the
-// snapshots rows against those boots.
+// benchBoot measures boots and execs of Sailbox against QEMU, and boots
+// to console lines against gokvm (gokvm.go), then the snapshots rows
+// against those boots.
 func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
+	if o.gokvm == "" {
+		res.note("gokvm rows skipped: no -gokvm (build/gokvm.sh builds it; make bench passes it)")
+	}
+	gokvm := newGokvmRuns()
 	for i := 0; i < o.runs; i++ {
-		var boot time.Duration
-		var execs []time.Duration
+		var sb sailboxBoot
 		err := res.retryBoot(stderr, fmt.Sprintf("sailbox run %d", i), func() (err error) {
-			boot, execs, err = benchSailbox(ctx, sys, o)
+			sb, err = benchSailbox(ctx, sys, o)
 			return err
 		})
 		if err != nil {
 			return fmt.Errorf("sailbox run %d: %w", i, err)
 		}
-		fmt.Fprintf(stderr, "sailbox run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
-		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", boot)
-		res.durations("exec.sailbox", "boot", "exec round trip (true), sailbox", execs...)
+		fmt.Fprintf(stderr, "sailbox run %d: init on the console after %v, agent ready in %v, exec p50 %v\n", i, sb.init.Round(time.Millisecond), sb.boot.Round(time.Millisecond), median(sb.execs))
+		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", sb.boot)
+		res.durations("exec.sailbox", "boot", "exec round trip (true), sailbox", sb.execs...)
 		if o.qemu != "" {
 			boot, execs, err := benchQEMU(ctx, o, uint32(100+i))
 			if err != nil {
 				fmt.Fprintf(stderr, "qemu    run %d: failed, left out: %v\n", i, err)
 				res.note("qemu run %d failed, left out: %v", i, err)
-				continue
+			} else {
+				fmt.Fprintf(stderr, "qemu    run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
+				res.durations("boot.qemu", "boot", "boot to agent ready, qemu", boot)
+				res.durations("exec.qemu", "boot", "exec round trip (true), qemu", execs...)
 			}
-			fmt.Fprintf(stderr, "qemu    run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
-			res.durations("boot.qemu", "boot", "boot to agent ready, qemu", boot)
-			res.durations("exec.qemu", "boot", "exec round trip (true), qemu", execs...)
+		}
+		if o.gokvm != "" {
+			if err := gokvm.round(ctx, sys, o, res, stderr, i, sb); err != nil {
+				return err
+			}
 		}
 	}
 
-	fmt.Fprintf(stdout, "\n%-34s %12s %12s\n", "median over runs", "sailbox", "qemu")
-	row := func(name, sailbox, qemu string) {
-		qs := "-"
-		if q, ok := res.p50(qemu); ok {
-			qs = fromMS(q).Round(10 * time.Microsecond).String()
+	fmt.Fprintf(stdout, "\n%-34s %12s %12s %12s\n", "median over runs", "sailbox", "qemu", "gokvm")
+	cell := func(id string) string {
+		if v, ok := res.p50(id); ok {
+			return fromMS(v).Round(10 * time.Microsecond).String()
 		}
-		s, _ := res.p50(sailbox)
-		fmt.Fprintf(stdout, "%-34s %12v %12s\n", name, fromMS(s).Round(10*time.Microsecond), qs)
+		return "-"
 	}
-	row("boot to agent ready", "boot.sailbox", "boot.qemu")
-	row("exec round trip (true)", "exec.sailbox", "exec.qemu")
+	row := func(name, sailbox, qemu, gokvm string) {
+		fmt.Fprintf(stdout, "%-34s %12s %12s %12s\n", name, cell(sailbox), cell(qemu), cell(gokvm))
+	}
+	for _, b := range consoleBoots {
+		if o.gokvm != "" {
+			row("boot to "+b.rows+" (console line)", b.rows+".sailbox", "", b.rows+".gokvm")
+		}
+	}
+	row("boot to agent ready", "boot.sailbox", "boot.qemu", "")
+	row("exec round trip (true)", "exec.sailbox", "exec.qemu", "")
 	fmt.Fprintf(stdout, "\nratios (same run):\n")
 	fmt.Fprintf(stdout, "  sailbox exec RTT / sailbox boot        %.4f\n", res.ratio("exec.sailbox/boot.sailbox", "sailbox exec RTT / sailbox boot", "exec.sailbox", "boot.sailbox"))
 	if _, ok := res.p50("boot.qemu"); ok {
 		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", res.ratio("boot.sailbox/boot.qemu", "sailbox boot / qemu boot", "boot.sailbox", "boot.qemu"))
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", res.ratio("exec.sailbox/exec.qemu", "sailbox exec RTT / qemu exec RTT", "exec.sailbox", "exec.qemu"))
+	}
+	for _, b := range consoleBoots {
+		if _, ok := res.p50(b.rows + ".gokvm"); ok {
+			fmt.Fprintf(stdout, "  sailbox boot to %-5s / gokvm's         %.3f\n", b.rows, res.ratio(b.rows+".sailbox/"+b.rows+".gokvm", "sailbox "+b.label+" / gokvm's", b.rows+".sailbox", b.rows+".gokvm"))
+		}
 	}
 	if o.rows["snapshots"] {
 		return benchSnapshots(ctx, sys, o, res, stdout, stderr)
@@ -253,39 +280,48 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 	return nil
 }
 
+// sailboxBoot is one boot of benchSailbox.
+type sailboxBoot struct {
+	init  time.Duration // to initMarker on the console; 0 if it never came
+	boot  time.Duration // to the agent's first health answer
+	execs []time.Duration
+}
+
 // benchSailbox boots one VM, waits for its agent and times exec round trips.
-func benchSailbox(ctx context.Context, sys *kvm.System, o options) (time.Duration, []time.Duration, error) {
+func benchSailbox(ctx context.Context, sys *kvm.System, o options) (sailboxBoot, error) {
+	var sb sailboxBoot
 	dir, err := os.MkdirTemp("", "sailbox-bench")
 	if err != nil {
-		return 0, nil, err
+		return sb, err
 	}
 	defer os.RemoveAll(dir)
 	uds := filepath.Join(dir, "vsock")
+	console := newConsoleWatch(initMarker)
 	start := time.Now()
 	m, err := vmm.New(sys, vmm.Config{
 		KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
-		Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
+		Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds}, Serial: console,
 	})
 	if err != nil {
-		return 0, nil, err
+		return sb, err
 	}
 	defer m.Close()
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { m.Stop(); <-done }()
 	c := guestagent.NewHybridClient(uds)
-	return measure(ctx, c, start, o, done)
+	sb.boot, sb.execs, err = measure(ctx, c, start, o, done)
+	if at, ok := console.seenAt(); ok {
+		sb.init = at.Sub(start)
+	}
+	return sb, err
 }
 
 // benchQEMU boots the same kernel and initramfs under QEMU/KVM with a
 // vhost-vsock device and measures the same things through AF_VSOCK.
 func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []time.Duration, error) {
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, o.qemu,
-		"-M", "microvm,acpi=off", "-enable-kvm", "-cpu", "host", "-m", fmt.Sprint(o.memMiB), "-smp", "1",
-		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "null", "-no-reboot",
-		"-kernel", o.kernel, "-initrd", o.initrd, "-append", "console=ttyS0 quiet panic=-1",
-		"-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", cid))
+	cmd := exec.CommandContext(ctx, o.qemu, qemuArgs(o, cid, "", "")...)
 	var qerr bytes.Buffer
 	cmd.Stderr = &qerr
 	if err := cmd.Start(); err != nil {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/guestagent"
@@ -226,6 +227,10 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 			c.healthy.Round(time.Millisecond), c.exec.Round(time.Millisecond), u.Resident/memory.PageSize, u.Private>>10)
 	}
 
+	if err := benchFamilyFork(ctx, sys, root, dir, "full", o, res, stderr); err != nil {
+		return err
+	}
+
 	p50 := func(id string) time.Duration { v, _ := res.p50(id); return fromMS(v).Round(time.Millisecond) }
 	coldBoot := p50("boot.sailbox")
 	fmt.Fprintf(stdout, "\n%-44s %12s %10s\n", "median (same run)", "time", "÷ boot")
@@ -235,6 +240,7 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 		{"restore.ws", "  again, restore 0's working set mapped ahead"},
 		{"fork.cold", "fork of a running box to first exec in child"},
 		{"fork.ws", "  the same, fork 0's working set mapped ahead"},
+		{"fork.family", "first fork of a new box of the family (ws)"},
 	} {
 		fmt.Fprintf(stdout, "%-44s %12v %10.4f\n", r.label, p50(r.id), res.ratio(r.id+"/boot.sailbox", r.label+" ÷ cold boot", r.id, "boot.sailbox"))
 	}
@@ -245,26 +251,80 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 	if o.qemu == "" {
 		return nil
 	}
+	return benchQEMUSnapshots(ctx, o, res, stdout, stderr)
+}
+
+// benchQEMUSnapshots measures QEMU's own snapshots of the same guest, in
+// each of qemuSnapModes, interleaved, and reports Sailbox's checkpoints,
+// restores and forks against each.
+func benchQEMUSnapshots(ctx context.Context, o options, res *Results, stdout, stderr io.Writer) error {
 	for i := range o.runs {
-		q, err := benchQEMUSnapshot(ctx, o, uint32(200+i))
-		if err != nil {
-			fmt.Fprintf(stderr, "qemu snapshot run %d: failed, left out: %v\n", i, err)
-			res.note("qemu snapshot run %d failed, left out: %v", i, err)
-			continue
+		for m, mode := range qemuSnapModes {
+			q, err := benchQEMUSnapshot(ctx, o, uint32(200+100*m+i), mode)
+			if err != nil {
+				fmt.Fprintf(stderr, "qemu snapshot (%s) run %d: failed, left out: %v\n", mode.label, i, err)
+				res.note("qemu snapshot (%s) run %d failed, left out: %v", mode.label, i, err)
+				continue
+			}
+			fmt.Fprintf(stderr, "qemu snapshot (%s) run %d: save %v (%d KiB file), restore to first exec %v\n", mode.label, i, q.save.Round(time.Millisecond), q.fileBytes>>10, q.restore.Round(time.Millisecond))
+			res.durations(mode.rows+".save", "snapshots", "qemu's own snapshot ("+mode.label+"): save (stop + migrate to a file)", q.save)
+			res.durations(mode.rows+".restore", "snapshots", "qemu's own snapshot ("+mode.label+"): restore to first exec (-incoming + cont)", q.restore)
+			res.values(mode.rows+".file", "snapshots", "qemu's own snapshot ("+mode.label+"): migration file size", "MiB", float64(q.fileBytes)/(1<<20))
 		}
-		fmt.Fprintf(stderr, "qemu snapshot run %d: save %v (%d MiB file), restore to first exec %v\n", i, q.save.Round(time.Millisecond), q.fileBytes>>20, q.restore.Round(time.Millisecond))
-		res.durations("qemu.save", "snapshots", "qemu's own snapshot: save (stop + migrate to a file)", q.save)
-		res.durations("qemu.restore", "snapshots", "qemu's own snapshot: restore to first exec (-incoming + cont)", q.restore)
-		res.values("qemu.file", "snapshots", "qemu's own snapshot: file size", "MiB", float64(q.fileBytes)/(1<<20))
 	}
-	if _, ok := res.p50("qemu.save"); !ok {
-		return nil
+
+	fmt.Fprintf(stdout, "\nqemu's own snapshots of the same guest (stop + migrate to a file; -incoming + cont), same run:\n")
+	fmt.Fprintf(stdout, "%-50s", "")
+	for _, mode := range qemuSnapModes {
+		fmt.Fprintf(stdout, " %38s", mode.label)
 	}
-	file, _ := res.p50("qemu.file")
-	fmt.Fprintf(stdout, "\nqemu's own snapshot of the same guest (stop + migrate to a file; -incoming + cont), same run:\n")
-	fmt.Fprintf(stdout, "  save                                     %12v   (%.0f MiB file)\n", p50("qemu.save"), file)
-	fmt.Fprintf(stdout, "  restore to first exec                    %12v\n", p50("qemu.restore"))
-	fmt.Fprintf(stdout, "  sailbox restore / qemu restore           %12.4f\n", res.ratio("restore.cold/qemu.restore", "sailbox restore / qemu restore", "restore.cold", "qemu.restore"))
-	fmt.Fprintf(stdout, "  sailbox fork / qemu save+restore         %12.4f\n", res.ratio("fork.cold/qemu.save+restore", "sailbox fork / qemu save+restore", "fork.cold", "qemu.save", "qemu.restore"))
+	fmt.Fprintln(stdout)
+	line := func(label string, cell func(mode qemuSnapMode) string) {
+		fmt.Fprintf(stdout, "  %-48s", label)
+		for _, mode := range qemuSnapModes {
+			if _, ok := res.p50(mode.rows + ".save"); !ok {
+				fmt.Fprintf(stdout, " %38s", "-")
+				continue
+			}
+			fmt.Fprintf(stdout, " %38s", cell(mode))
+		}
+		fmt.Fprintln(stdout)
+	}
+	p50 := func(id string) string { v, _ := res.p50(id); return fromMS(v).Round(time.Millisecond).String() }
+	line("save", func(m qemuSnapMode) string { return p50(m.rows + ".save") })
+	line("migration file", func(m qemuSnapMode) string { v, _ := res.p50(m.rows + ".file"); return fmt.Sprintf("%.2f MiB", v) })
+	line("restore to first exec", func(m qemuSnapMode) string { return p50(m.rows + ".restore") })
+	// Sailbox's rows against each mode. The row IDs of the first mode's
+	// ratios predate the second.
+	for _, r := range []struct {
+		num, label, what string
+		at               *float64 // the checkpoints at this many MiB dirtied
+		den              []string // qemu row suffixes, summed
+	}{
+		{"checkpoint.full.pause", "sailbox first (full) checkpoint's pause ÷ qemu save", "pause ÷ save, full checkpoint", nil, []string{".save"}},
+		{"checkpoint.pause", "sailbox checkpoint pause, 0 MiB dirtied since the last ÷ qemu save", "pause ÷ save, 0 MiB dirtied", ptr(0.0), []string{".save"}},
+		{"restore.cold", "sailbox restore ÷ qemu restore", "restore ÷ restore", nil, []string{".restore"}},
+		{"restore.ws", "sailbox restore, working set mapped ahead ÷ qemu restore", "restore, working set ahead ÷ restore", nil, []string{".restore"}},
+		{"fork.cold", "sailbox fork ÷ qemu save+restore", "fork ÷ save + restore", nil, []string{".save", ".restore"}},
+	} {
+		// Each cell records its ratio as it prints it.
+		line("sailbox "+r.what, func(m qemuSnapMode) string {
+			den := make([]string, len(r.den))
+			for i, d := range r.den {
+				den[i] = m.rows + d
+			}
+			id, label := r.num+"/"+strings.Join(den, "+"), fmt.Sprintf("%s (%s)", r.label, m.label)
+			if id == "fork.cold/qemu.save+qemu.restore" {
+				id = "fork.cold/qemu.save+restore" // its ID before the second mode
+			}
+			if r.at != nil {
+				id = fmt.Sprintf("%s@%gMiB/%s", r.num, *r.at, strings.Join(den, "+"))
+				return fmt.Sprintf("%.4f", res.ratioAt(id, label, r.num, *r.at, den...))
+			}
+			return fmt.Sprintf("%.4f", res.ratio(id, label, r.num, den...))
+		})
+	}
 	return nil
 }
+
+func ptr[T any](v T) *T { return &v }

@@ -315,9 +315,13 @@ func (h *host) checkWhole(ctx context.Context, checkpoint bool) {
 // answering: a RIP in the lab's kernel is the lab's emulated SVM at fault
 // (the runner looks for the sign), anything else a bug to chase.
 func (h *host) describeVCPUs(ctx context.Context, id string) {
-	ctl := vmmapi.NewClient(filepath.Join(h.stateDir, "run", id, "api.sock"))
-	d, err := ctl.DescribeVCPUs(ctx)
+	d, err := h.vcpus(ctx, id)
 	h.t.Logf("box %s's vCPUs (%v):\n%s", id, err, d)
+}
+
+// vcpus asks box id's VMM where its vCPUs are.
+func (h *host) vcpus(ctx context.Context, id string) (string, error) {
+	return vmmapi.NewClient(filepath.Join(h.stateDir, "run", id, "api.sock")).DescribeVCPUs(ctx)
 }
 
 // storeContents opens the host's checkpoint store: its completed

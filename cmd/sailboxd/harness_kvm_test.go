@@ -69,32 +69,38 @@ func newHost(t *testing.T, args ...string) *host {
 	h.image = filepath.Join(dir, "base.ext4")
 	kvmtest.Ext4Image(t, h.image, 32<<20)
 	t.Cleanup(func() {
-		if t.Failed() {
-			// Where each guest's vCPUs are tells a guest the lab's
-			// emulated SVM broke (a sign the runner knows) from a
-			// guest of ours that hangs.
-			socks, _ := filepath.Glob(filepath.Join(h.stateDir, "run", "*", "api.sock"))
-			for _, s := range socks {
-				if id := filepath.Base(filepath.Dir(s)); len(h.vmmPIDsOf(id)) > 0 {
-					ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-					h.describeVCPUs(ctx, id)
-					cancel()
-				}
-			}
-		}
-		if h.cmd != nil {
-			h.kill()
-		}
-		if n := h.killVMMs(); n > 0 {
-			t.Logf("killed %d VMMs left running", n)
-		}
-		if t.Failed() {
-			h.dumpLogs()
-		}
+		h.tearDown()
 		os.RemoveAll(dir)
 	})
 	h.start()
 	return h
+}
+
+// tearDown ends a host at cleanup: where each live guest's vCPUs are if
+// the test failed (a guest the lab's emulated SVM broke shows a sign the
+// runner knows; any other stuck guest is ours to chase), then the daemon
+// and every VMM it left are killed, and a failed test gets their logs.
+func (h *host) tearDown() {
+	t := h.t
+	if t.Failed() {
+		socks, _ := filepath.Glob(filepath.Join(h.stateDir, "run", "*", "api.sock"))
+		for _, s := range socks {
+			if id := filepath.Base(filepath.Dir(s)); len(h.vmmPIDsOf(id)) > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				h.describeVCPUs(ctx, id)
+				cancel()
+			}
+		}
+	}
+	if h.cmd != nil {
+		h.kill()
+	}
+	if n := h.killVMMs(); n > 0 {
+		t.Logf("killed %d VMMs left running", n)
+	}
+	if t.Failed() {
+		h.dumpLogs()
+	}
 }
 
 // start runs the daemon and waits for its socket.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,11 +27,12 @@ import (
 // Every cycle restores a guest, and in the lab now and then a restored
 // guest is broken by the lab's emulated SVM (see README): it
 // triple-faults, and the daemon restores it again, or its vCPU is stuck
-// at an address of the lab's kernel, and the wake fails. In the lab
-// only, a cycle whose guest broke so (the daemon logged the sign: see
-// labBroke) is counted, reported and tried once more when the box is up
-// or asleep again; any other failed exec, and any such sign on a host's
-// real KVM, fails the test.
+// at an address of the lab's kernel, and the wake or the exec fails. In
+// the lab only, a cycle whose guest broke so (the daemon logged the sign,
+// or the guest's vCPUs show it: see labBroke and labStuck) is counted,
+// reported and tried once more when the box is up or asleep again; any
+// other failed exec, and any such sign on a host's real KVM, fails the
+// test.
 //
 // $SAILBOX_LOAD_DURATION sets how long (default 1m, as `make test` runs
 // it; `make chaos` runs 15m); $SAILBOX_LOAD_BOXES how many boxes (default
@@ -79,7 +81,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	cycle := func(id string, round int) error {
 		argv := []string{"sh", "-c", checkBuffer + " && echo -n " + strconv.Itoa(round) + " > /tmp/round && cat /tmp/round"}
 		out, code, err := h.exec(id, argv...)
-		if err != nil && kvmtest.InLab() && h.labBroke(id, &seenFaults) {
+		if err != nil && kvmtest.InLab() && (h.labBroke(id, &seenFaults) || h.labStuck(ctx, id)) {
 			died.Add(1)
 			t.Logf("exec in %s (round %d): the lab broke its guest (%v); trying again once it is up or asleep", id, round, err)
 			h.waitSettled(ctx, id)
@@ -176,6 +178,26 @@ func (h *host) labBroke(id string, seen *sync.Map) bool {
 		}
 	}
 	return false
+}
+
+// labStuck reports whether box id's running guest stopped answering an
+// exec with a vCPU stuck at an address of the lab's kernel (the sign
+// "rip is the host's", as the daemon logs it for a wake; an exec on a
+// running box has no such log). The daemon cannot know the guest is
+// gone, so the test ends its VMM as a host failure would, and the daemon
+// restores the box from its last checkpoint.
+func (h *host) labStuck(ctx context.Context, id string) bool {
+	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	d, err := h.vcpus(dctx, id)
+	cancel()
+	if err != nil || !strings.Contains(d, "rip is the host's ") {
+		return false
+	}
+	h.t.Logf("box %s's vCPUs are stuck in the lab's kernel; ending its VMM so that the daemon restores it:\n%s", id, d)
+	for _, pid := range h.vmmPIDsOf(id) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return true
 }
 
 // labBrokeBoot reports whether a failed create shows the lab's sign: the

@@ -75,17 +75,7 @@ func TestKVMDaemonUnprivileged(t *testing.T) {
 	}
 	h.stateDir, h.sock = filepath.Join(home, "state"), filepath.Join(home, "d.sock")
 	openKVMToOthers(t)
-	t.Cleanup(func() {
-		if h.cmd != nil {
-			h.kill()
-		}
-		if n := h.killVMMs(); n > 0 {
-			t.Logf("killed %d VMMs left running", n)
-		}
-		if t.Failed() {
-			h.dumpLogs()
-		}
-	})
+	t.Cleanup(h.tearDown)
 	h.start()
 	requireUID(t, "sailboxd", h.cmd.Process.Pid)
 	requireVMMUIDs := func(want int) {
