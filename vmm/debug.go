@@ -45,6 +45,35 @@ func (m *Machine) DescribeVCPUs() string {
 			return nil
 		})
 	}
+	return s + m.describeInterruptPaths()
+}
+
+// describeInterruptPaths says, for a guest that stopped answering while
+// its vCPUs idle, where each virtio device's queues and interrupt are
+// (virtio.MMIO.Describe) and the IOAPIC pin of each: its redirection
+// entry (bit 16 masked, bit 14 remote IRR of a level-triggered line in
+// service, bit 12 delivery pending). A kick or an interrupt lost on the
+// way shows here. The machine is paused.
+func (m *Machine) describeInterruptPaths() string {
+	var ioapic *kvm.IOAPICState
+	if c, err := m.vm.IRQChip(kvm.IRQChipIOAPIC); err == nil {
+		st := c.IOAPIC()
+		ioapic = &st
+	}
+	s := ""
+	for i, sl := range m.slots {
+		if sl.transport == nil {
+			continue
+		}
+		s += fmt.Sprintf("device %d (%s) gsi %d", i, sl.kind, sl.gsi)
+		if ioapic != nil && sl.gsi < uint32(len(ioapic.RedirTbl)) {
+			s += fmt.Sprintf(" ioapic=%#x", ioapic.RedirTbl[sl.gsi])
+		}
+		s += ": " + sl.transport.Describe() + "\n"
+	}
+	if ioapic != nil {
+		s += fmt.Sprintf("ioapic irr=%#x\n", ioapic.IRR)
+	}
 	return s
 }
 

@@ -483,3 +483,27 @@ func (m *MMIO) logger() *slog.Logger { return m.logLimit.Logger(m.Logger) }
 
 // warnsPerSecond bounds the transport's logs.
 const warnsPerSecond = 10
+
+// Describe says where the transport and its queues are (Queue.Describe),
+// for a guest that stopped answering. The device must be paused (Pause)
+// so that its queues hold still.
+func (m *MMIO) Describe() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := m.KickCounts()
+	s := fmt.Sprintf("type=%d status=%#x activated=%v paused=%v interrupt_status=%#x kicks=%d+%d deferred=%v",
+		m.dev.Type(), m.status, m.activated, m.paused, m.interruptStatus.Load(), k.Register, k.Caught, m.deferredKicks)
+	for _, q := range m.queues {
+		s += "\n  " + q.Describe(m.mem)
+	}
+	if d, ok := m.dev.(Describer); ok {
+		s += "\n  " + d.Describe()
+	}
+	return s
+}
+
+// Describer is a device that can say where it is beyond its queues, for
+// a guest that stopped answering (MMIO.Describe). It is called paused.
+type Describer interface {
+	Describe() string
+}

@@ -457,3 +457,27 @@ func (w *ChainWriter) Write(p []byte) (int, error) {
 
 // Written is the number of bytes written so far.
 func (w *ChainWriter) Written() uint32 { return w.written }
+
+// Describe says where the queue is, for a device whose driver stopped
+// answering: the device's next available and used indexes, and the
+// driver's available index and flags and the used index as they are in
+// guest memory. A queue that holds chains the device has not taken
+// (avail ahead of next) and was kicked lost a notification; a used index
+// ahead of what the driver consumed, with no interrupt pending, lost an
+// interrupt. The caller keeps the device from using the queue meanwhile.
+func (q *Queue) Describe(mem devices.GuestMemory) string {
+	if !q.Ready {
+		return fmt.Sprintf("q%d off", q.index)
+	}
+	s := fmt.Sprintf("q%d size=%d next_avail=%d next_used=%d", q.index, q.Size, q.nextAvail, q.nextUsed)
+	if idx, err := readIndex(mem, q.AvailRing+2); err == nil {
+		s += fmt.Sprintf(" avail.idx=%d", idx)
+	}
+	if flags, err := readIndex(mem, q.AvailRing); err == nil {
+		s += fmt.Sprintf(" avail.flags=%#x", flags)
+	}
+	if idx, err := readIndex(mem, q.UsedRing+2); err == nil {
+		s += fmt.Sprintf(" used.idx=%d", idx)
+	}
+	return s
+}

@@ -185,3 +185,29 @@ func restore(st State, udsPath string, log *slog.Logger, lim limits) (*Device, e
 	}
 	return d, nil
 }
+
+// Describe implements virtio.Describer: the device's connections and
+// what it owes the driver, for a guest that stopped answering. The
+// device must be paused (Pause), as the transport's Describe has it.
+func (d *Device) Describe() string {
+	p := &d.paused
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ctl == nil {
+		return "vsock: not paused"
+	}
+	res := make(chan string, 1)
+	select {
+	case p.ctl <- func(m *muxer) {
+		held := false
+		if v, ok := m.q.(*virtqueues); ok {
+			held = v.held != nil
+		}
+		res <- fmt.Sprintf("vsock: active=%v conns=%d (guest-initiated %d) ready=%d resets_owed=%d event_pending=%v reset_unacked=%v events_left=%d rx_held=%v",
+			m.q != nil, len(m.conns), m.guestConns, len(m.ready), len(m.resets), m.eventPending, m.resetUnacked, m.eventsLeft, held)
+	}:
+		return <-res
+	case <-d.m.done:
+		return "vsock: closed"
+	}
+}

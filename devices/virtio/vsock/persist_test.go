@@ -357,3 +357,21 @@ func TestRestoreInactive(t *testing.T) {
 		t.Fatal("restore onto a socket path in use succeeded")
 	}
 }
+
+// A paused device says what it owes the driver: here, a guest's
+// connection and the transport reset a restored device sends first.
+func TestDescribe(t *testing.T) {
+	d, g, path := startDevice(t, defaultLimits)
+	establish(t, g, path, 5000, 64<<10)
+	if s := d.Describe(); s != "vsock: not paused" {
+		t.Errorf("running: %q", s)
+	}
+	if err := d.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	want := "vsock: active=true conns=1 (guest-initiated 0) ready=0 resets_owed=0 event_pending=false reset_unacked=false events_left=0 rx_held=false"
+	if s := d.Describe(); s != want {
+		t.Errorf("paused:\n got %q\nwant %q", s, want)
+	}
+	d.Resume()
+}
