@@ -109,16 +109,32 @@ func (r *Root) OpenDisk(m *Manifest, diskID, top string) (*disklayer.Disk, error
 // they are. Old layer files are only read: boxes mapping them are
 // undisturbed. A running box built on id may continue its chain on the
 // compacted one, since the two read alike.
-func (r *Root) Compact(id, newID string) (*Manifest, error) {
+func (r *Root) Compact(id, newID string) (*Manifest, error) { return r.CompactOnto(id, newID, "") }
+
+// CompactOnto is Compact above base, an ancestor of id whose chains are a
+// prefix of id's: base's layers stay as they are (shared with whatever
+// else builds on base, such as every box made from one template), id's
+// layers above them are merged into one each, and the new checkpoint's
+// parent is base. An empty base is Compact.
+func (r *Root) CompactOnto(id, newID, base string) (*Manifest, error) {
 	m, err := r.Load(id)
 	if err != nil {
 		return nil, fmt.Errorf("compact: %w", err)
+	}
+	var b *Manifest
+	if base != "" {
+		if b, err = r.Load(base); err != nil {
+			return nil, fmt.Errorf("compact %s onto %s: %w", id, base, err)
+		}
+		if err := isPrefix(b, m); err != nil {
+			return nil, fmt.Errorf("compact %s onto %s: %w", id, base, err)
+		}
 	}
 	p, err := r.Begin(newID)
 	if err != nil {
 		return nil, fmt.Errorf("compact %s: %w", id, err)
 	}
-	out, err := r.compact(m, p)
+	out, err := r.compact(m, b, p)
 	if err != nil {
 		p.Abort()
 		return nil, fmt.Errorf("compact %s into %s: %w", id, newID, err)
@@ -126,15 +142,36 @@ func (r *Root) Compact(id, newID string) (*Manifest, error) {
 	return out, nil
 }
 
-func (r *Root) compact(m *Manifest, p *Pending) (*Manifest, error) {
+// isPrefix checks that base's memory chain and each of its disks' chains
+// begin m's.
+func isPrefix(base, m *Manifest) error {
+	if len(base.Memory) > len(m.Memory) || !slices.Equal(base.Memory, m.Memory[:len(base.Memory)]) {
+		return fmt.Errorf("%w: its memory chain does not begin with %s's", ErrNotAncestor, base.ID)
+	}
+	for id, d := range base.Disks {
+		md, ok := m.Disks[id]
+		if !ok || len(d.Layers) > len(md.Layers) || !slices.Equal(d.Layers, md.Layers[:len(d.Layers)]) {
+			return fmt.Errorf("%w: disk %q's chain does not begin with %s's", ErrNotAncestor, id, base.ID)
+		}
+	}
+	return nil
+}
+
+// compact merges m's layers above base's (all of them for a nil base)
+// into the checkpoint p stages.
+func (r *Root) compact(m, base *Manifest, p *Pending) (*Manifest, error) {
 	out := *m
 	out.ID, out.Parent, out.Created = p.id, "", time.Now()
-	if len(m.Memory) > 1 {
+	keep := 0
+	if base != nil {
+		out.Parent, keep = base.ID, len(base.Memory)
+	}
+	if len(m.Memory)-keep > 1 {
 		chain, err := r.OpenMemory(m)
 		if err != nil {
 			return nil, err
 		}
-		info, err := memlayer.Compact(chain, p.StagingPath("memory"))
+		info, err := memlayer.Compact(chain[keep:], p.StagingPath("memory"))
 		for _, l := range chain {
 			l.Close()
 		}
@@ -145,12 +182,16 @@ func (r *Root) compact(m *Manifest, p *Pending) (*Manifest, error) {
 		if err != nil {
 			return nil, err
 		}
-		out.Memory = []LayerRef{ref}
+		out.Memory = append(slices.Clone(m.Memory[:keep]), ref)
 	}
 	out.Disks = maps.Clone(m.Disks)
 	for n, diskID := range slices.Sorted(maps.Keys(m.Disks)) {
 		d := m.Disks[diskID]
-		if len(d.Layers) <= 1 {
+		keep := 0
+		if base != nil {
+			keep = len(base.Disks[diskID].Layers)
+		}
+		if len(d.Layers)-keep <= 1 {
 			continue
 		}
 		l, err := r.DiskLayout(m, diskID)
@@ -158,7 +199,7 @@ func (r *Root) compact(m *Manifest, p *Pending) (*Manifest, error) {
 			return nil, err
 		}
 		var chain []*disklayer.Layer
-		for _, path := range l.Layers {
+		for _, path := range l.Layers[keep:] {
 			ly, err := disklayer.OpenLayer(path)
 			if err != nil {
 				return nil, err
@@ -174,7 +215,7 @@ func (r *Root) compact(m *Manifest, p *Pending) (*Manifest, error) {
 		if err != nil {
 			return nil, err
 		}
-		d.Layers = []LayerRef{ref}
+		d.Layers = append(slices.Clone(d.Layers[:keep]), ref)
 		out.Disks[diskID] = d
 	}
 	if err := p.Commit(&out); err != nil {

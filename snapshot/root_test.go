@@ -273,6 +273,52 @@ func TestCheckpointRestoreForkCompact(t *testing.T) {
 	})
 }
 
+// TestCompactOnto merges a chain's layers above an ancestor's, which stay
+// shared: the new checkpoint restores as the old one did, and its parent
+// is the ancestor; a checkpoint that is not an ancestor is refused.
+func TestCompactOnto(t *testing.T) {
+	eachStore(t, func(t *testing.T, root *Root) {
+		b := newBox(t, root, "box1")
+		b.run()
+		b.checkpoint("tpl") // the template every box builds on
+		for _, id := range []string{"c1", "c2", "c3"} {
+			b.run()
+			b.checkpoint(id)
+		}
+		mem3, disk3 := bytes.Clone(b.mem), b.diskContents(b.disk)
+		tpl, err := root.Load("tpl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m3, err := root.Load("c3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		z, err := root.CompactOnto("c3", "c3z", "tpl")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if z.Parent != "tpl" || len(z.Memory) != 2 || z.Memory[0] != tpl.Memory[0] || z.Memory[1] == m3.Memory[3] {
+			t.Errorf("memory chain %+v (parent %q), want tpl's layer then one new one", z.Memory, z.Parent)
+		}
+		if l := z.Disks["vda"].Layers; len(l) != 2 || l[0] != tpl.Disks["vda"].Layers[0] {
+			t.Errorf("disk chain %+v, want tpl's layer then one new one", l)
+		}
+		restore(t, root, "c3z", mem3, disk3, root.TopPath("rz"))
+		// Checkpoints chained onto the compacted one read through it.
+		if _, err := root.CompactOnto("c3z", "c3zz", "tpl"); err != nil {
+			t.Fatal(err)
+		}
+		restore(t, root, "c3zz", mem3, disk3, root.TopPath("rzz"))
+		if _, err := root.CompactOnto("c3z", "bad", "c1"); !errors.Is(err, ErrNotAncestor) {
+			t.Errorf("compacting onto a checkpoint not in the chain = %v, want ErrNotAncestor", err)
+		}
+		if _, err := root.Load("bad"); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a refused compaction left checkpoint bad: %v", err)
+		}
+	})
+}
+
 func TestNeverOverwrite(t *testing.T) {
 	root, err := OpenRoot(t.TempDir(), nil)
 	if err != nil {

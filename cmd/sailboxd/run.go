@@ -35,21 +35,22 @@ type config struct {
 	VMM         string
 	Net         string // sailbox-net, the boxes' networks
 	// NetHosts are static names every box's DNS answers (-net-host).
-	NetHosts  map[string]netip.Addr
-	Kernel    string
-	Initrd    string
-	Cmdline   string
-	Image     string
-	ImageDirs []string
-	Limits    daemon.Limits
-	MemoryMiB int
-	VCPUs     int
-	HostID    string
-	Inference string
-	MinSchema int
-	Templates bool
-	LogLevel  slog.Level
-	LogFormat logFormat
+	NetHosts     map[string]netip.Addr
+	Kernel       string
+	Initrd       string
+	Cmdline      string
+	Image        string
+	ImageDirs    []string
+	Limits       daemon.Limits
+	MemoryMiB    int
+	VCPUs        int
+	HostID       string
+	Inference    string
+	MinSchema    int
+	Templates    bool
+	CompactAfter int
+	LogLevel     slog.Level
+	LogFormat    logFormat
 
 	// MetricsListen is the TCP address that serves /metrics (metrics.go);
 	// "" serves none.
@@ -166,6 +167,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.InferencePublic, "inference-listen-public", false, "let -inference-listen bind a non-loopback address (the proxy asks no credentials)")
 	fs.IntVar(&c.MinSchema, "min-resumable-schema", 0, "oldest guest schema `version` a box may be resumed on; older boxes are upgraded when they wake (0: any)")
 	fs.BoolVar(&c.Templates, "templates", true, "create boxes by restoring a template checkpoint of their image and shape, booted once (false: boot every box)")
+	fs.IntVar(&c.CompactAfter, "compact-after", daemon.DefaultCompactAfter, "how many of its own checkpoints a box's chain holds before a pause or sleep merges them into one")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
 	fs.TextVar(&c.LogFormat, "log-format", logText, "log `format`: text or json")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "TCP `address` that serves Prometheus metrics on /metrics, bound as given (loopback recommended: 127.0.0.1:9464); empty: none")
@@ -245,7 +247,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	c.Limits.FreeDiskMiB = func() (int64, error) { return freeDiskMiB(c.StateDir) }
 	met := metrics.New()
 	m, err := daemon.New(daemon.Config{
-		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Templates: c.Templates, Images: imgs, Store: store, Limits: c.Limits,
+		Catalog: cat, Backend: be, HostID: c.HostID, Logger: log, MinResumableSchema: c.MinSchema, Templates: c.Templates, CompactAfter: c.CompactAfter, Images: imgs, Store: store, Limits: c.Limits,
 		Defaults: defaults, Observer: met,
 	})
 	if err != nil {

@@ -73,6 +73,11 @@ type Backend interface {
 	// replaced by a newer VM of the box, is not reported. A later call
 	// replaces the function; nil stops the reports.
 	Watch(lost func(box string))
+	// Compact writes completed checkpoint id: checkpoint from with its
+	// layers above base (an ancestor of from, whose layers stay shared;
+	// "" for none) merged into one of each kind. It restores exactly as
+	// from does, and its parent is base. from's box runs no VM.
+	Compact(ctx context.Context, from, id, base string) (CheckpointInfo, error)
 	// RemoveCheckpoints frees the storage of checkpoints that no box
 	// references, given children before parents. An ID the store does
 	// not hold is not an error.

@@ -70,7 +70,11 @@ type Config struct {
 	// Templates makes create a restore from a template checkpoint of the
 	// box's spec, booted once (see templates.go); false boots every box.
 	Templates bool
-	Logger    *slog.Logger // nil discards
+	// CompactAfter is how many of its own checkpoints a box's chain
+	// holds before a pause or sleep merges them into one (compact.go);
+	// 0 means DefaultCompactAfter.
+	CompactAfter int
+	Logger       *slog.Logger // nil discards
 	// Observer hears about VM starts, checkpoints and wakes (metrics;
 	// see observe.go); nil hears nothing.
 	Observer Observer
@@ -92,6 +96,7 @@ type Manager struct {
 	limits    Limits
 	minSchema int
 	templates bool
+	compactAt int
 	log       *slog.Logger
 	obs       Observer
 	newID     func() string
@@ -119,7 +124,10 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{
 		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, store: cfg.Store, limits: cfg.Limits,
-		minSchema: cfg.MinResumableSchema, templates: cfg.Templates, log: cfg.Logger, newID: cfg.NewID, clock: cfg.Clock,
+		minSchema: cfg.MinResumableSchema, templates: cfg.Templates, compactAt: cfg.CompactAfter, log: cfg.Logger, newID: cfg.NewID, clock: cfg.Clock,
+	}
+	if m.compactAt <= 0 {
+		m.compactAt = DefaultCompactAfter
 	}
 	if m.clock == nil {
 		m.clock = wallClock{}

@@ -60,6 +60,7 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		if err := m.be.Stop(ctx, id); err != nil {
 			return b, fmt.Errorf("box %s: %s: stop: %w", id, op, err)
 		}
+		m.compactChain(ctx, &b)
 	case lifecycle.ActForkLive, lifecycle.ActForkFromCheckpoint:
 		if out.children, out.checkpoint, err = m.fork(ctx, &b, eff.Action, max(out.forkCount, 1)); err != nil {
 			return b, err
@@ -141,14 +142,21 @@ func (m *Manager) checkpoint(ctx context.Context, b *catalog.Box) (catalog.Check
 	return m.completeCheckpoint(b, ck, info, nil)
 }
 
-// beginCheckpoint records a new, not yet completed checkpoint of b.
+// beginCheckpoint records a new, not yet completed checkpoint of b, on
+// b's chain.
 func (m *Manager) beginCheckpoint(b *catalog.Box) (catalog.Checkpoint, error) {
+	return m.beginCheckpointOn(b, b.Head())
+}
+
+// beginCheckpointOn records a new, not yet completed checkpoint of b
+// whose parent is parent.
+func (m *Manager) beginCheckpointOn(b *catalog.Box, parent string) (catalog.Checkpoint, error) {
 	next := *b
 	next.CheckpointSeq++
 	ck := catalog.Checkpoint{
 		ID:       fmt.Sprintf("%s-c%d", b.ID, next.CheckpointSeq),
 		BoxID:    b.ID,
-		ParentID: b.Head(),
+		ParentID: parent,
 		Created:  time.Now().UTC(),
 	}
 	err := m.cat.Update(func(tx *catalog.Tx) error {

@@ -275,6 +275,26 @@ func (b *Backend) RemoveCheckpoints(ctx context.Context, ids []string) error {
 	return err
 }
 
+// Compact merges checkpoint from's layers above base's into checkpoint id
+// (snapshot.Root.CompactOnto), here in the daemon: from's box runs no VMM.
+func (b *Backend) Compact(ctx context.Context, from, id, base string) (daemon.CheckpointInfo, error) {
+	m, err := b.root.CompactOnto(from, id, base)
+	if err != nil {
+		return daemon.CheckpointInfo{}, err
+	}
+	info := daemon.CheckpointInfo{Created: m.Created}
+	if n := len(m.Memory); n > 0 && strings.HasPrefix(m.Memory[n-1].ID, id+"-") {
+		info.Bytes += m.Memory[n-1].Size
+	}
+	for _, d := range m.Disks {
+		if n := len(d.Layers); n > 0 && strings.HasPrefix(d.Layers[n-1].ID, id+"-") {
+			info.Bytes += d.Layers[n-1].Size
+		}
+	}
+	b.log.Debug("checkpoint compacted", "from", from, "id", id, "base", base, "bytes", info.Bytes)
+	return info, nil
+}
+
 // Completed reports whether the store holds checkpoint ckpt's manifest:
 // the VMM commits a checkpoint by renaming its manifest into place.
 func (b *Backend) Completed(ctx context.Context, ckpt string) (daemon.CheckpointInfo, bool, error) {

@@ -322,6 +322,22 @@ func (f *Backend) checkpointLocked(box, id string) (daemon.CheckpointInfo, error
 	return daemon.CheckpointInfo{Created: time.Now(), Bytes: CheckpointBytes, Pause: CheckpointPause}, nil
 }
 
+func (f *Backend) Compact(ctx context.Context, from, id, base string) (daemon.CheckpointInfo, error) {
+	err := f.begin("Compact", from, id, base)
+	defer f.mu.Unlock()
+	if err != nil {
+		return daemon.CheckpointInfo{}, err
+	}
+	switch {
+	case f.checkpoints[from] == nil:
+		return daemon.CheckpointInfo{}, fmt.Errorf("fake: compact %s: no such checkpoint", from)
+	case f.checkpoints[id] != nil:
+		return daemon.CheckpointInfo{}, fmt.Errorf("fake: compact %s: checkpoint %s exists", from, id)
+	}
+	f.checkpoints[id] = f.checkpoints[from].clone()
+	return daemon.CheckpointInfo{Created: time.Now(), Bytes: CheckpointBytes}, nil
+}
+
 func (f *Backend) Fork(ctx context.Context, parent, ckpt, child string, spec catalog.Spec) (daemon.CheckpointInfo, daemon.Instance, error) {
 	err := f.begin("Fork", parent, ckpt, child)
 	defer f.mu.Unlock()
