@@ -178,7 +178,4 @@ var (
 	// ErrExists: the ID is taken by a completed checkpoint, which is
 	// never overwritten.
 	ErrExists = errors.New("checkpoint already exists")
-	// ErrNotAncestor: a checkpoint to compact onto is not an ancestor
-	// of the one compacted (CompactOnto).
-	ErrNotAncestor = errors.New("not an ancestor")
 )

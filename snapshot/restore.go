@@ -111,11 +111,15 @@ func (r *Root) OpenDisk(m *Manifest, diskID, top string) (*disklayer.Disk, error
 // compacted one, since the two read alike.
 func (r *Root) Compact(id, newID string) (*Manifest, error) { return r.CompactOnto(id, newID, "") }
 
-// CompactOnto is Compact above base, an ancestor of id whose chains are a
-// prefix of id's: base's layers stay as they are (shared with whatever
-// else builds on base, such as every box made from one template), id's
-// layers above them are merged into one each, and the new checkpoint's
-// parent is base. An empty base is Compact.
+// CompactOnto is Compact above base, an ancestor of id: the layers id's
+// chains share with base's stay as they are (shared with whatever else
+// builds on base, such as every box made from one template), id's layers
+// above them are merged into one each, and the new checkpoint's parent
+// is base. A chain that does not begin with base's whole chain (a box
+// rebooted onto a new agent keeps its disks' chains but starts a new
+// memory chain) keeps only the layers the two share, and the result then
+// has no parent, since base's working set would not be its. An empty
+// base is Compact.
 func (r *Root) CompactOnto(id, newID, base string) (*Manifest, error) {
 	m, err := r.Load(id)
 	if err != nil {
@@ -124,9 +128,6 @@ func (r *Root) CompactOnto(id, newID, base string) (*Manifest, error) {
 	var b *Manifest
 	if base != "" {
 		if b, err = r.Load(base); err != nil {
-			return nil, fmt.Errorf("compact %s onto %s: %w", id, base, err)
-		}
-		if err := isPrefix(b, m); err != nil {
 			return nil, fmt.Errorf("compact %s onto %s: %w", id, base, err)
 		}
 	}
@@ -142,29 +143,25 @@ func (r *Root) CompactOnto(id, newID, base string) (*Manifest, error) {
 	return out, nil
 }
 
-// isPrefix checks that base's memory chain and each of its disks' chains
-// begin m's.
-func isPrefix(base, m *Manifest) error {
-	if len(base.Memory) > len(m.Memory) || !slices.Equal(base.Memory, m.Memory[:len(base.Memory)]) {
-		return fmt.Errorf("%w: its memory chain does not begin with %s's", ErrNotAncestor, base.ID)
+// shared is how many layers chain begins with that base also begins
+// with.
+func shared(base, chain []LayerRef) int {
+	n := 0
+	for n < len(base) && n < len(chain) && base[n] == chain[n] {
+		n++
 	}
-	for id, d := range base.Disks {
-		md, ok := m.Disks[id]
-		if !ok || len(d.Layers) > len(md.Layers) || !slices.Equal(d.Layers, md.Layers[:len(d.Layers)]) {
-			return fmt.Errorf("%w: disk %q's chain does not begin with %s's", ErrNotAncestor, id, base.ID)
-		}
-	}
-	return nil
+	return n
 }
 
-// compact merges m's layers above base's (all of them for a nil base)
-// into the checkpoint p stages.
+// compact merges m's layers above those it shares with base (all of them
+// for a nil base) into the checkpoint p stages.
 func (r *Root) compact(m, base *Manifest, p *Pending) (*Manifest, error) {
 	out := *m
 	out.ID, out.Parent, out.Created = p.id, "", time.Now()
-	keep := 0
+	keep, whole := 0, base != nil
 	if base != nil {
-		out.Parent, keep = base.ID, len(base.Memory)
+		keep = shared(base.Memory, m.Memory)
+		whole = keep == len(base.Memory)
 	}
 	if len(m.Memory)-keep > 1 {
 		chain, err := r.OpenMemory(m)
@@ -189,7 +186,8 @@ func (r *Root) compact(m, base *Manifest, p *Pending) (*Manifest, error) {
 		d := m.Disks[diskID]
 		keep := 0
 		if base != nil {
-			keep = len(base.Disks[diskID].Layers)
+			keep = shared(base.Disks[diskID].Layers, d.Layers)
+			whole = whole && keep == len(base.Disks[diskID].Layers)
 		}
 		if len(d.Layers)-keep <= 1 {
 			continue
@@ -217,6 +215,9 @@ func (r *Root) compact(m, base *Manifest, p *Pending) (*Manifest, error) {
 		}
 		d.Layers = append(slices.Clone(d.Layers[:keep]), ref)
 		out.Disks[diskID] = d
+	}
+	if whole {
+		out.Parent = base.ID
 	}
 	if err := p.Commit(&out); err != nil {
 		return nil, err
