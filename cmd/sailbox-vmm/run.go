@@ -131,8 +131,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer os.Remove(c.APISocket)
 		go vmmapi.Serve(ctx, l, vmmcontrol.New(m, c, root))
 	}
+	fixedUp := make(chan struct{})
 	if c.Restore != "" && c.VsockUDS != "" {
-		go vmmcontrol.FixUpRestoredGuest(ctx, c, log)
+		go func() {
+			defer close(fixedUp)
+			vmmcontrol.FixUpRestoredGuest(ctx, c, log)
+		}()
+	} else {
+		close(fixedUp)
 	}
 
 	if err := vmmlandlock.Restrict(c, log); err != nil {
@@ -149,6 +155,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// them back (make bench's density rows).
 	go debug.FreeOSMemory()
 	exit, err := m.Run(ctx)
+	// The exit line below is the log's last: the daemon quotes it, and
+	// tells a guest the host's KVM broke (a triple fault) by it.
+	cancel()
+	<-fixedUp
 	if err != nil {
 		return fmt.Errorf("vm stopped (%v): %w", exit, err)
 	}

@@ -6,6 +6,7 @@ package vmmcontrol
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -108,13 +109,17 @@ func pauseParts(p vmm.PauseParts) *vmmapi.PauseParts {
 // FixUpRestoredGuest tells a restored guest's agent, reached through the
 // vsock socket of launch, to set its clock, reseed its entropy pool and
 // reset the TCP connections its new network never knew, and a fork to
-// take a new identity.
+// take a new identity. Cancelling ctx ends it quietly: the VM stopped,
+// and why is the VMM's to say.
 func FixUpRestoredGuest(ctx context.Context, launch vmmapi.Launch, log *slog.Logger) {
 	agent := guestagent.NewHybridClient(launch.VsockUDS)
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	stopped := func() bool { return errors.Is(ctx.Err(), context.Canceled) }
 	if _, err := agent.WaitHealthy(ctx, 50*time.Millisecond, nil); err != nil {
-		log.Error("restored guest: agent not reachable", "err", err)
+		if !stopped() {
+			log.Error("restored guest: agent not reachable", "err", err)
+		}
 		return
 	}
 	args := guestagent.RestoreArgs()
@@ -127,7 +132,9 @@ func FixUpRestoredGuest(ctx context.Context, launch vmmapi.Launch, log *slog.Log
 	}
 	res, err := agent.Restored(ctx, args)
 	if err != nil {
-		log.Error("restored guest: not every fix-up applied (clock, entropy, identity, connections)", "err", err)
+		if !stopped() {
+			log.Error("restored guest: not every fix-up applied (clock, entropy, identity, connections)", "err", err)
+		}
 		return
 	}
 	if res.ConnectionsReset > 0 {

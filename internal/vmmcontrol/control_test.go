@@ -1,10 +1,16 @@
 package vmmcontrol
 
 import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/vmm"
 )
 
@@ -24,5 +30,26 @@ func TestPausePartsReported(t *testing.T) {
 	}
 	if g.NumField() != v.NumField() || time.Duration(sum) != p.Sum() || got.CopyNanos != p.Copy.Nanoseconds() || got.DiskSwitchNanos != p.DiskSwitch.Nanoseconds() {
 		t.Errorf("reported %+v (sum %d ns) for %+v (sum %v)", got, sum, p, p.Sum())
+	}
+}
+
+// A restored guest's fix-ups end without a word when the VM stops
+// (ctx cancelled), so that the VMM's exit line stays its log's last, and
+// with an error when the agent never answers.
+func TestFixUpRestoredGuestQuietWhenStopped(t *testing.T) {
+	launch := vmmapi.Launch{VsockUDS: filepath.Join(t.TempDir(), "none.sock"), Restore: "c1"}
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	FixUpRestoredGuest(ctx, launch, log)
+	if buf.Len() != 0 {
+		t.Errorf("stopped VM: logged %q", buf.String())
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	FixUpRestoredGuest(ctx, launch, log)
+	if !strings.Contains(buf.String(), "agent not reachable") {
+		t.Errorf("agent never answered: logged %q", buf.String())
 	}
 }
