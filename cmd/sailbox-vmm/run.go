@@ -147,12 +147,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := seccomp.Install(c.Seccomp); err != nil {
 		return err
 	}
-	// Building the machine (a kernel read in, a checkpoint's layers read
-	// and decompressed) leaves megabytes of freed heap that the Go
-	// runtime would hand back to the host only slowly; a box's VMM then
-	// idles for minutes holding them. Returned at once, off the path to
-	// the guest's first instruction: a host running a hundred boxes gets
-	// them back (make bench's density rows).
+	// Building the machine (a kernel read in, a checkpoint's layers read)
+	// leaves freed heap that the Go runtime hands back to the host only
+	// slowly. Returned at once, off the path to the guest's first
+	// instruction. It is little: make bench's density rows measured a
+	// forked VMM's private memory at 6.54 MiB with it, 6.71 and 6.74
+	// without; most of the Go heap's 2.7 MiB of free space stays.
 	go debug.FreeOSMemory()
 	exit, err := m.Run(ctx)
 	// The exit line below is the log's last: the daemon quotes it, and
