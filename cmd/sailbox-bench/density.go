@@ -89,22 +89,9 @@ func benchDensity(ctx context.Context, sys *kvm.System, o options, res *Results,
 	if err != nil {
 		return err
 	}
-	var parent *running
-	err = res.retryBoot(stderr, "density parent boot", func() error {
-		uds := filepath.Join(dir, "parent.vsock")
-		os.Remove(uds) // a broken attempt's
-		m, err := vmm.New(sys, vmm.Config{
-			KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
-			Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
-		})
-		if err != nil {
-			return err
-		}
-		parent, err = startMachine(ctx, m, uds, o)
-		return err
-	})
+	parent, err := bootParent(ctx, sys, dir, o, res, stderr, "density")
 	if err != nil {
-		return fmt.Errorf("density parent: %w", err)
+		return err
 	}
 	defer parent.stop()
 

@@ -53,6 +53,29 @@ func startMachine(ctx context.Context, m *vmm.Machine, uds string, o options) (*
 	return r, nil
 }
 
+// bootParent boots the box a row group checkpoints and forks, its vsock
+// socket in dir, taking the boot again if the lab breaks it.
+func bootParent(ctx context.Context, sys *kvm.System, dir string, o options, res *Results, stderr io.Writer, group string) (*running, error) {
+	var parent *running
+	err := res.retryBoot(stderr, group+" parent boot", func() error {
+		uds := filepath.Join(dir, "parent.vsock")
+		os.Remove(uds) // a broken attempt's
+		m, err := vmm.New(sys, vmm.Config{
+			KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
+			Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
+		})
+		if err != nil {
+			return err
+		}
+		parent, err = startMachine(ctx, m, uds, o)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s parent: %w", group, err)
+	}
+	return parent, nil
+}
+
 // densityForks is how many forks the bench keeps running together, for
 // the host memory they take; later forks are stopped once measured.
 const densityForks = 10
@@ -69,22 +92,9 @@ func benchSnapshots(ctx context.Context, sys *kvm.System, o options, res *Result
 	if err != nil {
 		return err
 	}
-	var parent *running
-	err = res.retryBoot(stderr, "snapshots parent boot", func() error {
-		uds := filepath.Join(dir, "parent.vsock")
-		os.Remove(uds) // a broken attempt's
-		m, err := vmm.New(sys, vmm.Config{
-			KernelPath: o.kernel, InitrdPath: o.initrd, MemoryMiB: o.memMiB, VCPUs: 1,
-			Cmdline: "quiet", Vsock: &vmm.Vsock{CID: 3, UDSPath: uds},
-		})
-		if err != nil {
-			return err
-		}
-		parent, err = startMachine(ctx, m, uds, o)
-		return err
-	})
+	parent, err := bootParent(ctx, sys, dir, o, res, stderr, "snapshots")
 	if err != nil {
-		return fmt.Errorf("parent: %w", err)
+		return err
 	}
 	defer parent.stop()
 	ckpt := func(id string) (vmm.CheckpointStats, error) {
