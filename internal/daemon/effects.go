@@ -60,7 +60,6 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		if err := m.be.Stop(ctx, id); err != nil {
 			return b, fmt.Errorf("box %s: %s: stop: %w", id, op, err)
 		}
-		m.compactChain(ctx, &b)
 	case lifecycle.ActForkLive, lifecycle.ActForkFromCheckpoint:
 		if out.children, out.checkpoint, err = m.fork(ctx, &b, eff.Action, max(out.forkCount, 1)); err != nil {
 			return b, err
@@ -123,6 +122,11 @@ func (m *Manager) apply(ctx context.Context, id string, op lifecycle.Op, out *ou
 		} else {
 			m.disarmIdle(id)
 		}
+	}
+	if eff.Action == lifecycle.ActCheckpointStop {
+		// Recorded paused or asleep, the box runs no VM: its chain may
+		// be compacted (compact.go).
+		m.compactChain(ctx, &b)
 	}
 	return b, nil
 }
