@@ -3,25 +3,32 @@ package snapshot
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/sailbox-dev/sailbox/snapshot/layerstore"
 )
 
-// RemoveCheckpoints frees the storage of completed checkpoints ids: their
-// manifests, then every layer they held that no remaining checkpoint
-// holds, then the store's debris (Clean). An ID the store does not hold
-// is not an error. It runs under the root's lock, so no checkpoint begins
-// and no Clean runs meanwhile; a checkpoint already in progress must not
-// build on the ones removed (the caller's to ensure: the daemon removes
-// only checkpoints no box references). It returns the layers it deleted.
+// RemoveCheckpoints frees the storage of completed checkpoints ids: every
+// layer they held that no other checkpoint holds, then their manifests,
+// then the store's debris (Clean). An ID the store does not hold is not
+// an error. The manifests go last so that a call cut short (the process
+// killed, a layer that cannot be deleted) leaves each checkpoint still
+// listing its layers, and the same call again finishes the job: the other
+// way round, the layers of a manifest already gone would be left to no
+// one. It runs under the root's lock, so no checkpoint begins and no
+// Clean runs meanwhile; a checkpoint already in progress must not build
+// on the ones removed (the caller's to ensure: the daemon removes only
+// checkpoints no box references). It returns the layers it deleted.
 func (r *Root) RemoveCheckpoints(ids []string) ([]string, error) {
 	rl, err := r.lockRoot(unix.LOCK_EX)
 	if err != nil {
 		return nil, fmt.Errorf("remove checkpoints: %w", err)
 	}
 	defer rl.Close()
+	removing := map[string]bool{}
 	candidates := map[string]bool{}
 	for _, id := range ids {
 		m, err := r.Load(id)
@@ -31,18 +38,19 @@ func (r *Root) RemoveCheckpoints(ids []string) ([]string, error) {
 		if err != nil {
 			return nil, fmt.Errorf("remove checkpoints: %w", err)
 		}
+		removing[id] = true
 		for _, l := range m.layerIDs() {
 			candidates[l] = true
 		}
-		if err := r.Remove(id); err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
 	}
-	remaining, err := r.List()
+	all, err := r.List()
 	if err != nil {
 		return nil, fmt.Errorf("remove checkpoints: %w", err)
 	}
-	for _, id := range remaining {
+	for _, id := range all {
+		if removing[id] {
+			continue
+		}
 		m, err := r.Load(id)
 		if err != nil {
 			return nil, fmt.Errorf("remove checkpoints: %w", err)
@@ -52,11 +60,19 @@ func (r *Root) RemoveCheckpoints(ids []string) ([]string, error) {
 		}
 	}
 	var deleted []string
-	for l := range candidates {
+	for _, l := range slices.Sorted(maps.Keys(candidates)) {
 		if err := r.layers.Delete(l); err != nil && !errors.Is(err, layerstore.ErrNotFound) {
 			return deleted, fmt.Errorf("remove checkpoints: %w", err)
 		}
 		deleted = append(deleted, l)
+	}
+	for _, id := range ids {
+		if !removing[id] {
+			continue
+		}
+		if err := r.Remove(id); err != nil && !errors.Is(err, ErrNotFound) {
+			return deleted, err
+		}
 	}
 	if _, err := r.clean(); err != nil {
 		return deleted, err

@@ -1,11 +1,14 @@
 package snapshot
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sailbox-dev/sailbox/snapshot/layerstore"
 )
 
 // Removing checkpoints deletes exactly the layers no remaining checkpoint
@@ -102,4 +105,55 @@ func TestSweep(t *testing.T) {
 		}
 		restore(t, root, "a-c2", memA, diskA, root.TopPath("r")).Close()
 	})
+}
+
+// failingDelete is a layer store whose next Delete fails: a removal cut
+// short.
+type failingDelete struct {
+	layerstore.Store
+	fail bool
+}
+
+func (f *failingDelete) Delete(id string) error {
+	if f.fail {
+		f.fail = false
+		return errors.New("injected: the process died here")
+	}
+	return f.Store.Delete(id)
+}
+
+// A removal cut short between its layers leaves every checkpoint removed
+// still listing what it held, so that the same removal again frees it all:
+// no layer is left that no manifest names.
+func TestRemoveCheckpointsCutShort(t *testing.T) {
+	dir := t.TempDir()
+	d, err := layerstore.NewDir(filepath.Join(dir, "layers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := &failingDelete{Store: d}
+	root, err := OpenRoot(dir, store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBox(t, root, "box1")
+	b.run()
+	c1 := b.checkpoint("c1")
+	store.fail = true
+	if _, err := root.RemoveCheckpoints([]string{"c1"}); err == nil {
+		t.Fatal("the injected failure was not reported")
+	}
+	if ids, _ := root.List(); !slices.Equal(ids, []string{"c1"}) {
+		t.Fatalf("after a removal cut short the store lists %v, want c1 still", ids)
+	}
+	if _, err := root.RemoveCheckpoints([]string{"c1"}); err != nil {
+		t.Fatal(err)
+	}
+	left, err := store.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Errorf("layers left after the removal was done again: %v (c1 held %v)", left, c1.layerIDs())
+	}
 }
