@@ -9,13 +9,17 @@ import (
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 )
 
-// A box that keeps sleeping and waking has its own part of its chain
-// merged into one checkpoint on its template's once it passes eight: the
+// With -compact-after 8, a box that keeps sleeping and waking has its own
+// part of its chain merged into one checkpoint on its template's once it
+// passes eight: the
 // box wakes with its files from the compacted checkpoint, the template's
 // checkpoint stays shared, and the old checkpoints are freed, except
 // those a fork's chain holds.
 func TestSleepCompactsLongChain(t *testing.T) {
 	e := newTemplateEnv(t)
+	e.close()
+	e.compactAfter = 8
+	e.open()
 	b := e.create()
 	chain := func() []catalog.Checkpoint {
 		var c []catalog.Checkpoint
@@ -67,5 +71,22 @@ func TestSleepCompactsLongChain(t *testing.T) {
 	}
 	if out, err := e.exec(b.ID, "cat", "/f"); err != nil || out != strings.Repeat("x", 9) {
 		t.Errorf("woken from the compacted checkpoint, /f holds %q (%v)", out, err)
+	}
+}
+
+// Without -compact-after (the default), chains are never compacted.
+func TestNoCompactionByDefault(t *testing.T) {
+	e := newTemplateEnv(t)
+	b := e.create()
+	for i := range 10 {
+		if _, err := e.m.Sleep(e.ctx, b.ID); err != nil {
+			t.Fatalf("sleep %d: %v", i, err)
+		}
+		if _, err := e.exec(b.ID, "write", "/f", "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls := e.fake.Calls(); slices.ContainsFunc(calls, func(c string) bool { return strings.HasPrefix(c, "Compact ") }) {
+		t.Errorf("a compaction without -compact-after: %v", calls)
 	}
 }

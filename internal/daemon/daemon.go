@@ -72,7 +72,7 @@ type Config struct {
 	Templates bool
 	// CompactAfter is how many of its own checkpoints a box's chain
 	// holds before a pause or sleep merges them into one (compact.go);
-	// 0 means DefaultCompactAfter.
+	// 0 never compacts, the default for now (see compact.go).
 	CompactAfter int
 	Logger       *slog.Logger // nil discards
 	// Observer hears about VM starts, checkpoints and wakes (metrics;
@@ -125,9 +125,6 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{
 		cat: cfg.Catalog, be: cfg.Backend, hostID: cfg.HostID, defaults: cfg.Defaults, images: cfg.Images, store: cfg.Store, limits: cfg.Limits,
 		minSchema: cfg.MinResumableSchema, templates: cfg.Templates, compactAt: cfg.CompactAfter, log: cfg.Logger, newID: cfg.NewID, clock: cfg.Clock,
-	}
-	if m.compactAt <= 0 {
-		m.compactAt = DefaultCompactAfter
 	}
 	if m.clock == nil {
 		m.clock = wallClock{}

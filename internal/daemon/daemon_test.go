@@ -29,8 +29,9 @@ type env struct {
 	m    *daemon.Manager
 	ctx  context.Context
 
-	templates bool         // daemon.Config.Templates
-	clock     daemon.Clock // daemon.Config.Clock
+	templates    bool         // daemon.Config.Templates
+	clock        daemon.Clock // daemon.Config.Clock
+	compactAfter int          // daemon.Config.CompactAfter
 }
 
 func newEnv(t *testing.T) *env {
@@ -47,7 +48,7 @@ func (e *env) open() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: e.fake, HostID: "host-a", Templates: e.templates, Clock: e.clock})
+	m, err := daemon.New(daemon.Config{Catalog: cat, Backend: e.fake, HostID: "host-a", Templates: e.templates, Clock: e.clock, CompactAfter: e.compactAfter})
 	if err != nil {
 		e.t.Fatal(err)
 	}
