@@ -139,24 +139,21 @@ func hmpReply(out string) string {
 
 // vmStatus is the state `info status` printed ("running", "paused
 // (inmigrate)"), "" if out has none.
-func vmStatus(out string) string {
-	_, after, ok := strings.Cut(out, "VM status: ")
-	if !ok {
-		return ""
-	}
-	status, _, _ := strings.Cut(after, "\r\n")
-	return strings.TrimSpace(status)
-}
+func vmStatus(out string) string { return hmpField(out, "VM status: ") }
 
 // migrationStatus is the "Migration status" `info migrate` printed
 // ("active", "completed", "failed"), "" if out has none.
-func migrationStatus(out string) string {
-	_, after, ok := strings.Cut(out, "Migration status: ")
+func migrationStatus(out string) string { return hmpField(out, "Migration status: ") }
+
+// hmpField is the rest of the line of out that follows label, "" if out
+// has no such line.
+func hmpField(out, label string) string {
+	_, after, ok := strings.Cut(out, label)
 	if !ok {
 		return ""
 	}
-	status, _, _ := strings.Cut(after, "\r\n")
-	return strings.TrimSpace(status)
+	value, _, _ := strings.Cut(after, "\r\n")
+	return strings.TrimSpace(value)
 }
 
 // benchQEMUSnapshot boots the guest under QEMU, saves it with QEMU's
