@@ -190,6 +190,8 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 		return c, errors.New("-max-running, -max-memory and -min-free-disk cannot be negative")
 	case c.MinSchema < 0:
 		return c, fmt.Errorf("-min-resumable-schema %d is negative", c.MinSchema)
+	case c.CompactAfter < 0:
+		return c, fmt.Errorf("-compact-after %d is negative (0 never compacts)", c.CompactAfter)
 	case c.Image != "" && !filepath.IsAbs(c.Image) && !isRegistryRef(c.Image):
 		return c, fmt.Errorf("-image %q is neither an absolute path nor a registry reference with a tag or digest (debian:12)", c.Image)
 	}

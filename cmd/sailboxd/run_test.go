@@ -84,7 +84,7 @@ func TestRun(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	for _, args := range [][]string{{"extra"}, {"-image", "rel.img"}, {"-host-id", ""}, {"-log-level", "loud"}, {"-nope"}, {"-min-resumable-schema", "-1"}, {"-max-running", "-1"}, {"-min-free-disk", "-5"}} {
+	for _, args := range [][]string{{"extra"}, {"-image", "rel.img"}, {"-host-id", ""}, {"-log-level", "loud"}, {"-nope"}, {"-min-resumable-schema", "-1"}, {"-max-running", "-1"}, {"-min-free-disk", "-5"}, {"-compact-after", "-1"}} {
 		if _, err := parseArgs(args, io.Discard); err == nil {
 			t.Errorf("parseArgs(%q) succeeded", args)
 		}
