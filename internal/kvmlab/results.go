@@ -30,6 +30,10 @@ type Result struct {
 	// Retried lists the tests that failed after the lab broke one of
 	// their guests and ran again in a fresh lab (see labFaultSigns).
 	Retried []string
+	// GivenUp lists the tests that lab crashes cut short too many times
+	// in a row (see crashRerun): they count as failed, and the rest of
+	// their steps ran without them.
+	GivenUp []string
 
 	step     int             // the step whose output is being read
 	obs      []observation   // every test result, with its step
@@ -49,7 +53,30 @@ var labFaultSigns = []string{
 	"rip is the host's ",             // vmm tests' stuck-vCPU diagnostics
 }
 
-// observation is one top-level test's result in step step.
+// labCrashSigns are lab kernel reports of a fault of the lab's own: its
+// memory corrupted under a kernel that was only running the tests' VMMs
+// (QEMU's emulated SVM, see README). A test cut short by crashes that
+// show one gets one more fresh lab than a test cut short by crashes that
+// show nothing known (see crashRerun).
+var labCrashSigns = []string{
+	"corrupted stack end detected inside scheduler",
+}
+
+// knownCrash reports whether the lab r ran in crashed with a known sign
+// of its own fault in its kernel's messages.
+func (r *Result) knownCrash() bool {
+	for _, line := range r.KernelFaults {
+		for _, sign := range labCrashSigns {
+			if strings.Contains(line, sign) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// observation is one top-level test's result in step step: PASS, FAIL,
+// SKIP as `go test -v` prints them, or giveUp.
 type observation struct {
 	step         int
 	status, name string
@@ -146,6 +173,9 @@ func (r *Result) observe(line string) {
 	r.tally(m[1], m[2])
 }
 
+// giveUp is the status of a test given up on after lab crashes.
+const giveUp = "CRASH"
+
 func (r *Result) tally(status, name string) {
 	switch status {
 	case "PASS":
@@ -154,7 +184,20 @@ func (r *Result) tally(status, name string) {
 		r.Failed = append(r.Failed, name)
 	case "SKIP":
 		r.Skipped = append(r.Skipped, name)
+	case giveUp:
+		r.Failed = append(r.Failed, name)
+		r.GivenUp = append(r.GivenUp, name)
 	}
+}
+
+// giveUpCutShort records the test the crash cut short as failed, so that
+// the rerun of its step leaves it out (see settledIn).
+func (r *Result) giveUpCutShort() {
+	if r.running == "" {
+		return
+	}
+	r.obs = append(r.obs, observation{step: r.step, status: giveUp, name: r.running})
+	r.tally(giveUp, r.running)
 }
 
 // cutShort names the top-level test that was running when the lab
@@ -177,11 +220,12 @@ func (r *Result) unfinished() []int {
 	return out
 }
 
-// passedIn returns the tests r saw pass in step i.
-func (r *Result) passedIn(i int) []string {
+// settledIn returns the tests of step i that are not to run again: those
+// r saw pass, and those given up on.
+func (r *Result) settledIn(i int) []string {
 	var out []string
 	for _, o := range r.obs {
-		if o.step == i && o.status == "PASS" {
+		if o.step == i && (o.status == "PASS" || o.status == giveUp) {
 			out = append(out, o.name)
 		}
 	}
@@ -191,20 +235,20 @@ func (r *Result) passedIn(i int) []string {
 // mergeRerun returns the result of a run whose steps steps (indexes into
 // r's plan) ran again as rerun after r crashed, without the tests that
 // had passed in them: r's finished steps with their tests, the tests r
-// saw pass in an unfinished step, and rerun's results for the rest. A
-// test that failed or skipped in a step cut short ran again.
+// saw pass (or gave up on) in an unfinished step, and rerun's results for
+// the rest. A test that failed or skipped in a step cut short ran again.
 func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
 	again := map[int]int{} // r's step → rerun's step
 	for j, i := range steps {
 		again[i] = j
 	}
 	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: rerun.Done, LabError: rerun.LabError,
-		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError)}
+		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError), KernelFaults: rerun.KernelFaults}
 	if rerun.running != "" && rerun.step < len(steps) {
 		m.running, m.step = rerun.running, steps[rerun.step]
 	}
 	for _, o := range r.obs {
-		if _, ran := again[o.step]; !ran || o.status == "PASS" {
+		if _, ran := again[o.step]; !ran || o.status == "PASS" || o.status == giveUp {
 			m.obs = append(m.obs, o)
 			m.tally(o.status, o.name)
 		}

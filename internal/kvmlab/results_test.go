@@ -21,7 +21,7 @@ func TestMergeRerun(t *testing.T) {
 	if got := first.unfinished(); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("unfinished = %v", got)
 	}
-	if got := first.passedIn(1); !slices.Equal(got, []string{"TestKVMB"}) {
+	if got := first.settledIn(1); !slices.Equal(got, []string{"TestKVMB"}) {
 		t.Errorf("passed in the crashed step: %v; the rerun skips these", got)
 	}
 
@@ -59,7 +59,7 @@ func TestMergeRerun(t *testing.T) {
 	if got := m.unfinished(); !slices.Equal(got, []int{1, 2}) {
 		t.Errorf("unfinished after two crashes = %v", got)
 	}
-	if got := m.passedIn(1); !slices.Equal(got, []string{"TestKVMB", "TestKVMX"}) {
+	if got := m.settledIn(1); !slices.Equal(got, []string{"TestKVMB", "TestKVMX"}) {
 		t.Errorf("passed in step 1 over both labs: %v", got)
 	}
 	rerun3 := newResult("lab", 2)
@@ -245,10 +245,11 @@ func feed(r *Result, lines ...string) {
 	}
 }
 
-// A crash reruns what is left, up to maxCrashReruns times, unless the
-// test it cut short was also cut short by the crash before: that test may
-// be what breaks the lab, and the run stops naming it.
-func TestCrashRerun(t *testing.T) {
+// A crash reruns what is left, up to maxCrashReruns times. A test cut
+// short by maxCutShort crashes in a row (maxCutShortKnown if each showed
+// a known lab fault) may be what breaks the lab: it fails, and the rest
+// runs without it.
+func TestAfterCrash(t *testing.T) {
 	crashed := func(lines ...string) *Result {
 		r := newResult("lab", 2)
 		feed(r, lines...)
@@ -256,31 +257,34 @@ func TestCrashRerun(t *testing.T) {
 		return r
 	}
 	boot := crashed() // died while booting: nothing ran
-	if ok, why := crashRerun(boot, "", 0); !ok || why != "" || boot.cutShort() != "" {
-		t.Errorf("a crash at boot: rerun %v (%q), cut short %q", ok, why, boot.cutShort())
+	if a, why := afterCrash(boot, 0, true, 0); a != crashRerun || why != "" || boot.cutShort() != "" {
+		t.Errorf("a crash at boot: %v (%q), cut short %q", a, why, boot.cutShort())
 	}
 	mid := crashed("=== RUN   TestKVMA", "--- PASS: TestKVMA (1.00s)", "=== RUN   TestKVMB", "=== RUN   TestKVMB/sub")
 	if got := mid.cutShort(); got != "step 0 TestKVMB" {
 		t.Fatalf("cut short %q", got)
 	}
-	if ok, _ := crashRerun(mid, "", 0); !ok {
+	if a, _ := afterCrash(mid, 1, false, 0); a != crashRerun {
 		t.Error("a first crash in a test is not rerun")
 	}
-	if ok, _ := crashRerun(mid, "step 0 TestKVMA", 1); !ok {
-		t.Error("a crash in another test than the last one is not rerun")
+	if a, why := afterCrash(mid, maxCutShort, false, 1); a != crashGiveUp || !strings.Contains(why, "TestKVMB") {
+		t.Errorf("the same test cut short %d times by unknown crashes: %v (%q)", maxCutShort, a, why)
 	}
-	if ok, why := crashRerun(mid, "step 0 TestKVMB", 1); ok || !strings.Contains(why, "TestKVMB") {
-		t.Errorf("the same test cut short twice: rerun %v (%q)", ok, why)
+	if a, _ := afterCrash(mid, maxCutShort, true, 1); a != crashRerun {
+		t.Errorf("the same test cut short %d times by known lab faults: %v", maxCutShort, a)
 	}
-	if ok, why := crashRerun(mid, "", maxCrashReruns); ok || !strings.Contains(why, "no more reruns") {
-		t.Errorf("after %d reruns: rerun %v (%q)", maxCrashReruns, ok, why)
+	if a, why := afterCrash(mid, maxCutShortKnown, true, 2); a != crashGiveUp || !strings.Contains(why, "3 lab crashes in a row") {
+		t.Errorf("the same test cut short %d times by known lab faults: %v (%q)", maxCutShortKnown, a, why)
+	}
+	if a, why := afterCrash(mid, 1, true, maxCrashReruns); a != crashStop || !strings.Contains(why, "no more reruns") {
+		t.Errorf("after %d reruns: %v (%q)", maxCrashReruns, a, why)
 	}
 	between := crashed("=== RUN   TestKVMA", "--- FAIL: TestKVMA (1.00s)")
 	if got := between.cutShort(); got != "" {
 		t.Errorf("a crash between tests cut short %q", got)
 	}
 	ran := crashed(stepMarker(0, 0), stepMarker(1, 0))
-	if ok, _ := crashRerun(ran, "", 0); ok {
+	if a, _ := afterCrash(ran, 0, true, 0); a != crashStop {
 		t.Error("a lab that crashed after its last step is rerun")
 	}
 
@@ -291,5 +295,38 @@ func TestCrashRerun(t *testing.T) {
 	second.LabError, second.Crashed = "wedged", true
 	if m := first.mergeRerun(first.unfinished(), second); m.cutShort() != first.cutShort() || m.cutShort() != "step 1 TestKVMC" {
 		t.Errorf("merged cut short %q, first %q", m.cutShort(), first.cutShort())
+	}
+}
+
+// A test given up on after lab crashes fails the run, is left out of its
+// step's rerun, and does not hide the other tests' results: those of its
+// step still run, and a test a lab fault failed is still retested.
+func TestGiveUpCutShort(t *testing.T) {
+	r := newResult("lab", 2)
+	feed(r,
+		"=== RUN   TestKVMA",
+		"    harness: sailbox-vmm: guest shutdown",
+		"--- FAIL: TestKVMA (1.00s)",
+		stepMarker(0, 1),
+		"=== RUN   TestKVMLoad",
+		"[  646.828399] Kernel panic - not syncing: corrupted stack end detected inside scheduler",
+	)
+	r.KernelFaults = []string{"[  646.828399] Kernel panic - not syncing: corrupted stack end detected inside scheduler"}
+	r.LabError, r.Crashed = "the lab powered off", true
+	if !r.knownCrash() {
+		t.Fatal("a corrupted stack end is not a known lab crash")
+	}
+	r.giveUpCutShort()
+	if got := r.settledIn(1); !slices.Equal(got, []string{"TestKVMLoad"}) {
+		t.Errorf("settled in step 1: %v; the rerun skips these", got)
+	}
+	rerun := newResult("lab", 1)
+	feed(rerun, "=== RUN   TestKVMB", "--- PASS: TestKVMB (1.00s)", stepMarker(0, 0), markerDone)
+	m := r.mergeRerun(r.unfinished(), rerun)
+	if m.OK() || !slices.Equal(m.Failed, []string{"TestKVMA", "TestKVMLoad"}) || !slices.Equal(m.GivenUp, []string{"TestKVMLoad"}) || !slices.Equal(m.Passed, []string{"TestKVMB"}) {
+		t.Errorf("merged: OK %v, failed %v, given up %v, passed %v", m.OK(), m.Failed, m.GivenUp, m.Passed)
+	}
+	if got := m.labFaulted(); !slices.Equal(got[0], []string{"TestKVMA"}) || len(got) != 1 {
+		t.Errorf("retested after the give-up: %v, want TestKVMA alone", got)
 	}
 }

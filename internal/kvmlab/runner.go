@@ -188,43 +188,77 @@ func withFlag(args []string, flag, value string) []string {
 // maxCrashReruns bounds how many fresh labs run what crashed labs left.
 // On a busy CI machine the lab's emulated SVM has crashed three labs in
 // one 22-minute kvm tier (at 15m39s, 4m57s and 6s of their uptime), so
-// the bound leaves room for that; a test that a crash cuts short twice in
-// a row is not run a third time (see crashRerun).
+// the bound leaves room for that.
 const maxCrashReruns = 5
 
-// crashRerun decides whether what the crashed run res left runs again in
-// a fresh lab, given the test that the previous crash cut short (prev,
-// "" if none or no previous crash) and the reruns made so far. A crash
-// says nothing about the test it cut short, unless the same test is cut
-// short twice in a row: then that test may be what breaks the lab (a
-// guest driving the emulated SVM somewhere it always fails), and running
-// it again would only hide it, so the run stops with the lab's error
-// naming it.
-func crashRerun(res *Result, prev string, reruns int) (again bool, why string) {
+// A test that lab crashes cut short this many times in a row is given up
+// on (see crashRerun): maxCutShortKnown times when every one of those
+// crashes showed a known fault of the lab kernel (labCrashSigns), else
+// maxCutShort. The tests that load the lab most (twenty guests at once)
+// are the ones most often running when it crashes: one CI run saw its
+// kernel's "corrupted stack end" panic cut the same such test short at
+// 14m32s and, in the next lab, at 1m48s of uptime.
+const (
+	maxCutShort      = 2
+	maxCutShortKnown = 3
+)
+
+// crashAction is what follows a crashed lab.
+type crashAction int
+
+const (
+	crashStop   crashAction = iota // nothing more runs
+	crashRerun                     // the unfinished steps run again
+	crashGiveUp                    // they run again without the test cut short, which fails
+)
+
+// afterCrash decides what follows the crashed run res, given how many
+// crashes in a row (this one included) cut short the test this one did
+// (streak; 0 if it cut none short), whether each of them showed a known
+// lab fault (known), and the reruns made so far. A crash says nothing
+// about the test it cut short, unless it keeps happening in that test:
+// then that test may be what breaks the lab (a guest driving the emulated
+// SVM somewhere it always fails), and running it again would only hide
+// that, so it fails, naming the crashes, and the rest runs without it.
+func afterCrash(res *Result, streak int, known bool, reruns int) (crashAction, string) {
+	limit := maxCutShort
+	if known {
+		limit = maxCutShortKnown
+	}
 	switch cut := res.cutShort(); {
 	case !res.Crashed || len(res.unfinished()) == 0:
-		return false, ""
-	case cut != "" && cut == prev:
-		return false, fmt.Sprintf("%s was running at this lab crash and the one before; it is not run again", cut)
+		return crashStop, ""
 	case reruns >= maxCrashReruns:
-		return false, fmt.Sprintf("%d lab crashes in one run; no more reruns", reruns+1)
+		return crashStop, fmt.Sprintf("%d lab crashes in one run; no more reruns", reruns+1)
+	case cut != "" && streak >= limit:
+		return crashGiveUp, fmt.Sprintf("%s was running at %d lab crashes in a row; it fails and is not run again", cut, streak)
 	}
-	return true, ""
+	return crashRerun, ""
 }
 
-// rerunCrashed runs in a fresh lab, while crashRerun allows, the steps a
+// rerunCrashed runs in a fresh lab, while afterCrash allows, the steps a
 // crashed lab did not finish, without the tests that passed in them.
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
-	prev := ""
+	prev, streak, known := "", 0, true
 	for reruns := 0; ; reruns++ {
-		ok, why := crashRerun(res, prev, reruns)
+		if cut := res.cutShort(); cut == "" || cut != prev {
+			prev, streak, known = cut, 0, true
+		}
+		if prev != "" {
+			streak++
+			known = known && res.knownCrash()
+		}
+		action, why := afterCrash(res, streak, known, reruns)
 		if why != "" {
 			res.LabError += "; " + why
 		}
-		if !ok {
+		if action == crashStop {
 			return res, nil
 		}
-		prev = res.cutShort()
+		if action == crashGiveUp {
+			res.giveUpCutShort()
+			prev, streak = "", 0
+		}
 		// The lab's emulated SVM breaks now and then (its kernel panics,
 		// triple-faults or wedges): that is not a test's failure, so what
 		// did not finish runs again in a fresh lab, and the crash is
@@ -238,15 +272,15 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		var names []string
 		for _, i := range steps {
 			s := plan.Steps[i]
-			if passed := res.passedIn(i); len(passed) > 0 {
-				s.Args = withTestSkip(s.Args, "^("+strings.Join(passed, "|")+")$")
+			if settled := res.settledIn(i); len(settled) > 0 {
+				s.Args = withTestSkip(s.Args, "^("+strings.Join(settled, "|")+")$")
 			}
 			rerun.Steps = append(rerun.Steps, s)
 			names = append(names, s.Name)
 		}
 		cut := ""
-		if prev != "" {
-			cut = ", cutting short " + prev
+		if c := res.cutShort(); c != "" {
+			cut = ", cutting short " + c
 		}
 		fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s%s; console log %s); running the %d unfinished steps again in a fresh lab, without the tests that passed: %s\n",
 			res.LabError, cut, crashLog, len(steps), strings.Join(names, ", "))
