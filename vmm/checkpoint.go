@@ -30,7 +30,21 @@ type CheckpointStats struct {
 	Pause       time.Duration // how long the guest was stopped
 	// PauseParts is where Pause went.
 	PauseParts PauseParts
-	Total      time.Duration
+	// RunningParts is where the rest of Total went, while the guest ran.
+	RunningParts RunningParts
+	Total        time.Duration
+}
+
+// RunningParts is where the running part of a checkpoint went: before
+// the pause, the first copy of the dirty pages (and each disk's flush);
+// after it, the memory layer's file, the layers' entry into the pending
+// checkpoint (the disk layers switched out sealed) and the commit of the
+// manifest.
+type RunningParts struct {
+	PreCopy time.Duration // the first copy of dirty pages, and each disk's flush
+	Write   time.Duration // writing the memory layer
+	Layers  time.Duration // the memory layer added, the disk layers switched out sealed and added
+	Commit  time.Duration // the manifest written and renamed into place
 }
 
 // PauseParts is where a checkpoint's pause went: the parts of the step
@@ -144,6 +158,8 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	}()
 
 	// First copy, while the guest runs.
+	run := &stats.RunningParts
+	rl := startLap()
 	wasPaused := m.paused
 	if !wasPaused {
 		bm, err := m.takeDirtyBitmap()
@@ -161,6 +177,8 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 			}
 		}
 	}
+
+	run.PreCopy = rl.next()
 
 	// The stop.
 	paused := time.Now()
@@ -185,10 +203,12 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	}
 
 	// Files, while the guest runs again.
+	rl = startLap()
 	info, err := pages.write(p.StagingPath("memory"))
 	if err != nil {
 		return nil, err
 	}
+	run.Write = rl.next()
 	stats.Pages, stats.PageBytes, stats.LayerBytes = info.Pages, info.DataBytes, info.FileBytes
 	man := &snapshot.Manifest{
 		ID:                 opts.ID,
@@ -236,9 +256,11 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 		}
 		man.Disks[id] = chain
 	}
+	run.Layers = rl.next()
 	if err := p.Commit(man); err != nil {
 		return nil, err
 	}
+	run.Commit = rl.next()
 	committed = true
 	clear(m.pendingSeals)
 	return man, nil

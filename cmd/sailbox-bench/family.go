@@ -52,6 +52,7 @@ func benchFamilyFork(ctx context.Context, sys *kvm.System, root *snapshot.Root, 
 	}
 	for i := range o.runs {
 		var total, tCkpt, tRestore time.Duration
+		var st vmm.CheckpointStats
 		err := res.retryBoot(stderr, fmt.Sprintf("family fork %d", i), func() error {
 			name := fmt.Sprintf("family%d-%d", i+1, len(res.Retries))
 			box, err := restore(tpl, name, false)
@@ -60,7 +61,7 @@ func benchFamilyFork(ctx context.Context, sys *kvm.System, root *snapshot.Root, 
 			}
 			defer box.stop()
 			t0 := time.Now()
-			if _, _, err := box.m.Checkpoint(vmm.CheckpointOptions{Root: root, ID: name, GuestSchemaVersion: guestagent.GuestSchemaVersion, VMMVersion: "bench"}); err != nil {
+			if _, st, err = box.m.Checkpoint(vmm.CheckpointOptions{Root: root, ID: name, GuestSchemaVersion: guestagent.GuestSchemaVersion, VMMVersion: "bench"}); err != nil {
 				return err
 			}
 			tCkpt = time.Since(t0)
@@ -77,8 +78,9 @@ func benchFamilyFork(ctx context.Context, sys *kvm.System, root *snapshot.Root, 
 			return fmt.Errorf("family fork %d: %w", i, err)
 		}
 		res.durations("fork.family", "snapshots", "first fork of a box created from its family's template, the family's working set mapped ahead", total)
-		fmt.Fprintf(stderr, "family fork %d: first exec after %v (checkpoint %v, restore %v)\n",
-			i, total.Round(time.Millisecond), tCkpt.Round(time.Millisecond), tRestore.Round(time.Millisecond))
+		rp := st.RunningParts
+		fmt.Fprintf(stderr, "family fork %d: first exec after %v (checkpoint %v: %d pages, pre-copy %.1f ms, pause %.1f ms, write %.1f ms, layers %.1f ms, commit %.1f ms; restore %v)\n",
+			i, total.Round(time.Millisecond), tCkpt.Round(time.Millisecond), st.Pages, ms(rp.PreCopy), ms(st.Pause), ms(rp.Write), ms(rp.Layers), ms(rp.Commit), tRestore.Round(time.Millisecond))
 	}
 	return nil
 }
