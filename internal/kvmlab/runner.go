@@ -70,6 +70,10 @@ func (r *Runner) runLab(ctx context.Context, plan *Plan) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	old, _ := filepath.Glob(filepath.Join(r.WorkDir, "console-*.log")) // an earlier run's
+	for _, f := range old {
+		os.Remove(f)
+	}
 	res, err := lab.Run(ctx, plan)
 	if err != nil {
 		return nil, err
@@ -147,10 +151,7 @@ func (r *Runner) retestLabFaults(ctx context.Context, lab *Lab, plan *Plan, res 
 		rerun.Steps = append(rerun.Steps, s)
 		names = append(names, retest[i]...)
 	}
-	crashLog := filepath.Join(r.WorkDir, "console-labfault.log")
-	if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
-		crashLog = lab.ConsoleLog()
-	}
+	crashLog := keepConsole(lab, r.WorkDir, "labfault")
 	fmt.Fprintf(r.Log, "kvmlab: %s failed after the lab broke a guest (console log %s); running them again in a fresh lab, once\n",
 		strings.Join(names, ", "), crashLog)
 	again, err := lab.Run(ctx, rerun)
@@ -264,10 +265,7 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		// did not finish runs again in a fresh lab, and the crash is
 		// reported.
 		steps := res.unfinished()
-		crashLog := filepath.Join(r.WorkDir, fmt.Sprintf("console-crash%d.log", len(res.Reruns)+1))
-		if err := os.Rename(lab.ConsoleLog(), crashLog); err != nil {
-			crashLog = lab.ConsoleLog()
-		}
+		crashLog := keepConsole(lab, r.WorkDir, "crash")
 		rerun := &Plan{}
 		var names []string
 		for _, i := range steps {
@@ -289,6 +287,22 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 			return nil, err
 		}
 		res = res.mergeRerun(steps, again)
+	}
+}
+
+// keepConsole moves the console log of the lab that just ended to the
+// first free console-<kind>N.log in dir, before the next lab writes its
+// own, and returns where it is now.
+func keepConsole(lab *Lab, dir, kind string) string {
+	for n := 1; ; n++ {
+		path := filepath.Join(dir, fmt.Sprintf("console-%s%d.log", kind, n))
+		if _, err := os.Lstat(path); err == nil {
+			continue
+		}
+		if err := os.Rename(lab.ConsoleLog(), path); err != nil {
+			return lab.ConsoleLog()
+		}
+		return path
 	}
 }
 
