@@ -348,6 +348,55 @@ func (r *Root) List() ([]string, error) {
 	return ids, nil
 }
 
+// cleanCheckpointDir removes checkpoint directory dir if it is debris (no
+// manifest, and no writer) and reports whether it did; from a completed
+// checkpoint it removes the temporary files no one holds (with remove).
+// A checkpoint in progress, and a directory already gone, are left.
+//
+// It looks for the manifest only once it holds the directory's lock. A
+// writer holds that lock from Begin until its manifest is in place, so an
+// unlocked directory without a manifest never gets one. The other order
+// (look, then ask whether the directory is locked) removed checkpoints
+// whose commit finished in between: a daemon compacting one box's chain
+// while it collected another's lost the compacted checkpoint.
+func (r *Root) cleanCheckpointDir(dir string, remove func(path string) error) (bool, error) {
+	lock, err := format.TryLock(dir)
+	if testHookCleanDir != nil {
+		testHookCleanDir(dir)
+	}
+	if errors.Is(err, format.ErrBusy) || (lock == nil && err == nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer lock.Close()
+	_, err = os.Stat(filepath.Join(dir, manifestName))
+	if errors.Is(err, os.ErrNotExist) {
+		return true, os.RemoveAll(dir)
+	}
+	if err != nil {
+		return false, err
+	}
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f.Name(), ".tmp") {
+			if err := remove(filepath.Join(dir, f.Name())); err != nil {
+				return false, err
+			}
+		}
+	}
+	return false, nil
+}
+
+// testHookCleanDir, set by a test, runs between Clean's first look at
+// checkpoint directory dir and what it does about it: where a commit
+// finishing meanwhile must not be lost.
+var testHookCleanDir func(dir string)
+
 // Remove deletes completed checkpoint id: its manifest first (so it stops
 // existing at once), then its directory. Its layers stay in the store;
 // deleting those no checkpoint references is the caller's job.
@@ -409,22 +458,12 @@ func (r *Root) clean() ([]string, error) {
 		if !e.IsDir() {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(dir, manifestName)); errors.Is(err, os.ErrNotExist) {
-			if err := remove(dir); err != nil {
-				return removed, fmt.Errorf("clean checkpoint store: %w", err)
-			}
-			continue
-		}
-		files, err := os.ReadDir(dir)
+		gone, err := r.cleanCheckpointDir(dir, remove)
 		if err != nil {
 			return removed, fmt.Errorf("clean checkpoint store: %w", err)
 		}
-		for _, f := range files {
-			if strings.HasSuffix(f.Name(), ".tmp") {
-				if err := remove(filepath.Join(dir, f.Name())); err != nil {
-					return removed, fmt.Errorf("clean checkpoint store: %w", err)
-				}
-			}
+		if gone {
+			removed = append(removed, dir)
 		}
 	}
 	tops, err := os.ReadDir(filepath.Join(r.dir, "tops"))

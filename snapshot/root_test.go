@@ -484,3 +484,102 @@ func TestClean(t *testing.T) {
 		t.Errorf("second Clean removed %v, %v", removed, err)
 	}
 }
+
+// TestCleanBesideCommits: a Clean running while checkpoints commit never
+// removes one that completed. Clean used to decide that a directory was
+// debris from a look for its manifest taken before the directory's lock,
+// so a commit finishing between the two lost its manifest.
+func TestCleanBesideCommits(t *testing.T) {
+	root, err := OpenRoot(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 60
+	done := make(chan struct{})
+	cleaned := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-done:
+				cleaned <- nil
+				return
+			default:
+			}
+			if _, err := root.Clean(); err != nil {
+				cleaned <- err
+				return
+			}
+		}
+	}()
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := range each {
+				id := fmt.Sprintf("w%d-c%d", w, i)
+				p, err := root.Begin(id)
+				if err == nil {
+					err = p.Commit(&Manifest{ID: id, MemorySize: 4096, VCPUs: 1})
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(done)
+	if err := <-cleaned; err != nil {
+		t.Error(err)
+	}
+	ids, err := root.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != writers*each {
+		t.Errorf("%d of %d committed checkpoints left after Clean ran beside their commits", len(ids), writers*each)
+	}
+}
+
+// TestCleanWhileCommitFinishes: a checkpoint whose commit finishes while
+// Clean looks at its directory is kept. Clean used to look for the
+// manifest first and ask whether the directory was locked after, and
+// removed the checkpoint that committed in between.
+func TestCleanWhileCommitFinishes(t *testing.T) {
+	root, err := OpenRoot(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := root.Begin("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := false
+	testHookCleanDir = func(dir string) {
+		if dir == root.checkpointDir("c1") && !committed {
+			committed = true
+			if err := p.Commit(&Manifest{ID: "c1", MemorySize: 4096, VCPUs: 1}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(func() { testHookCleanDir = nil })
+	removed, err := root.Clean()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !committed {
+		t.Fatal("Clean did not look at the checkpoint in progress")
+	}
+	if len(removed) != 0 {
+		t.Errorf("Clean removed %v", removed)
+	}
+	if _, err := root.Load("c1"); err != nil {
+		t.Errorf("the checkpoint committed while Clean ran is gone: %v", err)
+	}
+}

@@ -86,7 +86,7 @@ func SyncDir(dir string) error {
 
 // Lock takes an exclusive advisory lock (flock) on an open file or
 // directory without blocking. A writer holds it on every file that is not
-// finished yet, so a debris scan (TryLocked) can tell a file being written
+// finished yet, so a debris scan (TryLock) can tell a file being written
 // by a live process from one left behind by a dead one: the kernel drops
 // the lock when its holder dies.
 func Lock(f *os.File) error {
@@ -104,26 +104,50 @@ func Lock(f *os.File) error {
 
 // InUse reports whether another open file description holds the lock Lock
 // takes on path. It returns false for a path that no longer exists.
+//
+// The answer is stale as soon as it is given: a writer may finish and
+// let go right after. Whoever acts on "not in use" (removes the path as
+// debris) must hold the lock while deciding and acting: see TryLock.
 func InUse(path string) (bool, error) {
+	f, err := TryLock(path)
+	if errors.Is(err, ErrBusy) {
+		return true, nil
+	}
+	if f != nil {
+		f.Close() // and the lock with it
+	}
+	return false, err
+}
+
+// ErrBusy is TryLock's answer for a path whose lock another open file
+// description holds.
+var ErrBusy = errors.New("locked by a writer")
+
+// TryLock opens path and takes the lock Lock takes, without blocking, for
+// the caller to hold while it decides what path is and acts on it (Close
+// lets go). It fails with ErrBusy when a writer holds the lock, and
+// returns nil and no error for a path that no longer exists.
+func TryLock(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	defer f.Close()
 	for {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EWOULDBLOCK:
-			return true, nil
+			f.Close()
+			return nil, fmt.Errorf("flock %s: %w", path, ErrBusy)
 		case err != nil:
-			return false, fmt.Errorf("flock %s: %w", path, err)
+			f.Close()
+			return nil, fmt.Errorf("flock %s: %w", path, err)
 		}
-		return false, nil // our descriptor's lock goes with f.Close
+		return f, nil
 	}
 }
 
