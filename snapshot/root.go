@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,7 @@ import (
 type Root struct {
 	dir    string
 	layers layerstore.Store
+	log    *slog.Logger // set before the root is shared (SetLogger); nil: silent
 }
 
 // OpenRoot opens (creating if needed) the store at dir. layers is where
@@ -54,6 +56,18 @@ func OpenRoot(dir string, layers layerstore.Store) (*Root, error) {
 		layers = s
 	}
 	return &Root{dir: dir, layers: layers}, nil
+}
+
+// SetLogger has the root log every completed or unfinished checkpoint it
+// removes, and why, to l (nil: none): a checkpoint that goes missing can
+// then be traced to its removal. Call it before the root is shared.
+func (r *Root) SetLogger(l *slog.Logger) { r.log = l }
+
+// removed logs the removal of checkpoint directory dir.
+func (r *Root) removed(dir, why string) {
+	if r.log != nil {
+		r.log.Info("checkpoint removed from the store", "checkpoint", filepath.Base(dir), "why", why)
+	}
 }
 
 // Layers returns the root's layer store.
@@ -373,6 +387,7 @@ func (r *Root) cleanCheckpointDir(dir string, remove func(path string) error) (b
 	defer lock.Close()
 	_, err = os.Stat(filepath.Join(dir, manifestName))
 	if errors.Is(err, os.ErrNotExist) {
+		r.removed(dir, "debris: no manifest, and no writer holds its directory")
 		return true, os.RemoveAll(dir)
 	}
 	if err != nil {
@@ -400,7 +415,10 @@ var testHookCleanDir func(dir string)
 // Remove deletes completed checkpoint id: its manifest first (so it stops
 // existing at once), then its directory. Its layers stay in the store;
 // deleting those no checkpoint references is the caller's job.
-func (r *Root) Remove(id string) error {
+func (r *Root) Remove(id string) error { return r.remove(id, "Remove") }
+
+// remove is Remove, logging why (SetLogger).
+func (r *Root) remove(id, why string) error {
 	if err := layerstore.ValidID(id); err != nil {
 		return fmt.Errorf("remove checkpoint: %w", err)
 	}
@@ -411,6 +429,7 @@ func (r *Root) Remove(id string) error {
 		}
 		return fmt.Errorf("remove checkpoint %s: %w", id, err)
 	}
+	r.removed(dir, why)
 	if err := format.SyncDir(dir); err != nil {
 		return fmt.Errorf("remove checkpoint %s: %w", id, err)
 	}

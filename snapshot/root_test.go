@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -427,6 +428,8 @@ func TestClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var log bytes.Buffer
+	root.SetLogger(slog.New(slog.NewTextHandler(&log, nil)))
 	b := newBox(t, root, "live") // holds its top
 	b.run()
 	b.checkpoint("done")
@@ -472,6 +475,9 @@ func TestClean(t *testing.T) {
 	}
 	if _, err := root.Load("done"); err != nil {
 		t.Errorf("Clean broke a completed checkpoint: %v", err)
+	}
+	if n := strings.Count(log.String(), "checkpoint removed from the store"); n != 1 || !strings.Contains(log.String(), "checkpoint=crashed why=\"debris:") {
+		t.Errorf("Clean's log of the checkpoints it removed:\n%s", log.String())
 	}
 	if _, err := os.Stat(root.checkpointDir("inflight")); err != nil {
 		t.Errorf("Clean removed a checkpoint in progress: %v", err)
