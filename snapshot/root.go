@@ -443,7 +443,10 @@ func (r *Root) remove(id, why string) error {
 // directories without a manifest, temporary files in completed ones, disk
 // tops no Disk holds, and the layer store's temporary files (when it is a
 // layerstore.Cleaner). Whatever a live process is writing is locked and
-// left alone, so Clean is safe to run while boxes run.
+// left alone, so Clean is safe to run while boxes run: it decides what is
+// debris holding the lock a writer would hold (format.RemoveDebris), and
+// leaves empty files, which a writer may have just created and not yet
+// locked.
 func (r *Root) Clean() ([]string, error) {
 	rl, err := r.lockRoot(unix.LOCK_EX)
 	if err != nil {
@@ -457,15 +460,11 @@ func (r *Root) Clean() ([]string, error) {
 func (r *Root) clean() ([]string, error) {
 	var removed []string
 	remove := func(p string) error {
-		busy, err := format.InUse(p)
-		if err != nil || busy {
-			return err
+		gone, err := format.RemoveDebris(p)
+		if gone {
+			removed = append(removed, p)
 		}
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
-		removed = append(removed, p)
-		return nil
+		return err
 	}
 	ckpts := filepath.Join(r.dir, "checkpoints")
 	ents, err := os.ReadDir(ckpts)

@@ -84,14 +84,16 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// Lock takes an exclusive advisory lock (flock) on an open file or
-// directory without blocking. A writer holds it on every file that is not
-// finished yet, so a debris scan (TryLock) can tell a file being written
-// by a live process from one left behind by a dead one: the kernel drops
-// the lock when its holder dies.
+// Lock takes an exclusive advisory lock (flock) on a file or directory
+// the caller has just created. A writer holds it on every file that is
+// not finished yet, so a debris scan (TryLock) can tell a file being
+// written by a live process from one left behind by a dead one: the
+// kernel drops the lock when its holder dies. It waits for the lock: the
+// only other holder a new file can have is a scan that found it empty
+// and lets go at once (RemoveDebris).
 func Lock(f *os.File) error {
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
 		if err == unix.EINTR {
 			continue
 		}
@@ -100,23 +102,6 @@ func Lock(f *os.File) error {
 		}
 		return nil
 	}
-}
-
-// InUse reports whether another open file description holds the lock Lock
-// takes on path. It returns false for a path that no longer exists.
-//
-// The answer is stale as soon as it is given: a writer may finish and
-// let go right after. Whoever acts on "not in use" (removes the path as
-// debris) must hold the lock while deciding and acting: see TryLock.
-func InUse(path string) (bool, error) {
-	f, err := TryLock(path)
-	if errors.Is(err, ErrBusy) {
-		return true, nil
-	}
-	if f != nil {
-		f.Close() // and the lock with it
-	}
-	return false, err
 }
 
 // ErrBusy is TryLock's answer for a path whose lock another open file
@@ -149,6 +134,31 @@ func TryLock(path string) (*os.File, error) {
 		}
 		return f, nil
 	}
+}
+
+// RemoveDebris removes the file at path if no writer holds it (Lock) and
+// it is not empty, and reports whether it did. It decides and removes
+// holding the file's lock, so a writer cannot finish or start in between;
+// an empty file may be one whose writer has created it and is about to
+// lock it, and is left alone (a crash at that instant leaves an empty
+// file behind, which costs an inode).
+func RemoveDebris(path string) (bool, error) {
+	f, err := TryLock(path)
+	if f == nil {
+		if errors.Is(err, ErrBusy) {
+			err = nil
+		}
+		return false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return false, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	return true, nil
 }
 
 // MoveNoReplace moves the file at src to dst, never replacing an existing
