@@ -70,7 +70,7 @@ func (r *Root) RemoveCheckpoints(ids []string) ([]string, error) {
 		if !removing[id] {
 			continue
 		}
-		if err := r.Remove(id); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := r.remove(id, "RemoveCheckpoints: the caller's to free"); err != nil && !errors.Is(err, ErrNotFound) {
 			return deleted, err
 		}
 	}
@@ -117,7 +117,7 @@ func (r *Root) Sweep(keep, live func(id string) bool) ([]string, error) {
 	referenced := map[string]bool{}
 	for _, id := range ids {
 		if !keep(id) {
-			if err := r.Remove(id); err != nil {
+			if err := r.remove(id, "Sweep: not among those the caller keeps"); err != nil {
 				return removed, fmt.Errorf("sweep checkpoint store: %w", err)
 			}
 			removed = append(removed, id)

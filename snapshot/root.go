@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -36,6 +37,7 @@ import (
 type Root struct {
 	dir    string
 	layers layerstore.Store
+	log    *slog.Logger // set before the root is shared (SetLogger); nil: silent
 }
 
 // OpenRoot opens (creating if needed) the store at dir. layers is where
@@ -54,6 +56,18 @@ func OpenRoot(dir string, layers layerstore.Store) (*Root, error) {
 		layers = s
 	}
 	return &Root{dir: dir, layers: layers}, nil
+}
+
+// SetLogger has the root log every completed or unfinished checkpoint it
+// removes, and why, to l (nil: none): a checkpoint that goes missing can
+// then be traced to its removal. Call it before the root is shared.
+func (r *Root) SetLogger(l *slog.Logger) { r.log = l }
+
+// removed logs the removal of checkpoint directory dir.
+func (r *Root) removed(dir, why string) {
+	if r.log != nil {
+		r.log.Info("checkpoint removed from the store", "checkpoint", filepath.Base(dir), "why", why)
+	}
 }
 
 // Layers returns the root's layer store.
@@ -348,10 +362,63 @@ func (r *Root) List() ([]string, error) {
 	return ids, nil
 }
 
+// cleanCheckpointDir removes checkpoint directory dir if it is debris (no
+// manifest, and no writer) and reports whether it did; from a completed
+// checkpoint it removes the temporary files no one holds (with remove).
+// A checkpoint in progress, and a directory already gone, are left.
+//
+// It looks for the manifest only once it holds the directory's lock. A
+// writer holds that lock from Begin until its manifest is in place, so an
+// unlocked directory without a manifest never gets one. The other order
+// (look, then ask whether the directory is locked) removed checkpoints
+// whose commit finished in between: a daemon compacting one box's chain
+// while it collected another's lost the compacted checkpoint.
+func (r *Root) cleanCheckpointDir(dir string, remove func(path string) error) (bool, error) {
+	lock, err := format.TryLock(dir)
+	if testHookCleanDir != nil {
+		testHookCleanDir(dir)
+	}
+	if errors.Is(err, format.ErrBusy) || (lock == nil && err == nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer lock.Close()
+	_, err = os.Stat(filepath.Join(dir, manifestName))
+	if errors.Is(err, os.ErrNotExist) {
+		r.removed(dir, "debris: no manifest, and no writer holds its directory")
+		return true, os.RemoveAll(dir)
+	}
+	if err != nil {
+		return false, err
+	}
+	files, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, f := range files {
+		if strings.HasSuffix(f.Name(), ".tmp") {
+			if err := remove(filepath.Join(dir, f.Name())); err != nil {
+				return false, err
+			}
+		}
+	}
+	return false, nil
+}
+
+// testHookCleanDir, set by a test, runs between Clean's first look at
+// checkpoint directory dir and what it does about it: where a commit
+// finishing meanwhile must not be lost.
+var testHookCleanDir func(dir string)
+
 // Remove deletes completed checkpoint id: its manifest first (so it stops
 // existing at once), then its directory. Its layers stay in the store;
 // deleting those no checkpoint references is the caller's job.
-func (r *Root) Remove(id string) error {
+func (r *Root) Remove(id string) error { return r.remove(id, "Remove") }
+
+// remove is Remove, logging why (SetLogger).
+func (r *Root) remove(id, why string) error {
 	if err := layerstore.ValidID(id); err != nil {
 		return fmt.Errorf("remove checkpoint: %w", err)
 	}
@@ -362,6 +429,7 @@ func (r *Root) Remove(id string) error {
 		}
 		return fmt.Errorf("remove checkpoint %s: %w", id, err)
 	}
+	r.removed(dir, why)
 	if err := format.SyncDir(dir); err != nil {
 		return fmt.Errorf("remove checkpoint %s: %w", id, err)
 	}
@@ -375,7 +443,10 @@ func (r *Root) Remove(id string) error {
 // directories without a manifest, temporary files in completed ones, disk
 // tops no Disk holds, and the layer store's temporary files (when it is a
 // layerstore.Cleaner). Whatever a live process is writing is locked and
-// left alone, so Clean is safe to run while boxes run.
+// left alone, so Clean is safe to run while boxes run: it decides what is
+// debris holding the lock a writer would hold (format.RemoveDebris), and
+// leaves empty files, which a writer may have just created and not yet
+// locked.
 func (r *Root) Clean() ([]string, error) {
 	rl, err := r.lockRoot(unix.LOCK_EX)
 	if err != nil {
@@ -389,15 +460,11 @@ func (r *Root) Clean() ([]string, error) {
 func (r *Root) clean() ([]string, error) {
 	var removed []string
 	remove := func(p string) error {
-		busy, err := format.InUse(p)
-		if err != nil || busy {
-			return err
+		gone, err := format.RemoveDebris(p)
+		if gone {
+			removed = append(removed, p)
 		}
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
-		removed = append(removed, p)
-		return nil
+		return err
 	}
 	ckpts := filepath.Join(r.dir, "checkpoints")
 	ents, err := os.ReadDir(ckpts)
@@ -409,22 +476,12 @@ func (r *Root) clean() ([]string, error) {
 		if !e.IsDir() {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(dir, manifestName)); errors.Is(err, os.ErrNotExist) {
-			if err := remove(dir); err != nil {
-				return removed, fmt.Errorf("clean checkpoint store: %w", err)
-			}
-			continue
-		}
-		files, err := os.ReadDir(dir)
+		gone, err := r.cleanCheckpointDir(dir, remove)
 		if err != nil {
 			return removed, fmt.Errorf("clean checkpoint store: %w", err)
 		}
-		for _, f := range files {
-			if strings.HasSuffix(f.Name(), ".tmp") {
-				if err := remove(filepath.Join(dir, f.Name())); err != nil {
-					return removed, fmt.Errorf("clean checkpoint store: %w", err)
-				}
-			}
+		if gone {
+			removed = append(removed, dir)
 		}
 	}
 	tops, err := os.ReadDir(filepath.Join(r.dir, "tops"))

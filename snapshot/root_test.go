@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -427,6 +428,8 @@ func TestClean(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var log bytes.Buffer
+	root.SetLogger(slog.New(slog.NewTextHandler(&log, nil)))
 	b := newBox(t, root, "live") // holds its top
 	b.run()
 	b.checkpoint("done")
@@ -448,17 +451,25 @@ func TestClean(t *testing.T) {
 	defer inflight.Abort()
 	// A leftover temporary file in a completed checkpoint.
 	stray := filepath.Join(root.checkpointDir("done"), "manifest.tmp")
-	if err := os.WriteFile(stray, nil, 0o644); err != nil {
+	if err := os.WriteFile(stray, []byte("half a manifest"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// A dead box's top, and a dead Put's temporary layer file.
 	deadTop := root.TopPath("dead-vda-1")
-	if err := os.WriteFile(deadTop, nil, 0o644); err != nil {
+	if err := os.WriteFile(deadTop, []byte("a top's header"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	deadTmp := filepath.Join(dir, "layers", ".tmp-999")
-	if err := os.WriteFile(deadTmp, nil, 0o644); err != nil {
+	if err := os.WriteFile(deadTmp, []byte("half a layer"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	// Files created an instant ago, whose writers are about to lock them.
+	newTop := root.TopPath("new-vda-1")
+	newTmp := filepath.Join(dir, "layers", ".tmp-1000")
+	for _, p := range []string{newTop, newTmp} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	removed, err := root.Clean()
@@ -473,8 +484,17 @@ func TestClean(t *testing.T) {
 	if _, err := root.Load("done"); err != nil {
 		t.Errorf("Clean broke a completed checkpoint: %v", err)
 	}
+	if n := strings.Count(log.String(), "checkpoint removed from the store"); n != 1 || !strings.Contains(log.String(), "checkpoint=crashed why=\"debris:") {
+		t.Errorf("Clean's log of the checkpoints it removed:\n%s", log.String())
+	}
 	if _, err := os.Stat(root.checkpointDir("inflight")); err != nil {
 		t.Errorf("Clean removed a checkpoint in progress: %v", err)
+	}
+	for _, p := range []string{newTop, newTmp} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("Clean removed a file just created: %v", err)
+		}
+		os.Remove(p)
 	}
 	if _, err := b.disk.WriteAt([]byte("still fine"), 0); err != nil {
 		t.Errorf("Clean broke a live disk: %v", err)
@@ -482,5 +502,169 @@ func TestClean(t *testing.T) {
 	b.checkpoint("after")
 	if removed, err := root.Clean(); err != nil || len(removed) != 0 {
 		t.Errorf("second Clean removed %v, %v", removed, err)
+	}
+}
+
+// TestCleanBesideCommits: a Clean running while checkpoints commit never
+// removes one that completed. Clean used to decide that a directory was
+// debris from a look for its manifest taken before the directory's lock,
+// so a commit finishing between the two lost its manifest.
+func TestCleanBesideCommits(t *testing.T) {
+	root, err := OpenRoot(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 60
+	done := make(chan struct{})
+	cleaned := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-done:
+				cleaned <- nil
+				return
+			default:
+			}
+			if _, err := root.Clean(); err != nil {
+				cleaned <- err
+				return
+			}
+		}
+	}()
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			for i := range each {
+				id := fmt.Sprintf("w%d-c%d", w, i)
+				p, err := root.Begin(id)
+				if err == nil {
+					err = p.Commit(&Manifest{ID: id, MemorySize: 4096, VCPUs: 1})
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(done)
+	if err := <-cleaned; err != nil {
+		t.Error(err)
+	}
+	ids, err := root.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) != writers*each {
+		t.Errorf("%d of %d committed checkpoints left after Clean ran beside their commits", len(ids), writers*each)
+	}
+}
+
+// TestCleanWhileCommitFinishes: a checkpoint whose commit finishes while
+// Clean looks at its directory is kept. Clean used to look for the
+// manifest first and ask whether the directory was locked after, and
+// removed the checkpoint that committed in between.
+func TestCleanWhileCommitFinishes(t *testing.T) {
+	root, err := OpenRoot(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := root.Begin("c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	committed := false
+	testHookCleanDir = func(dir string) {
+		if dir == root.checkpointDir("c1") && !committed {
+			committed = true
+			if err := p.Commit(&Manifest{ID: "c1", MemorySize: 4096, VCPUs: 1}); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	t.Cleanup(func() { testHookCleanDir = nil })
+	removed, err := root.Clean()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !committed {
+		t.Fatal("Clean did not look at the checkpoint in progress")
+	}
+	if len(removed) != 0 {
+		t.Errorf("Clean removed %v", removed)
+	}
+	if _, err := root.Load("c1"); err != nil {
+		t.Errorf("the checkpoint committed while Clean ran is gone: %v", err)
+	}
+}
+
+// TestCleanBesideDisks: a Clean running while disks open and seal never
+// removes a live disk's top. Clean used to ask whether a top was locked
+// and then remove it, and a top is created an instant before its disk
+// locks it, so a top made in between went.
+func TestCleanBesideDisks(t *testing.T) {
+	root, err := OpenRoot(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const disks, seals = 4, 100
+	done := make(chan struct{})
+	cleaned := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-done:
+				cleaned <- nil
+				return
+			default:
+			}
+			if _, err := root.Clean(); err != nil {
+				cleaned <- err
+				return
+			}
+		}
+	}()
+	errs := make(chan error, disks)
+	for n := range disks {
+		go func() {
+			errs <- func() error {
+				top := func(i int) string { return root.TopPath(fmt.Sprintf("d%d-vda-%d", n, i)) }
+				d, err := disklayer.Open(disklayer.Layout{Size: testDiskSize}, top(0))
+				if err != nil {
+					return err
+				}
+				defer d.Close()
+				for i := 1; i <= seals; i++ {
+					if _, err := d.WriteAt([]byte("data"), int64(i)*512); err != nil {
+						return err
+					}
+					info, err := d.Seal(top(i))
+					if err != nil {
+						return err
+					}
+					for _, p := range []string{info.Path, top(i)} {
+						if _, err := os.Stat(p); err != nil {
+							return fmt.Errorf("seal %d: a live disk's file is gone: %w", i, err)
+						}
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range disks {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	close(done)
+	if err := <-cleaned; err != nil {
+		t.Error(err)
 	}
 }

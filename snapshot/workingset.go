@@ -182,15 +182,19 @@ func (r *Root) SaveWorkingSet(id string, ws WorkingSet) (saved bool, err error) 
 		return false, fmt.Errorf("save working set of %s: %w", id, err)
 	}
 	defer os.Remove(tmp.Name()) // gone after the move; debris otherwise
-	_, err = tmp.Write(b)
+	// Held until the move: Clean removes the temporary files no one holds.
+	err = format.Lock(tmp)
+	if err == nil {
+		_, err = tmp.Write(b)
+	}
 	if err == nil {
 		err = tmp.Sync()
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil {
 		err = format.MoveNoReplace(tmp.Name(), dst)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
 	if errors.Is(err, os.ErrExist) {
 		return false, nil // another restore recorded first

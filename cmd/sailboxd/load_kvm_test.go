@@ -22,7 +22,9 @@ import (
 
 // Load: boxes cycling exec → sleep → wake (the exec wakes) for a while.
 // The daemon's descriptors, threads and memory must stay bounded, the
-// store must hold only what the boxes' chains reference.
+// store must hold only what the boxes' chains reference, and chains are
+// compacted as they grow, each box waking from its compacted checkpoint
+// with its memory whole (the exec checks it).
 //
 // Every cycle restores a guest, and in the lab now and then a restored
 // guest is broken by the lab's emulated SVM (see README): it
@@ -39,7 +41,9 @@ import (
 // 10; `make chaos` runs 20), cycled by 4 workers so that at most 4 run
 // at once.
 func TestKVMLoadSleepWake(t *testing.T) {
-	h := newHost(t)
+	// Every fourth sleep compacts the box's chain (the default is every
+	// ninth), so that boxes keep waking from compacted checkpoints.
+	h := newHost(t, "-compact-after", "3")
 	dur := time.Minute
 	if s := os.Getenv("SAILBOX_LOAD_DURATION"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -139,8 +143,12 @@ func TestKVMLoadSleepWake(t *testing.T) {
 		t.Fatal(err)
 	}
 	after := h.daemonUsage()
-	t.Logf("%d boxes, %d rounds of exec → sleep → wake in %v (%d guests died under an exec and were restored); daemon before: %+v, after: %+v",
-		n, last-1, time.Since(start).Round(time.Second), died.Load(), before, after)
+	compactions := strings.Count(h.logs.String(), `msg="chain compacted"`)
+	t.Logf("%d boxes, %d rounds of exec → sleep → wake in %v (%d guests died under an exec and were restored, %d chains compacted); daemon before: %+v, after: %+v",
+		n, last-1, time.Since(start).Round(time.Second), died.Load(), compactions, before, after)
+	if compactions == 0 {
+		t.Error("no box's chain was compacted")
+	}
 	if after.fds > before.fds+8 {
 		t.Errorf("daemon descriptors grew from %d to %d", before.fds, after.fds)
 	}

@@ -167,7 +167,7 @@ func parseArgs(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&c.InferencePublic, "inference-listen-public", false, "let -inference-listen bind a non-loopback address (the proxy asks no credentials)")
 	fs.IntVar(&c.MinSchema, "min-resumable-schema", 0, "oldest guest schema `version` a box may be resumed on; older boxes are upgraded when they wake (0: any)")
 	fs.BoolVar(&c.Templates, "templates", true, "create boxes by restoring a template checkpoint of their image and shape, booted once (false: boot every box)")
-	fs.IntVar(&c.CompactAfter, "compact-after", 0, "how many of its own checkpoints a box's chain holds before a pause or sleep merges them into one (0: never; see the README before turning it on)")
+	fs.IntVar(&c.CompactAfter, "compact-after", daemon.DefaultCompactAfter, "how many of its own checkpoints a box's chain holds before a pause or sleep merges them into one (0: never)")
 	fs.TextVar(&c.LogLevel, "log-level", slog.LevelInfo, "log `level`: debug, info, warn, error")
 	fs.TextVar(&c.LogFormat, "log-format", logText, "log `format`: text or json")
 	fs.StringVar(&c.MetricsListen, "metrics-listen", "", "TCP `address` that serves Prometheus metrics on /metrics, bound as given (loopback recommended: 127.0.0.1:9464); empty: none")

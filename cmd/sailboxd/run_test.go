@@ -93,6 +93,12 @@ func TestArgs(t *testing.T) {
 	if err != nil || c.LogLevel != slog.LevelDebug || c.SocketGroup != "wheel" || c.StateDir == "" || c.Socket == "" || c.MinSchema != 3 {
 		t.Errorf("parseArgs = %+v, %v", c, err)
 	}
+	if c.CompactAfter != daemon.DefaultCompactAfter {
+		t.Errorf("-compact-after defaults to %d, want %d: chains are compacted unless told not to", c.CompactAfter, daemon.DefaultCompactAfter)
+	}
+	if c, err := parseArgs([]string{"-compact-after", "0"}, io.Discard); err != nil || c.CompactAfter != 0 {
+		t.Errorf("parseArgs(-compact-after 0) = %d, %v; want 0 (never)", c.CompactAfter, err)
+	}
 	t.Setenv("XDG_STATE_HOME", "/xdg")
 	if os.Geteuid() != 0 && defaultStateDir() != "/xdg/sailbox" {
 		t.Errorf("state dir with XDG_STATE_HOME: %s", defaultStateDir())

@@ -13,10 +13,10 @@ import (
 // wake maps every one of them, and the store holds the pages each wake
 // wrote, again and again). So once the box's own part of its chain (the
 // checkpoints above the template or fork base it started from, which
-// other boxes share) is longer than Config.CompactAfter, the pause or sleep that
-// made it so merges that part into one checkpoint on the same base
-// (Backend.Compact), the box's last from then on, and the old ones go
-// unless another box's chain holds them (a fork's does).
+// other boxes share) is longer than Config.CompactAfter, the pause or
+// sleep that made it so merges that part into one checkpoint on the
+// same base (Backend.Compact), the box's last from then on, and the old
+// ones go unless another box's chain holds them (a fork's does).
 //
 // It runs while the box runs no VM, which is why only pauses and sleeps
 // compact: a running VMM builds its next checkpoint on the chain it has.
@@ -25,13 +25,26 @@ import (
 // does not make the box's (its parent is not the box's head): collection
 // frees it.
 
-// It is off unless configured (Config.CompactAfter, sailboxd's
-// -compact-after): in the KVM lab, one wake of the 1-minute load test
-// found its box's compacted checkpoint gone from the store ("checkpoint
-// not found") four seconds after the compaction committed it, while other
-// boxes' compactions and collections ran beside it; 30 compactions in
-// another run woke whole. Until that is understood, compaction stays an
-// operator's choice.
+// DefaultCompactAfter is how many of its own checkpoints a box's chain
+// holds before a pause or sleep compacts them when sailboxd is not told
+// otherwise (-compact-after; 0 turns compaction off): a wake then maps at
+// most that many layers above the base, and the store holds at most that
+// many copies of the pages each wake rewrites.
+//
+// Compaction was off by default for a while: in the KVM lab, one wake of
+// the 1-minute load test found its box's compacted checkpoint gone from
+// the store ("checkpoint not found") four seconds after the compaction
+// committed it. The one way found for that: the store's Clean, which
+// every collection ends with (and every compaction collects), looked
+// for a checkpoint directory's manifest before it asked whether a writer
+// held the directory's lock, so a commit that finished between the two
+// lost its checkpoint as debris; compaction made that far likelier, with
+// a collection after each one while other boxes' compactions and
+// checkpoints committed. Clean now decides under the lock
+// (snapshot.Root.cleanCheckpointDir, snapshot's
+// TestCleanWhileCommitFinishes; TestCompactionBesideCollections runs the
+// daemon beside the real store).
+const DefaultCompactAfter = 8
 
 // compactChain compacts stopped box b's own checkpoints into one if there
 // are more than m.compactAt of them, and frees what that leaves

@@ -7,18 +7,18 @@ import (
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
+	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
 
-// With -compact-after 8, a box that keeps sleeping and waking has its own
-// part of its chain merged into one checkpoint on its template's once it
-// passes eight: the
-// box wakes with its files from the compacted checkpoint, the template's
-// checkpoint stays shared, and the old checkpoints are freed, except
-// those a fork's chain holds.
+// With -compact-after at its default, 8, a box that keeps sleeping and
+// waking has its own part of its chain merged into one checkpoint on its
+// template's once it passes eight: the box wakes with its files from the
+// compacted checkpoint, the template's checkpoint stays shared, and the
+// old checkpoints are freed, except those a fork's chain holds.
 func TestSleepCompactsLongChain(t *testing.T) {
 	e := newTemplateEnv(t)
 	e.close()
-	e.compactAfter = 8
+	e.compactAfter = daemon.DefaultCompactAfter
 	e.open()
 	b := e.create()
 	chain := func() []catalog.Checkpoint {
@@ -74,8 +74,8 @@ func TestSleepCompactsLongChain(t *testing.T) {
 	}
 }
 
-// Without -compact-after (the default), chains are never compacted.
-func TestNoCompactionByDefault(t *testing.T) {
+// With -compact-after 0, chains are never compacted.
+func TestNoCompactionWhenOff(t *testing.T) {
 	e := newTemplateEnv(t)
 	b := e.create()
 	for i := range 10 {
@@ -87,6 +87,6 @@ func TestNoCompactionByDefault(t *testing.T) {
 		}
 	}
 	if calls := e.fake.Calls(); slices.ContainsFunc(calls, func(c string) bool { return strings.HasPrefix(c, "Compact ") }) {
-		t.Errorf("a compaction without -compact-after: %v", calls)
+		t.Errorf("a compaction with -compact-after 0: %v", calls)
 	}
 }

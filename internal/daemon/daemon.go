@@ -72,7 +72,8 @@ type Config struct {
 	Templates bool
 	// CompactAfter is how many of its own checkpoints a box's chain
 	// holds before a pause or sleep merges them into one (compact.go);
-	// 0 never compacts, the default for now (see compact.go).
+	// 0 never compacts. sailboxd's -compact-after gives
+	// DefaultCompactAfter unless told otherwise.
 	CompactAfter int
 	Logger       *slog.Logger // nil discards
 	// Observer hears about VM starts, checkpoints and wakes (metrics;

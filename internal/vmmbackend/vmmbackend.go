@@ -107,6 +107,7 @@ func New(cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, fmt.Errorf("vmm backend: %w", err)
 	}
+	root.SetLogger(cfg.Logger)
 	b := &Backend{cfg: cfg, root: root, log: cfg.Logger, vms: map[string]*vm{}}
 	b.identity = sync.OnceValues(b.bootIdentity)
 	return b, nil

@@ -153,8 +153,10 @@ func createTemp(dir string) (*os.File, error) {
 	return f, nil
 }
 
-// finishTemp makes a complete temporary file read-only and durable, closes
-// it and moves it to dst without replacing an existing dst.
+// finishTemp makes a complete temporary file read-only and durable, moves
+// it to dst without replacing an existing dst, and closes it. It holds
+// the file's lock until the move: a temporary file no one holds is
+// debris to cleanTemps.
 func finishTemp(tmp *os.File, dst string) error {
 	if err := tmp.Chmod(0o444); err != nil {
 		return err
@@ -162,10 +164,10 @@ func finishTemp(tmp *os.File, dst string) error {
 	if err := tmp.Sync(); err != nil {
 		return err
 	}
-	if err := tmp.Close(); err != nil {
+	if err := format.MoveNoReplace(tmp.Name(), dst); err != nil {
 		return err
 	}
-	return format.MoveNoReplace(tmp.Name(), dst)
+	return tmp.Close()
 }
 
 // syncFile fsyncs the file at path.
@@ -252,7 +254,7 @@ func removeLayer(dir, id, path string) error {
 }
 
 // cleanTemps removes the temporary files in dir that no process holds
-// locked.
+// locked (format.RemoveDebris: not the empty ones).
 func cleanTemps(dir string) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -264,17 +266,13 @@ func cleanTemps(dir string) ([]string, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		busy, err := format.InUse(p)
+		gone, err := format.RemoveDebris(p)
 		if err != nil {
 			return removed, fmt.Errorf("clean layer store: %w", err)
 		}
-		if busy {
-			continue
+		if gone {
+			removed = append(removed, p)
 		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return removed, fmt.Errorf("clean layer store: %w", err)
-		}
-		removed = append(removed, p)
 	}
 	return removed, nil
 }

@@ -84,14 +84,16 @@ func SyncDir(dir string) error {
 	return nil
 }
 
-// Lock takes an exclusive advisory lock (flock) on an open file or
-// directory without blocking. A writer holds it on every file that is not
-// finished yet, so a debris scan (TryLocked) can tell a file being written
-// by a live process from one left behind by a dead one: the kernel drops
-// the lock when its holder dies.
+// Lock takes an exclusive advisory lock (flock) on a file or directory
+// the caller has just created. A writer holds it on every file that is
+// not finished yet, so a debris scan (TryLock) can tell a file being
+// written by a live process from one left behind by a dead one: the
+// kernel drops the lock when its holder dies. It waits for the lock: the
+// only other holder a new file can have is a scan that found it empty
+// and lets go at once (RemoveDebris).
 func Lock(f *os.File) error {
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX)
 		if err == unix.EINTR {
 			continue
 		}
@@ -102,29 +104,61 @@ func Lock(f *os.File) error {
 	}
 }
 
-// InUse reports whether another open file description holds the lock Lock
-// takes on path. It returns false for a path that no longer exists.
-func InUse(path string) (bool, error) {
+// ErrBusy is TryLock's answer for a path whose lock another open file
+// description holds.
+var ErrBusy = errors.New("locked by a writer")
+
+// TryLock opens path and takes the lock Lock takes, without blocking, for
+// the caller to hold while it decides what path is and acts on it (Close
+// lets go). It fails with ErrBusy when a writer holds the lock, and
+// returns nil and no error for a path that no longer exists.
+func TryLock(path string) (*os.File, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
-		return false, nil
+		return nil, nil
 	}
 	if err != nil {
-		return false, err
+		return nil, err
 	}
-	defer f.Close()
 	for {
 		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
 		switch {
 		case err == unix.EINTR:
 			continue
 		case err == unix.EWOULDBLOCK:
-			return true, nil
+			f.Close()
+			return nil, fmt.Errorf("flock %s: %w", path, ErrBusy)
 		case err != nil:
-			return false, fmt.Errorf("flock %s: %w", path, err)
+			f.Close()
+			return nil, fmt.Errorf("flock %s: %w", path, err)
 		}
-		return false, nil // our descriptor's lock goes with f.Close
+		return f, nil
 	}
+}
+
+// RemoveDebris removes the file at path if no writer holds it (Lock) and
+// it is not empty, and reports whether it did. It decides and removes
+// holding the file's lock, so a writer cannot finish or start in between;
+// an empty file may be one whose writer has created it and is about to
+// lock it, and is left alone (a crash at that instant leaves an empty
+// file behind, which costs an inode).
+func RemoveDebris(path string) (bool, error) {
+	f, err := TryLock(path)
+	if f == nil {
+		if errors.Is(err, ErrBusy) {
+			err = nil
+		}
+		return false, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return false, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	return true, nil
 }
 
 // MoveNoReplace moves the file at src to dst, never replacing an existing
