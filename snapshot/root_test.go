@@ -505,16 +505,9 @@ func TestClean(t *testing.T) {
 	}
 }
 
-// TestCleanBesideCommits: a Clean running while checkpoints commit never
-// removes one that completed. Clean used to decide that a directory was
-// debris from a look for its manifest taken before the directory's lock,
-// so a commit finishing between the two lost its manifest.
-func TestCleanBesideCommits(t *testing.T) {
-	root, err := OpenRoot(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const writers, each = 8, 60
+// cleanLoop runs root.Clean over and over, beside what a test does, until
+// the stop it returns is called; stop returns Clean's error, if any.
+func cleanLoop(root *Root) (stop func() error) {
 	done := make(chan struct{})
 	cleaned := make(chan error, 1)
 	go func() {
@@ -531,6 +524,23 @@ func TestCleanBesideCommits(t *testing.T) {
 			}
 		}
 	}()
+	return func() error {
+		close(done)
+		return <-cleaned
+	}
+}
+
+// TestCleanBesideCommits: a Clean running while checkpoints commit never
+// removes one that completed. Clean used to decide that a directory was
+// debris from a look for its manifest taken before the directory's lock,
+// so a commit finishing between the two lost its manifest.
+func TestCleanBesideCommits(t *testing.T) {
+	root, err := OpenRoot(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 8, 60
+	stopCleaning := cleanLoop(root)
 	errs := make(chan error, writers)
 	for w := range writers {
 		go func() {
@@ -553,8 +563,7 @@ func TestCleanBesideCommits(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	close(done)
-	if err := <-cleaned; err != nil {
+	if err := stopCleaning(); err != nil {
 		t.Error(err)
 	}
 	ids, err := root.List()
@@ -614,22 +623,7 @@ func TestCleanBesideDisks(t *testing.T) {
 		t.Fatal(err)
 	}
 	const disks, seals = 4, 100
-	done := make(chan struct{})
-	cleaned := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-done:
-				cleaned <- nil
-				return
-			default:
-			}
-			if _, err := root.Clean(); err != nil {
-				cleaned <- err
-				return
-			}
-		}
-	}()
+	stopCleaning := cleanLoop(root)
 	errs := make(chan error, disks)
 	for n := range disks {
 		go func() {
@@ -663,8 +657,7 @@ func TestCleanBesideDisks(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	close(done)
-	if err := <-cleaned; err != nil {
+	if err := stopCleaning(); err != nil {
 		t.Error(err)
 	}
 }
