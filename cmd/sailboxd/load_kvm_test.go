@@ -66,7 +66,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	var seenFaults sync.Map // box → lab faults already counted
 	for i := range boxes {
 		b, err := h.c.Create(ctx, api.CreateRequest{})
-		if err != nil && kvmtest.InLab() && h.labBrokeBoot(err, &seenFaults) {
+		if err != nil && kvmtest.InLab() && h.labBrokeCall(err, &seenFaults) {
 			died.Add(1)
 			t.Logf("create: the lab broke the new guest (%v); creating another", err)
 			b, err = h.c.Create(ctx, api.CreateRequest{})
@@ -85,7 +85,10 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	cycle := func(id string, round int) error {
 		argv := []string{"sh", "-c", checkBuffer + " && echo -n " + strconv.Itoa(round) + " > /tmp/round && cat /tmp/round"}
 		out, code, err := h.exec(id, argv...)
-		if err != nil && kvmtest.InLab() && (h.labBroke(id, &seenFaults) || h.labStuck(ctx, id)) {
+		// A wake's error quotes the VMM whose restored guest the lab broke
+		// (labBrokeCall); a running guest's death is in the daemon's log
+		// (labBroke), and a stuck one only in its vCPUs (labStuck).
+		if err != nil && kvmtest.InLab() && (h.labBrokeCall(err, &seenFaults) || h.labBroke(id, &seenFaults) || h.labStuck(ctx, id)) {
 			died.Add(1)
 			t.Logf("exec in %s (round %d): the lab broke its guest (%v); trying again once it is up or asleep", id, round, err)
 			h.waitSettled(ctx, id)
@@ -208,10 +211,11 @@ func (h *host) labStuck(ctx context.Context, id string) bool {
 	return true
 }
 
-// labBrokeBoot reports whether a failed create shows the lab's sign: the
-// VMM's log ends with its exit after a triple fault (the error quotes
-// it), or the daemon logged the new box's vCPU stuck in the lab's kernel.
-func (h *host) labBrokeBoot(err error, seen *sync.Map) bool {
+// labBrokeCall reports whether a failed create or wake shows the lab's
+// sign: the VMM's log ends with its exit after a triple fault (the error
+// quotes it), or the daemon logged the box's vCPU stuck in the lab's
+// kernel.
+func (h *host) labBrokeCall(err error, seen *sync.Map) bool {
 	if strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") {
 		return true
 	}
