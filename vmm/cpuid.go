@@ -17,6 +17,13 @@ const (
 	topologySMT      = 1
 	topologyCore     = 2
 	topologyTypeShft = 8
+
+	// KVM's paravirtual features (Documentation/virt/kvm/x86/cpuid.rst).
+	leafKVMFeatures   = 0x40000001
+	kvmAsyncPF        = 1 << 4  // EAX: async page faults
+	kvmAsyncPFVMExit  = 1 << 10 // EAX: async page faults from a nested guest's exits
+	kvmAsyncPFInt     = 1 << 14 // EAX: "page ready" by interrupt (what Linux 5.10+ needs for any)
+	kvmAsyncPFFeature = kvmAsyncPF | kvmAsyncPFVMExit | kvmAsyncPFInt
 )
 
 // guestCPUID derives vCPU id's CPUID from what KVM supports: the
@@ -24,7 +31,14 @@ const (
 // cores, and no performance monitoring (a guest PMU would leak host state
 // and does not survive a restore on another host). KVM's own paravirtual
 // leaves (0x40000000...) pass through: they give the guest kvm-clock, so it
-// never calibrates its TSC against the PIT.
+// never calibrates its TSC against the PIT. All but async page faults: a
+// guest task that touches a page the host must read in sleeps until KVM
+// says the page is ready, and a checkpoint taken meanwhile restores that
+// task still waiting for a notice no VMM will ever send (a Firecracker
+// user's restored guests hung so, in kvm_async_pf_task_wait_schedule:
+// firecracker#3020; cloud-hypervisor and libkrun turn the feature off, for
+// vCPUs it left spinning). Restored memory is mapped from checkpoint
+// files, so a restored guest's first touches are exactly such faults.
 func guestCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 	out := make([]kvm.CPUIDEntry, 0, len(supported))
 	shift := uint32(bits.Len(uint(n - 1))) // APIC ID bits for n cores
@@ -36,6 +50,8 @@ func guestCPUID(supported []kvm.CPUIDEntry, id, n int) []kvm.CPUIDEntry {
 			e.EDX |= edxHTT
 		case leafPerfMon:
 			e.EAX, e.EBX, e.ECX, e.EDX = 0, 0, 0, 0
+		case leafKVMFeatures:
+			e.EAX &^= kvmAsyncPFFeature
 		case leafTopology, leafTopologyV2:
 			e.EDX = uint32(id) // x2APIC ID
 			switch e.Index {

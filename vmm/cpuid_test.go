@@ -12,7 +12,7 @@ func TestGuestCPUID(t *testing.T) {
 		{Function: leafPerfMon, EAX: 0x7300_0403},
 		{Function: leafTopology, Index: 0, EDX: 99},
 		{Function: leafTopology, Index: 1, EDX: 99},
-		{Function: 0x40000001, EAX: 0x1234},
+		{Function: leafKVMFeatures, EAX: 0x1234 | kvmAsyncPFFeature},
 	}
 	out := guestCPUID(in, 2, 4)
 	if len(out) != len(in) {
@@ -28,8 +28,8 @@ func TestGuestCPUID(t *testing.T) {
 	if out[2].EDX != 2 || out[3].EDX != 2 || out[3].EBX != 4 || out[3].EAX != 2 {
 		t.Errorf("topology leaves = %+v %+v", out[2], out[3])
 	}
-	if out[4] != in[4] {
-		t.Errorf("KVM paravirt leaf changed: %+v", out[4])
+	if want := (kvm.CPUIDEntry{Function: leafKVMFeatures, EAX: 0x1234 &^ kvmAsyncPF}); out[4] != want {
+		t.Errorf("KVM paravirt leaf = %+v, want %+v: every feature but async page faults", out[4], want)
 	}
 	if in[0].ECX&ecxHypervisor != 0 {
 		t.Error("input modified")

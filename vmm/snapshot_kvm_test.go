@@ -3,6 +3,7 @@ package vmm_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -100,6 +101,27 @@ func restoreAs(t *testing.T, b *box, id string, args guestagent.RestoredArgs) *g
 	return g
 }
 
+// KVM's paravirtual MSRs (Documentation/virt/kvm/x86/msr.rst).
+const (
+	msrKVMSystemTimeNew = 0x4b564d01 // kvm-clock; bit 0: enabled
+	msrKVMAsyncPFEn     = 0x4b564d02 // async page faults; bit 0: enabled
+)
+
+// savedMSR returns the value of MSR index in vCPU 0's state in man.
+func savedMSR(t *testing.T, man *snapshot.Manifest, index uint32) (uint64, bool) {
+	t.Helper()
+	var st struct{ MSRs []kvm.MSREntry }
+	if err := json.Unmarshal(man.State["vcpu/0"], &st); err != nil {
+		t.Fatalf("vcpu/0 section: %v", err)
+	}
+	for _, e := range st.MSRs {
+		if e.Index == index {
+			return e.Data, true
+		}
+	}
+	return 0, false
+}
+
 // startCounter starts a guest process that counts in memory (a tmpfs
 // file) forever and returns its pid.
 func startCounter(t *testing.T, g *guest) string {
@@ -154,8 +176,19 @@ func TestKVMCheckpointRestore(t *testing.T) {
 			t.Errorf("pause part %s not measured: %+v", name, p)
 		}
 	}
+	if r := stats.RunningParts; r.PreCopy <= 0 || r.Write <= 0 || r.Layers <= 0 || r.Commit <= 0 {
+		t.Errorf("running parts not measured: %+v", r)
+	}
 	if len(man.Memory) != 1 || len(man.Disks["vda"].Layers) != 1 {
 		t.Errorf("manifest chains: memory %v, disk %v; want one layer each", man.Memory, man.Disks)
+	}
+	// The guest runs kvm-clock but was never offered async page faults,
+	// which a restore would leave a task waiting on forever.
+	if v, ok := savedMSR(t, man, msrKVMSystemTimeNew); !ok || v&1 == 0 {
+		t.Errorf("kvm-clock MSR %#x: %#x, saved %v; want it on", msrKVMSystemTimeNew, v, ok)
+	}
+	if v, ok := savedMSR(t, man, msrKVMAsyncPFEn); !ok || v&1 != 0 {
+		t.Errorf("async page fault MSR %#x: %#x, saved %v; want it saved and off", msrKVMAsyncPFEn, v, ok)
 	}
 
 	// The original goes on and changes both.
