@@ -30,11 +30,11 @@ import (
 // guest is broken by the lab's emulated SVM (see README): it
 // triple-faults, and the daemon restores it again, or its vCPU is stuck
 // at an address of the lab's kernel, and the wake or the exec fails. In
-// the lab only, a cycle whose guest broke so (the daemon logged the sign,
-// or the guest's vCPUs show it: see labBroke and labStuck) is counted,
-// reported and tried once more when the box is up or asleep again; any
-// other failed exec, and any such sign on a host's real KVM, fails the
-// test.
+// the lab only, a call (exec, wake or sleep) whose guest broke so (the
+// daemon logged the sign, the call's error quotes it, or the guest's
+// vCPUs show it: see labBrokeIt) is counted, reported and tried once more
+// when the box is up or asleep again; any other failed call, and any such
+// sign on a host's real KVM, fails the test.
 //
 // $SAILBOX_LOAD_DURATION sets how long (default 1m, as `make test` runs
 // it; `make chaos` runs 15m); $SAILBOX_LOAD_BOXES how many boxes (default
@@ -64,6 +64,36 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	boxes := make([]string, n)
 	var died atomic.Int64
 	var seenFaults sync.Map // box → lab faults already counted
+	// labBrokeIt reports whether call's failure on box id was the lab's
+	// doing: a wake's error quotes the VMM whose restored guest the lab
+	// broke (labBrokeCall), a running guest's death is in the daemon's log
+	// (labBroke), a stuck one only in its vCPUs (labStuck). If so it counts
+	// it and waits until the box is up (the daemon restored it from its
+	// last checkpoint) or asleep again, for call to be tried once more.
+	labBrokeIt := func(id, call string, err error) bool {
+		if !kvmtest.InLab() || !(h.labBrokeCall(err, &seenFaults) || h.labBroke(id, &seenFaults) || h.labStuck(ctx, id)) {
+			return false
+		}
+		died.Add(1)
+		t.Logf("%s in %s: the lab broke its guest (%v); trying again once it is up or asleep", call, id, err)
+		h.waitSettled(ctx, id)
+		return true
+	}
+	// sleep puts box id to sleep, once more if the lab broke its guest
+	// first (unless the box is asleep already: a wake that failed).
+	sleep := func(id, call string) error {
+		_, err := h.c.Sleep(ctx, id)
+		if err != nil && labBrokeIt(id, call, err) {
+			if h.state(id) == string(lifecycle.Sleeping) {
+				return nil
+			}
+			_, err = h.c.Sleep(ctx, id)
+		}
+		if err != nil {
+			return fmt.Errorf("%s of %s: %w", call, id, err)
+		}
+		return nil
+	}
 	for i := range boxes {
 		b, err := h.c.Create(ctx, api.CreateRequest{})
 		if err != nil && kvmtest.InLab() && h.labBrokeCall(err, &seenFaults) {
@@ -75,8 +105,14 @@ func TestKVMLoadSleepWake(t *testing.T) {
 			t.Fatal(err)
 		}
 		boxes[i] = b.ID
-		h.run(b.ID, "sh", "-c", writeBuffer)
-		if _, err := h.c.Sleep(ctx, b.ID); err != nil {
+		if _, code, err := h.exec(b.ID, "sh", "-c", writeBuffer); err != nil || code != 0 {
+			if err == nil || !labBrokeIt(b.ID, "write the buffer", err) {
+				t.Fatalf("write the buffer in %s: exit %d, %v", b.ID, code, err)
+			}
+			// The box is back at its template: no buffer, which
+			// checkBuffer accepts.
+		}
+		if err := sleep(b.ID, "first sleep"); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,13 +121,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	cycle := func(id string, round int) error {
 		argv := []string{"sh", "-c", checkBuffer + " && echo -n " + strconv.Itoa(round) + " > /tmp/round && cat /tmp/round"}
 		out, code, err := h.exec(id, argv...)
-		// A wake's error quotes the VMM whose restored guest the lab broke
-		// (labBrokeCall); a running guest's death is in the daemon's log
-		// (labBroke), and a stuck one only in its vCPUs (labStuck).
-		if err != nil && kvmtest.InLab() && (h.labBrokeCall(err, &seenFaults) || h.labBroke(id, &seenFaults) || h.labStuck(ctx, id)) {
-			died.Add(1)
-			t.Logf("exec in %s (round %d): the lab broke its guest (%v); trying again once it is up or asleep", id, round, err)
-			h.waitSettled(ctx, id)
+		if err != nil && labBrokeIt(id, fmt.Sprintf("exec (round %d)", round), err) {
 			out, code, err = h.exec(id, argv...)
 		}
 		if err != nil || code != 0 || out != strconv.Itoa(round) {
@@ -100,10 +130,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 			}
 			return fmt.Errorf("exec in %s (round %d): %q, exit %d, %v", id, round, out, code, err)
 		}
-		if _, err := h.c.Sleep(ctx, id); err != nil {
-			return fmt.Errorf("sleep %s (round %d): %w", id, round, err)
-		}
-		return nil
+		return sleep(id, fmt.Sprintf("sleep (round %d)", round))
 	}
 	rounds := func(stop time.Time, first int) (int, error) {
 		round := first
