@@ -174,7 +174,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	}
 	after := h.daemonUsage()
 	compactions := strings.Count(h.logs.String(), `msg="chain compacted"`)
-	t.Logf("%d boxes, %d rounds of exec → sleep → wake in %v (%d guests died under an exec and were restored, %d chains compacted); daemon before: %+v, after: %+v",
+	t.Logf("%d boxes, %d rounds of exec → sleep → wake in %v (%d guests the lab broke under a call, restored and called again; %d chains compacted); daemon before: %+v, after: %+v",
 		n, last-1, time.Since(start).Round(time.Second), died.Load(), compactions, before, after)
 	if compactions == 0 {
 		t.Error("no box's chain was compacted")
