@@ -31,7 +31,7 @@ type Result struct {
 	// their guests and ran again in a fresh lab (see labFaultSigns).
 	Retried []string
 	// GivenUp lists the tests that lab crashes cut short too many times
-	// in a row (see crashRerun): they count as failed, and the rest of
+	// in a row (see afterCrash): they count as failed, and the rest of
 	// their steps ran without them.
 	GivenUp []string
 
@@ -57,7 +57,7 @@ var labFaultSigns = []string{
 // memory corrupted under a kernel that was only running the tests' VMMs
 // (QEMU's emulated SVM, see README). A test cut short by crashes that
 // show one gets one more fresh lab than a test cut short by crashes that
-// show nothing known (see crashRerun).
+// show nothing known (see afterCrash).
 var labCrashSigns = []string{
 	"corrupted stack end detected inside scheduler",
 }

@@ -193,7 +193,7 @@ func withFlag(args []string, flag, value string) []string {
 const maxCrashReruns = 5
 
 // A test that lab crashes cut short this many times in a row is given up
-// on (see crashRerun): maxCutShortKnown times when every one of those
+// on (see afterCrash): maxCutShortKnown times when every one of those
 // crashes showed a known fault of the lab kernel (labCrashSigns), else
 // maxCutShort. The tests that load the lab most (twenty guests at once)
 // are the ones most often running when it crashes: one CI run saw its
