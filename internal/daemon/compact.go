@@ -31,19 +31,10 @@ import (
 // most that many layers above the base, and the store holds at most that
 // many copies of the pages each wake rewrites.
 //
-// Compaction was off by default for a while: in the KVM lab, one wake of
-// the 1-minute load test found its box's compacted checkpoint gone from
-// the store ("checkpoint not found") four seconds after the compaction
-// committed it. The one way found for that: the store's Clean, which
-// every collection ends with (and every compaction collects), looked
-// for a checkpoint directory's manifest before it asked whether a writer
-// held the directory's lock, so a commit that finished between the two
-// lost its checkpoint as debris; compaction made that far likelier, with
-// a collection after each one while other boxes' compactions and
-// checkpoints committed. Clean now decides under the lock
-// (snapshot.Root.cleanCheckpointDir, snapshot's
-// TestCleanWhileCommitFinishes; TestCompactionBesideCollections runs the
-// daemon beside the real store).
+// Every compaction ends in a collection, whose store Clean runs beside
+// other boxes' commits: it decides what is debris holding the writer's
+// lock (snapshot.Root.cleanCheckpointDir), as a compacted checkpoint the
+// KVM lab's load test lost taught.
 const DefaultCompactAfter = 8
 
 // compactChain compacts stopped box b's own checkpoints into one if there
