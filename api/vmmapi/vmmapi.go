@@ -78,6 +78,10 @@ type GoMemory struct {
 	HeapReleased uint64 `json:"heap_released"` // returned to the OS: not resident
 	Stacks       uint64 `json:"stacks"`        // goroutine and OS thread stacks
 	Other        uint64 `json:"other"`         // the runtime's metadata, profiling buckets and the rest
+	// HeapGoal is the heap size at which the next collection ends
+	// (/gc/heap/goal): how far the heap may grow, and its pages become
+	// resident, before garbage is collected. Not part of the sum above.
+	HeapGoal uint64 `json:"heap_goal,omitempty"`
 }
 
 // CheckpointRequest names the checkpoint to write in the VMM's store.

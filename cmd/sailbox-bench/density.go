@@ -211,6 +211,9 @@ func benchDensity(ctx context.Context, sys *kvm.System, o options, res *Results,
 			res.values("density.go.heap_free", "density", "density: per box, the Go runtime's free heap not returned to the OS", "MiB", mib(int64(g.HeapFree)))
 			res.values("density.go.stacks", "density", "density: per box, the Go runtime's stacks", "MiB", mib(int64(g.Stacks)))
 			res.values("density.go.other", "density", "density: per box, the Go runtime's metadata and other", "MiB", mib(int64(g.Other)))
+			if g.HeapGoal > 0 { // 0 from a VMM older than the field
+				res.values("density.go.heap_goal", "density", "density: per box, the Go runtime's heap goal (the heap size at which its next collection ends)", "MiB", mib(int64(g.HeapGoal)))
+			}
 		}
 		res.values("density.guest.rss", "density", "density: guest RAM resident per box (checkpoint pages shared by the forks included)", "MiB", mib(int64(u.GuestResident)))
 		res.values("density.guest.private", "density", "density: guest RAM private per box (written since its fork)", "MiB", mib(int64(u.GuestPrivate)))
@@ -375,6 +378,9 @@ func (d densitySummary) print(w io.Writer, res *Results) {
 	if _, ok := res.p50("density.go.heap_objects"); ok {
 		fmt.Fprintf(w, "  per box, p50: Go heap objects / free heap / stacks / other  %.2f / %.2f / %.2f / %.2f MiB (mapped, not all resident)\n",
 			p50("density.go.heap_objects"), p50("density.go.heap_free"), p50("density.go.stacks"), p50("density.go.other"))
+	}
+	if _, ok := res.p50("density.go.heap_goal"); ok {
+		fmt.Fprintf(w, "  per box, p50: Go heap goal                  %10.2f MiB\n", p50("density.go.heap_goal"))
 	}
 	fmt.Fprintf(w, "  per box, p50: guest RAM resident / private  %10.2f / %.2f MiB\n", p50("density.guest.rss"), p50("density.guest.private"))
 }

@@ -31,6 +31,7 @@ const consoleLogMax = 8 << 20
 const ownLogMax = 4 << 20
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	tuneGC()
 	stderr = guestlog.CapOutput(stderr, ownLogMax)
 	stdlog.SetOutput(stderr)
 	c, err := vmmapi.ParseLaunch(args, stderr)
@@ -150,9 +151,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	// Building the machine (a kernel read in, a checkpoint's layers read)
 	// leaves freed heap that the Go runtime hands back to the host only
 	// slowly. Returned at once, off the path to the guest's first
-	// instruction. It is little: make bench's density rows measured a
-	// forked VMM's private memory at 6.54 MiB with it, 6.71 and 6.74
-	// without; most of the Go heap's 2.7 MiB of free space stays.
+	// instruction. Alone it did little (a forked VMM's private memory
+	// 6.54 MiB with it, 6.71 without, in make bench's density rows); the
+	// lower GOGC (gc.go) is what keeps the heap small after.
 	go debug.FreeOSMemory()
 	exit, err := m.Run(ctx)
 	// The exit line below is the log's last: the daemon quotes it, and

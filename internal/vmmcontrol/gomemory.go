@@ -27,20 +27,27 @@ var goMemoryClasses = []struct {
 	{"/memory/classes/other:bytes", func(g *vmmapi.GoMemory) *uint64 { return &g.Other }},
 }
 
+// heapGoal is the runtime/metrics name of GoMemory.HeapGoal.
+const heapGoal = "/gc/heap/goal:bytes"
+
 // goMemory reads the Go runtime's account of this process's memory. A
 // class this runtime does not know is left out (its sample reads as
 // KindBad).
 func goMemory() *vmmapi.GoMemory {
-	samples := make([]metrics.Sample, len(goMemoryClasses))
+	samples := make([]metrics.Sample, len(goMemoryClasses)+1)
 	for i, c := range goMemoryClasses {
 		samples[i].Name = c.name
 	}
+	samples[len(goMemoryClasses)].Name = heapGoal
 	metrics.Read(samples)
 	var g vmmapi.GoMemory
 	for i, c := range goMemoryClasses {
 		if samples[i].Value.Kind() == metrics.KindUint64 {
 			*c.field(&g) += samples[i].Value.Uint64()
 		}
+	}
+	if v := samples[len(goMemoryClasses)].Value; v.Kind() == metrics.KindUint64 {
+		g.HeapGoal = v.Uint64()
 	}
 	return &g
 }

@@ -33,8 +33,8 @@ func TestGoMemoryAddsUpToTheRuntimesTotal(t *testing.T) {
 	g := goMemory()
 	metrics.Read(total)
 	sum := g.HeapObjects + g.HeapFree + g.HeapReleased + g.Stacks + g.Other
-	if g.HeapObjects == 0 || g.Stacks == 0 {
-		t.Errorf("GoMemory %+v: no heap objects or stacks", g)
+	if g.HeapObjects == 0 || g.Stacks == 0 || g.HeapGoal == 0 {
+		t.Errorf("GoMemory %+v: no heap objects, stacks or heap goal", g)
 	}
 	// Read apart, the two can differ by what was allocated between.
 	if tot := total[0].Value.Uint64(); sum > tot+1<<20 || sum+1<<20 < tot {
