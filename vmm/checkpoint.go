@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/snapshot"
+	"github.com/sailbox-dev/sailbox/snapshot/disklayer"
+	"github.com/sailbox-dev/sailbox/snapshot/memlayer"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
 
@@ -37,13 +39,13 @@ type CheckpointStats struct {
 
 // RunningParts is where the running part of a checkpoint went: before
 // the pause, the first copy of the dirty pages (and each disk's flush);
-// after it, the memory layer's file, the layers' entry into the pending
-// checkpoint (the disk layers switched out sealed) and the commit of the
-// manifest.
+// after it, the layers' files, then the commit of the manifest. Write
+// and Seal run side by side, within Files.
 type RunningParts struct {
 	PreCopy time.Duration // the first copy of dirty pages, and each disk's flush
-	Write   time.Duration // writing the memory layer
-	Layers  time.Duration // the memory layer added, the disk layers switched out sealed and added
+	Files   time.Duration // the memory layer written and the disk layers sealed, side by side, and all added to the checkpoint
+	Write   time.Duration // of Files: writing the memory layer
+	Seal    time.Duration // of Files, beside Write: sealing the disk layers switched out
 	Commit  time.Duration // the manifest written and renamed into place
 }
 
@@ -141,6 +143,25 @@ func (m *Machine) checkpointable() error {
 	return nil
 }
 
+// sealPending seals every disk's layers switched out and not yet in a
+// committed checkpoint: those of checkpoints that failed after their
+// pause, then this one's. It returns their infos by disk index, in
+// chain order.
+func (m *Machine) sealPending() ([][]disklayer.Info, error) {
+	sealed := make([][]disklayer.Info, len(m.cfg.Disks))
+	for i := range m.cfg.Disks {
+		id := diskID(m.cfg, i)
+		for _, l := range m.pendingSeals[id] {
+			info, err := m.cfg.Disks[i].Layered.FinishSeal(l)
+			if err != nil {
+				return nil, fmt.Errorf("seal disk %s: %w", id, err)
+			}
+			sealed[i] = append(sealed[i], info)
+		}
+	}
+	return sealed, nil
+}
+
 // checkpoint does Checkpoint's work; m.lifeMu is held.
 func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats *CheckpointStats) (*snapshot.Manifest, error) {
 	pages, err := newPageCopy(m.mem.Host(), m.dirty.words, p.StagingPath("memory-copy"))
@@ -202,13 +223,33 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 		return nil, err
 	}
 
-	// Files, while the guest runs again.
+	// Files, while the guest runs again: the memory layer is written on
+	// its own goroutine while the disks' layers are sealed here, so that
+	// their writes and fsyncs overlap.
 	rl = startLap()
-	info, err := pages.write(p.StagingPath("memory"))
-	if err != nil {
-		return nil, err
+	type written struct {
+		info memlayer.Info
+		err  error
+		took time.Duration
 	}
-	run.Write = rl.next()
+	wrote := make(chan written, 1)
+	go func() {
+		t := time.Now()
+		info, err := pages.write(p.StagingPath("memory"))
+		wrote <- written{info, err, time.Since(t)}
+	}()
+	t := time.Now()
+	sealed, sealErr := m.sealPending()
+	run.Seal = time.Since(t)
+	w := <-wrote // pages is closed on return: the write must be over
+	run.Write = w.took
+	if w.err != nil {
+		return nil, w.err
+	}
+	if sealErr != nil {
+		return nil, sealErr
+	}
+	info := w.info
 	stats.Pages, stats.PageBytes, stats.LayerBytes = info.Pages, info.DataBytes, info.FileBytes
 	man := &snapshot.Manifest{
 		ID:                 opts.ID,
@@ -240,13 +281,7 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 	for i := range m.cfg.Disks {
 		id := diskID(m.cfg, i)
 		chain := m.diskChain(i)
-		// Layers switched out by checkpoints that failed after, then
-		// this one's, sealed now that the guest runs again.
-		for j, l := range m.pendingSeals[id] {
-			info, err := m.cfg.Disks[i].Layered.FinishSeal(l)
-			if err != nil {
-				return nil, fmt.Errorf("seal disk %s: %w", id, err)
-			}
+		for j, info := range sealed[i] {
 			ref, err := p.AddDiskLayer(fmt.Sprintf("%s-%s-%d", opts.ID, id, j), info)
 			if err != nil {
 				return nil, err
@@ -256,7 +291,7 @@ func (m *Machine) checkpoint(p *snapshot.Pending, opts CheckpointOptions, stats 
 		}
 		man.Disks[id] = chain
 	}
-	run.Layers = rl.next()
+	run.Files = rl.next()
 	if err := p.Commit(man); err != nil {
 		return nil, err
 	}

@@ -176,7 +176,7 @@ func TestKVMCheckpointRestore(t *testing.T) {
 			t.Errorf("pause part %s not measured: %+v", name, p)
 		}
 	}
-	if r := stats.RunningParts; r.PreCopy <= 0 || r.Write <= 0 || r.Layers <= 0 || r.Commit <= 0 {
+	if r := stats.RunningParts; r.PreCopy <= 0 || r.Files <= 0 || r.Write <= 0 || r.Seal <= 0 || r.Commit <= 0 {
 		t.Errorf("running parts not measured: %+v", r)
 	}
 	if len(man.Memory) != 1 || len(man.Disks["vda"].Layers) != 1 {

@@ -79,8 +79,8 @@ func benchFamilyFork(ctx context.Context, sys *kvm.System, root *snapshot.Root, 
 		}
 		res.durations("fork.family", "snapshots", "first fork of a box created from its family's template, the family's working set mapped ahead", total)
 		rp := st.RunningParts
-		fmt.Fprintf(stderr, "family fork %d: first exec after %v (checkpoint %v: %d pages, pre-copy %.1f ms, pause %.1f ms, write %.1f ms, layers %.1f ms, commit %.1f ms; restore %v)\n",
-			i, total.Round(time.Millisecond), tCkpt.Round(time.Millisecond), st.Pages, ms(rp.PreCopy), ms(st.Pause), ms(rp.Write), ms(rp.Layers), ms(rp.Commit), tRestore.Round(time.Millisecond))
+		fmt.Fprintf(stderr, "family fork %d: first exec after %v (checkpoint %v: %d pages, pre-copy %.1f ms, pause %.1f ms, files %.1f ms (memory layer %.1f, disk seals %.1f, side by side), commit %.1f ms; restore %v)\n",
+			i, total.Round(time.Millisecond), tCkpt.Round(time.Millisecond), st.Pages, ms(rp.PreCopy), ms(st.Pause), ms(rp.Files), ms(rp.Write), ms(rp.Seal), ms(rp.Commit), tRestore.Round(time.Millisecond))
 	}
 	return nil
 }
