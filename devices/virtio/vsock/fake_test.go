@@ -200,6 +200,12 @@ func guestHeader(op uint16, gport, hport uint32) header {
 // rx buffers and refilling them as packets are received.
 func startDevice(t testing.TB, lim limits) (*Device, *fakeDriver, string) {
 	t.Helper()
+	return startDeviceLogging(t, lim, testLogger(t))
+}
+
+// startDeviceLogging is startDevice with the device logging to log.
+func startDeviceLogging(t testing.TB, lim limits, log *slog.Logger) (*Device, *fakeDriver, string) {
+	t.Helper()
 	// Unix socket paths are short (108 bytes): no t.TempDir, whose name
 	// holds the test's.
 	dir, err := os.MkdirTemp("", "vsock")
@@ -208,7 +214,7 @@ func startDevice(t testing.TB, lim limits) (*Device, *fakeDriver, string) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	path := filepath.Join(dir, "v.sock")
-	d, err := newDevice(Config{GuestCID: testCID, UDSPath: path, Logger: testLogger(t)}, lim)
+	d, err := newDevice(Config{GuestCID: testCID, UDSPath: path, Logger: log}, lim)
 	if err != nil {
 		t.Fatal(err)
 	}

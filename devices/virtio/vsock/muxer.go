@@ -599,7 +599,10 @@ func (m *muxer) hostConnect(uc *net.UnixConn, port uint32) {
 	m.conns[c.key] = c
 	m.startStream(c, uc)
 	m.arm(c, m.limits.connect, func(m *muxer, c *conn) {
-		m.log.Info("guest did not answer connection request", "conn", c.key, "timeout", m.limits.connect)
+		// A warning: the client only sees its connection closed without
+		// a reply, as for a port nobody listens on, and a guest this
+		// slow to answer is stuck, which the VMM's log should say.
+		m.guestWarn("guest did not answer connection request; resetting", "conn", c.key, "timeout", m.limits.connect)
 		m.reset(c)
 	})
 	m.schedule(c)

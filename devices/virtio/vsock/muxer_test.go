@@ -7,12 +7,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/logtest"
 )
 
 // guestEnd is the guest's end of one connection: its flow-control
@@ -281,10 +284,13 @@ func TestGuestRefusesConnect(t *testing.T) {
 	expectClosed(t, client)
 }
 
+// A guest that does not answer a REQUEST gets RST; its client sees its
+// connection closed, and the VMM's log says why at warning level.
 func TestConnectTimeout(t *testing.T) {
 	lim := defaultLimits
 	lim.connect = 100 * time.Millisecond
-	_, g, path := startDevice(t, lim)
+	var logged logtest.Buffer
+	_, g, path := startDeviceLogging(t, lim, slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	client := hostConnect(t, path, "CONNECT 82\n")
 	h, _ := g.recv(t)
 	if h.op != opRequest {
@@ -292,6 +298,9 @@ func TestConnectTimeout(t *testing.T) {
 	}
 	expectClosed(t, client)
 	g.expect(t, opRST, h.srcPort, 82)
+	if !strings.Contains(logged.String(), "guest did not answer connection request") {
+		t.Errorf("the VMM's warnings do not name the unanswered request: %q", logged.String())
+	}
 }
 
 // TestConnectTimeoutUndelivered checks a connection that times out before
