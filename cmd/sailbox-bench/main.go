@@ -4,6 +4,8 @@
 //   - boot to agent ready: from creating the VM to the guest agent's first
 //     health answer over vsock (Sailbox: hybrid vsock; QEMU: vhost-vsock);
 //   - exec round trip: `true` run through the agent, end to end;
+//   - health round trip: the agent's health call, the same exchange with
+//     no process spawned, so that exec ≈ transport (health) + spawn;
 //   - against gokvm (-gokvm, gokvm.go), which has no vsock: boot to init's
 //     first line on the serial console.
 //

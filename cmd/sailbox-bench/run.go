@@ -59,7 +59,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.kernel, "kernel", os.Getenv("SAILBOX_GUEST_KERNEL"), "guest kernel (default $SAILBOX_GUEST_KERNEL)")
 	fs.StringVar(&o.initrd, "initrd", os.Getenv("SAILBOX_GUEST_INITRAMFS"), "guest initramfs (default $SAILBOX_GUEST_INITRAMFS)")
 	fs.IntVar(&o.runs, "runs", 20, "samples of each latency row: boots per VMM, restores and forks of each kind, image rounds")
-	fs.IntVar(&o.execs, "execs", 20, "exec round trips per boot")
+	fs.IntVar(&o.execs, "execs", 20, "exec round trips per boot, and as many health round trips")
 	fs.IntVar(&o.memMiB, "mem", 256, "guest memory in MiB")
 	fs.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "QEMU binary for the comparison (empty: skip)")
 	fs.StringVar(&o.gokvm, "gokvm", "", "gokvm `binary` (build/gokvm.sh builds it; make bench passes it) for a comparison of boots to a console line (empty: skip, with a note)")
@@ -225,18 +225,20 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		if err != nil {
 			return fmt.Errorf("sailbox run %d: %w", i, err)
 		}
-		fmt.Fprintf(stderr, "sailbox run %d: init on the console after %v, agent ready in %v, exec p50 %v\n", i, sb.init.Round(time.Millisecond), sb.boot.Round(time.Millisecond), median(sb.execs))
+		fmt.Fprintf(stderr, "sailbox run %d: init on the console after %v, agent ready in %v, exec p50 %v, health p50 %v\n", i, sb.init.Round(time.Millisecond), sb.boot.Round(time.Millisecond), median(sb.execs), median(sb.healths))
 		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", sb.boot)
 		res.durations("exec.sailbox", "boot", "exec round trip (true), sailbox", sb.execs...)
+		res.durations("health.sailbox", "boot", "agent health round trip (no process), sailbox", sb.healths...)
 		if o.qemu != "" {
-			boot, execs, err := benchQEMU(ctx, o, uint32(100+i))
+			q, err := benchQEMU(ctx, o, uint32(100+i))
 			if err != nil {
 				fmt.Fprintf(stderr, "qemu    run %d: failed, left out: %v\n", i, err)
 				res.note("qemu run %d failed, left out: %v", i, err)
 			} else {
-				fmt.Fprintf(stderr, "qemu    run %d: agent ready in %v, exec p50 %v\n", i, boot.Round(time.Millisecond), median(execs))
-				res.durations("boot.qemu", "boot", "boot to agent ready, qemu", boot)
-				res.durations("exec.qemu", "boot", "exec round trip (true), qemu", execs...)
+				fmt.Fprintf(stderr, "qemu    run %d: agent ready in %v, exec p50 %v, health p50 %v\n", i, q.boot.Round(time.Millisecond), median(q.execs), median(q.healths))
+				res.durations("boot.qemu", "boot", "boot to agent ready, qemu", q.boot)
+				res.durations("exec.qemu", "boot", "exec round trip (true), qemu", q.execs...)
+				res.durations("health.qemu", "boot", "agent health round trip (no process), qemu", q.healths...)
 			}
 		}
 		if o.gokvm != "" {
@@ -263,11 +265,13 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 	}
 	row("boot to agent ready", "boot.sailbox", "boot.qemu", "")
 	row("exec round trip (true)", "exec.sailbox", "exec.qemu", "")
+	row("health round trip (no process)", "health.sailbox", "health.qemu", "")
 	fmt.Fprintf(stdout, "\nratios (same run):\n")
 	fmt.Fprintf(stdout, "  sailbox exec RTT / sailbox boot        %.4f\n", res.ratio("exec.sailbox/boot.sailbox", "sailbox exec RTT / sailbox boot", "exec.sailbox", "boot.sailbox"))
 	if _, ok := res.p50("boot.qemu"); ok {
 		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", res.ratio("boot.sailbox/boot.qemu", "sailbox boot / qemu boot", "boot.sailbox", "boot.qemu"))
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", res.ratio("exec.sailbox/exec.qemu", "sailbox exec RTT / qemu exec RTT", "exec.sailbox", "exec.qemu"))
+		fmt.Fprintf(stdout, "  sailbox health RTT / qemu health RTT   %.3f\n", res.ratio("health.sailbox/health.qemu", "sailbox health RTT / qemu health RTT", "health.sailbox", "health.qemu"))
 	}
 	for _, b := range consoleBoots {
 		if _, ok := res.p50(b.rows + ".gokvm"); ok {
@@ -282,9 +286,18 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 
 // sailboxBoot is one boot of benchSailbox.
 type sailboxBoot struct {
-	init  time.Duration // to initMarker on the console; 0 if it never came
-	boot  time.Duration // to the agent's first health answer
-	execs []time.Duration
+	init time.Duration // to initMarker on the console; 0 if it never came
+	agentTimes
+}
+
+// agentTimes are what measure times in one boot: the boot to the agent's
+// first health answer, then exec round trips, then as many health round
+// trips. A health call is an exec's exchange (a connection, a request
+// frame, an answer frame) without the process: the two rows side by side
+// split an exec into transport and spawn.
+type agentTimes struct {
+	boot           time.Duration
+	execs, healths []time.Duration
 }
 
 // benchSailbox boots one VM, waits for its agent and times exec round trips.
@@ -310,7 +323,7 @@ func benchSailbox(ctx context.Context, sys *kvm.System, o options) (sailboxBoot,
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { m.Stop(); <-done }()
 	c := guestagent.NewHybridClient(uds)
-	sb.boot, sb.execs, err = measure(ctx, c, start, o, done)
+	sb.agentTimes, err = measure(ctx, c, start, o, done)
 	if at, ok := console.seenAt(); ok {
 		sb.init = at.Sub(start)
 	}
@@ -319,19 +332,19 @@ func benchSailbox(ctx context.Context, sys *kvm.System, o options) (sailboxBoot,
 
 // benchQEMU boots the same kernel and initramfs under QEMU/KVM with a
 // vhost-vsock device and measures the same things through AF_VSOCK.
-func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []time.Duration, error) {
+func benchQEMU(ctx context.Context, o options, cid uint32) (agentTimes, error) {
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, o.qemu, qemuArgs(o, cid, "", "")...)
 	var qerr bytes.Buffer
 	cmd.Stderr = &qerr
 	if err := cmd.Start(); err != nil {
-		return 0, nil, err
+		return agentTimes{}, err
 	}
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	defer func() { cmd.Process.Kill(); <-done }()
 	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) { return dialVsock(ctx, cid) }}
-	boot, execs, err := measure(ctx, c, start, o, done)
+	t, err := measure(ctx, c, start, o, done)
 	if err != nil {
 		select {
 		case <-done:
@@ -339,7 +352,7 @@ func benchQEMU(ctx context.Context, o options, cid uint32) (time.Duration, []tim
 		default:
 		}
 	}
-	return boot, execs, err
+	return t, err
 }
 
 // dialVsock connects to the guest agent through the host's AF_VSOCK. In
@@ -359,25 +372,36 @@ func dialVsock(ctx context.Context, cid uint32) (net.Conn, error) {
 	return nil, err
 }
 
-// measure waits for the agent to be healthy, then times o.execs execs.
-func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, exited <-chan struct{}) (time.Duration, []time.Duration, error) {
+// measure waits for the agent to be healthy, then times o.execs execs,
+// then o.execs health calls.
+func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, exited <-chan struct{}) (agentTimes, error) {
+	var t agentTimes
 	waitCtx, cancel := context.WithTimeout(ctx, o.timeout)
 	_, err := c.WaitHealthy(waitCtx, 5*time.Millisecond, exited)
 	cancel()
 	if err != nil {
-		return 0, nil, brokenBoot{err}
+		return t, brokenBoot{err}
 	}
-	boot := time.Since(start)
-	var rtts []time.Duration
+	t.boot = time.Since(start)
 	for range o.execs {
 		t0 := time.Now()
 		ectx, cancel := context.WithTimeout(ctx, time.Minute) // a hang detector, not a measure
 		_, _, code, err := c.Run(ectx, "true")
 		cancel()
 		if err != nil || code != 0 {
-			return 0, nil, fmt.Errorf("exec true: exit %d: %v", code, err)
+			return t, fmt.Errorf("exec true: exit %d: %v", code, err)
 		}
-		rtts = append(rtts, time.Since(t0))
+		t.execs = append(t.execs, time.Since(t0))
 	}
-	return boot, rtts, nil
+	for range o.execs {
+		t0 := time.Now()
+		hctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang detector, not a measure
+		_, err := c.Health(hctx)
+		cancel()
+		if err != nil {
+			return t, fmt.Errorf("health: %w", err)
+		}
+		t.healths = append(t.healths, time.Since(t0))
+	}
+	return t, nil
 }
