@@ -59,11 +59,12 @@ func handshakeWithin(ctx context.Context, conn net.Conn, port uint32) error {
 		return ctx.Err()
 	}
 	if err != nil {
+		// The interrupt did not run (stop stopped it), so a timeout is the
+		// connection's deadline, which is ctx's: ctx's timer may simply not
+		// have fired yet. Comparing clocks here instead would race with it.
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
-			if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
-				return context.DeadlineExceeded // the deadline fired a hair before ctx's timer
-			}
+		if _, ok := ctx.Deadline(); ok && errors.As(err, &ne) && ne.Timeout() {
+			return context.DeadlineExceeded
 		}
 		return err
 	}
