@@ -39,6 +39,7 @@ func (m *Machine) DescribeVCPUs() string {
 			}
 			s += fmt.Sprintf("vcpu %d err=%v rip=%#x rflags=%#x mp=%v lvtt=%#x tmict=%#x tmcct=%#x\n cr2=%#x cr3=%#x idt=%#x/%#x rsp=%#x\n irr=%s\n isr=%s\n events=%+v\n",
 				v.id, err, r.RIP, r.RFLAGS, mp, reg(0x320), reg(0x380), reg(0x390), sr.CR2, sr.CR3, sr.IDT.Base, sr.IDT.Limit, r.RSP, irr, isr, ev)
+			s += describeDeadline(cpu)
 			if sym := hostSymbol(r.RIP); sym != "" {
 				s += " rip is the host's " + sym + "\n"
 			}
@@ -46,6 +47,38 @@ func (m *Machine) DescribeVCPUs() string {
 		})
 	}
 	return s + m.describeInterruptPaths()
+}
+
+// MSRs describeDeadline reads: the guest's TSC and its LAPIC timer's
+// TSC deadline (0: disarmed).
+const (
+	msrTSC         = 0x10
+	msrTSCDeadline = 0x6e0
+)
+
+// describeDeadline says when cpu's LAPIC timer fires in TSC-deadline mode
+// (the mode Linux guests use), against the guest's TSC now: a guest idle
+// with its deadline disarmed or far ahead for good waits for an
+// interrupt only a device can send, so whatever it waits on a timer for
+// never comes. An error reading the MSRs is said instead.
+func describeDeadline(cpu *kvm.VCPU) string {
+	msrs, err := cpu.GetMSRs([]uint32{msrTSC, msrTSCDeadline})
+	if err != nil || len(msrs) != 2 {
+		return fmt.Sprintf(" tsc deadline: %v\n", err)
+	}
+	tsc, deadline := msrs[0].Data, msrs[1].Data
+	if deadline == 0 {
+		return fmt.Sprintf(" tsc=%#x deadline=0 (disarmed)\n", tsc)
+	}
+	in := "ms"
+	khz, err := cpu.TSCKHz()
+	delta := float64(int64(deadline - tsc))
+	if err != nil || khz == 0 {
+		in = "ticks"
+	} else {
+		delta /= float64(khz)
+	}
+	return fmt.Sprintf(" tsc=%#x deadline=%#x (in %.3f %s)\n", tsc, deadline, delta, in)
 }
 
 // describeInterruptPaths says, for a guest that stopped answering while

@@ -264,7 +264,21 @@ func startChild(ctx context.Context, o options, store, dir, id string) (*density
 		return nil, brokenBoot{err}
 	}
 	if _, _, code, err := agent.Run(wctx, "true"); err != nil || code != 0 {
-		return fail(fmt.Errorf("first exec: exit %d, %v", code, err))
+		// Where the guest stands says whose fault it is: a vCPU the lab's
+		// emulated SVM left at a host address is the lab's (the sample is
+		// taken again, said in the results); anything else ends the run,
+		// with the description to find it by.
+		dctx, dcancel := context.WithTimeout(ctx, 30*time.Second)
+		vcpus, derr := c.api.DescribeVCPUs(dctx)
+		dcancel()
+		if derr != nil {
+			vcpus = "(its vCPUs: " + derr.Error() + ")"
+		}
+		_, err = fail(fmt.Errorf("first exec: exit %d, %v; its vCPUs:\n%s", code, err, vcpus))
+		if strings.Contains(vcpus, "rip is the host's ") {
+			return nil, brokenBoot{err}
+		}
+		return nil, err
 	}
 	return c, nil
 }
