@@ -137,6 +137,22 @@ func fromLayout(dir, selector string) (source, error) {
 	return withStoredBytes(source{img: img, kind: "oci-layout"})
 }
 
+// checkDigest refuses a blob of a layout whose content is not the digest
+// it was found by. A layout's manifests and indexes are read by name, and
+// go-containerregistry computes their digests from what it read without
+// comparing (a registry's are checked as they arrive): damage that left
+// valid JSON would go unnoticed.
+func checkDigest(what string, want v1.Hash, got func() (v1.Hash, error)) error {
+	h, err := got()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, want, err)
+	}
+	if h != want {
+		return fmt.Errorf("%s %s: content is %s", what, want, h)
+	}
+	return nil
+}
+
 func matchSelector(d v1.Descriptor, selector string) bool {
 	switch {
 	case selector == "":
@@ -153,10 +169,13 @@ func matchSelector(d v1.Descriptor, selector string) bool {
 // linux/amd64 image.
 func layoutImage(idx v1.ImageIndex, d v1.Descriptor) (v1.Image, error) {
 	if !d.MediaType.IsIndex() {
-		return idx.Image(d.Digest)
+		return layoutManifest(idx, d.Digest)
 	}
 	child, err := idx.ImageIndex(d.Digest)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkDigest("index", d.Digest, child.Digest); err != nil {
 		return nil, err
 	}
 	im, err := child.IndexManifest()
@@ -165,10 +184,23 @@ func layoutImage(idx v1.ImageIndex, d v1.Descriptor) (v1.Image, error) {
 	}
 	for _, m := range im.Manifests {
 		if m.Platform != nil && m.Platform.OS == platform.OS && m.Platform.Architecture == platform.Architecture && m.MediaType.IsImage() {
-			return child.Image(m.Digest)
+			return layoutManifest(child, m.Digest)
 		}
 	}
 	return nil, fmt.Errorf("index %s has no %s/%s image", d.Digest, platform.OS, platform.Architecture)
+}
+
+// layoutManifest opens the image of manifest h in idx, checking the
+// manifest is h.
+func layoutManifest(idx v1.ImageIndex, h v1.Hash) (v1.Image, error) {
+	img, err := idx.Image(h)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDigest("manifest", h, img.Digest); err != nil {
+		return nil, err
+	}
+	return img, nil
 }
 
 func fromTarball(file, selector string, size int64) (source, error) {

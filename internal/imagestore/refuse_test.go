@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -240,6 +241,31 @@ func TestRefuseCorruptImages(t *testing.T) {
 			}
 			return dir
 		}},
+		// Damage that leaves valid JSON: nothing fails to parse, and a
+		// layout's blobs are read by name, so only their digests tell.
+		// A changed config would otherwise give the box another Env.
+		{name: "config changed, still valid JSON", mention: "config", corrupt: func(t *testing.T) string {
+			dir := layoutOf(t, map[string]v1.Image{testTag: img})
+			cd, err := img.ConfigName()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteJSON(t, filepath.Join(dir, "blobs", cd.Algorithm, cd.Hex), func(m map[string]any) {
+				m["config"] = map[string]any{"Env": []string{"PATH=/evil"}}
+			})
+			return dir
+		}},
+		{name: "manifest changed, still valid JSON", mention: "manifest", corrupt: func(t *testing.T) string {
+			dir := layoutOf(t, map[string]v1.Image{testTag: img})
+			md, err := img.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteJSON(t, filepath.Join(dir, "blobs", md.Algorithm, md.Hex), func(m map[string]any) {
+				m["annotations"] = map[string]string{"damaged": "yes"}
+			})
+			return dir
+		}},
 		{name: "truncated docker-save tarball", corrupt: func(t *testing.T) string {
 			file := tarballOf(t, img)
 			st, err := os.Stat(file)
@@ -349,4 +375,24 @@ func TestCancelMidImport(t *testing.T) {
 		t.Errorf("%v, want context.Canceled", err)
 	}
 	assertEmptyStore(t, s)
+}
+
+// rewriteJSON rewrites the JSON object in file through change.
+func rewriteJSON(t *testing.T, file string, change func(map[string]any)) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	change(m)
+	if data, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
