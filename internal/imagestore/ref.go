@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -213,10 +214,57 @@ func fromTarball(file, selector string, size int64) (source, error) {
 		tag = &t
 	}
 	img, err := tarball.ImageFromPath(file, tag)
+	if err == nil {
+		err = checkTarballConfig(file, tag, img)
+	}
 	if err != nil {
 		return source{}, fmt.Errorf("%w: docker-save tarball %s: %w", ErrBadImage, file, err)
 	}
 	return source{img: img, kind: "docker-archive", storedBytes: size}, nil
+}
+
+// checkTarballConfig refuses a tarball whose image config is not the one
+// its manifest.json names. go-containerregistry takes the config file's
+// digest from its content; the name the manifest gives it carries the
+// digest it was written with: "<hex>.json" (docker before 25),
+// "blobs/sha256/<hex>" (docker 25 and later, an OCI layout inside) or
+// "sha256:<hex>" (go-containerregistry). A name of another form is not
+// checked.
+func checkTarballConfig(file string, tag *name.Tag, img v1.Image) error {
+	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file) })
+	if err != nil {
+		return err
+	}
+	d := tarballEntry(m, tag)
+	if d == nil {
+		return nil // ImageFromPath found it; nothing to compare with
+	}
+	hex := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(d.Config, "blobs/sha256/"), "sha256:"), ".json")
+	want, err := v1.NewHash("sha256:" + hex)
+	if err != nil {
+		return nil
+	}
+	return checkDigest("manifest.json's config", want, img.ConfigName)
+}
+
+// tarballEntry is the entry of m that tarball.ImageFromPath reads for tag
+// (its findDescriptor): the only one without a tag, else the first whose
+// RepoTags name tag.
+func tarballEntry(m tarball.Manifest, tag *name.Tag) *tarball.Descriptor {
+	if tag == nil {
+		if len(m) != 1 {
+			return nil
+		}
+		return &m[0]
+	}
+	for i := range m {
+		for _, s := range m[i].RepoTags {
+			if t, err := name.NewTag(s); err == nil && t.Name() == tag.Name() {
+				return &m[i]
+			}
+		}
+	}
+	return nil
 }
 
 func fromRegistry(ctx context.Context, ref string, opts Options) (source, error) {

@@ -1,6 +1,7 @@
 package imagestore
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -266,6 +268,17 @@ func TestRefuseCorruptImages(t *testing.T) {
 			})
 			return dir
 		}},
+		{name: "docker-save config changed, still valid JSON", mention: "config", corrupt: func(t *testing.T) string {
+			file := tarballOf(t, img)
+			cd, err := img.ConfigName()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteTarMember(t, file, cd.String(), func(data []byte) []byte {
+				return bytes.Replace(data, []byte(`"architecture":"amd64"`), []byte(`"architecture":"amd64","config":{"Env":["PATH=/evil"]}`), 1)
+			})
+			return file
+		}},
 		{name: "truncated docker-save tarball", corrupt: func(t *testing.T) string {
 			file := tarballOf(t, img)
 			st, err := os.Stat(file)
@@ -393,6 +406,56 @@ func rewriteJSON(t *testing.T, file string, change func(map[string]any)) {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rewriteTarMember rewrites member name of the tar file through change,
+// failing unless change altered it.
+func rewriteTarMember(t *testing.T, file, name string, change func([]byte) []byte) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	tr, tw := tar.NewReader(f), tar.NewWriter(&out)
+	found := false
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name == name {
+			changed := change(data)
+			if bytes.Equal(changed, data) {
+				t.Fatalf("%s in %s: unchanged", name, file)
+			}
+			data, found = changed, true
+			hdr.Size = int64(len(data))
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatalf("no %s in %s", name, file)
+	}
+	if err := os.WriteFile(file, out.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
