@@ -74,8 +74,8 @@ func (s *Store) importFrom(ctx context.Context, ref string, find func() (source,
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: manifest: %w", ErrBadImage, err)
 	}
-	if m.Config.Digest != digest {
-		return Image{}, fmt.Errorf("%w: config %s: content is %s", ErrBadImage, m.Config.Digest, digest)
+	if err := checkDigest("config", m.Config.Digest, src.img.RawConfigFile); err != nil {
+		return Image{}, fmt.Errorf("%w: %w", ErrBadImage, err)
 	}
 	cf, err := src.img.ConfigFile()
 	if err != nil {

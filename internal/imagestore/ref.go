@@ -2,6 +2,7 @@ package imagestore
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -138,18 +139,24 @@ func fromLayout(dir, selector string) (source, error) {
 	return withStoredBytes(source{img: img, kind: "oci-layout"})
 }
 
-// checkDigest refuses a blob of a layout whose content is not the digest
-// it was found by. A layout's manifests and indexes are read by name, and
-// go-containerregistry computes their digests from what it read without
-// comparing (a registry's are checked as they arrive): damage that left
-// valid JSON would go unnoticed.
-func checkDigest(what string, want v1.Hash, got func() (v1.Hash, error)) error {
-	h, err := got()
+// checkDigest refuses a file whose content is not the digest it was
+// found by (in the digest's own algorithm: OCI allows sha512 too). A
+// layout's manifests and indexes, and any source's config, are read by
+// name, and go-containerregistry computes their digests from what it read
+// without comparing (a registry's are checked as they arrive): damage
+// that left valid JSON would go unnoticed.
+func checkDigest(what string, want v1.Hash, content func() ([]byte, error)) error {
+	b, err := content()
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", what, want, err)
 	}
-	if h != want {
-		return fmt.Errorf("%s %s: content is %s", what, want, h)
+	h, err := v1.Hasher(want.Algorithm)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, want, err)
+	}
+	h.Write(b)
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.Hex {
+		return fmt.Errorf("%s %s: content is %s:%s", what, want, want.Algorithm, got)
 	}
 	return nil
 }
@@ -176,7 +183,7 @@ func layoutImage(idx v1.ImageIndex, d v1.Descriptor) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDigest("index", d.Digest, child.Digest); err != nil {
+	if err := checkDigest("index", d.Digest, child.RawManifest); err != nil {
 		return nil, err
 	}
 	im, err := child.IndexManifest()
@@ -198,7 +205,7 @@ func layoutManifest(idx v1.ImageIndex, h v1.Hash) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDigest("manifest", h, img.Digest); err != nil {
+	if err := checkDigest("manifest", h, img.RawManifest); err != nil {
 		return nil, err
 	}
 	return img, nil
@@ -239,12 +246,12 @@ func checkTarballConfig(file string, tag *name.Tag, img v1.Image) error {
 	if d == nil {
 		return nil // ImageFromPath found it; nothing to compare with
 	}
-	hex := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(d.Config, "blobs/sha256/"), "sha256:"), ".json")
-	want, err := v1.NewHash("sha256:" + hex)
+	named := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(d.Config, "blobs/sha256/"), "sha256:"), ".json")
+	want, err := v1.NewHash("sha256:" + named)
 	if err != nil {
 		return nil
 	}
-	return checkDigest("manifest.json's config", want, img.ConfigName)
+	return checkDigest("manifest.json's config", want, img.RawConfigFile)
 }
 
 // tarballEntry is the entry of m that tarball.ImageFromPath reads for tag

@@ -6,6 +6,8 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -457,5 +459,26 @@ func rewriteTarMember(t *testing.T, file, name string, change func([]byte) []byt
 	}
 	if err := os.WriteFile(file, out.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A digest is checked in its own algorithm: OCI allows sha512, and a
+// layout that uses it is not damaged.
+func TestCheckDigestAlgorithms(t *testing.T) {
+	content := []byte(`{"schemaVersion":2}`)
+	read := func() ([]byte, error) { return content, nil }
+	s256, s512 := sha256.Sum256(content), sha512.Sum512(content)
+	for _, h := range []string{"sha256:" + hex.EncodeToString(s256[:]), "sha512:" + hex.EncodeToString(s512[:])} {
+		want, err := v1.NewHash(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkDigest("manifest", want, read); err != nil {
+			t.Errorf("%s: %v", h, err)
+		}
+		want.Hex = strings.Repeat("0", len(want.Hex))
+		if err := checkDigest("manifest", want, read); err == nil || !strings.Contains(err.Error(), "content is "+h) {
+			t.Errorf("%s under another digest: %v, want a refusal naming the content's digest", h, err)
+		}
 	}
 }
