@@ -28,7 +28,12 @@
 // base, converted once. For the key to be sound, every layer's
 // uncompressed content is checked against its diff_id while it is read
 // (layers.go); a source cannot store other content under an image's
-// key.
+// key. The config itself must be the one its manifest names, a layout's
+// manifests and indexes the ones their index names, and a docker-save
+// tarball's config the one its manifest.json names (ref.go's
+// checkDigest): go-containerregistry reads those files by name without
+// comparing digests, so a damaged config that still parsed would
+// otherwise give boxes another Env or User under a digest of its own.
 //
 // # Conversion
 //

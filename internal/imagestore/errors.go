@@ -11,8 +11,9 @@ var (
 	// reference, or names an image the path or registry does not hold.
 	ErrBadRef = errors.New("neither an existing path nor a valid image reference")
 	// ErrBadImage: the image cannot be read as a linux/amd64 image: a
-	// corrupt or truncated blob, a layer whose content does not match
-	// its digest, a malformed tar, several candidates and no selector.
+	// corrupt or truncated blob, a manifest, config or layer whose
+	// content does not match its digest, a malformed tar, several
+	// candidates and no selector.
 	ErrBadImage = errors.New("unusable image")
 	// ErrUnsafeEntry: a layer entry or link that would reach outside the
 	// image's root (`../`, a symlink followed out of it during unpack).

@@ -68,6 +68,15 @@ func (s *Store) importFrom(ctx context.Context, ref string, find func() (source,
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: config: %w", ErrBadImage, err)
 	}
+	// The config's digest keys the base, and its diff_ids check the
+	// layers: it must be the config the manifest names.
+	m, err := src.img.Manifest()
+	if err != nil {
+		return Image{}, fmt.Errorf("%w: manifest: %w", ErrBadImage, err)
+	}
+	if err := checkDigest("config", m.Config.Digest, src.img.RawConfigFile); err != nil {
+		return Image{}, fmt.Errorf("%w: %w", ErrBadImage, err)
+	}
 	cf, err := src.img.ConfigFile()
 	if err != nil {
 		return Image{}, fmt.Errorf("%w: config: %w", ErrBadImage, err)

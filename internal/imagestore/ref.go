@@ -2,8 +2,10 @@ package imagestore
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -137,6 +139,28 @@ func fromLayout(dir, selector string) (source, error) {
 	return withStoredBytes(source{img: img, kind: "oci-layout"})
 }
 
+// checkDigest refuses a file whose content is not the digest it was
+// found by (in the digest's own algorithm: OCI allows sha512 too). A
+// layout's manifests and indexes, and any source's config, are read by
+// name, and go-containerregistry computes their digests from what it read
+// without comparing (a registry's are checked as they arrive): damage
+// that left valid JSON would go unnoticed.
+func checkDigest(what string, want v1.Hash, content func() ([]byte, error)) error {
+	b, err := content()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, want, err)
+	}
+	h, err := v1.Hasher(want.Algorithm)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", what, want, err)
+	}
+	h.Write(b)
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.Hex {
+		return fmt.Errorf("%s %s: content is %s:%s", what, want, want.Algorithm, got)
+	}
+	return nil
+}
+
 func matchSelector(d v1.Descriptor, selector string) bool {
 	switch {
 	case selector == "":
@@ -153,10 +177,13 @@ func matchSelector(d v1.Descriptor, selector string) bool {
 // linux/amd64 image.
 func layoutImage(idx v1.ImageIndex, d v1.Descriptor) (v1.Image, error) {
 	if !d.MediaType.IsIndex() {
-		return idx.Image(d.Digest)
+		return layoutManifest(idx, d.Digest)
 	}
 	child, err := idx.ImageIndex(d.Digest)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkDigest("index", d.Digest, child.RawManifest); err != nil {
 		return nil, err
 	}
 	im, err := child.IndexManifest()
@@ -165,10 +192,23 @@ func layoutImage(idx v1.ImageIndex, d v1.Descriptor) (v1.Image, error) {
 	}
 	for _, m := range im.Manifests {
 		if m.Platform != nil && m.Platform.OS == platform.OS && m.Platform.Architecture == platform.Architecture && m.MediaType.IsImage() {
-			return child.Image(m.Digest)
+			return layoutManifest(child, m.Digest)
 		}
 	}
 	return nil, fmt.Errorf("index %s has no %s/%s image", d.Digest, platform.OS, platform.Architecture)
+}
+
+// layoutManifest opens the image of manifest h in idx, checking the
+// manifest is h.
+func layoutManifest(idx v1.ImageIndex, h v1.Hash) (v1.Image, error) {
+	img, err := idx.Image(h)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDigest("manifest", h, img.RawManifest); err != nil {
+		return nil, err
+	}
+	return img, nil
 }
 
 func fromTarball(file, selector string, size int64) (source, error) {
@@ -181,10 +221,57 @@ func fromTarball(file, selector string, size int64) (source, error) {
 		tag = &t
 	}
 	img, err := tarball.ImageFromPath(file, tag)
+	if err == nil {
+		err = checkTarballConfig(file, tag, img)
+	}
 	if err != nil {
 		return source{}, fmt.Errorf("%w: docker-save tarball %s: %w", ErrBadImage, file, err)
 	}
 	return source{img: img, kind: "docker-archive", storedBytes: size}, nil
+}
+
+// checkTarballConfig refuses a tarball whose image config is not the one
+// its manifest.json names. go-containerregistry takes the config file's
+// digest from its content; the name the manifest gives it carries the
+// digest it was written with: "<hex>.json" (docker before 25),
+// "blobs/sha256/<hex>" (docker 25 and later, an OCI layout inside) or
+// "sha256:<hex>" (go-containerregistry). A name of another form is not
+// checked.
+func checkTarballConfig(file string, tag *name.Tag, img v1.Image) error {
+	m, err := tarball.LoadManifest(func() (io.ReadCloser, error) { return os.Open(file) })
+	if err != nil {
+		return err
+	}
+	d := tarballEntry(m, tag)
+	if d == nil {
+		return nil // ImageFromPath found it; nothing to compare with
+	}
+	named := strings.TrimSuffix(strings.TrimPrefix(strings.TrimPrefix(d.Config, "blobs/sha256/"), "sha256:"), ".json")
+	want, err := v1.NewHash("sha256:" + named)
+	if err != nil {
+		return nil
+	}
+	return checkDigest("manifest.json's config", want, img.RawConfigFile)
+}
+
+// tarballEntry is the entry of m that tarball.ImageFromPath reads for tag
+// (its findDescriptor): the only one without a tag, else the first whose
+// RepoTags name tag.
+func tarballEntry(m tarball.Manifest, tag *name.Tag) *tarball.Descriptor {
+	if tag == nil {
+		if len(m) != 1 {
+			return nil
+		}
+		return &m[0]
+	}
+	for i := range m {
+		for _, s := range m[i].RepoTags {
+			if t, err := name.NewTag(s); err == nil && t.Name() == tag.Name() {
+				return &m[i]
+			}
+		}
+	}
+	return nil
 }
 
 func fromRegistry(ctx context.Context, ref string, opts Options) (source, error) {

@@ -1,12 +1,17 @@
 package imagestore
 
 import (
+	"archive/tar"
 	"bytes"
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -240,6 +245,42 @@ func TestRefuseCorruptImages(t *testing.T) {
 			}
 			return dir
 		}},
+		// Damage that leaves valid JSON: nothing fails to parse, and a
+		// layout's blobs are read by name, so only their digests tell.
+		// A changed config would otherwise give the box another Env.
+		{name: "config changed, still valid JSON", mention: "config", corrupt: func(t *testing.T) string {
+			dir := layoutOf(t, map[string]v1.Image{testTag: img})
+			cd, err := img.ConfigName()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteJSON(t, filepath.Join(dir, "blobs", cd.Algorithm, cd.Hex), func(m map[string]any) {
+				m["config"] = map[string]any{"Env": []string{"PATH=/evil"}}
+			})
+			return dir
+		}},
+		{name: "manifest changed, still valid JSON", mention: "manifest", corrupt: func(t *testing.T) string {
+			dir := layoutOf(t, map[string]v1.Image{testTag: img})
+			md, err := img.Digest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteJSON(t, filepath.Join(dir, "blobs", md.Algorithm, md.Hex), func(m map[string]any) {
+				m["annotations"] = map[string]string{"damaged": "yes"}
+			})
+			return dir
+		}},
+		{name: "docker-save config changed, still valid JSON", mention: "config", corrupt: func(t *testing.T) string {
+			file := tarballOf(t, img)
+			cd, err := img.ConfigName()
+			if err != nil {
+				t.Fatal(err)
+			}
+			rewriteTarMember(t, file, cd.String(), func(data []byte) []byte {
+				return bytes.Replace(data, []byte(`"architecture":"amd64"`), []byte(`"architecture":"amd64","config":{"Env":["PATH=/evil"]}`), 1)
+			})
+			return file
+		}},
 		{name: "truncated docker-save tarball", corrupt: func(t *testing.T) string {
 			file := tarballOf(t, img)
 			st, err := os.Stat(file)
@@ -349,4 +390,95 @@ func TestCancelMidImport(t *testing.T) {
 		t.Errorf("%v, want context.Canceled", err)
 	}
 	assertEmptyStore(t, s)
+}
+
+// rewriteJSON rewrites the JSON object in file through change.
+func rewriteJSON(t *testing.T, file string, change func(map[string]any)) {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	change(m)
+	if data, err = json.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// rewriteTarMember rewrites member name of the tar file through change,
+// failing unless change altered it.
+func rewriteTarMember(t *testing.T, file, name string, change func([]byte) []byte) {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out bytes.Buffer
+	tr, tw := tar.NewReader(f), tar.NewWriter(&out)
+	found := false
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hdr.Name == name {
+			changed := change(data)
+			if bytes.Equal(changed, data) {
+				t.Fatalf("%s in %s: unchanged", name, file)
+			}
+			data, found = changed, true
+			hdr.Size = int64(len(data))
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !found {
+		t.Fatalf("no %s in %s", name, file)
+	}
+	if err := os.WriteFile(file, out.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A digest is checked in its own algorithm: OCI allows sha512, and a
+// layout that uses it is not damaged.
+func TestCheckDigestAlgorithms(t *testing.T) {
+	content := []byte(`{"schemaVersion":2}`)
+	read := func() ([]byte, error) { return content, nil }
+	s256, s512 := sha256.Sum256(content), sha512.Sum512(content)
+	for _, h := range []string{"sha256:" + hex.EncodeToString(s256[:]), "sha512:" + hex.EncodeToString(s512[:])} {
+		want, err := v1.NewHash(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkDigest("manifest", want, read); err != nil {
+			t.Errorf("%s: %v", h, err)
+		}
+		want.Hex = strings.Repeat("0", len(want.Hex))
+		if err := checkDigest("manifest", want, read); err == nil || !strings.Contains(err.Error(), "content is "+h) {
+			t.Errorf("%s under another digest: %v, want a refusal naming the content's digest", h, err)
+		}
+	}
 }

@@ -490,3 +490,55 @@ func TestRunningWhileThreadsOutliveTheLeader(t *testing.T) {
 		t.Error("a process that is not running still serves its socket")
 	}
 }
+
+// A template is keyed by the boot identity (daemon.Manager.templateID):
+// a daemon started with another guest kernel command line, kernel,
+// initramfs or VMM must get other templates, and the same files and
+// command line the same ones.
+func TestBootIdentity(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	base := Config{VMM: write("vmm", "vmm 1"), Kernel: write("kernel", "kernel 1"), Initrd: write("initrd", "initrd 1"), Cmdline: "quiet"}
+	identity := func(cfg Config) string {
+		t.Helper()
+		cfg.Store, cfg.RunDir = filepath.Join(t.TempDir(), "store"), filepath.Join(t.TempDir(), "run")
+		b, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := b.BootIdentity()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	want := identity(base)
+	if again := identity(base); again != want {
+		t.Errorf("the same boot gave identities %s and %s", want, again)
+	}
+	other := func(what string, cfg Config) {
+		t.Helper()
+		if id := identity(cfg); id == want {
+			t.Errorf("another %s, the same boot identity %s: its boxes would share the old templates", what, id)
+		}
+	}
+	cfg := base
+	cfg.Cmdline = "quiet sailbox.debug=1"
+	other("command line", cfg)
+	for _, f := range []struct{ what, path string }{{"VMM", base.VMM}, {"kernel", base.Kernel}, {"initramfs", base.Initrd}} {
+		cfg := base
+		cfg.VMM, cfg.Kernel, cfg.Initrd = write("vmm2", "vmm 1"), write("kernel2", "kernel 1"), write("initrd2", "initrd 1")
+		if id := identity(cfg); id != want {
+			t.Fatalf("the same files under other names: identity %s, want %s", id, want)
+		}
+		changed := f.path + "2"
+		write(filepath.Base(changed), f.what+" 2")
+		other(f.what, cfg)
+	}
+}
