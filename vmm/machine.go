@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/sailbox-dev/sailbox/devices"
 	"github.com/sailbox-dev/sailbox/devices/acpi"
@@ -127,6 +128,11 @@ type Machine struct {
 	workingSet   *memory.WorkingSet            // for a restored machine: pages to map before it runs
 	restoredFrom string                        // for a restored machine: the checkpoint
 	restoredRoot *snapshot.Root                // and its store
+	// workingSetFrom is the checkpoint workingSet was recorded for ("" if
+	// given by the caller); mappedAhead what prefault did of it, stored
+	// once by vCPU 0's setup, read by MappedAhead from any goroutine.
+	workingSetFrom string
+	mappedAhead    atomic.Pointer[MappedAhead]
 
 	// lifeMu guards running and paused, and serializes Pause, Resume and
 	// Checkpoint.

@@ -154,7 +154,7 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 			deviceLogger(cfg).Warn("restore: working set", "err", err)
 		case from != "":
 			mws := memory.WorkingSet(ws)
-			m.workingSet = &mws
+			m.workingSet, m.workingSetFrom = &mws, from
 			deviceLogger(cfg).Debug("restore: working set", "from", from, "pages", ws.Pages())
 		}
 	}

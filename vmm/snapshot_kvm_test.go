@@ -513,10 +513,17 @@ func TestKVMRestoreMapsWorkingSetAhead(t *testing.T) {
 	if notCopied > 0 {
 		t.Errorf("%d of the 64 pages given as written have no copy of their own", notCopied)
 	}
-	if n, err := sys.CheckExtension(kvm.CapPreFaultMemory); err != nil || n == 0 {
-		t.Logf("this kernel cannot enter pages in KVM's tables ahead (KVM_PRE_FAULT_MEMORY: %d, %v): %d of %d held pages mapped by use alone", n, err, held-notMapped, held)
+	preFault, err := sys.CheckExtension(kvm.CapPreFaultMemory)
+	if err != nil || preFault == 0 {
+		t.Logf("this kernel cannot enter pages in KVM's tables ahead (KVM_PRE_FAULT_MEMORY: %d, %v): %d of %d held pages mapped by use alone", preFault, err, held-notMapped, held)
 	} else if notMapped > 0 {
 		t.Errorf("%d of the %d pages the checkpoint holds were not mapped ahead", notMapped, held)
+	}
+	// The machine says what it mapped, as the VMM's status reports it.
+	mapped, ok := g.m.MappedAhead()
+	if !ok || mapped.From != "ws" || mapped.Pages != uint64(ws.Pages()) || mapped.Copied != uint64(len(written)) ||
+		(preFault > 0 && mapped.Entered != mapped.Pages) {
+		t.Errorf("the machine reports %+v (%v) mapped ahead; want ws's %d pages, its %d written ones copied", mapped, ok, ws.Pages(), len(written))
 	}
 	if got := g.sh(t, "cat /tmp/value"); got != "before" {
 		t.Errorf("/tmp/value = %q after the restore, want %q", got, "before")
@@ -537,6 +544,9 @@ func TestKVMRestoreRecordsWorkingSet(t *testing.T) {
 	b := bootBox(t)
 	man, _ := checkpoint(t, b, b.guest, "rec")
 	g := restoreBox(t, b, "rec")
+	if mapped, ok := g.m.MappedAhead(); ok {
+		t.Errorf("a restore of a checkpoint without a working set reports %+v mapped ahead", mapped)
+	}
 	g.sh(t, "echo -n after > /tmp/value")
 	best, err := scratchMemoryTracking()
 	if err != nil {
