@@ -36,6 +36,21 @@ type Status struct {
 	// Memory is the VMM process's resident memory split at guest RAM;
 	// nil if the VMM could not read it (or is older than the field).
 	Memory *MemoryUsage `json:"memory,omitempty"`
+	// WorkingSet is what the VM's restore mapped of a recorded working
+	// set before its guest ran; nil for a booted VM, a restore that found
+	// none, or a VMM older than the field.
+	WorkingSet *MappedAhead `json:"working_set,omitempty"`
+}
+
+// MappedAhead is what a restore mapped of a working set before its guest
+// ran, in guest pages (vmm.MappedAhead).
+type MappedAhead struct {
+	// From is the checkpoint the working set was recorded for: the one
+	// restored or an ancestor.
+	From    string `json:"from"`
+	Pages   uint64 `json:"pages"`   // pages the working set names
+	Copied  uint64 `json:"copied"`  // written pages copied for this VM
+	Entered uint64 `json:"entered"` // pages entered in KVM's page tables (0 without KVM_PRE_FAULT_MEMORY)
 }
 
 // MemoryUsage is a VMM process's resident memory in bytes, from the

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -25,7 +26,8 @@ type fakeVM struct {
 }
 
 func (f *fakeVM) Status() Status {
-	return Status{State: "running", VCPUs: 2, MemoryMiB: 256, PID: 42, StartedAt: time.Unix(1700000000, 0).UTC()}
+	return Status{State: "running", VCPUs: 2, MemoryMiB: 256, PID: 42, StartedAt: time.Unix(1700000000, 0).UTC(),
+		WorkingSet: &MappedAhead{From: "tpl-1", Pages: 3000, Copied: 400, Entered: 3000}}
 }
 func (f *fakeVM) Shutdown() { f.shutdowns.Add(1) }
 func (f *fakeVM) Pause() error {
@@ -67,7 +69,7 @@ func TestClientServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != vm.Status() {
+	if !reflect.DeepEqual(st, vm.Status()) {
 		t.Errorf("status = %+v, want %+v", st, vm.Status())
 	}
 	if err := c.Shutdown(ctx); err != nil || vm.shutdowns.Load() != 1 {

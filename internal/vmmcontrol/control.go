@@ -60,7 +60,15 @@ func (c *Controller) Status() vmmapi.Status {
 			Go:           goMemory(),
 		}
 	}
+	if w, ok := c.m.MappedAhead(); ok {
+		st.WorkingSet = mappedAhead(w)
+	}
 	return st
+}
+
+// mappedAhead is w as the control API reports it.
+func mappedAhead(w vmm.MappedAhead) *vmmapi.MappedAhead {
+	return &vmmapi.MappedAhead{From: w.From, Pages: w.Pages, Copied: w.Copied, Entered: w.Entered}
 }
 
 func (c *Controller) Shutdown()     { c.m.Stop() }

@@ -33,6 +33,16 @@ func TestPausePartsReported(t *testing.T) {
 	}
 }
 
+// The control API reports every count of what a restore mapped ahead.
+func TestMappedAheadReported(t *testing.T) {
+	w := vmm.MappedAhead{From: "tpl-1", Pages: 3000, Copied: 400, Entered: 2999}
+	got := mappedAhead(w)
+	if n, m := reflect.TypeOf(w).NumField(), reflect.TypeOf(*got).NumField(); n != m ||
+		*got != (vmmapi.MappedAhead{From: "tpl-1", Pages: 3000, Copied: 400, Entered: 2999}) {
+		t.Errorf("reported %+v (%d fields) for %+v (%d fields)", *got, m, w, n)
+	}
+}
+
 // A restored guest's fix-ups end without a word when the VM stops
 // (ctx cancelled), so that the VMM's exit line stays its log's last, and
 // with an error when the agent never answers.
