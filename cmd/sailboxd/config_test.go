@@ -2,11 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"maps"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -74,6 +77,83 @@ net-host = Mirror.Lab.=198.51.100.7
 	c, err = parseArgs([]string{"-config", writeConfig(t, "cpus = 2\n")}, io.Discard)
 	if err != nil || c.Kernel != "/from/env/bzImage" || c.Image != "/from/env/rootfs.ext4" || c.VCPUs != 2 || c.MemoryMiB != 256 || c.LogFormat != logText {
 		t.Errorf("defaults: %+v, %v", c, err)
+	}
+}
+
+// Every flag can come from the file: for each one sailboxd -h lists, a
+// line of the file gives the configuration the flag gives on the command
+// line, and not the default one. A flag added without a value here fails.
+func TestConfigFileEveryFlag(t *testing.T) {
+	values := map[string]string{
+		"cmdline":                 "console=ttyS0 quiet",
+		"compact-after":           "3",
+		"cpus":                    "4",
+		"host-id":                 "rack-7",
+		"image":                   "/srv/images/base.ext4",
+		"image-dir":               "/srv/images",
+		"inference-listen":        "127.0.0.1:8089",
+		"inference-listen-public": "true",
+		"inference-upstream":      "http://127.0.0.1:8000",
+		"initrd":                  "/k/initramfs.cpio",
+		"kernel":                  "/k/bzImage",
+		"log-format":              "json",
+		"log-level":               "warn",
+		"max-memory":              "4096",
+		"max-running":             "8",
+		"mem":                     "1024",
+		"metrics-listen":          "127.0.0.1:9464",
+		"min-free-disk":           "512",
+		"min-resumable-schema":    "2",
+		"net-host":                "files.lab=192.168.127.254",
+		"sailbox-net":             "/opt/sailbox/sailbox-net",
+		"socket":                  "/run/sb/d.sock",
+		"socket-group":            "sailbox",
+		"state-dir":               "/srv/sailbox",
+		"templates":               "false",
+		"vmm":                     "/opt/sailbox/sailbox-vmm",
+	}
+	var usage strings.Builder
+	if _, err := parseArgs([]string{"-h"}, &usage); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	var names []string
+	for _, line := range strings.Split(usage.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "  -"); ok {
+			names = append(names, strings.Fields(rest)[0])
+		}
+	}
+	if len(names) < len(values) {
+		t.Fatalf("sailboxd -h lists %d flags (%v), fewer than this test's %d", len(names), names, len(values))
+	}
+	defaults, err := parseArgs(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if name == "config" {
+			continue // a file cannot name another (TestConfigFileErrors)
+		}
+		v, ok := values[name]
+		if !ok {
+			t.Errorf("-%s: no value in this test: add one, and check it can come from the file", name)
+			continue
+		}
+		cli, err := parseArgs([]string{"-" + name + "=" + v}, io.Discard)
+		if err != nil {
+			t.Errorf("-%s=%s: %v", name, v, err)
+			continue
+		}
+		file, err := parseArgs([]string{"-config", writeConfig(t, name+" = "+v+"\n")}, io.Discard)
+		if err != nil {
+			t.Errorf("%s = %s in the file: %v", name, v, err)
+			continue
+		}
+		if !reflect.DeepEqual(file, cli) {
+			t.Errorf("%s = %s: from the file %+v, from the command line %+v", name, v, file, cli)
+		}
+		if reflect.DeepEqual(file, defaults) {
+			t.Errorf("%s = %s: the configuration is the default one", name, v)
+		}
 	}
 }
 
