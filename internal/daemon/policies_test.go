@@ -459,6 +459,54 @@ func TestForkCount(t *testing.T) {
 	}
 }
 
+// The children of a fork with a count start concurrently: while the
+// first child's restore is held, the others' begin.
+func TestForkCountConcurrent(t *testing.T) {
+	e := newEnv(t)
+	p := e.create()
+	entered, release := make(chan struct{}), make(chan struct{})
+	e.fake.OnNext("Restore", func() { close(entered); <-release })
+	type result struct {
+		f   api.ForkResponse
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		f, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{Count: 3})
+		done <- result{f, err}
+	}()
+	<-entered
+	restores := func() int {
+		n := 0
+		for _, c := range e.fake.Calls() {
+			if strings.HasPrefix(c, "Restore ") {
+				n++
+			}
+		}
+		return n
+	}
+	// A bound on a slow machine, not a measurement: one after another,
+	// the other two would never begin while the first is held.
+	for deadline := time.Now().Add(30 * time.Second); restores() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			n := restores()
+			close(release)
+			<-done
+			t.Fatalf("%d other restores began while the first child's was held; want 2 (concurrent)", n)
+		}
+	}
+	close(release)
+	r := <-done
+	if r.err != nil || len(r.f.Boxes) != 3 {
+		t.Fatalf("fork count 3: %+v, %v", r.f, r.err)
+	}
+	for _, c := range r.f.Boxes {
+		if !e.fake.Running(c.ID) || e.state(c.ID) != lifecycle.Running {
+			t.Errorf("child %s: %s, VM %v", c.ID, e.state(c.ID), e.fake.Running(c.ID))
+		}
+	}
+}
+
 func TestForkCountAllOrNothing(t *testing.T) {
 	for _, parentState := range []string{"running", "sleeping"} {
 		t.Run(parentState, func(t *testing.T) {
