@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -241,5 +242,79 @@ func TestRunLogsJSON(t *testing.T) {
 	}
 	if !strings.Contains(logs, `"msg":"sailboxd listening"`) {
 		t.Errorf("logs:\n%s", logs)
+	}
+}
+
+// The systemd unit in contrib/ runs sailboxd as the README installs it:
+// a command line sailboxd accepts, reading the example configuration
+// from where the README puts it; Type=notify (sailboxd sends READY=1,
+// TestRunNotifiesReady); KillMode=process, so that boxes outlive the
+// daemon; /dev/kvm allowed; and the example's state directory and socket
+// in the directories the unit makes.
+func TestSystemdUnit(t *testing.T) {
+	text, err := os.ReadFile("../../contrib/systemd/sailboxd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := map[string][]string{} // Section.Key: values
+	section := ""
+	for _, line := range strings.Split(string(text), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			section = strings.Trim(line, "[]")
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("not key=value: %q", line)
+			}
+			unit[section+"."+k] = append(unit[section+"."+k], v)
+		}
+	}
+	one := func(key string) string {
+		t.Helper()
+		if vs := unit[key]; len(vs) == 1 {
+			return vs[0]
+		}
+		t.Fatalf("%s: %q, want one value", key, unit[key])
+		return ""
+	}
+	for key, want := range map[string]string{
+		"Service.Type": "notify", "Service.NotifyAccess": "main", "Service.KillMode": "process",
+		"Service.DeviceAllow": "/dev/kvm rw", "Install.WantedBy": "multi-user.target",
+	} {
+		if got := one(key); got != want {
+			t.Errorf("%s=%s, want %s", key, got, want)
+		}
+	}
+	const conf = "/etc/sailbox/sailboxd.conf"
+	exec := strings.Fields(one("Service.ExecStart"))
+	if len(exec) != 3 || filepath.Base(exec[0]) != "sailboxd" || exec[1] != "-config" || exec[2] != conf {
+		t.Fatalf("ExecStart=%q, want sailboxd -config %s", exec, conf)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, install := range []string{
+		"install -D -m 0644 contrib/sailboxd.conf " + conf,
+		"install -m 0644 contrib/systemd/sailboxd.service /etc/systemd/system/",
+		"install -m 0755 bin/sailboxd bin/sailbox-vmm bin/sailbox-net bin/sail " + filepath.Dir(exec[0]) + "/",
+	} {
+		if !strings.Contains(string(readme), install) {
+			t.Errorf("the README's operator section does not say %q", install)
+		}
+	}
+	// The unit's command line, on the example configuration.
+	c, err := parseArgs([]string{"-config", "../../contrib/sailboxd.conf"}, io.Discard)
+	if err != nil {
+		t.Fatalf("sailboxd -config (the example): %v", err)
+	}
+	if dir := "/var/lib/" + one("Service.StateDirectory"); c.StateDir != dir {
+		t.Errorf("the example's state-dir %s is not the unit's StateDirectory %s", c.StateDir, dir)
+	}
+	if dir := "/run/" + one("Service.RuntimeDirectory"); filepath.Dir(c.Socket) != dir {
+		t.Errorf("the example's socket %s is not in the unit's RuntimeDirectory %s", c.Socket, dir)
 	}
 }
