@@ -196,6 +196,37 @@ func TestPauseSleepResume(t *testing.T) {
 	}
 }
 
+// Connect checks placement: a box whose record places it on another host
+// (a catalog taken over by a daemon of another -host-id) is refused with
+// ErrWrongHost, naming that host, and left as it was.
+func TestConnectChecksPlacement(t *testing.T) {
+	e := newEnv(t)
+	b := e.create()
+	if _, err := e.m.Sleep(e.ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cat.Update(func(tx *catalog.Tx) error {
+		r, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		r.HostID = "host-b"
+		return tx.PutBox(r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.m.Connect(e.ctx, b.ID)
+	if !errors.Is(err, daemon.ErrWrongHost) || !strings.Contains(err.Error(), "host-b") {
+		t.Fatalf("connect to a box of host-b: %v, want wrong host naming it", err)
+	}
+	if got := e.get(b.ID); got.State != lifecycle.Sleeping || e.fake.Running(b.ID) {
+		t.Errorf("a refused connect woke the box: %s, VM %v", got.State, e.fake.Running(b.ID))
+	}
+	if _, err := e.m.Connect(e.ctx, "sb-nosuchbox"); !errors.Is(err, daemon.ErrNotFound) {
+		t.Errorf("connect to an unknown box: %v", err)
+	}
+}
+
 func TestCheckpointFailureLeavesNothing(t *testing.T) {
 	e := newEnv(t)
 	b := e.create()
