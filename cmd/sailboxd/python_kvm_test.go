@@ -10,7 +10,7 @@ import (
 )
 
 // TestKVMPythonClient drives a real sailboxd with the Python client only
-// (clients/python/tests/e2e/lifecycle_kvm.py), through every call: a box
+// (clients/python/tests/e2e/lifecycle_kvm.py, run by pytest), through every call: a box
 // on the Debian image runs Python, is extended, checkpointed, forked once
 // and three times at once, put to sleep and woken by an exec, paused and
 // resumed, serves on an exposed port that wakes it from sleep, is
@@ -20,7 +20,7 @@ func TestKVMPythonClient(t *testing.T) {
 	img := kvmtest.Artifact(t, "SAILBOX_DEFAULT_IMAGE")
 	pyclienttest.Python(t) // before the daemon: a missing interpreter says so first
 	h := newHost(t, "-image", img)
-	pyclienttest.Run(t, "lifecycle_kvm.py", h.sock)
+	pyclienttest.Pytest(t, "lifecycle_kvm.py", h.sock)
 	boxes, err := h.c.List(context.Background(), client.ListOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,9 @@
 """A box's lifecycle on a real sailboxd, through the Python client only.
 
-Run by TestKVMPythonClient (cmd/sailboxd, kvm tier): python3
-lifecycle_kvm.py SOCKET, against a daemon whose default image is the
-Debian one (it has python3). Every call of the client is made on real
+Run by TestKVMPythonClient (cmd/sailboxd, kvm tier) under pytest
+(`python3 -m pytest lifecycle_kvm.py`, the daemon's socket in
+$SAILBOX_SOCKET; by hand also `python3 lifecycle_kvm.py SOCKET`), against
+a daemon whose default image is the Debian one (it has python3). Every call of the client is made on real
 VMs, and a box with an idle timeout falls asleep on its own and is woken
 by a connection to its exposed port. Exits non-zero at the first call
 that does not answer as it should.
@@ -184,6 +185,11 @@ def main(sock: str) -> None:
         wait_for("the woken box to fall asleep again", lambda: idle.refresh().state == State.SLEEPING)
     assert Sailbox.list(client=c) == []
     step("python client on sailboxd: ok")
+
+
+def test_lifecycle() -> None:
+    """The whole run, as pytest collects it (named on its command line)."""
+    main(os.environ["SAILBOX_SOCKET"])
 
 
 if __name__ == "__main__":
