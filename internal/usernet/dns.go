@@ -151,8 +151,8 @@ type upstreamResolver interface {
 }
 
 // resolver is the DNS server's upstream: static hosts first, then, if
-// the policy lets the name be looked up, the host's resolver
-// (Network.upstream). A refused name answers NXDOMAIN.
+// the name has a dot and the policy lets it be looked up, the host's
+// resolver (Network.upstream). A refused name answers NXDOMAIN.
 type resolver struct {
 	n *Network
 }
@@ -160,9 +160,22 @@ type resolver struct {
 var _ upstreamResolver = (*resolver)(nil)
 
 // allowed says whether name may be looked up on the host, counting and
-// logging a refusal.
+// logging a refusal by the policy.
+//
+// A name without a dot is never looked up on the host, whatever the
+// policy, and is neither counted nor logged: no DNS server on the
+// internet answers one, and the one a box asks about in passing is its
+// own hostname (its box id, which the image's /etc/hosts does not name):
+// Python's http.server, for one, resolves it when it starts. Asked of the
+// host's resolver, such a lookup would send the box's id to the host's
+// DNS servers (with the host's search domains, under other names too),
+// and make a test that starts such a server in a box dial a DNS server
+// off the machine.
 func (r *resolver) allowed(name string) bool {
 	d := strings.ToLower(strings.TrimSuffix(name, "."))
+	if !strings.Contains(d, ".") {
+		return false
+	}
 	if r.n.policy.lookupAllowed(d) {
 		return true
 	}

@@ -294,6 +294,41 @@ func TestNoInternetLetsOnlyAllowedDomainsThrough(t *testing.T) {
 	}
 }
 
+// A name without a dot, such as the box's own hostname (its id), is
+// answered NXDOMAIN by the box's DNS and never asked of the host's
+// resolver, whatever the policy: under the default policy too, which
+// looks up every other name on the host. It is no refusal of the
+// policy's: not counted, not logged.
+func TestSingleLabelNamesNeverLeaveTheBox(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"default policy", Config{}},
+		{"no internet", Config{NoInternet: true}},
+		{"allowed everything", Config{Allow: []string{"0.0.0.0/0"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, path, logs := start(t, tc.cfg) // its host resolver fails the test if asked
+			g := fakeguest.Attach(t, path, netapi.DefaultGuestMAC)
+			for _, name := range []string{testBox, testBox + ".", "SB-Other"} {
+				if _, err := g.Lookup(ctxFor(t, 5*time.Second), name); !errors.Is(err, fakeguest.ErrNXDomain) {
+					t.Errorf("lookup %q: %v, want NXDOMAIN", name, err)
+				}
+			}
+			if _, err := g.LookupOver(ctxFor(t, 5*time.Second), "tcp", testBox); !errors.Is(err, fakeguest.ErrNXDomain) {
+				t.Errorf("lookup %q over TCP: %v, want NXDOMAIN", testBox, err)
+			}
+			if st := n.Stats(); st.RefusedLookups != 0 {
+				t.Errorf("stats %+v: a single-label name counted as a refused lookup", st)
+			}
+			if strings.Contains(logs.String(), "refused DNS lookup") {
+				t.Errorf("a single-label name logged as a refusal:\n%s", logs)
+			}
+		})
+	}
+}
+
 func TestUDPFlowsToAllowedHostAndRefusals(t *testing.T) {
 	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
