@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -486,6 +487,16 @@ func TestExpose(t *testing.T) {
 	p, err := e.m.Expose(e.ctx, b.ID, api.ExposeRequest{GuestPort: 8080})
 	if err != nil || p.HostPort == 0 || p.GuestPort != 8080 {
 		t.Fatalf("expose = %+v, %v", p, err)
+	}
+	// Without host_addr, the listener is on loopback only.
+	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(p.HostPort)); p.HostAddr != want {
+		t.Errorf("expose without host_addr listens on %s, want %s", p.HostAddr, want)
+	}
+	// With it (sail expose -addr), on that address.
+	if other, err := e.m.Expose(e.ctx, b.ID, api.ExposeRequest{GuestPort: 8080, HostAddr: "127.0.0.2"}); err != nil || !strings.HasPrefix(other.HostAddr, "127.0.0.2:") {
+		t.Errorf("expose on host_addr 127.0.0.2: %+v, %v", other, err)
+	} else if err := e.m.Unexpose(e.ctx, b.ID, other.HostPort); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := e.m.Expose(e.ctx, b.ID, api.ExposeRequest{GuestPort: 80, HostPort: p.HostPort}); !errors.Is(err, daemon.ErrConflict) {
 		t.Errorf("expose of a port in use: %v", err)

@@ -343,3 +343,77 @@ func TestOrphanNetworkKilled(t *testing.T) {
 		}
 	}
 }
+
+// An exposed port of a box with a network goes through the network only
+// when the box's agent configured the guest's side of it
+// (guestagent.NetworkSchemaVersion); a box on an older agent, which
+// leaves eth0 down, keeps the agent's dial_tcp path, to the guest's
+// 127.0.0.1, until it is upgraded. An agent whose schema is not yet
+// known is asked. The box's agent is a real one (guestagent.Server) on
+// this host, whose 127.0.0.1 is its guest's; its network refuses every
+// dial (fakeNet).
+func TestDialGuestByAgentSchema(t *testing.T) {
+	dir := t.TempDir()
+	before := newNetBackend(t, dir)
+	box := "sb-old"
+	if _, err := before.startNet(context.Background(), box, *netSpec.Net); err != nil {
+		t.Fatal(err)
+	}
+	startFakeVMM(t, before, box)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	vl, err := net.Listen("unix", before.files(box).vsockSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go (&guestagent.Server{}).Serve(ctx, hybridListener{vl})
+	guestServer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { guestServer.Close() })
+	go func() {
+		for {
+			c, err := guestServer.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "through the agent")
+			c.Close()
+		}
+	}()
+	port := guestServer.Addr().(*net.TCPAddr).Port
+
+	b := newNetBackend(t, dir)
+	if ok, err := b.Attach(ctx, box); !ok || err != nil {
+		t.Fatalf("attach: %v, %v", ok, err)
+	}
+	t.Cleanup(func() { b.Stop(context.Background(), box) })
+	v, _ := b.get(box)
+	if v.net == nil {
+		t.Fatal("the box's network was not taken back")
+	}
+
+	v.schema.Store(guestagent.NetworkSchemaVersion - 1)
+	c, err := b.DialGuest(ctx, box, port)
+	if err != nil {
+		t.Fatalf("dial of a box on an agent older than its network: %v, want the agent's dial_tcp", err)
+	}
+	got, _ := io.ReadAll(c)
+	c.Close()
+	if string(got) != "through the agent" {
+		t.Errorf("the older agent's box answered %q", got)
+	}
+	for _, schema := range []int32{guestagent.NetworkSchemaVersion, 0} {
+		v.schema.Store(schema)
+		if c, err := b.DialGuest(ctx, box, port); !errors.Is(err, netapi.ErrRefused) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("dial with agent schema %d (0: asked): %v, want the network's refusal", schema, err)
+		}
+	}
+	if got := v.schema.Load(); got != guestagent.GuestSchemaVersion {
+		t.Errorf("schema after asking the agent: %d, want %d", got, guestagent.GuestSchemaVersion)
+	}
+}
