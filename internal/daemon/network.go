@@ -61,10 +61,10 @@ func networkToAPI(p *catalog.NetPolicy) *api.NetworkPolicy {
 	return &api.NetworkPolicy{NoInternet: p.NoInternet, Allow: p.Allow, Deny: p.Deny}
 }
 
-// Network returns the counters of box id's network, its stack's and its
-// network device's (Device). It does not wake the
-// box: one that runs no VM reports Running false and zeros. A box
-// without a network is an ErrConflict.
+// Network returns the counters of box id's network: its stack's, and its
+// network device's (Device). It does not wake the box: one that runs no
+// VM reports Running false and zeros. A box without a network is an
+// ErrConflict.
 func (m *Manager) Network(ctx context.Context, id string) (api.NetworkStats, error) {
 	b, err := m.record(id)
 	if err != nil {
