@@ -36,6 +36,40 @@ type Status struct {
 	// Memory is the VMM process's resident memory split at guest RAM;
 	// nil if the VMM could not read it (or is older than the field).
 	Memory *MemoryUsage `json:"memory,omitempty"`
+	// Network is the counters of the VM's network device; nil for a VM
+	// without one (or from a VMM older than the field).
+	Network *NetworkStats `json:"network,omitempty"`
+}
+
+// NetworkStats are the counters of a VM's network device (virtio-net)
+// since the VMM built it: a restored or forked VM's start from zero.
+// "Out" is from the guest to the network (the device's transmit queue),
+// "in" from the network to the guest. Bytes are of Ethernet frames
+// (without the virtio header); a TCP segment the guest hands over whole
+// (TSO) is one frame. These are the link's counters, as the VMM sees
+// it; the network behind it (sailbox-net) counts the same frames from
+// its side, and its connections.
+type NetworkStats struct {
+	FramesOut uint64 `json:"frames_out"` // frames from the guest sent to the network
+	BytesOut  uint64 `json:"bytes_out"`
+	// InvalidOut counts what the guest queued that was not a frame:
+	// oversize, runt, a malformed chain or header.
+	InvalidOut uint64 `json:"invalid_out"`
+	// DroppedOut counts frames from the guest the network did not take:
+	// it was gone, or its socket refused them.
+	DroppedOut uint64 `json:"dropped_out"`
+	FramesIn   uint64 `json:"frames_in"` // frames from the network delivered to the guest
+	BytesIn    uint64 `json:"bytes_in"`
+	// InvalidIn counts messages from the network that were not a frame
+	// (too long, or too short for an Ethernet header).
+	InvalidIn uint64 `json:"invalid_in"`
+	// DroppedIn counts frames from the network the guest did not get:
+	// its driver was not up, its receive buffers were too small or too
+	// few for too long, or a checkpoint or a driver reset came first.
+	DroppedIn uint64 `json:"dropped_in"`
+	// PeerGone: the network closed the link (or its socket failed); from
+	// then on every frame is dropped.
+	PeerGone bool `json:"peer_gone"`
 }
 
 // MemoryUsage is a VMM process's resident memory in bytes, from the

@@ -25,7 +25,12 @@ type fakeVM struct {
 }
 
 func (f *fakeVM) Status() Status {
-	return Status{State: "running", VCPUs: 2, MemoryMiB: 256, PID: 42, StartedAt: time.Unix(1700000000, 0).UTC()}
+	return Status{State: "running", VCPUs: 2, MemoryMiB: 256, PID: 42, StartedAt: time.Unix(1700000000, 0).UTC(), Network: fakeNetwork()}
+}
+
+// fakeNetwork has every field set, each counter to a different value.
+func fakeNetwork() *NetworkStats {
+	return &NetworkStats{FramesOut: 1, BytesOut: 2, InvalidOut: 3, DroppedOut: 4, FramesIn: 5, BytesIn: 6, InvalidIn: 7, DroppedIn: 8, PeerGone: true}
 }
 func (f *fakeVM) Shutdown() { f.shutdowns.Add(1) }
 func (f *fakeVM) Pause() error {
@@ -67,8 +72,10 @@ func TestClientServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st != vm.Status() {
-		t.Errorf("status = %+v, want %+v", st, vm.Status())
+	if want := vm.Status(); st.Network == nil || *st.Network != *want.Network {
+		t.Errorf("status's network = %+v, want %+v", st.Network, want.Network)
+	} else if st.Network, want.Network = nil, nil; st != want {
+		t.Errorf("status = %+v, want %+v", st, want)
 	}
 	if err := c.Shutdown(ctx); err != nil || vm.shutdowns.Load() != 1 {
 		t.Errorf("shutdown: %v, %d calls", err, vm.shutdowns.Load())
@@ -146,6 +153,26 @@ func TestErrorIs(t *testing.T) {
 				t.Errorf("status %d: errors.Is(%v) = %v", status, s, got)
 			}
 		}
+	}
+}
+
+// A status from a VMM without a network device, or older than the
+// field, has no network counters, and says so by leaving them out.
+func TestStatusWithoutNetwork(t *testing.T) {
+	var st Status
+	if err := json.Unmarshal([]byte(`{"state":"running","vcpus":1,"memory_mib":256,"pid":7}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Network != nil {
+		t.Errorf("network = %+v, want none", st.Network)
+	}
+	b, err := json.Marshal(Status{State: "running"})
+	if err != nil || strings.Contains(string(b), "network") {
+		t.Errorf("status without a network device encodes as %s, %v", b, err)
+	}
+	b, _ = json.Marshal(Status{Network: &NetworkStats{}})
+	if !strings.Contains(string(b), `"network":{"frames_out":0,`) {
+		t.Errorf("zero counters of a device encode as %s", b)
 	}
 }
 

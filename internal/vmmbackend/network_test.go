@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/netapi"
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/guestagent"
@@ -234,7 +235,8 @@ func startFakeVMM(t *testing.T, b *Backend, box string) *exec.Cmd {
 }
 
 // After a daemon restart, Attach takes back a running box's network with
-// its VMM: its counters and dials go to it, and Stop ends both.
+// its VMM: its counters (the network's and the VMM's device's) and dials
+// go to them, and Stop ends both.
 func TestAttachTakesBackNetwork(t *testing.T) {
 	dir := t.TempDir()
 	before := newNetBackend(t, dir)
@@ -256,8 +258,11 @@ func TestAttachTakesBackNetwork(t *testing.T) {
 		t.Fatalf("attached network %+v, want pid %d", v.net, n.pid)
 	}
 	st, err := after.NetworkStats(context.Background(), box)
-	if err != nil || st.Box != box || st.ConnectionsOut != 1 {
+	if err != nil || st.Stack.Box != box || st.Stack.ConnectionsOut != 1 {
 		t.Errorf("stats: %+v, %v", st, err)
+	}
+	if want := deviceStats(fakeDevice()); st.Device == nil || *st.Device != *want {
+		t.Errorf("device's counters: %+v, want the VMM's %+v", st.Device, want)
 	}
 	v.schema.Store(guestagent.NetworkSchemaVersion)
 	if _, err := after.DialGuest(context.Background(), box, 8000); !errors.Is(err, netapi.ErrRefused) || !strings.Contains(err.Error(), "nothing listens on 192.168.127.2:8000") {
@@ -278,6 +283,22 @@ func TestAttachTakesBackNetwork(t *testing.T) {
 	}
 	if _, err := os.Stat(after.files(box).dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("run directory left: %v", err)
+	}
+}
+
+// The network device's counters reach the API each once, in their
+// direction; a VMM that reports none gives none.
+func TestDeviceStats(t *testing.T) {
+	got := deviceStats(fakeDevice())
+	want := api.NetworkDeviceStats{FramesOut: 1, BytesOut: 2, InvalidOut: 4, DroppedOut: 8, FramesIn: 16, BytesIn: 32, InvalidIn: 64, DroppedIn: 128, PeerGone: true}
+	if got == nil || *got != want {
+		t.Errorf("device stats %+v, want %+v", got, want)
+	}
+	if n := reflect.TypeOf(want).NumField(); n != reflect.TypeOf(vmmapi.NetworkStats{}).NumField() {
+		t.Errorf("the API's device counters have %d fields, the VMM's %d", n, reflect.TypeOf(vmmapi.NetworkStats{}).NumField())
+	}
+	if got := deviceStats(nil); got != nil {
+		t.Errorf("no device: %+v", got)
 	}
 }
 
