@@ -207,6 +207,39 @@ type NetworkStats struct {
 	RefusedLookups uint64 `json:"refused_lookups"`
 	// DialFailures: allowed connections the host could not make.
 	DialFailures uint64 `json:"dial_failures"`
+	// Device: the other end of the link, the box's network device as
+	// its VMM counts it; nil while the box is down, or from a VMM that
+	// does not report it. The counters above are its network's (the
+	// user-space stack's).
+	Device *NetworkDeviceStats `json:"device,omitempty"`
+}
+
+// NetworkDeviceStats are the counters of a box's network device (its
+// VM's virtio-net), since its VM last started. "Out" is from the guest,
+// "in" to it; bytes are of Ethernet frames, and a TCP segment the guest
+// hands over whole (up to 64 KiB, TSO) is one frame, as its network
+// counts it. Frames the device refused or dropped never reach the
+// network's counters (out), or the guest (in).
+type NetworkDeviceStats struct {
+	FramesOut uint64 `json:"frames_out"` // frames from the guest sent to the network
+	BytesOut  uint64 `json:"bytes_out"`
+	// InvalidOut: what the guest queued that was not a frame (oversize,
+	// runt, malformed).
+	InvalidOut uint64 `json:"invalid_out"`
+	// DroppedOut: frames from the guest the network did not take (it was
+	// gone, or its socket refused them).
+	DroppedOut uint64 `json:"dropped_out"`
+	FramesIn   uint64 `json:"frames_in"` // frames from the network delivered to the guest
+	BytesIn    uint64 `json:"bytes_in"`
+	// InvalidIn: messages from the network that were not a frame.
+	InvalidIn uint64 `json:"invalid_in"`
+	// DroppedIn: frames from the network the guest did not get (its
+	// driver was down or posted too few or too small buffers for too
+	// long, or a checkpoint came first).
+	DroppedIn uint64 `json:"dropped_in"`
+	// PeerGone: the network closed the link; every frame since is
+	// dropped.
+	PeerGone bool `json:"peer_gone"`
 }
 
 // Empty is the body of calls that take no arguments: absent, or {}.

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"math/bits"
+	"slices"
 
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
@@ -13,6 +14,7 @@ const (
 	leafTopology     = 0xb
 	leafTopologyV2   = 0x1f
 	ecxHypervisor    = 1 << 31 // leaf 1 ECX: running under a hypervisor
+	ecxTSCDeadline   = 1 << 24 // leaf 1 ECX: the LAPIC timer has TSC-deadline mode
 	edxHTT           = 1 << 28 // leaf 1 EDX: EBX[23:16] is valid
 	topologySMT      = 1
 	topologyCore     = 2
@@ -25,6 +27,39 @@ const (
 	kvmAsyncPFInt     = 1 << 14 // EAX: "page ready" by interrupt (what Linux 5.10+ needs for any)
 	kvmAsyncPFFeature = kvmAsyncPF | kvmAsyncPFVMExit | kvmAsyncPFInt
 )
+
+// hostCPUID is what this host's KVM can give a guest: its
+// KVM_GET_SUPPORTED_CPUID, plus the LAPIC timer's TSC-deadline mode, which
+// KVM emulates in the kernel (KVM_CAP_TSC_DEADLINE_TIMER) but older
+// kernels leave out of that list; QEMU, Firecracker and cloud-hypervisor
+// add it the same way. Without it Linux runs its LAPIC timer one-shot, at
+// a frequency it first calibrates against the PIT for a tenth of a second
+// of its boot, and every timer then fires as early or late as that
+// calibration was wrong; with it the timer counts the TSC, whose rate
+// kvm-clock gives the guest exactly. A checkpoint keeps the CPUID its
+// guest booted with, so guests checkpointed without the bit keep their
+// one-shot timer when restored.
+func hostCPUID(sys *kvm.System) ([]kvm.CPUIDEntry, error) {
+	supported, err := sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	if n, err := sys.CheckExtension(kvm.CapTSCDeadlineTimer); err != nil || n == 0 {
+		return supported, nil
+	}
+	return withTSCDeadline(supported), nil
+}
+
+// withTSCDeadline is entries with leaf 1's TSC-deadline bit set.
+func withTSCDeadline(entries []kvm.CPUIDEntry) []kvm.CPUIDEntry {
+	out := slices.Clone(entries)
+	for i := range out {
+		if out[i].Function == leafFeatures {
+			out[i].ECX |= ecxTSCDeadline
+		}
+	}
+	return out
+}
 
 // guestCPUID derives vCPU id's CPUID from what KVM supports: the
 // hypervisor bit, the vCPU's APIC ID and the topology of n single-threaded

@@ -35,3 +35,17 @@ func TestGuestCPUID(t *testing.T) {
 		t.Error("input modified")
 	}
 }
+
+func TestWithTSCDeadline(t *testing.T) {
+	in := []kvm.CPUIDEntry{{Function: 0}, {Function: leafFeatures, ECX: 0x1}}
+	out := withTSCDeadline(in)
+	if out[1].ECX != 0x1|ecxTSCDeadline || out[0] != in[0] {
+		t.Errorf("withTSCDeadline = %+v; want leaf 1 ECX %#x and the rest unchanged", out, 0x1|ecxTSCDeadline)
+	}
+	if in[1].ECX != 0x1 {
+		t.Error("input modified")
+	}
+	if g := guestCPUID(out, 0, 1); g[1].ECX&ecxTSCDeadline == 0 {
+		t.Error("guestCPUID dropped the TSC-deadline bit")
+	}
+}

@@ -242,7 +242,7 @@ func (m *Machine) createVM(sys *kvm.System) error {
 	if m.msrIndex, err = sys.MSRIndexList(); err != nil {
 		return err
 	}
-	m.cpuid, err = sys.SupportedCPUID()
+	m.cpuid, err = hostCPUID(sys)
 	return err
 }
 

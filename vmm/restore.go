@@ -81,7 +81,7 @@ func restore(sys *kvm.System, rc RestoreConfig, man *snapshot.Manifest) (*Machin
 	if err := man.Compatible(host); err != nil {
 		return nil, err
 	}
-	supported, err := sys.SupportedCPUID()
+	supported, err := hostCPUID(sys)
 	if err != nil {
 		return nil, err
 	}

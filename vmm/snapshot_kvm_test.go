@@ -3,6 +3,7 @@ package vmm_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -122,6 +123,16 @@ func savedMSR(t *testing.T, man *snapshot.Manifest, index uint32) (uint64, bool)
 	return 0, false
 }
 
+// savedLVTT returns the LAPIC timer's LVT register in vCPU 0's state in man.
+func savedLVTT(t *testing.T, man *snapshot.Manifest) uint32 {
+	t.Helper()
+	var st struct{ LAPIC kvm.LAPICState }
+	if err := json.Unmarshal(man.State["vcpu/0"], &st); err != nil {
+		t.Fatalf("vcpu/0 section: %v", err)
+	}
+	return binary.LittleEndian.Uint32(st.LAPIC.Regs[0x320:])
+}
+
 // startCounter starts a guest process that counts in memory (a tmpfs
 // file) forever and returns its pid.
 func startCounter(t *testing.T, g *guest) string {
@@ -189,6 +200,14 @@ func TestKVMCheckpointRestore(t *testing.T) {
 	}
 	if v, ok := savedMSR(t, man, msrKVMAsyncPFEn); !ok || v&1 != 0 {
 		t.Errorf("async page fault MSR %#x: %#x, saved %v; want it saved and off", msrKVMAsyncPFEn, v, ok)
+	}
+	// Offered TSC-deadline mode, the guest's LAPIC timer counts the TSC
+	// (LVTT bits 18:17 = 10b) instead of a rate it calibrated at boot; the
+	// counter above sleeps on it across the restore below.
+	if n, _ := kvmtest.Require(t).CheckExtension(kvm.CapTSCDeadlineTimer); n > 0 {
+		if mode := savedLVTT(t, man) >> 17 & 3; mode != 2 {
+			t.Errorf("LAPIC timer mode %d (LVTT %#x); want 2, TSC-deadline", mode, savedLVTT(t, man))
+		}
 	}
 
 	// The original goes on and changes both.

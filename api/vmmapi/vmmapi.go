@@ -40,6 +40,9 @@ type Status struct {
 	// set before its guest ran; nil for a booted VM, a restore that found
 	// none, or a VMM older than the field.
 	WorkingSet *MappedAhead `json:"working_set,omitempty"`
+	// Network is the counters of the VM's network device; nil for a VM
+	// without one (or from a VMM older than the field).
+	Network *NetworkStats `json:"network,omitempty"`
 }
 
 // MappedAhead is what a restore mapped of a working set before its guest
@@ -51,6 +54,37 @@ type MappedAhead struct {
 	Pages   uint64 `json:"pages"`   // pages the working set names
 	Copied  uint64 `json:"copied"`  // written pages copied for this VM
 	Entered uint64 `json:"entered"` // pages entered in KVM's page tables (0 without KVM_PRE_FAULT_MEMORY)
+}
+
+// NetworkStats are the counters of a VM's network device (virtio-net)
+// since the VMM built it: a restored or forked VM's start from zero.
+// "Out" is from the guest to the network (the device's transmit queue),
+// "in" from the network to the guest. Bytes are of Ethernet frames
+// (without the virtio header); a TCP segment the guest hands over whole
+// (TSO) is one frame. These are the link's counters, as the VMM sees
+// it; the network behind it (sailbox-net) counts the same frames from
+// its side, and its connections.
+type NetworkStats struct {
+	FramesOut uint64 `json:"frames_out"` // frames from the guest sent to the network
+	BytesOut  uint64 `json:"bytes_out"`
+	// InvalidOut counts what the guest queued that was not a frame:
+	// oversize, runt, a malformed chain or header.
+	InvalidOut uint64 `json:"invalid_out"`
+	// DroppedOut counts frames from the guest the network did not take:
+	// it was gone, or its socket refused them.
+	DroppedOut uint64 `json:"dropped_out"`
+	FramesIn   uint64 `json:"frames_in"` // frames from the network delivered to the guest
+	BytesIn    uint64 `json:"bytes_in"`
+	// InvalidIn counts messages from the network that were not a frame
+	// (too long, or too short for an Ethernet header).
+	InvalidIn uint64 `json:"invalid_in"`
+	// DroppedIn counts frames from the network the guest did not get:
+	// its driver was not up, its receive buffers were too small or too
+	// few for too long, or a checkpoint or a driver reset came first.
+	DroppedIn uint64 `json:"dropped_in"`
+	// PeerGone: the network closed the link (or its socket failed); from
+	// then on every frame is dropped.
+	PeerGone bool `json:"peer_gone"`
 }
 
 // MemoryUsage is a VMM process's resident memory in bytes, from the

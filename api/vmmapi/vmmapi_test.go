@@ -27,7 +27,12 @@ type fakeVM struct {
 
 func (f *fakeVM) Status() Status {
 	return Status{State: "running", VCPUs: 2, MemoryMiB: 256, PID: 42, StartedAt: time.Unix(1700000000, 0).UTC(),
-		WorkingSet: &MappedAhead{From: "tpl-1", Pages: 3000, Copied: 400, Entered: 3000}}
+		WorkingSet: &MappedAhead{From: "tpl-1", Pages: 3000, Copied: 400, Entered: 3000}, Network: fakeNetwork()}
+}
+
+// fakeNetwork has every field set, each counter to a different value.
+func fakeNetwork() *NetworkStats {
+	return &NetworkStats{FramesOut: 1, BytesOut: 2, InvalidOut: 3, DroppedOut: 4, FramesIn: 5, BytesIn: 6, InvalidIn: 7, DroppedIn: 8, PeerGone: true}
 }
 func (f *fakeVM) Shutdown() { f.shutdowns.Add(1) }
 func (f *fakeVM) Pause() error {
@@ -148,6 +153,26 @@ func TestErrorIs(t *testing.T) {
 				t.Errorf("status %d: errors.Is(%v) = %v", status, s, got)
 			}
 		}
+	}
+}
+
+// A status from a VMM without a network device, or older than the
+// field, has no network counters, and says so by leaving them out.
+func TestStatusWithoutNetwork(t *testing.T) {
+	var st Status
+	if err := json.Unmarshal([]byte(`{"state":"running","vcpus":1,"memory_mib":256,"pid":7}`), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Network != nil {
+		t.Errorf("network = %+v, want none", st.Network)
+	}
+	b, err := json.Marshal(Status{State: "running"})
+	if err != nil || strings.Contains(string(b), "network") {
+		t.Errorf("status without a network device encodes as %s, %v", b, err)
+	}
+	b, _ = json.Marshal(Status{Network: &NetworkStats{}})
+	if !strings.Contains(string(b), `"network":{"frames_out":0,`) {
+		t.Errorf("zero counters of a device encode as %s", b)
 	}
 }
 

@@ -567,6 +567,14 @@ func runNet(ctx context.Context, s *cli, _ *flag.FlagSet, args []string) error {
 		fmt.Fprintf(tw, "connections in\t%d\n", st.ConnectionsIn)
 		fmt.Fprintf(tw, "refused\t%d connections, %d lookups\n", st.Refused, st.RefusedLookups)
 		fmt.Fprintf(tw, "failed dials\t%d\n", st.DialFailures)
+		// The same link from its other end: the VMM's network device.
+		if d := st.Device; d != nil {
+			fmt.Fprintf(tw, "device out\t%d bytes, %d frames (%d invalid, %d dropped)\n", d.BytesOut, d.FramesOut, d.InvalidOut, d.DroppedOut)
+			fmt.Fprintf(tw, "device in\t%d bytes, %d frames (%d invalid, %d dropped)\n", d.BytesIn, d.FramesIn, d.InvalidIn, d.DroppedIn)
+			if d.PeerGone {
+				fmt.Fprintf(tw, "device link\tgone: the network closed it\n")
+			}
+		}
 	})
 }
 

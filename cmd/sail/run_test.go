@@ -175,8 +175,8 @@ func TestUsage(t *testing.T) {
 }
 
 // create takes the box's egress policy (repeatable rules, with one dash
-// or two), get shows it, net shows its network's counters; a bad rule is
-// refused by name.
+// or two), get shows it, net shows its network's counters and its
+// network device's; a bad rule is refused by name.
 func TestCLINetwork(t *testing.T) {
 	env := servertest.Start(t, nil)
 	s := &sailer{t: t, env: env, sock: env.Socket}
@@ -192,11 +192,12 @@ func TestCLINetwork(t *testing.T) {
 	if get := s.ok("get", b.ID); !strings.Contains(get, "no internet, allow 192.168.127.254/32 example.com, deny 10.0.0.0/8") {
 		t.Errorf("get:\n%s", get)
 	}
-	if net := s.ok("net", b.ID); !strings.Contains(net, "connections out") || !strings.Contains(net, "attached") {
+	if net := s.ok("net", b.ID); !strings.Contains(net, "connections out") || !strings.Contains(net, "attached") ||
+		!strings.Contains(net, "device out") || !strings.Contains(net, "device in") || !strings.Contains(net, "0 frames (0 invalid, 0 dropped)") {
 		t.Errorf("net:\n%s", net)
 	}
 	var st api.NetworkStats
-	if err := json.Unmarshal([]byte(s.ok("--json", "net", b.ID)), &st); err != nil || !st.Running || st.BoxID != b.ID {
+	if err := json.Unmarshal([]byte(s.ok("--json", "net", b.ID)), &st); err != nil || !st.Running || st.BoxID != b.ID || st.Device == nil {
 		t.Errorf("net --json: %+v, %v", st, err)
 	}
 	none := strings.TrimSpace(s.ok("create", "-no-network"))

@@ -33,10 +33,13 @@ var (
 // message, as gvisor-tap-vsock's bess transport) and answers ARP and ICMP
 // echo requests for gatewayIP. It dials nothing.
 type fakeNet struct {
-	path    string
-	frames  atomic.Int64 // frames received
-	echoes  atomic.Int64 // echo requests answered
-	largest atomic.Int64 // the longest frame received
+	path       string
+	frames     atomic.Int64 // frames received
+	bytes      atomic.Int64 // their bytes
+	replies    atomic.Int64 // frames sent (ARP and echo replies)
+	replyBytes atomic.Int64 // their bytes
+	echoes     atomic.Int64 // echo requests answered
+	largest    atomic.Int64 // the longest frame received
 
 	mu      sync.Mutex
 	senders map[string]bool // source MACs seen
@@ -85,6 +88,7 @@ func (n *fakeNet) serve(c *net.UnixConn) {
 		}
 		frame := buf[:size]
 		n.frames.Add(1)
+		n.bytes.Add(int64(size))
 		if int64(size) > n.largest.Load() {
 			n.largest.Store(int64(size))
 		}
@@ -107,6 +111,8 @@ func (n *fakeNet) serve(c *net.UnixConn) {
 			if _, err := c.Write(reply); err != nil {
 				return
 			}
+			n.replies.Add(1)
+			n.replyBytes.Add(int64(len(reply)))
 		}
 	}
 }
@@ -193,7 +199,8 @@ func ping(ctx context.Context, t *testing.T, agent *guestagent.Client, script st
 
 // A guest with -net has eth0 on the network behind the socket: it pings
 // the fake network's gateway (ARP, then ICMP echo, frames both ways
-// through the device). A checkpoint of it restores only with a network
+// through the device), and the VMM's status counts those frames in the
+// directions the network saw them. A checkpoint of it restores only with a network
 // socket; the restored guest, in a sailbox-vmm process with its seccomp
 // filter and Landlock rules on, keeps its address and pings through its
 // new peer, while the original pings on through its own.
@@ -225,9 +232,26 @@ func TestKVMNet(t *testing.T) {
 		t.Fatal(err)
 	}
 	echoes := peer.echoes.Load()
+	got, gotBytes, sent := peer.frames.Load(), peer.bytes.Load(), peer.replies.Load()
 	ping(ctx, t, agent, "")
 	if peer.echoes.Load() == echoes {
 		t.Error("the original's ping after the checkpoint did not reach its network")
+	}
+	// The device's counters in the VMM's status. Each frame the network
+	// got or sent before that ping was counted by the device before the
+	// ping's own, which came back: the network's counts from then bound
+	// the device's from below, each in its direction (out: from the
+	// guest). The ping of 1472 bytes made a full frame each way.
+	st, err := api.Status(ctx)
+	if n := st.Network; err != nil || n == nil {
+		t.Errorf("status: %+v, %v; want the network device's counters", st, err)
+	} else {
+		t.Logf("device: %+v; the network got %d frames (%d bytes) and sent %d (%d bytes)", *n, peer.frames.Load(), peer.bytes.Load(), peer.replies.Load(), peer.replyBytes.Load())
+		if n.FramesOut < uint64(got) || n.BytesOut < uint64(gotBytes) || n.BytesOut < 14+virtionet.MTU ||
+			n.FramesIn+n.DroppedIn+n.InvalidIn < uint64(sent) || n.FramesIn == 0 || n.BytesIn < 14+virtionet.MTU ||
+			n.InvalidOut != 0 || n.InvalidIn != 0 || n.PeerGone {
+			t.Errorf("device counters %+v; the network got %d frames (%d bytes) and sent %d before the last ping", *n, got, gotBytes, sent)
+		}
 	}
 
 	t.Run("RestoreNeedsNetwork", func(t *testing.T) {

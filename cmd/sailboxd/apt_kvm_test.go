@@ -23,9 +23,11 @@ import (
 // parent fetched before the checkpoint: its one request is the .deb.
 //
 // The box's only apt source is the test's (the image's, naming Debian's
-// mirrors, is replaced with the files API) and its policy lets it reach
-// only the host: apt dials nothing but the repository, and names are
-// never looked up.
+// mirrors, is replaced with the files API) and its policy (no internet,
+// the host allowed) lets it reach only the host: apt dials nothing but
+// the repository, and the one name it looks up, the SRV record
+// _http._tcp.192.168.127.254, is answered by the box's DNS without
+// asking the host's.
 func TestKVMAptInstallCheckpointHostFailure(t *testing.T) {
 	img := kvmtest.Artifact(t, "SAILBOX_DEFAULT_IMAGE")
 	first := debtest.Package{Name: "sailbox-apt-a", Version: "1.0-1"}
@@ -39,7 +41,7 @@ func TestKVMAptInstallCheckpointHostFailure(t *testing.T) {
 		return h.run(id, append([]string{"env", "DEBIAN_FRONTEND=noninteractive", "apt-get"}, args...)...)
 	}
 
-	b, err := c.Create(ctx, api.CreateRequest{Allow: []string{hostIP}})
+	b, err := c.Create(ctx, api.CreateRequest{NoInternet: true, Allow: []string{hostIP}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,11 +2,15 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"flag"
 	"io"
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -74,6 +78,83 @@ net-host = Mirror.Lab.=198.51.100.7
 	c, err = parseArgs([]string{"-config", writeConfig(t, "cpus = 2\n")}, io.Discard)
 	if err != nil || c.Kernel != "/from/env/bzImage" || c.Image != "/from/env/rootfs.ext4" || c.VCPUs != 2 || c.MemoryMiB != 256 || c.LogFormat != logText {
 		t.Errorf("defaults: %+v, %v", c, err)
+	}
+}
+
+// Every flag can come from the file: for each one sailboxd -h lists, a
+// line of the file gives the configuration the flag gives on the command
+// line, and not the default one. A flag added without a value here fails.
+func TestConfigFileEveryFlag(t *testing.T) {
+	values := map[string]string{
+		"cmdline":                 "console=ttyS0 quiet",
+		"compact-after":           "3",
+		"cpus":                    "4",
+		"host-id":                 "rack-7",
+		"image":                   "/srv/images/base.ext4",
+		"image-dir":               "/srv/images",
+		"inference-listen":        "127.0.0.1:8089",
+		"inference-listen-public": "true",
+		"inference-upstream":      "http://127.0.0.1:8000",
+		"initrd":                  "/k/initramfs.cpio",
+		"kernel":                  "/k/bzImage",
+		"log-format":              "json",
+		"log-level":               "warn",
+		"max-memory":              "4096",
+		"max-running":             "8",
+		"mem":                     "1024",
+		"metrics-listen":          "127.0.0.1:9464",
+		"min-free-disk":           "512",
+		"min-resumable-schema":    "2",
+		"net-host":                "files.lab=192.168.127.254",
+		"sailbox-net":             "/opt/sailbox/sailbox-net",
+		"socket":                  "/run/sb/d.sock",
+		"socket-group":            "sailbox",
+		"state-dir":               "/srv/sailbox",
+		"templates":               "false",
+		"vmm":                     "/opt/sailbox/sailbox-vmm",
+	}
+	var usage strings.Builder
+	if _, err := parseArgs([]string{"-h"}, &usage); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	var names []string
+	for _, line := range strings.Split(usage.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "  -"); ok {
+			names = append(names, strings.Fields(rest)[0])
+		}
+	}
+	if len(names) < len(values) {
+		t.Fatalf("sailboxd -h lists %d flags (%v), fewer than this test's %d", len(names), names, len(values))
+	}
+	defaults, err := parseArgs(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range names {
+		if name == "config" {
+			continue // a file cannot name another (TestConfigFileErrors)
+		}
+		v, ok := values[name]
+		if !ok {
+			t.Errorf("-%s: no value in this test: add one, and check it can come from the file", name)
+			continue
+		}
+		cli, err := parseArgs([]string{"-" + name + "=" + v}, io.Discard)
+		if err != nil {
+			t.Errorf("-%s=%s: %v", name, v, err)
+			continue
+		}
+		file, err := parseArgs([]string{"-config", writeConfig(t, name+" = "+v+"\n")}, io.Discard)
+		if err != nil {
+			t.Errorf("%s = %s in the file: %v", name, v, err)
+			continue
+		}
+		if !reflect.DeepEqual(file, cli) {
+			t.Errorf("%s = %s: from the file %+v, from the command line %+v", name, v, file, cli)
+		}
+		if reflect.DeepEqual(file, defaults) {
+			t.Errorf("%s = %s: the configuration is the default one", name, v)
+		}
 	}
 }
 
@@ -161,5 +242,79 @@ func TestRunLogsJSON(t *testing.T) {
 	}
 	if !strings.Contains(logs, `"msg":"sailboxd listening"`) {
 		t.Errorf("logs:\n%s", logs)
+	}
+}
+
+// The systemd unit in contrib/ runs sailboxd as the README installs it:
+// a command line sailboxd accepts, reading the example configuration
+// from where the README puts it; Type=notify (sailboxd sends READY=1,
+// TestRunNotifiesReady); KillMode=process, so that boxes outlive the
+// daemon; /dev/kvm allowed; and the example's state directory and socket
+// in the directories the unit makes.
+func TestSystemdUnit(t *testing.T) {
+	text, err := os.ReadFile("../../contrib/systemd/sailboxd.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := map[string][]string{} // Section.Key: values
+	section := ""
+	for _, line := range strings.Split(string(text), "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case line == "" || strings.HasPrefix(line, "#"):
+		case strings.HasPrefix(line, "[") && strings.HasSuffix(line, "]"):
+			section = strings.Trim(line, "[]")
+		default:
+			k, v, ok := strings.Cut(line, "=")
+			if !ok {
+				t.Fatalf("not key=value: %q", line)
+			}
+			unit[section+"."+k] = append(unit[section+"."+k], v)
+		}
+	}
+	one := func(key string) string {
+		t.Helper()
+		if vs := unit[key]; len(vs) == 1 {
+			return vs[0]
+		}
+		t.Fatalf("%s: %q, want one value", key, unit[key])
+		return ""
+	}
+	for key, want := range map[string]string{
+		"Service.Type": "notify", "Service.NotifyAccess": "main", "Service.KillMode": "process",
+		"Service.DeviceAllow": "/dev/kvm rw", "Install.WantedBy": "multi-user.target",
+	} {
+		if got := one(key); got != want {
+			t.Errorf("%s=%s, want %s", key, got, want)
+		}
+	}
+	const conf = "/etc/sailbox/sailboxd.conf"
+	exec := strings.Fields(one("Service.ExecStart"))
+	if len(exec) != 3 || filepath.Base(exec[0]) != "sailboxd" || exec[1] != "-config" || exec[2] != conf {
+		t.Fatalf("ExecStart=%q, want sailboxd -config %s", exec, conf)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, install := range []string{
+		"install -D -m 0644 contrib/sailboxd.conf " + conf,
+		"install -m 0644 contrib/systemd/sailboxd.service /etc/systemd/system/",
+		"install -m 0755 bin/sailboxd bin/sailbox-vmm bin/sailbox-net bin/sail " + filepath.Dir(exec[0]) + "/",
+	} {
+		if !strings.Contains(string(readme), install) {
+			t.Errorf("the README's operator section does not say %q", install)
+		}
+	}
+	// The unit's command line, on the example configuration.
+	c, err := parseArgs([]string{"-config", "../../contrib/sailboxd.conf"}, io.Discard)
+	if err != nil {
+		t.Fatalf("sailboxd -config (the example): %v", err)
+	}
+	if dir := "/var/lib/" + one("Service.StateDirectory"); c.StateDir != dir {
+		t.Errorf("the example's state-dir %s is not the unit's StateDirectory %s", c.StateDir, dir)
+	}
+	if dir := "/run/" + one("Service.RuntimeDirectory"); filepath.Dir(c.Socket) != dir {
+		t.Errorf("the example's socket %s is not in the unit's RuntimeDirectory %s", c.Socket, dir)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -240,4 +241,34 @@ func TestRunPreflight(t *testing.T) {
 	kvmErr = nil
 	runBriefly(t, sock, "-state-dir", filepath.Join(dir, "state"), "-socket", sock, "-host-id", "h",
 		"-kernel", good.Kernel, "-initrd", good.Initrd, "-vmm", good.VMM)
+}
+
+// sailboxd itself, as a new user runs it with a kernel that does not
+// exist: it exits with status 1, naming the flag and the path on stderr
+// after its name, and serves nothing. (The test binary runs main as
+// sailboxd when $SAILBOXD_TEST_MAIN is set.)
+func TestSailboxdExitsOnABadKernel(t *testing.T) {
+	if os.Getenv("SAILBOXD_TEST_MAIN") == "1" {
+		os.Args = append([]string{"sailboxd"}, strings.Fields(os.Getenv("SAILBOXD_TEST_ARGS"))...)
+		main()
+		os.Exit(0) // main returned: it served and stopped
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "d.sock")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestSailboxdExitsOnABadKernel$")
+	cmd.Env = append(os.Environ(), "SAILBOXD_TEST_MAIN=1",
+		"SAILBOXD_TEST_ARGS=-kernel /nonexistent -state-dir "+filepath.Join(dir, "state")+" -socket "+sock+" -host-id h")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 {
+		t.Fatalf("sailboxd -kernel /nonexistent: %v, want exit status 1; stderr:\n%s", err, stderr.String())
+	}
+	if msg := stderr.String(); !strings.HasPrefix(msg, "sailboxd: ") || !strings.Contains(msg, "-kernel /nonexistent: no such file") {
+		t.Errorf("stderr does not name the kernel's problem:\n%s", msg)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("a refused sailboxd made its socket: %v", err)
+	}
 }

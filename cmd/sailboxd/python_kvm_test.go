@@ -10,14 +10,17 @@ import (
 )
 
 // TestKVMPythonClient drives a real sailboxd with the Python client only
-// (clients/python/tests/e2e/lifecycle_kvm.py): a box on the Debian image
-// runs Python, is checkpointed, forked three times at once, put to sleep
-// and woken by an exec, upgraded, found by its label and terminated.
+// (clients/python/tests/e2e/lifecycle_kvm.py, run by pytest), through every call: a box
+// on the Debian image runs Python, is extended, checkpointed, forked once
+// and three times at once, put to sleep and woken by an exec, paused and
+// resumed, serves on an exposed port that wakes it from sleep, is
+// upgraded, found by its label and schema and terminated; then a box with
+// an idle timeout falls asleep on its own and a connection wakes it.
 func TestKVMPythonClient(t *testing.T) {
 	img := kvmtest.Artifact(t, "SAILBOX_DEFAULT_IMAGE")
 	pyclienttest.Python(t) // before the daemon: a missing interpreter says so first
 	h := newHost(t, "-image", img)
-	pyclienttest.Run(t, "lifecycle_kvm.py", h.sock)
+	pyclienttest.Pytest(t, "lifecycle_kvm.py", h.sock)
 	boxes, err := h.c.List(context.Background(), client.ListOptions{})
 	if err != nil {
 		t.Fatal(err)

@@ -149,7 +149,8 @@ func TestOpenAPISchemas(t *testing.T) {
 		"ExposeRequest": api.ExposeRequest{}, "ExecRequest": api.ExecRequest{}, "ExecEvent": api.ExecEvent{},
 		"ExecResult": api.ExecResult{}, "WriteFileResponse": api.WriteFileResponse{}, "ErrorBody": api.ErrorBody{},
 		"NetworkPolicy": api.NetworkPolicy{}, "NetworkStats": api.NetworkStats{},
-		"ForkRequest": api.ForkRequest{}, "ExtendRequest": api.ExtendRequest{},
+		"NetworkDeviceStats": api.NetworkDeviceStats{},
+		"ForkRequest":        api.ForkRequest{}, "ExtendRequest": api.ExtendRequest{},
 	}
 	for name, v := range types {
 		s, ok := doc.Components.Schemas[name]

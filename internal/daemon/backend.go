@@ -108,9 +108,20 @@ type Backend interface {
 	// through the box's network, if it has one.
 	DialGuest(ctx context.Context, box string, port int) (net.Conn, error)
 	// NetworkStats returns the counters of box's network since it
-	// started (with the VM). A box that runs no VM, or no network, is an
-	// ErrConflict.
-	NetworkStats(ctx context.Context, box string) (netapi.Stats, error)
+	// started (with the VM), from both ends of its link. A box that runs
+	// no VM, or no network, is an ErrConflict.
+	NetworkStats(ctx context.Context, box string) (NetworkCounters, error)
+}
+
+// NetworkCounters are a box's network counters from both ends of the
+// link between its guest and its network.
+type NetworkCounters struct {
+	// Stack is the network's (sailbox-net's): the frames it exchanged
+	// with the VM, the connections it made, what its policy refused.
+	Stack netapi.Stats
+	// Device is the VM's network device's, as its VMM counts; nil from
+	// a VMM that does not report it.
+	Device *api.NetworkDeviceStats
 }
 
 // Instance describes a VM a backend started.

@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -193,6 +194,37 @@ func TestPauseSleepResume(t *testing.T) {
 	}
 	if c, err := e.m.Connect(e.ctx, b.ID); err != nil || c.State != lifecycle.Running {
 		t.Errorf("connect to a running box = %+v, %v", c, err)
+	}
+}
+
+// Connect checks placement: a box whose record places it on another host
+// (a catalog taken over by a daemon of another -host-id) is refused with
+// ErrWrongHost, naming that host, and left as it was.
+func TestConnectChecksPlacement(t *testing.T) {
+	e := newEnv(t)
+	b := e.create()
+	if _, err := e.m.Sleep(e.ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cat.Update(func(tx *catalog.Tx) error {
+		r, err := tx.Box(b.ID)
+		if err != nil {
+			return err
+		}
+		r.HostID = "host-b"
+		return tx.PutBox(r)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := e.m.Connect(e.ctx, b.ID)
+	if !errors.Is(err, daemon.ErrWrongHost) || !strings.Contains(err.Error(), "host-b") {
+		t.Fatalf("connect to a box of host-b: %v, want wrong host naming it", err)
+	}
+	if got := e.get(b.ID); got.State != lifecycle.Sleeping || e.fake.Running(b.ID) {
+		t.Errorf("a refused connect woke the box: %s, VM %v", got.State, e.fake.Running(b.ID))
+	}
+	if _, err := e.m.Connect(e.ctx, "sb-nosuchbox"); !errors.Is(err, daemon.ErrNotFound) {
+		t.Errorf("connect to an unknown box: %v", err)
 	}
 }
 
@@ -455,6 +487,16 @@ func TestExpose(t *testing.T) {
 	p, err := e.m.Expose(e.ctx, b.ID, api.ExposeRequest{GuestPort: 8080})
 	if err != nil || p.HostPort == 0 || p.GuestPort != 8080 {
 		t.Fatalf("expose = %+v, %v", p, err)
+	}
+	// Without host_addr, the listener is on loopback only.
+	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(p.HostPort)); p.HostAddr != want {
+		t.Errorf("expose without host_addr listens on %s, want %s", p.HostAddr, want)
+	}
+	// With it (sail expose -addr), on that address.
+	if other, err := e.m.Expose(e.ctx, b.ID, api.ExposeRequest{GuestPort: 8080, HostAddr: "127.0.0.2"}); err != nil || !strings.HasPrefix(other.HostAddr, "127.0.0.2:") {
+		t.Errorf("expose on host_addr 127.0.0.2: %+v, %v", other, err)
+	} else if err := e.m.Unexpose(e.ctx, b.ID, other.HostPort); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := e.m.Expose(e.ctx, b.ID, api.ExposeRequest{GuestPort: 80, HostPort: p.HostPort}); !errors.Is(err, daemon.ErrConflict) {
 		t.Errorf("expose of a port in use: %v", err)

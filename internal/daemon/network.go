@@ -61,9 +61,10 @@ func networkToAPI(p *catalog.NetPolicy) *api.NetworkPolicy {
 	return &api.NetworkPolicy{NoInternet: p.NoInternet, Allow: p.Allow, Deny: p.Deny}
 }
 
-// Network returns the counters of box id's network. It does not wake the
-// box: one that runs no VM reports Running false and zeros. A box
-// without a network is an ErrConflict.
+// Network returns the counters of box id's network: its stack's, and its
+// network device's (Device). It does not wake the box: one that runs no
+// VM reports Running false and zeros. A box without a network is an
+// ErrConflict.
 func (m *Manager) Network(ctx context.Context, id string) (api.NetworkStats, error) {
 	b, err := m.record(id)
 	if err != nil {
@@ -76,14 +77,16 @@ func (m *Manager) Network(ctx context.Context, id string) (api.NetworkStats, err
 	case b.State != lifecycle.Running:
 		return out, nil
 	}
-	st, err := m.be.NetworkStats(ctx, id)
+	c, err := m.be.NetworkStats(ctx, id)
 	if err != nil {
 		return out, err
 	}
+	st := c.Stack
 	return api.NetworkStats{
 		BoxID: id, Running: true, GuestAttached: st.GuestAttached,
 		BytesOut: st.BytesOut, BytesIn: st.BytesIn, FramesOut: st.FramesOut, FramesIn: st.FramesIn, FramesDropped: st.FramesDropped,
 		ConnectionsOut: st.ConnectionsOut, ConnectionsIn: st.ConnectionsIn, OpenConnections: st.OpenConnections,
 		Refused: st.Refused, RefusedLookups: st.RefusedLookups, DialFailures: st.DialFailures,
+		Device: c.Device,
 	}, nil
 }

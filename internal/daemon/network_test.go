@@ -8,6 +8,7 @@ import (
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
+	"github.com/sailbox-dev/sailbox/internal/daemon/fakebackend"
 )
 
 // A box has a network by default, with the default policy (internet,
@@ -188,8 +189,9 @@ func TestTemplatesNotSplitByPolicy(t *testing.T) {
 	}
 }
 
-// The network's counters: a running box's from its network, a sleeping
-// box's zero (it is not woken), a box without a network refused.
+// The network's counters: a running box's from its network and its
+// network device, a sleeping box's zero and no device's (it is not
+// woken), a box without a network refused.
 func TestNetworkStats(t *testing.T) {
 	e := newEnv(t)
 	b := e.create()
@@ -202,11 +204,15 @@ func TestNetworkStats(t *testing.T) {
 	if err != nil || !st.Running || st.BoxID != b.ID || st.ConnectionsIn != 1 || !st.GuestAttached {
 		t.Errorf("running box's counters: %+v, %v", st, err)
 	}
+	want := api.NetworkDeviceStats{FramesOut: 1, BytesOut: fakebackend.FakeFrameBytes, FramesIn: 1, BytesIn: fakebackend.FakeFrameBytes}
+	if st.Device == nil || *st.Device != want {
+		t.Errorf("running box's device counters: %+v, want the backend's %+v", st.Device, want)
+	}
 	if _, err := e.m.Sleep(e.ctx, b.ID); err != nil {
 		t.Fatal(err)
 	}
 	st, err = e.m.Network(e.ctx, b.ID)
-	if err != nil || st.Running || st.ConnectionsIn != 0 || st.BoxID != b.ID {
+	if err != nil || st.Running || st.ConnectionsIn != 0 || st.BoxID != b.ID || st.Device != nil {
 		t.Errorf("sleeping box's counters: %+v, %v", st, err)
 	}
 	if e.fake.Running(b.ID) {

@@ -459,6 +459,54 @@ func TestForkCount(t *testing.T) {
 	}
 }
 
+// The children of a fork with a count start concurrently: while the
+// first child's restore is held, the others' begin.
+func TestForkCountConcurrent(t *testing.T) {
+	e := newEnv(t)
+	p := e.create()
+	entered, release := make(chan struct{}), make(chan struct{})
+	e.fake.OnNext("Restore", func() { close(entered); <-release })
+	type result struct {
+		f   api.ForkResponse
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		f, err := e.m.Fork(e.ctx, p.ID, api.ForkRequest{Count: 3})
+		done <- result{f, err}
+	}()
+	<-entered
+	restores := func() int {
+		n := 0
+		for _, c := range e.fake.Calls() {
+			if strings.HasPrefix(c, "Restore ") {
+				n++
+			}
+		}
+		return n
+	}
+	// A bound on a slow machine, not a measurement: one after another,
+	// the other two would never begin while the first is held.
+	for deadline := time.Now().Add(30 * time.Second); restores() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			n := restores()
+			close(release)
+			<-done
+			t.Fatalf("%d other restores began while the first child's was held; want 2 (concurrent)", n)
+		}
+	}
+	close(release)
+	r := <-done
+	if r.err != nil || len(r.f.Boxes) != 3 {
+		t.Fatalf("fork count 3: %+v, %v", r.f, r.err)
+	}
+	for _, c := range r.f.Boxes {
+		if !e.fake.Running(c.ID) || e.state(c.ID) != lifecycle.Running {
+			t.Errorf("child %s: %s, VM %v", c.ID, e.state(c.ID), e.fake.Running(c.ID))
+		}
+	}
+}
+
 func TestForkCountAllOrNothing(t *testing.T) {
 	for _, parentState := range []string{"running", "sleeping"} {
 		t.Run(parentState, func(t *testing.T) {
@@ -485,5 +533,70 @@ func TestForkCountAllOrNothing(t *testing.T) {
 				t.Errorf("list after a failed fork: %v", ids(l))
 			}
 		})
+	}
+}
+
+// The policies survive crash recovery: a box whose VM died with the
+// daemon (a host failure) is restored by the next start with its labels,
+// idle timeout and TTL as recorded, and both timers run again; so does a
+// box whose VM dies while the daemon runs.
+func TestPoliciesAcrossCrashRecovery(t *testing.T) {
+	e, clk := newClockEnv(t)
+	b := e.createWith(api.CreateRequest{Labels: map[string]string{"team": "ml"}, IdleTimeoutSeconds: 60, TTLSeconds: 1000})
+	if _, err := e.m.Checkpoint(e.ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	same := func(when string, got api.Box) {
+		t.Helper()
+		if got.Labels["team"] != "ml" || len(got.Labels) != 1 || got.IdleTimeoutSeconds != 60 || got.TTLSeconds != 1000 ||
+			got.ExpiresAt == nil || !got.ExpiresAt.Equal(*b.ExpiresAt) {
+			t.Fatalf("%s: labels %v, idle %d, ttl %d, expires %v; want team=ml, 60, 1000, %v",
+				when, got.Labels, got.IdleTimeoutSeconds, got.TTLSeconds, got.ExpiresAt, b.ExpiresAt)
+		}
+	}
+
+	e.close()
+	e.fake.Kill(b.ID) // the host failed: the daemon and the VM are gone
+	e.open()
+	got := e.get(b.ID)
+	if got.State != lifecycle.Running || !e.fake.Running(b.ID) {
+		t.Fatalf("after the host failure: %s, VM %v; want restored", got.State, e.fake.Running(b.ID))
+	}
+	same("restored by the next start", got)
+	if l, err := e.m.List(e.ctx, daemon.ListFilter{Labels: map[string]string{"team": "ml"}}); err != nil || len(l) != 1 {
+		t.Errorf("list team=ml after recovery: %v, %v", ids(l), err)
+	}
+	clk.Advance(59 * time.Second)
+	if s := e.state(b.ID); s != lifecycle.Running {
+		t.Fatalf("59s after recovery: %s", s)
+	}
+	clk.Advance(2 * time.Second)
+	if s := e.state(b.ID); s != lifecycle.Sleeping {
+		t.Fatalf("61s unused after recovery: %s, want sleeping (its idle timer armed)", s)
+	}
+
+	// Its VM dies while the daemon runs: restored at once, the same.
+	if _, err := e.exec(b.ID, "echo", "wake"); err != nil {
+		t.Fatal(err)
+	}
+	e.fake.Crash(b.ID)
+	for deadline := time.Now().Add(10 * time.Second); !e.fake.Running(b.ID); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the crashed VM was not restored: %+v", e.get(b.ID))
+		}
+	}
+	same("restored after its VM crashed", e.get(b.ID))
+
+	// The TTL counts from the creation, as recorded.
+	clk.Advance(b.ExpiresAt.Sub(clk.Now()) - time.Second)
+	if _, err := e.m.Get(e.ctx, b.ID); err != nil {
+		t.Fatalf("a second before its expiry: %v", err)
+	}
+	clk.Advance(2 * time.Second)
+	if _, err := e.m.Get(e.ctx, b.ID); !errors.Is(err, daemon.ErrNotFound) {
+		t.Fatalf("after its expiry: %v, want not found", err)
+	}
+	if e.fake.Running(b.ID) {
+		t.Error("the expired box's VM still runs")
 	}
 }

@@ -71,10 +71,30 @@ func Script(t testing.TB, name string) string {
 // output is logged either way.
 func Run(t testing.TB, name string, args ...string) {
 	t.Helper()
-	py, script := Python(t), Script(t, name)
-	cmd := exec.Command(py, append([]string{script}, args...)...)
+	script := Script(t, name)
+	run(t, name, append([]string{script}, args...), nil)
+}
+
+// SocketEnv is where Pytest tells a module the daemon's socket.
+const SocketEnv = "SAILBOX_SOCKET"
+
+// Pytest runs the e2e module name under pytest (Debian's python3-pytest,
+// which build/deps.sh installs), $SAILBOX_SOCKET set to sock, and fails
+// the test unless every test in it passes. pytest collects a module named
+// on its command line whatever its name, so the unit tier's run of
+// clients/python, which collects test_*.py, leaves the e2e modules out.
+func Pytest(t testing.TB, name, sock string) {
+	t.Helper()
+	script := Script(t, name)
+	run(t, name, []string{"-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", script}, []string{SocketEnv + "=" + sock})
+}
+
+func run(t testing.TB, name string, args, env []string) {
+	t.Helper()
+	py := Python(t)
+	cmd := exec.Command(py, args...)
 	// The checkout may be read-only (it is in the KVM lab).
-	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1")
+	cmd.Env = append(append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1"), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	start := time.Now()

@@ -151,8 +151,9 @@ type upstreamResolver interface {
 }
 
 // resolver is the DNS server's upstream: static hosts first, then, if
-// the policy lets the name be looked up, the host's resolver
-// (Network.upstream). A refused name answers NXDOMAIN.
+// the name could be on the internet and the policy lets it be looked up
+// (allowed), the host's resolver (Network.upstream). A refused name
+// answers NXDOMAIN.
 type resolver struct {
 	n *Network
 }
@@ -160,9 +161,24 @@ type resolver struct {
 var _ upstreamResolver = (*resolver)(nil)
 
 // allowed says whether name may be looked up on the host, counting and
-// logging a refusal.
+// logging a refusal by the policy.
+//
+// Two kinds of names are never looked up on the host, whatever the
+// policy, and are neither counted nor logged: no DNS server on the
+// internet answers them, and programs ask about them in passing. A name
+// without a dot: the one a box asks about is its own hostname (its box
+// id, which the image's /etc/hosts does not name), which Python's
+// http.server, for one, resolves when it starts. A name whose last label
+// is a number (no top-level domain is): apt looks up an SRV record for
+// every repository host, an address too (_http._tcp.192.168.127.254).
+// Asked of the host's resolver, such lookups would send the box's id and
+// the addresses it uses to the host's DNS servers, and make a test that
+// runs such a program in a box dial a DNS server off the machine.
 func (r *resolver) allowed(name string) bool {
 	d := strings.ToLower(strings.TrimSuffix(name, "."))
+	if i := strings.LastIndexByte(d, '.'); i < 0 || strings.Trim(d[i+1:], "0123456789") == "" {
+		return false
+	}
 	if r.n.policy.lookupAllowed(d) {
 		return true
 	}

@@ -294,6 +294,46 @@ func TestNoInternetLetsOnlyAllowedDomainsThrough(t *testing.T) {
 	}
 }
 
+// A name without a dot, such as the box's own hostname (its id), and one
+// whose last label is a number, such as the SRV name apt looks up for a
+// repository on an address, are answered NXDOMAIN by the box's DNS and
+// never asked of the host's resolver, whatever the policy: under the
+// default policy too, which looks up every other name on the host. It is
+// no refusal of the policy's: not counted, not logged.
+func TestNamesNoInternetServerKnowsNeverLeaveTheBox(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"default policy", Config{}},
+		{"no internet", Config{NoInternet: true}},
+		{"allowed everything", Config{Allow: []string{"0.0.0.0/0"}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, path, logs := start(t, tc.cfg) // its host resolver fails the test if asked
+			g := fakeguest.Attach(t, path, netapi.DefaultGuestMAC)
+			for _, name := range []string{testBox, testBox + ".", "SB-Other", "192.168.127.254", "host.10"} {
+				if _, err := g.Lookup(ctxFor(t, 5*time.Second), name); !errors.Is(err, fakeguest.ErrNXDomain) {
+					t.Errorf("lookup %q: %v, want NXDOMAIN", name, err)
+				}
+			}
+			// apt's: an SRV question, which fakeguest does not ask.
+			if _, _, err := (&resolver{n: n}).LookupSRV(ctxFor(t, 5*time.Second), "", "", "_http._tcp.192.168.127.254."); err == nil {
+				t.Error("an SRV lookup of an address's name was answered")
+			}
+			if _, err := g.LookupOver(ctxFor(t, 5*time.Second), "tcp", testBox); !errors.Is(err, fakeguest.ErrNXDomain) {
+				t.Errorf("lookup %q over TCP: %v, want NXDOMAIN", testBox, err)
+			}
+			if st := n.Stats(); st.RefusedLookups != 0 {
+				t.Errorf("stats %+v: a name no internet server knows counted as a refused lookup", st)
+			}
+			if strings.Contains(logs.String(), "refused DNS lookup") {
+				t.Errorf("a name no internet server knows logged as a refusal:\n%s", logs)
+			}
+		})
+	}
+}
+
 func TestUDPFlowsToAllowedHostAndRefusals(t *testing.T) {
 	echo, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {

@@ -12,7 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/netapi"
+	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
@@ -207,21 +209,40 @@ func netsServing(sock string) ([]int, error) {
 }
 
 // NetworkStats returns the counters of box's network since it started
-// (the VM's last boot, restore or fork). A box that runs no VM, has no
-// network or whose network is gone is a daemon.ErrConflict.
-func (b *Backend) NetworkStats(ctx context.Context, box string) (netapi.Stats, error) {
+// (the VM's last boot, restore or fork): sailbox-net's, from its control
+// socket, then the network device's, from the VMM's status (none from a
+// VMM older than them). A box that runs no VM, has no network or whose
+// network is gone is a daemon.ErrConflict.
+func (b *Backend) NetworkStats(ctx context.Context, box string) (daemon.NetworkCounters, error) {
 	v, err := b.get(box)
 	if err != nil {
-		return netapi.Stats{}, err
+		return daemon.NetworkCounters{}, err
 	}
 	if v.net == nil || !v.net.alive() {
-		return netapi.Stats{}, fmt.Errorf("box %s: %w: its VM runs no network", box, daemon.ErrConflict)
+		return daemon.NetworkCounters{}, fmt.Errorf("box %s: %w: its VM runs no network", box, daemon.ErrConflict)
 	}
 	st, err := netapi.GetStats(ctx, v.net.control)
 	if err != nil {
-		return st, fmt.Errorf("box %s: network: %w", box, err)
+		return daemon.NetworkCounters{}, fmt.Errorf("box %s: network: %w", box, err)
 	}
-	return st, nil
+	vs, err := v.ctl.Status(ctx)
+	if err != nil {
+		return daemon.NetworkCounters{}, vmmError(box, "network device", err)
+	}
+	return daemon.NetworkCounters{Stack: st, Device: deviceStats(vs.Network)}, nil
+}
+
+// deviceStats is the VMM's report of its network device as the API
+// gives it; nil stays nil.
+func deviceStats(n *vmmapi.NetworkStats) *api.NetworkDeviceStats {
+	if n == nil {
+		return nil
+	}
+	return &api.NetworkDeviceStats{
+		FramesOut: n.FramesOut, BytesOut: n.BytesOut, InvalidOut: n.InvalidOut, DroppedOut: n.DroppedOut,
+		FramesIn: n.FramesIn, BytesIn: n.BytesIn, InvalidIn: n.InvalidIn, DroppedIn: n.DroppedIn,
+		PeerGone: n.PeerGone,
+	}
 }
 
 // dialNet connects to the guest's port through box's network v.net.

@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/netapi"
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/guestagent"
@@ -234,7 +235,8 @@ func startFakeVMM(t *testing.T, b *Backend, box string) *exec.Cmd {
 }
 
 // After a daemon restart, Attach takes back a running box's network with
-// its VMM: its counters and dials go to it, and Stop ends both.
+// its VMM: its counters (the network's and the VMM's device's) and dials
+// go to them, and Stop ends both.
 func TestAttachTakesBackNetwork(t *testing.T) {
 	dir := t.TempDir()
 	before := newNetBackend(t, dir)
@@ -256,8 +258,11 @@ func TestAttachTakesBackNetwork(t *testing.T) {
 		t.Fatalf("attached network %+v, want pid %d", v.net, n.pid)
 	}
 	st, err := after.NetworkStats(context.Background(), box)
-	if err != nil || st.Box != box || st.ConnectionsOut != 1 {
+	if err != nil || st.Stack.Box != box || st.Stack.ConnectionsOut != 1 {
 		t.Errorf("stats: %+v, %v", st, err)
+	}
+	if want := deviceStats(fakeDevice()); st.Device == nil || *st.Device != *want {
+		t.Errorf("device's counters: %+v, want the VMM's %+v", st.Device, want)
 	}
 	v.schema.Store(guestagent.NetworkSchemaVersion)
 	if _, err := after.DialGuest(context.Background(), box, 8000); !errors.Is(err, netapi.ErrRefused) || !strings.Contains(err.Error(), "nothing listens on 192.168.127.2:8000") {
@@ -278,6 +283,22 @@ func TestAttachTakesBackNetwork(t *testing.T) {
 	}
 	if _, err := os.Stat(after.files(box).dir); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("run directory left: %v", err)
+	}
+}
+
+// The network device's counters reach the API each once, in their
+// direction; a VMM that reports none gives none.
+func TestDeviceStats(t *testing.T) {
+	got := deviceStats(fakeDevice())
+	want := api.NetworkDeviceStats{FramesOut: 1, BytesOut: 2, InvalidOut: 4, DroppedOut: 8, FramesIn: 16, BytesIn: 32, InvalidIn: 64, DroppedIn: 128, PeerGone: true}
+	if got == nil || *got != want {
+		t.Errorf("device stats %+v, want %+v", got, want)
+	}
+	if n := reflect.TypeOf(want).NumField(); n != reflect.TypeOf(vmmapi.NetworkStats{}).NumField() {
+		t.Errorf("the API's device counters have %d fields, the VMM's %d", n, reflect.TypeOf(vmmapi.NetworkStats{}).NumField())
+	}
+	if got := deviceStats(nil); got != nil {
+		t.Errorf("no device: %+v", got)
 	}
 }
 
@@ -341,5 +362,79 @@ func TestOrphanNetworkKilled(t *testing.T) {
 		if nets, _ := netsServing(b.files(box).netSock); len(nets) != 0 {
 			t.Errorf("%s: networks left: %v", via, nets)
 		}
+	}
+}
+
+// An exposed port of a box with a network goes through the network only
+// when the box's agent configured the guest's side of it
+// (guestagent.NetworkSchemaVersion); a box on an older agent, which
+// leaves eth0 down, keeps the agent's dial_tcp path, to the guest's
+// 127.0.0.1, until it is upgraded. An agent whose schema is not yet
+// known is asked. The box's agent is a real one (guestagent.Server) on
+// this host, whose 127.0.0.1 is its guest's; its network refuses every
+// dial (fakeNet).
+func TestDialGuestByAgentSchema(t *testing.T) {
+	dir := t.TempDir()
+	before := newNetBackend(t, dir)
+	box := "sb-old"
+	if _, err := before.startNet(context.Background(), box, *netSpec.Net); err != nil {
+		t.Fatal(err)
+	}
+	startFakeVMM(t, before, box)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	vl, err := net.Listen("unix", before.files(box).vsockSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go (&guestagent.Server{}).Serve(ctx, hybridListener{vl})
+	guestServer, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { guestServer.Close() })
+	go func() {
+		for {
+			c, err := guestServer.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "through the agent")
+			c.Close()
+		}
+	}()
+	port := guestServer.Addr().(*net.TCPAddr).Port
+
+	b := newNetBackend(t, dir)
+	if ok, err := b.Attach(ctx, box); !ok || err != nil {
+		t.Fatalf("attach: %v, %v", ok, err)
+	}
+	t.Cleanup(func() { b.Stop(context.Background(), box) })
+	v, _ := b.get(box)
+	if v.net == nil {
+		t.Fatal("the box's network was not taken back")
+	}
+
+	v.schema.Store(guestagent.NetworkSchemaVersion - 1)
+	c, err := b.DialGuest(ctx, box, port)
+	if err != nil {
+		t.Fatalf("dial of a box on an agent older than its network: %v, want the agent's dial_tcp", err)
+	}
+	got, _ := io.ReadAll(c)
+	c.Close()
+	if string(got) != "through the agent" {
+		t.Errorf("the older agent's box answered %q", got)
+	}
+	for _, schema := range []int32{guestagent.NetworkSchemaVersion, 0} {
+		v.schema.Store(schema)
+		if c, err := b.DialGuest(ctx, box, port); !errors.Is(err, netapi.ErrRefused) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("dial with agent schema %d (0: asked): %v, want the network's refusal", schema, err)
+		}
+	}
+	if got := v.schema.Load(); got != guestagent.GuestSchemaVersion {
+		t.Errorf("schema after asking the agent: %d, want %d", got, guestagent.GuestSchemaVersion)
 	}
 }

@@ -409,8 +409,17 @@ func TestStopKillsUntrackedVMM(t *testing.T) {
 }
 
 // exitingVM is a hung VM that exits when asked to shut down, as a VMM
-// whose guest powers off does.
+// whose guest powers off does. Its network device reports fakeDevice.
 type exitingVM struct{ hungVM }
+
+func (exitingVM) Status() vmmapi.Status {
+	return vmmapi.Status{State: "running", PID: os.Getpid(), Network: fakeDevice()}
+}
+
+// fakeDevice has every counter set, each to a different value.
+func fakeDevice() *vmmapi.NetworkStats {
+	return &vmmapi.NetworkStats{FramesOut: 1, BytesOut: 2, InvalidOut: 4, DroppedOut: 8, FramesIn: 16, BytesIn: 32, InvalidIn: 64, DroppedIn: 128, PeerGone: true}
+}
 
 func (exitingVM) Shutdown() {
 	go func() {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	virtionet "github.com/sailbox-dev/sailbox/devices/virtio/net"
 	"github.com/sailbox-dev/sailbox/guestagent"
 	"github.com/sailbox-dev/sailbox/snapshot"
 	"github.com/sailbox-dev/sailbox/vmm"
@@ -63,12 +64,25 @@ func (c *Controller) Status() vmmapi.Status {
 	if w, ok := c.m.MappedAhead(); ok {
 		st.WorkingSet = mappedAhead(w)
 	}
+	if n, ok := c.m.NetStats(); ok {
+		st.Network = networkStats(n)
+	}
 	return st
 }
 
 // mappedAhead is w as the control API reports it.
 func mappedAhead(w vmm.MappedAhead) *vmmapi.MappedAhead {
 	return &vmmapi.MappedAhead{From: w.From, Pages: w.Pages, Copied: w.Copied, Entered: w.Entered}
+}
+
+// networkStats is the network device's counters as the control API
+// reports them: the device's transmit side is the guest's out.
+func networkStats(s virtionet.Stats) *vmmapi.NetworkStats {
+	return &vmmapi.NetworkStats{
+		FramesOut: s.TxFrames, BytesOut: s.TxBytes, InvalidOut: s.TxInvalid, DroppedOut: s.TxDropped,
+		FramesIn: s.RxFrames, BytesIn: s.RxBytes, InvalidIn: s.RxInvalid, DroppedIn: s.RxDropped,
+		PeerGone: s.PeerGone,
+	}
 }
 
 func (c *Controller) Shutdown()     { c.m.Stop() }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
+	virtionet "github.com/sailbox-dev/sailbox/devices/virtio/net"
 	"github.com/sailbox-dev/sailbox/vmm"
 )
 
@@ -61,5 +62,38 @@ func TestFixUpRestoredGuestQuietWhenStopped(t *testing.T) {
 	FixUpRestoredGuest(ctx, launch, log)
 	if !strings.Contains(buf.String(), "agent not reachable") {
 		t.Errorf("agent never answered: logged %q", buf.String())
+	}
+}
+
+// The control API reports every counter of the network device, each
+// once and in its direction: the device's transmit side is the guest's
+// out.
+func TestNetworkStatsReported(t *testing.T) {
+	var s virtionet.Stats
+	v := reflect.ValueOf(&s).Elem()
+	for i := range v.NumField() {
+		if f := v.Field(i); f.Kind() == reflect.Bool {
+			f.SetBool(true)
+		} else {
+			f.SetUint(1 << i)
+		}
+	}
+	got := networkStats(s)
+	g := reflect.ValueOf(got).Elem()
+	var sum, want uint64
+	for i := range g.NumField() {
+		if f := g.Field(i); f.Kind() != reflect.Bool {
+			sum += f.Uint()
+		}
+	}
+	for i := range v.NumField() {
+		if v.Field(i).Kind() != reflect.Bool {
+			want += v.Field(i).Uint()
+		}
+	}
+	if g.NumField() != v.NumField() || sum != want || !got.PeerGone ||
+		got.FramesOut != s.TxFrames || got.BytesOut != s.TxBytes || got.DroppedOut != s.TxDropped ||
+		got.FramesIn != s.RxFrames || got.BytesIn != s.RxBytes || got.InvalidIn != s.RxInvalid {
+		t.Errorf("reported %+v for %+v", got, s)
 	}
 }

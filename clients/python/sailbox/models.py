@@ -18,6 +18,7 @@ __all__ = [
     "Port",
     "NetworkPolicy",
     "NetworkStats",
+    "NetworkDeviceStats",
     "Checkpoint",
     "TerminateResult",
     "ExecExit",
@@ -168,8 +169,38 @@ class Checkpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkDeviceStats:
+    """The counters of a box's network device as its VMM counts them (see api.NetworkDeviceStats).
+
+    ``out`` is from the guest, ``in`` to it.
+    """
+
+    frames_out: int = 0
+    bytes_out: int = 0
+    invalid_out: int = 0
+    dropped_out: int = 0
+    frames_in: int = 0
+    bytes_in: int = 0
+    invalid_in: int = 0
+    dropped_in: int = 0
+    peer_gone: bool = False
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> NetworkDeviceStats:
+        ints = {
+            k: int(d.get(k) or 0)
+            for k in ("frames_out", "bytes_out", "invalid_out", "dropped_out", "frames_in", "bytes_in", "invalid_in", "dropped_in")
+        }
+        return cls(peer_gone=bool(d.get("peer_gone")), **ints)
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkStats:
-    """The counters of a box's network since its VM last started (see api.NetworkStats)."""
+    """The counters of a box's network since its VM last started (see api.NetworkStats).
+
+    ``device`` is the same link counted by the VMM's network device; None
+    while the box is down, or from a daemon that does not report it.
+    """
 
     box_id: str
     running: bool = False
@@ -185,6 +216,7 @@ class NetworkStats:
     refused: int = 0
     refused_lookups: int = 0
     dial_failures: int = 0
+    device: NetworkDeviceStats | None = None
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> NetworkStats:
@@ -204,7 +236,14 @@ class NetworkStats:
                 "dial_failures",
             )
         }
-        return cls(box_id=d.get("box_id", ""), running=bool(d.get("running")), guest_attached=bool(d.get("guest_attached")), **ints)
+        dev = d.get("device")
+        return cls(
+            box_id=d.get("box_id", ""),
+            running=bool(d.get("running")),
+            guest_attached=bool(d.get("guest_attached")),
+            device=NetworkDeviceStats.from_json(dev) if dev else None,
+            **ints,
+        )
 
 
 @dataclass(frozen=True, slots=True)

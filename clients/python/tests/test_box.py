@@ -278,6 +278,10 @@ def test_network(stub: StubDaemon, client: sailbox.Client) -> None:
     st = box.network()
     assert st.box_id == "b1" and st.running and st.guest_attached
     assert (st.bytes_out, st.refused, st.open_connections, st.bytes_in) == (10, 2, 1, 0)
+    assert st.device is None
+    device = {"frames_out": 1, "bytes_out": 2, "invalid_out": 3, "dropped_out": 4, "frames_in": 5, "bytes_in": 6, "invalid_in": 7, "dropped_in": 8, "peer_gone": True}
+    stub.on("GET", "/v1/boxes/b1/network", Reply(200, {"box_id": "b1", "running": True, "device": device}))
+    assert box.network().device == sailbox.NetworkDeviceStats(**device)
 
 
 def test_files_read(stub: StubDaemon, client: sailbox.Client) -> None:

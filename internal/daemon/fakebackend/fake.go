@@ -569,19 +569,30 @@ func (f *Backend) DialGuest(ctx context.Context, box string, port int) (net.Conn
 }
 
 // NetworkStats reports, of box's network, the connections DialGuest made
-// through it since the VM started; the other counters are zero.
-func (f *Backend) NetworkStats(ctx context.Context, box string) (netapi.Stats, error) {
+// through it since the VM started, and of its device a frame each way
+// for each (FakeFrameBytes bytes); the other counters are zero.
+func (f *Backend) NetworkStats(ctx context.Context, box string) (daemon.NetworkCounters, error) {
 	err := f.begin("NetworkStats", box)
 	defer f.mu.Unlock()
 	if err != nil {
-		return netapi.Stats{}, err
+		return daemon.NetworkCounters{}, err
 	}
 	v, err := f.running(box)
 	if err != nil {
-		return netapi.Stats{}, fmt.Errorf("%w: %w", daemon.ErrConflict, err)
+		return daemon.NetworkCounters{}, fmt.Errorf("%w: %w", daemon.ErrConflict, err)
 	}
 	if v.policy == nil {
-		return netapi.Stats{}, fmt.Errorf("fake: %s: %w: no network", box, daemon.ErrConflict)
+		return daemon.NetworkCounters{}, fmt.Errorf("fake: %s: %w: no network", box, daemon.ErrConflict)
 	}
-	return netapi.Stats{Box: box, GuestAttached: true, ConnectionsIn: v.connsIn}, nil
+	return daemon.NetworkCounters{
+		Stack: netapi.Stats{Box: box, GuestAttached: true, ConnectionsIn: v.connsIn},
+		Device: &api.NetworkDeviceStats{
+			FramesOut: v.connsIn, BytesOut: v.connsIn * FakeFrameBytes,
+			FramesIn: v.connsIn, BytesIn: v.connsIn * FakeFrameBytes,
+		},
+	}, nil
 }
+
+// FakeFrameBytes is the size of each frame the fake's network devices
+// count.
+const FakeFrameBytes = 60
