@@ -24,7 +24,11 @@
 // Launch, whose Args are the flags the VMM parses back (ParseLaunch).
 package vmmapi
 
-import "time"
+import (
+	"time"
+
+	"github.com/sailbox-dev/sailbox/api"
+)
 
 // Status describes the VM.
 type Status struct {
@@ -57,35 +61,10 @@ type MappedAhead struct {
 }
 
 // NetworkStats are the counters of a VM's network device (virtio-net)
-// since the VMM built it: a restored or forked VM's start from zero.
-// "Out" is from the guest to the network (the device's transmit queue),
-// "in" from the network to the guest. Bytes are of Ethernet frames
-// (without the virtio header); a TCP segment the guest hands over whole
-// (TSO) is one frame. These are the link's counters, as the VMM sees
-// it; the network behind it (sailbox-net) counts the same frames from
-// its side, and its connections.
-type NetworkStats struct {
-	FramesOut uint64 `json:"frames_out"` // frames from the guest sent to the network
-	BytesOut  uint64 `json:"bytes_out"`
-	// InvalidOut counts what the guest queued that was not a frame:
-	// oversize, runt, a malformed chain or header.
-	InvalidOut uint64 `json:"invalid_out"`
-	// DroppedOut counts frames from the guest the network did not take:
-	// it was gone, or its socket refused them.
-	DroppedOut uint64 `json:"dropped_out"`
-	FramesIn   uint64 `json:"frames_in"` // frames from the network delivered to the guest
-	BytesIn    uint64 `json:"bytes_in"`
-	// InvalidIn counts messages from the network that were not a frame
-	// (too long, or too short for an Ethernet header).
-	InvalidIn uint64 `json:"invalid_in"`
-	// DroppedIn counts frames from the network the guest did not get:
-	// its driver was not up, its receive buffers were too small or too
-	// few for too long, or a checkpoint or a driver reset came first.
-	DroppedIn uint64 `json:"dropped_in"`
-	// PeerGone: the network closed the link (or its socket failed); from
-	// then on every frame is dropped.
-	PeerGone bool `json:"peer_gone"`
-}
+// since the VMM built it: a restored or forked VM's start from zero. They
+// are the public API's type (api.NetworkDeviceStats, which sailboxd passes
+// on as its VMM reports it), so the two cannot drift apart.
+type NetworkStats = api.NetworkDeviceStats
 
 // MemoryUsage is a VMM process's resident memory in bytes, from the
 // kernel's accounting of its mappings (/proc/self/smaps).

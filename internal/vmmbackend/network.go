@@ -12,9 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/netapi"
-	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/internal/catalog"
 	"github.com/sailbox-dev/sailbox/internal/daemon"
 )
@@ -229,20 +227,7 @@ func (b *Backend) NetworkStats(ctx context.Context, box string) (daemon.NetworkC
 	if err != nil {
 		return daemon.NetworkCounters{}, vmmError(box, "network device", err)
 	}
-	return daemon.NetworkCounters{Stack: st, Device: deviceStats(vs.Network)}, nil
-}
-
-// deviceStats is the VMM's report of its network device as the API
-// gives it; nil stays nil.
-func deviceStats(n *vmmapi.NetworkStats) *api.NetworkDeviceStats {
-	if n == nil {
-		return nil
-	}
-	return &api.NetworkDeviceStats{
-		FramesOut: n.FramesOut, BytesOut: n.BytesOut, InvalidOut: n.InvalidOut, DroppedOut: n.DroppedOut,
-		FramesIn: n.FramesIn, BytesIn: n.BytesIn, InvalidIn: n.InvalidIn, DroppedIn: n.DroppedIn,
-		PeerGone: n.PeerGone,
-	}
+	return daemon.NetworkCounters{Stack: st, Device: vs.Network}, nil
 }
 
 // dialNet connects to the guest's port through box's network v.net.
