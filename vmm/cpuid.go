@@ -30,9 +30,9 @@ const (
 
 // hostCPUID is what this host's KVM can give a guest: its
 // KVM_GET_SUPPORTED_CPUID, plus the LAPIC timer's TSC-deadline mode, which
-// KVM emulates in the kernel (KVM_CAP_TSC_DEADLINE_TIMER) but older
-// kernels leave out of that list; QEMU, Firecracker and cloud-hypervisor
-// add it the same way. Without it Linux runs its LAPIC timer one-shot, at
+// KVM emulates in the kernel (KVM_CAP_TSC_DEADLINE_TIMER) but leaves out
+// of that list (the lab's 6.12 does: its guests ran one-shot); QEMU,
+// Firecracker and cloud-hypervisor add it the same way. Without it Linux runs its LAPIC timer one-shot, at
 // a frequency it first calibrates against the PIT for a tenth of a second
 // of its boot, and every timer then fires as early or late as that
 // calibration was wrong; with it the timer counts the TSC, whose rate

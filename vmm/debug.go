@@ -57,7 +57,7 @@ const (
 )
 
 // describeDeadline says when cpu's LAPIC timer fires in TSC-deadline mode
-// (the mode Linux guests use), against the guest's TSC now: a guest idle
+// (which Linux guests use when offered it, see hostCPUID), against the guest's TSC now: a guest idle
 // with its deadline disarmed or far ahead for good waits for an
 // interrupt only a device can send, so whatever it waits on a timer for
 // never comes. An error reading the MSRs is said instead.
