@@ -3,21 +3,16 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sailbox-dev/sailbox/api"
 	"github.com/sailbox-dev/sailbox/api/lifecycle"
-	"github.com/sailbox-dev/sailbox/internal/kvmtest"
 )
 
 // Load: boxes cycling exec → sleep → wake (the exec wakes) for a while.
@@ -32,7 +27,7 @@ import (
 // at an address of the lab's kernel, and the wake or the exec fails. In
 // the lab only, a call (exec, wake or sleep) whose guest broke so (the
 // daemon logged the sign, the call's error quotes it, or the guest's
-// vCPUs show it: see labBrokeIt) is counted, reported and tried once more
+// vCPUs show it: see labFaults) is counted, reported and tried once more
 // when the box is up or asleep again; any other failed call, and any such
 // sign on a host's real KVM, fails the test.
 //
@@ -62,28 +57,12 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	const workers = 4
 	ctx := ctxFor(t, dur+30*time.Minute)
 	boxes := make([]string, n)
-	var died atomic.Int64
-	var seenFaults sync.Map // box → lab faults already counted
-	// labBrokeIt reports whether call's failure on box id was the lab's
-	// doing: a wake's error quotes the VMM whose restored guest the lab
-	// broke (labBrokeCall), a running guest's death is in the daemon's log
-	// (labBroke), a stuck one only in its vCPUs (labStuck). If so it counts
-	// it and waits until the box is up (the daemon restored it from its
-	// last checkpoint) or asleep again, for call to be tried once more.
-	labBrokeIt := func(id, call string, err error) bool {
-		if !kvmtest.InLab() || !(h.labBrokeCall(err, &seenFaults) || h.labBroke(id, &seenFaults) || h.labStuck(ctx, id)) {
-			return false
-		}
-		died.Add(1)
-		t.Logf("%s in %s: the lab broke its guest (%v); trying again once it is up or asleep", call, id, err)
-		h.waitSettled(ctx, id)
-		return true
-	}
+	faults := h.labFaults(ctx)
 	// sleep puts box id to sleep, once more if the lab broke its guest
 	// first (unless the box is asleep already: a wake that failed).
 	sleep := func(id, call string) error {
 		_, err := h.c.Sleep(ctx, id)
-		if err != nil && labBrokeIt(id, call, err) {
+		if err != nil && faults.broke(id, call, err) {
 			if h.state(id) == string(lifecycle.Sleeping) {
 				return nil
 			}
@@ -96,9 +75,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	}
 	for i := range boxes {
 		b, err := h.c.Create(ctx, api.CreateRequest{})
-		if err != nil && kvmtest.InLab() && h.labBrokeCall(err, &seenFaults) {
-			died.Add(1)
-			t.Logf("create: the lab broke the new guest (%v); creating another", err)
+		if err != nil && faults.brokeNew("create", err) {
 			b, err = h.c.Create(ctx, api.CreateRequest{})
 		}
 		if err != nil {
@@ -106,7 +83,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 		}
 		boxes[i] = b.ID
 		if _, code, err := h.exec(b.ID, "sh", "-c", writeBuffer); err != nil || code != 0 {
-			if err == nil || !labBrokeIt(b.ID, "write the buffer", err) {
+			if err == nil || !faults.broke(b.ID, "write the buffer", err) {
 				t.Fatalf("write the buffer in %s: exit %d, %v", b.ID, code, err)
 			}
 			// The box is back at its template: no buffer, which
@@ -121,7 +98,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	cycle := func(id string, round int) error {
 		argv := []string{"sh", "-c", checkBuffer + " && echo -n " + strconv.Itoa(round) + " > /tmp/round && cat /tmp/round"}
 		out, code, err := h.exec(id, argv...)
-		if err != nil && labBrokeIt(id, fmt.Sprintf("exec (round %d)", round), err) {
+		if err != nil && faults.broke(id, fmt.Sprintf("exec (round %d)", round), err) {
 			out, code, err = h.exec(id, argv...)
 		}
 		if err != nil || code != 0 || out != strconv.Itoa(round) {
@@ -175,7 +152,7 @@ func TestKVMLoadSleepWake(t *testing.T) {
 	after := h.daemonUsage()
 	compactions := strings.Count(h.logs.String(), `msg="chain compacted"`)
 	t.Logf("%d boxes, %d rounds of exec → sleep → wake in %v (%d guests the lab broke under a call, restored and called again; %d chains compacted); daemon before: %+v, after: %+v",
-		n, last-1, time.Since(start).Round(time.Second), died.Load(), compactions, before, after)
+		n, last-1, time.Since(start).Round(time.Second), faults.count(), compactions, before, after)
 	if compactions == 0 {
 		t.Error("no box's chain was compacted")
 	}
@@ -189,85 +166,6 @@ func TestKVMLoadSleepWake(t *testing.T) {
 		t.Errorf("daemon memory grew from %d KiB to %d KiB", before.rssKiB, after.rssKiB)
 	}
 	h.checkWhole(ctx, false)
-}
-
-// labBroke reports whether the daemon logged, since the faults of box id
-// already counted in seen, a sign of the lab's emulated SVM breaking the
-// box's guest: its VMM exited on its own after a triple fault
-// (sailbox-vmm's exit line "guest shutdown"), or a restored guest never
-// answered with a vCPU stuck at an address of the lab's kernel ("rip is
-// the host's", see README). It waits a little for the daemon to notice.
-func (h *host) labBroke(id string, seen *sync.Map) bool {
-	before, _ := seen.Load(id)
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		n := 0
-		for _, line := range strings.Split(h.logs.String(), "\n") {
-			if !strings.Contains(line, "box="+id+" ") {
-				continue
-			}
-			if strings.Contains(line, "exited on its own") && strings.Contains(line, "guest shutdown") ||
-				strings.Contains(line, "did not answer; its vCPUs") && strings.Contains(line, "rip is the host's") {
-				n++
-			}
-		}
-		if prev, _ := before.(int); n > prev {
-			seen.Store(id, n)
-			return true
-		}
-	}
-	return false
-}
-
-// labStuck reports whether box id's running guest stopped answering an
-// exec with a vCPU stuck at an address of the lab's kernel (the sign
-// "rip is the host's", as the daemon logs it for a wake; an exec on a
-// running box has no such log). The daemon cannot know the guest is
-// gone, so the test ends its VMM as a host failure would, and the daemon
-// restores the box from its last checkpoint.
-func (h *host) labStuck(ctx context.Context, id string) bool {
-	dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	d, err := h.vcpus(dctx, id)
-	cancel()
-	if err != nil || !strings.Contains(d, "rip is the host's ") {
-		return false
-	}
-	h.t.Logf("box %s's vCPUs are stuck in the lab's kernel; ending its VMM so that the daemon restores it:\n%s", id, d)
-	for _, pid := range h.vmmPIDsOf(id) {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	return true
-}
-
-// labBrokeCall reports whether a failed create or wake shows the lab's
-// sign: the VMM's log ends with its exit after a triple fault (the error
-// quotes it), or the daemon logged the box's vCPU stuck in the lab's
-// kernel.
-func (h *host) labBrokeCall(err error, seen *sync.Map) bool {
-	if strings.Contains(err.Error(), "sailbox-vmm: guest shutdown") {
-		return true
-	}
-	id := regexp.MustCompile(`box (sb-[0-9a-f]+)`).FindStringSubmatch(err.Error())
-	return id != nil && h.labBroke(id[1], seen)
-}
-
-// waitSettled waits until box id is running and answers, or asleep: a
-// guest the daemon restores after its VM died, or a wake that failed.
-func (h *host) waitSettled(ctx context.Context, id string) {
-	h.t.Helper()
-	for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		b, err := h.c.Get(ctx, id)
-		if err == nil && b.State == lifecycle.Sleeping {
-			return
-		}
-		if err == nil && b.State == lifecycle.Running {
-			if _, code, err := h.exec(id, "true"); err == nil && code == 0 {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			h.t.Fatalf("box %s neither running nor asleep after 3 minutes: %+v, %v", id, b, err)
-		}
-	}
 }
 
 // usage is what a process holds.
