@@ -85,6 +85,9 @@ func RunInit(out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if err := stageImages(plan, hostRoot, scratch+"/images", out); err != nil {
+		return err
+	}
 	// The heartbeat: one whole line in one write, between the steps'
 	// own lines.
 	go func() {
