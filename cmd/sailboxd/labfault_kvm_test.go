@@ -24,10 +24,11 @@ import (
 // on a host's real KVM, fails the test: the runner does the same for
 // whole tests (kvmlab's labFaultSigns).
 type labFaults struct {
-	h    *host
-	ctx  context.Context
-	seen sync.Map // box → its lab faults already counted
-	n    atomic.Int64
+	h     *host
+	ctx   context.Context
+	seen  sync.Map // box → its lab faults already counted
+	ended sync.Map // boxes whose stuck VMM the test ended, not yet counted
+	n     atomic.Int64
 }
 
 func (h *host) labFaults(ctx context.Context) *labFaults {
@@ -40,13 +41,16 @@ func (f *labFaults) count() int64 { return f.n.Load() }
 // broke reports whether call's failure err on box id was the lab's
 // doing: the error quotes the VMM whose restored guest the lab broke
 // (a wake's), the daemon logged the guest's death (a running box's), or
-// the guest's vCPUs show it stuck (an exec's, see stuck). If so it counts
-// it and waits until the box is up (restored from its last checkpoint) or
-// asleep again, for call to be made once more.
+// the guest's vCPUs show it stuck (an exec's, see stuck: now, or when a
+// watch looked earlier). If so it counts it and waits until the box is up
+// (restored from its last checkpoint) or asleep again, for call to be
+// made once more.
 func (f *labFaults) broke(id, call string, err error) bool {
-	if !kvmtest.InLab() || !(f.quoted(err) || f.logged(id) || f.stuck(id)) {
+	_, ended := f.ended.LoadAndDelete(id)
+	if !kvmtest.InLab() || !(ended || f.quoted(err) || f.logged(id) || f.stuck(id)) {
 		return false
 	}
+	f.ended.Delete(id) // stuck's, just now
 	f.n.Add(1)
 	f.h.t.Logf("%s in %s: the lab broke its guest (%v); trying again once it is up or asleep", call, id, err)
 	if err := f.h.waitSettled(f.ctx, id); err != nil {
@@ -119,6 +123,9 @@ func (f *labFaults) logged(id string) bool {
 // ends its VMM as a host failure would, and the daemon restores the box
 // from its last checkpoint.
 func (f *labFaults) stuck(id string) bool {
+	if !kvmtest.InLab() {
+		return false
+	}
 	h := f.h
 	dctx, cancel := context.WithTimeout(f.ctx, 20*time.Second)
 	d, err := h.vcpus(dctx, id)
@@ -127,6 +134,7 @@ func (f *labFaults) stuck(id string) bool {
 		return false
 	}
 	h.t.Logf("box %s's vCPUs are stuck in the lab's kernel; ending its VMM so that the daemon restores it:\n%s", id, d)
+	f.ended.Store(id, true)
 	for _, pid := range h.vmmPIDsOf(id) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}

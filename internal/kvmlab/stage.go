@@ -12,14 +12,13 @@ import (
 
 // The disk images the steps' guests read for their whole life are served
 // from the lab's RAM (the steps' scratch tmpfs), not through the 9p share
-// of the host's root. With its default image read through the share,
-// TestKVMNetworkConcurrentForks (twenty forks of a box on the Debian
-// image) crashed the lab kernel in 13 of 21 fresh labs, nearly always
-// with a sailbox-vmm thread's "corrupted stack end detected inside
-// scheduler" (labCrashSigns); with the same image copied into the lab's
-// tmpfs first, in none of 4, and on a data disk kept in tmpfs, in 1 of 4.
-// What the share's reads under QEMU's emulated SVM break is not known;
-// a real host reads its images from its own file system.
+// of the host's root: a real host reads its images from its own file
+// system, not through an emulated device. The lab also crashed less so:
+// twenty forks on the Debian image (TestKVMNetworkConcurrentForks)
+// crashed the lab kernel in 13 of 21 fresh labs reading it through the
+// share, nearly always with a sailbox-vmm thread's "corrupted stack end
+// detected inside scheduler" (labCrashSigns), and in 2 of 6 with the
+// image copied into the lab's RAM first. Fewer, not none.
 
 // stagedEnv names the variables whose value is such an image.
 var stagedEnv = []string{"SAILBOX_DEFAULT_IMAGE"}
