@@ -15,9 +15,9 @@ import (
 // of the host's root: a real host reads its images from its own file
 // system, not through an emulated device. The lab also crashed less so:
 // twenty forks on the Debian image (TestKVMNetworkConcurrentForks)
-// crashed the lab kernel in 13 of 21 fresh labs reading it through the
+// crashed the lab kernel in 17 of 28 fresh labs reading it through the
 // share, nearly always with a sailbox-vmm thread's "corrupted stack end
-// detected inside scheduler" (labCrashSigns), and in 2 of 6 with the
+// detected inside scheduler" (labCrashSigns), and in 2 of 8 with the
 // image copied into the lab's RAM first. Fewer, not none.
 
 // stagedEnv names the variables whose value is such an image.
