@@ -383,12 +383,16 @@ func TestKVMNetworkConcurrentForks(t *testing.T) {
 	for i, id := range ids {
 		wg.Go(func() {
 			var stdout, stderr strings.Builder
-			res, err := watchedExec(h, faults, id, req(id), &stdout, &stderr, func() bool { return s.came("all", id) && !s.isOpen("all") })
-			if err != nil && faults.broke(id, "the fetch", err) {
-				retried[i] = true
+			held := func() bool { return s.came("all", id) && !s.isOpen("all") }
+			fetch := func() (api.ExecResult, error) {
 				stdout.Reset()
 				stderr.Reset()
-				res, err = watchedExec(h, faults, id, req(id), &stdout, &stderr, func() bool { return s.came("all", id) && !s.isOpen("all") })
+				return watchedExec(h, faults, id, req(id), &stdout, &stderr, held)
+			}
+			res, err := fetch()
+			if err != nil && faults.broke(id, "the fetch", err) {
+				retried[i] = true
+				res, err = fetch()
 			}
 			switch got := strings.Fields(stdout.String()); {
 			case err != nil || res.ExitCode != 0:
