@@ -72,6 +72,9 @@ func (f *labFaults) brokeNew(call string, err error) bool {
 	return true
 }
 
+// boxInError finds the boxes an error names.
+var boxInError = regexp.MustCompile(`box (sb-[0-9a-f]+)`)
+
 // quoted reports whether a failed create, fork or wake shows the lab's
 // sign: the VMM's log ends with its exit after a triple fault (the error
 // quotes it), or the daemon logged the box's vCPU stuck in the lab's
@@ -81,7 +84,7 @@ func (f *labFaults) quoted(err error) bool {
 		return true
 	}
 	// A fork's error names its parent, then the child that failed.
-	for _, id := range regexp.MustCompile(`box (sb-[0-9a-f]+)`).FindAllStringSubmatch(err.Error(), -1) {
+	for _, id := range boxInError.FindAllStringSubmatch(err.Error(), -1) {
 		if f.logged(id[1]) {
 			return true
 		}
