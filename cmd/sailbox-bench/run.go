@@ -40,6 +40,7 @@ type options struct {
 	netConns       int
 	densityForks   int    // children of one running box (-rows density)
 	vmmBinary      string // the sailbox-vmm each density child runs in
+	counters       bool   // KVM's counters are read around the execs (kvmstats.go)
 }
 
 // rowGroups are -rows' groups, in the order they run.
@@ -215,6 +216,11 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 	if o.gokvm == "" {
 		res.note("gokvm rows skipped: no -gokvm (build/gokvm.sh builds it; make bench passes it)")
 	}
+	if err := openKVMCounters(); err != nil {
+		res.note("KVM counter rows skipped: %v", err)
+	} else {
+		o.counters = true
+	}
 	gokvm := newGokvmRuns()
 	for i := 0; i < o.runs; i++ {
 		var sb sailboxBoot
@@ -229,6 +235,7 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", sb.boot)
 		res.durations("exec.sailbox", "boot", "exec round trip (true), sailbox", sb.execs...)
 		res.durations("health.sailbox", "boot", "agent health round trip (no process), sailbox", sb.healths...)
+		res.recordCounters(stderr, i, sb.agentTimes, "sailbox")
 		if o.qemu != "" {
 			q, err := benchQEMU(ctx, o, uint32(100+i))
 			if err != nil {
@@ -239,6 +246,7 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 				res.durations("boot.qemu", "boot", "boot to agent ready, qemu", q.boot)
 				res.durations("exec.qemu", "boot", "exec round trip (true), qemu", q.execs...)
 				res.durations("health.qemu", "boot", "agent health round trip (no process), qemu", q.healths...)
+				res.recordCounters(stderr, i, q, "qemu")
 			}
 		}
 		if o.gokvm != "" {
@@ -272,6 +280,11 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		fmt.Fprintf(stdout, "  sailbox boot / qemu boot               %.3f\n", res.ratio("boot.sailbox/boot.qemu", "sailbox boot / qemu boot", "boot.sailbox", "boot.qemu"))
 		fmt.Fprintf(stdout, "  sailbox exec RTT / qemu exec RTT       %.3f\n", res.ratio("exec.sailbox/exec.qemu", "sailbox exec RTT / qemu exec RTT", "exec.sailbox", "exec.qemu"))
 		fmt.Fprintf(stdout, "  sailbox health RTT / qemu health RTT   %.3f\n", res.ratio("health.sailbox/health.qemu", "sailbox health RTT / qemu health RTT", "health.sailbox", "health.qemu"))
+		for _, call := range []string{"exec", "health"} {
+			if _, ok := res.p50("kvm.exits." + call + ".sailbox"); ok {
+				fmt.Fprintf(stdout, "  sailbox / qemu KVM exits per %-6s    %.3f\n", call, res.ratio("kvm.exits."+call+".sailbox/kvm.exits."+call+".qemu", "sailbox / qemu KVM exits per "+call+" call", "kvm.exits."+call+".sailbox", "kvm.exits."+call+".qemu"))
+			}
+		}
 	}
 	for _, b := range consoleBoots {
 		if _, ok := res.p50(b.rows + ".gokvm"); ok {
@@ -298,6 +311,9 @@ type sailboxBoot struct {
 type agentTimes struct {
 	boot           time.Duration
 	execs, healths []time.Duration
+	// KVM's counters per exec and per health call (kvmstats.go); nil
+	// where they could not be read.
+	execCounters, healthCounters map[string]float64
 }
 
 // benchSailbox boots one VM, waits for its agent and times exec round trips.
@@ -323,7 +339,7 @@ func benchSailbox(ctx context.Context, sys *kvm.System, o options) (sailboxBoot,
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { m.Stop(); <-done }()
 	c := guestagent.NewHybridClient(uds)
-	sb.agentTimes, err = measure(ctx, c, start, o, done)
+	sb.agentTimes, err = measure(ctx, c, start, o, os.Getpid(), done)
 	if at, ok := console.seenAt(); ok {
 		sb.init = at.Sub(start)
 	}
@@ -344,7 +360,7 @@ func benchQEMU(ctx context.Context, o options, cid uint32) (agentTimes, error) {
 	go func() { cmd.Wait(); close(done) }()
 	defer func() { cmd.Process.Kill(); <-done }()
 	c := &guestagent.Client{Dial: func(ctx context.Context) (net.Conn, error) { return dialVsock(ctx, cid) }}
-	t, err := measure(ctx, c, start, o, done)
+	t, err := measure(ctx, c, start, o, cmd.Process.Pid, done)
 	if err != nil {
 		select {
 		case <-done:
@@ -373,8 +389,9 @@ func dialVsock(ctx context.Context, cid uint32) (net.Conn, error) {
 }
 
 // measure waits for the agent to be healthy, then times o.execs execs,
-// then o.execs health calls.
-func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, exited <-chan struct{}) (agentTimes, error) {
+// then o.execs health calls, and reads the KVM counters of process pid's
+// VM around each series when o.counters.
+func measure(ctx context.Context, c *guestagent.Client, start time.Time, o options, pid int, exited <-chan struct{}) (agentTimes, error) {
 	var t agentTimes
 	waitCtx, cancel := context.WithTimeout(ctx, o.timeout)
 	_, err := c.WaitHealthy(waitCtx, 5*time.Millisecond, exited)
@@ -383,6 +400,23 @@ func measure(ctx context.Context, c *guestagent.Client, start time.Time, o optio
 		return t, brokenBoot{err}
 	}
 	t.boot = time.Since(start)
+	counters := func() kvmCounters {
+		if !o.counters {
+			return nil
+		}
+		c, err := readKVMCounters(kvmDebugfs, threadOf(pid))
+		if err != nil {
+			return nil // the row then misses this boot; the run notes why once (openKVMCounters)
+		}
+		return c
+	}
+	delta := func(a, b kvmCounters) map[string]float64 {
+		if a == nil || b == nil {
+			return nil
+		}
+		return perCall(a, b, o.execs)
+	}
+	c0 := counters()
 	for range o.execs {
 		t0 := time.Now()
 		ectx, cancel := context.WithTimeout(ctx, time.Minute) // a hang detector, not a measure
@@ -393,6 +427,7 @@ func measure(ctx context.Context, c *guestagent.Client, start time.Time, o optio
 		}
 		t.execs = append(t.execs, time.Since(t0))
 	}
+	c1 := counters()
 	for range o.execs {
 		t0 := time.Now()
 		hctx, cancel := context.WithTimeout(ctx, time.Minute) // a hang detector, not a measure
@@ -403,5 +438,6 @@ func measure(ctx context.Context, c *guestagent.Client, start time.Time, o optio
 		}
 		t.healths = append(t.healths, time.Since(t0))
 	}
+	t.execCounters, t.healthCounters = delta(c0, c1), delta(c1, counters())
 	return t, nil
 }
