@@ -375,9 +375,24 @@ func TestMMIOInterrupts(t *testing.T) {
 	if got := d.Read32(vt.RegInterruptStatus); got != vt.InterruptUsedBuffer {
 		t.Errorf("InterruptStatus = %#x, want used buffer", got)
 	}
+	// Asserted until acknowledged: a second notification before the
+	// driver's ACK raises nothing more (its handler will see both).
+	if err := dev.signal(); err != nil {
+		t.Fatal(err)
+	}
+	if d.IRQ.Count() != 1 {
+		t.Errorf("%d interrupts after a second signal before the ACK, want still 1", d.IRQ.Count())
+	}
 	d.Write32(vt.RegInterruptACK, vt.InterruptUsedBuffer)
 	if got := d.Read32(vt.RegInterruptStatus); got != 0 {
 		t.Errorf("InterruptStatus after ACK = %#x", got)
+	}
+	// After the ACK the next notification is a new interrupt.
+	if err := dev.signal(); err != nil {
+		t.Fatal(err)
+	}
+	if d.IRQ.Count() != 2 {
+		t.Errorf("%d interrupts after a signal following the ACK, want 2", d.IRQ.Count())
 	}
 	// A reset clears a pending status.
 	dev.signal()
