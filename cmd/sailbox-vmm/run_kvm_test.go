@@ -207,7 +207,9 @@ func TestKVMSeccompFilter(t *testing.T) {
 	base := filepath.Join(dir, "base.ext4")
 	kvmtest.Ext4Image(t, base, 32<<20)
 	booted := startChildVMM(t, filepath.Join(dir, "booted"), "-store", store, "-disk", base+",layered,id=vda")
-	booted.waitAgent(ctx, t)
+	if vcpus, err := booted.waitAgent(ctx); err != nil {
+		t.Fatalf("%s: agent not ready: %v; vCPUs:\n%s", booted.name, err, vcpus)
+	}
 	requireFiltered(t, booted.cmd.Process.Pid)
 	if out, _, code, err := booted.agent.Run(ctx, "sh", "-c", "echo -n kept > /tmp/kept; sync"); err != nil || code != 0 {
 		t.Fatalf("exec: %q, %d, %v", out, code, err)
