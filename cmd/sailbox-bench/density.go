@@ -275,7 +275,7 @@ func startChild(ctx context.Context, o options, store, dir, id string) (*density
 			vcpus = "(its vCPUs: " + derr.Error() + ")"
 		}
 		_, err = fail(fmt.Errorf("first exec: exit %d, %v; its vCPUs:\n%s", code, err, vcpus))
-		if strings.Contains(vcpus, "rip is the host's ") {
+		if strings.Contains(vcpus, vmm.HostRIP) {
 			return nil, brokenBoot{err}
 		}
 		return nil, err

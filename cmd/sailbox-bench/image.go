@@ -97,6 +97,20 @@ func (b *boxRun) fail(err error) error {
 	return b.console.wrap(err)
 }
 
+// unanswered fails a call the guest did not answer, describing where its
+// vCPUs are, which says whose fault it is: a vCPU the lab's emulated SVM
+// left at an address of the lab's kernel is the lab's (a broken boot: the
+// sample is taken again, said in the results, as density.go's children
+// are); anything else ends the run, with the description to find it by.
+func (b *boxRun) unanswered(err error) error {
+	vcpus := b.m.DescribeVCPUs()
+	err = fmt.Errorf("%w; its vCPUs:\n%s", err, vcpus)
+	if strings.Contains(vcpus, vmm.HostRIP) {
+		err = brokenBoot{err}
+	}
+	return b.fail(err)
+}
+
 // boot boots a new machine, on a new top over the image if withImage
 // (else on the initramfs alone, as the first rows do), and waits for its
 // agent. With firstExec it also runs `true`, the first exec.
@@ -190,14 +204,14 @@ func (ib *imageBench) await(ctx context.Context, m *vmm.Machine, uds string, con
 			_, err = b.agent.Restored(wctx, args)
 		}
 		if err != nil {
-			return nil, b.fail(fmt.Errorf("fork identity: %w", err))
+			return nil, b.unanswered(fmt.Errorf("fork identity: %w", err))
 		}
 		p.identity = time.Since(t)
 	}
 	if firstExec {
 		t = time.Now()
 		if err := guestRun(wctx, b.agent, argv...); err != nil {
-			return nil, b.fail(fmt.Errorf("first exec: %w", err))
+			return nil, b.unanswered(fmt.Errorf("first exec: %w", err))
 		}
 		p.exec = time.Since(t)
 	}

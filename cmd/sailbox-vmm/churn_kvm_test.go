@@ -15,6 +15,7 @@ import (
 	"github.com/sailbox-dev/sailbox/api/vmmapi"
 	"github.com/sailbox-dev/sailbox/guestagent"
 	"github.com/sailbox-dev/sailbox/internal/kvmtest"
+	"github.com/sailbox-dev/sailbox/vmm"
 )
 
 // VMs come and go as they do on a busy host: three sailbox-vmm processes
@@ -116,13 +117,8 @@ func startChildVMM(t *testing.T, dir string, extra ...string) *childVMM {
 // answers.
 const bootAttempts = 3
 
-// labSign is how DescribeVCPUs shows a vCPU stuck at an address of the
-// lab's kernel: the lab's emulated SVM broke the guest (see README; the
-// runner's labFaultSigns and sailboxd's labFaults tell it the same way).
-const labSign = "rip is the host's "
-
 // answering returns v once its agent answers. In the lab only, a VM whose
-// guest the lab broke while it booted (labSign) is killed and another,
+// guest the lab broke while it booted (vmm.HostRIP) is killed and another,
 // with the same flags, boots in its place, each counted in the log, up to
 // bootAttempts in all: a test that boots VMs over and over meets that in
 // many lab runs. Any other failure, and the sign on a host's real KVM,
@@ -134,7 +130,7 @@ func (v *childVMM) answering(ctx context.Context, t *testing.T) *childVMM {
 		if err == nil {
 			return v
 		}
-		if !kvmtest.InLab() || !strings.Contains(vcpus, labSign) || attempt == bootAttempts {
+		if !kvmtest.InLab() || !strings.Contains(vcpus, vmm.HostRIP) || attempt == bootAttempts {
 			t.Fatalf("%s: agent not ready: %v; vCPUs:\n%s", v.name, err, vcpus)
 		}
 		t.Logf("%s: the lab broke its guest while it booted (boot %d of at most %d); booting another in its place. vCPUs:\n%s", v.name, attempt, bootAttempts, vcpus)
