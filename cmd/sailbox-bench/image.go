@@ -97,12 +97,19 @@ func (b *boxRun) fail(err error) error {
 	return b.console.wrap(err)
 }
 
-// unanswered fails a call the guest did not answer, describing where its
-// vCPUs are, which says whose fault it is: a vCPU the lab's emulated SVM
+// unanswered fails a call the guest did not answer. A guest that stopped
+// (the lab's triple fault ends its machine) is a broken boot, as it is
+// before its agent first answers; a running one's vCPUs are described,
+// which says whose fault it is: a vCPU the lab's emulated SVM
 // left at an address of the lab's kernel is the lab's (a broken boot: the
 // sample is taken again, said in the results, as density.go's children
 // are); anything else ends the run, with the description to find it by.
 func (b *boxRun) unanswered(err error) error {
+	select {
+	case <-b.done: // as WaitHealthy's, a guest that stopped is a broken boot
+		return b.fail(brokenBoot{fmt.Errorf("%w; the guest stopped", err)})
+	default:
+	}
 	vcpus := b.m.DescribeVCPUs()
 	err = fmt.Errorf("%w; its vCPUs:\n%s", err, vcpus)
 	if strings.Contains(vcpus, vmm.HostRIP) {
@@ -192,6 +199,13 @@ func (ib *imageBench) await(ctx context.Context, m *vmm.Machine, uds string, con
 	go func() { m.Run(ctx); close(b.done) }()
 	wctx, cancel := context.WithTimeout(ctx, ib.o.timeout)
 	defer cancel()
+	go func() { // a guest that stops answers nothing more: no call waits out -timeout for it
+		select {
+		case <-b.done:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
 	t := time.Now()
 	if _, err := b.agent.WaitHealthy(wctx, 2*time.Millisecond, b.done); err != nil {
 		return nil, b.fail(brokenBoot{fmt.Errorf("agent: %w", err)})
