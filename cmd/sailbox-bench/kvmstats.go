@@ -17,7 +17,8 @@ import (
 // machine's load; how many times the guest left KVM for one call does
 // not, and it is the same counter for both peers: the lab kernel's KVM
 // stats in debugfs (what kvm_stat reads), one directory per VM named
-// <pid>-<vm fd>, each counter there summed over the VM's vCPUs.
+// <creating thread>-<vm fd>, each counter there summed over the VM's
+// vCPUs.
 
 // kvmDebugfs is where the host kernel's KVM keeps its per-VM counters.
 const kvmDebugfs = "/sys/kernel/debug/kvm"
@@ -27,7 +28,7 @@ const kvmDebugfs = "/sys/kernel/debug/kvm"
 // timer, CPUID, NPT faults).
 var counterKinds = []struct{ name, label string }{
 	{"exits", "exits from the guest to KVM"},
-	{"insn_emulation", "instructions KVM emulated (MMIO: the APIC, IOAPIC, virtio registers)"},
+	{"insn_emulation", "instructions KVM emulated (MMIO; in the lab, without next-RIP save, every intercepted one)"},
 	{"irq_injections", "interrupts injected"},
 	{"userspace_exits", "exits handled by the VMM's own process (mmio_exits + io_exits)"},
 }
