@@ -97,6 +97,10 @@ func (b *boxRun) fail(err error) error {
 	return b.console.wrap(err)
 }
 
+// stopGrace is how long unanswered waits for a guest to be seen stopped:
+// a machine that stops closes its connections before its Run returns.
+const stopGrace = time.Second
+
 // unanswered fails a call the guest did not answer. A guest that stopped
 // (the lab's triple fault ends its machine) is a broken boot, as it is
 // before its agent first answers; a running one's vCPUs are described,
@@ -108,7 +112,7 @@ func (b *boxRun) unanswered(err error) error {
 	select {
 	case <-b.done: // as WaitHealthy's, a guest that stopped is a broken boot
 		return b.fail(brokenBoot{fmt.Errorf("%w; the guest stopped", err)})
-	default:
+	case <-time.After(stopGrace):
 	}
 	vcpus := b.m.DescribeVCPUs()
 	err = fmt.Errorf("%w; its vCPUs:\n%s", err, vcpus)
@@ -339,22 +343,10 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 		// The image, to the first exec; then, in the same box, the
 		// Python imports on a cold page cache, and again on a warm one:
 		// what the interpreter itself costs.
-		if b, p, err = ib.bootRetried(ctx, res, stderr, fmt.Sprintf("image cold boot %d", i), true, true); err != nil {
-			return fmt.Errorf("image cold boot %d: %w", i, err)
+		p, py, pyAgain, err := ib.coldPython(ctx, res, stderr, i, pythonArgv)
+		if err != nil {
+			return err
 		}
-		t := time.Now()
-		if err := guestRun(ctx, b.agent, pythonArgv...); err != nil {
-			return fmt.Errorf("image cold boot %d: %w", i, b.fail(err))
-		}
-		py := time.Since(t)
-		t = time.Now()
-		if err := guestRun(ctx, b.agent, pythonArgv...); err != nil {
-			return fmt.Errorf("image cold boot %d: again: %w", i, b.fail(err))
-		}
-		pyAgain := time.Since(t)
-		b.stop()
-		fmt.Fprintf(stderr, "image cold boot %d: first exec after %v (%v); then python3 imports %v, again %v\n",
-			i, p.total().Round(time.Millisecond), p, py.Round(time.Millisecond), pyAgain.Round(time.Millisecond))
 		imageReady, coldExec = append(imageReady, p.start+p.healthy), append(coldExec, p.total())
 		coldPython, againPython = append(coldPython, py), append(againPython, pyAgain)
 
@@ -403,6 +395,39 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 	return nil
 }
 
+// coldPython is round i's cold boot of the image to its first exec, then
+// argv (python3's imports) twice in that box: on a cold page cache, then
+// on a warm one. A box the lab breaks during any of the three is a broken
+// boot, and the whole sample is taken again.
+func (ib *imageBench) coldPython(ctx context.Context, res *Results, stderr io.Writer, i int, argv []string) (p phases, py, again time.Duration, err error) {
+	what := fmt.Sprintf("image cold boot %d", i)
+	err = res.retryBoot(stderr, what, func() error {
+		b, bp, err := ib.boot(ctx, true, true)
+		if err != nil {
+			return err
+		}
+		p = bp
+		t := time.Now()
+		if err := guestRun(ctx, b.agent, argv...); err != nil {
+			return b.unanswered(err)
+		}
+		py = time.Since(t)
+		t = time.Now()
+		if err := guestRun(ctx, b.agent, argv...); err != nil {
+			return b.unanswered(fmt.Errorf("again: %w", err))
+		}
+		again = time.Since(t)
+		b.stop()
+		return nil
+	})
+	if err != nil {
+		return p, 0, 0, fmt.Errorf("%s: %w", what, err)
+	}
+	fmt.Fprintf(stderr, "%s: first exec after %v (%v); then python3 imports %v, again %v\n",
+		what, p.total().Round(time.Millisecond), p, py.Round(time.Millisecond), again.Round(time.Millisecond))
+	return p, py, again, nil
+}
+
 // forkKind is one kind of fork and what its forks measured: checkpoint(a)
 // is the checkpoint of its fork attempt a, taken by it if need be (tookCkpt > 0
 // then, counted in the fork's time); argv is the first exec; check, if
@@ -438,22 +463,22 @@ func (ib *imageBench) fork(ctx context.Context, res *Results, stderr io.Writer, 
 		if b, p, err = ib.restoreFork(ctx, id, withWS, f.argv...); err != nil {
 			return fmt.Errorf("from checkpoint %s: %w", id, err)
 		}
+		if i == 0 {
+			if _, err := b.m.SaveWorkingSet(); err != nil {
+				return b.fail(err)
+			}
+		}
+		if f.check != nil {
+			if err := f.check(b); err != nil {
+				return b.unanswered(err)
+			}
+		}
+		b.stop()
 		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("%s %d: %w", f.what, i, err)
 	}
-	if i == 0 {
-		if _, err := b.m.SaveWorkingSet(); err != nil {
-			return fmt.Errorf("%s %d: %w", f.what, i, b.fail(err))
-		}
-	}
-	if f.check != nil {
-		if err := f.check(b); err != nil {
-			return fmt.Errorf("%s %d: %w", f.what, i, b.fail(err))
-		}
-	}
-	b.stop()
 	total := tCkpt + p.total()
 	if withWS {
 		f.warm = append(f.warm, total)
