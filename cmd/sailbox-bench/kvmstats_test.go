@@ -58,10 +58,10 @@ func TestThreadOf(t *testing.T) {
 }
 
 func TestPerCallCounters(t *testing.T) {
-	a := kvmCounters{"exits": 1000, "insn_emulation": 10, "irq_injections": 0, "userspace_exits": 5}
-	b := kvmCounters{"exits": 3000, "insn_emulation": 410, "irq_injections": 60, "userspace_exits": 45}
+	a := kvmCounters{"exits": 1000, "insn_emulation": 10, "irq_injections": 0, "userspace_exits": 5, "halt_exits": 7, "irq_exits": 1}
+	b := kvmCounters{"exits": 3000, "insn_emulation": 410, "irq_injections": 60, "userspace_exits": 45, "halt_exits": 207, "irq_exits": 21}
 	got := perCall(a, b, 20)
-	want := map[string]float64{"exits": 100, "insn_emulation": 20, "irq_injections": 3, "userspace_exits": 2}
+	want := map[string]float64{"exits": 100, "insn_emulation": 20, "irq_injections": 3, "userspace_exits": 2, "halt_exits": 10, "irq_exits": 1}
 	for k, v := range want {
 		if got[k] != v {
 			t.Errorf("%s per call: %v, want %v", k, got[k], v)
