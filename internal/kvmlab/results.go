@@ -190,6 +190,9 @@ func (r *Result) tally(status, name string) {
 	}
 }
 
+// settled is how many tests ran to an end in r, whatever the end.
+func (r *Result) settled() int { return len(r.Passed) + len(r.Failed) + len(r.Skipped) }
+
 // giveUpCutShort records the test the crash cut short as failed, so that
 // the rerun of its step leaves it out (see settledIn).
 func (r *Result) giveUpCutShort() {

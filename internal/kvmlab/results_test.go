@@ -245,7 +245,8 @@ func feed(r *Result, lines ...string) {
 	}
 }
 
-// A crash reruns what is left, up to maxCrashReruns times. A test cut
+// A crash reruns what is left, up to maxCrashReruns times, and ends the
+// run after maxIdleCrashes labs in a row settled no test. A test cut
 // short by maxCutShort crashes in a row (maxCutShortKnown if each showed
 // a known lab fault) may be what breaks the lab: it fails, and the rest
 // runs without it.
@@ -257,34 +258,43 @@ func TestAfterCrash(t *testing.T) {
 		return r
 	}
 	boot := crashed() // died while booting: nothing ran
-	if a, why := afterCrash(boot, 0, true, 0); a != crashRerun || why != "" || boot.cutShort() != "" {
+	if a, why := afterCrash(boot, 0, true, 0, 1); a != crashRerun || why != "" || boot.cutShort() != "" {
 		t.Errorf("a crash at boot: %v (%q), cut short %q", a, why, boot.cutShort())
 	}
 	mid := crashed("=== RUN   TestKVMA", "--- PASS: TestKVMA (1.00s)", "=== RUN   TestKVMB", "=== RUN   TestKVMB/sub")
 	if got := mid.cutShort(); got != "step 0 TestKVMB" {
 		t.Fatalf("cut short %q", got)
 	}
-	if a, _ := afterCrash(mid, 1, false, 0); a != crashRerun {
+	if a, _ := afterCrash(mid, 1, false, 0, 0); a != crashRerun {
 		t.Error("a first crash in a test is not rerun")
 	}
-	if a, why := afterCrash(mid, maxCutShort, false, 1); a != crashGiveUp || !strings.Contains(why, "TestKVMB") {
+	if a, why := afterCrash(mid, maxCutShort, false, 1, 0); a != crashGiveUp || !strings.Contains(why, "TestKVMB") {
 		t.Errorf("the same test cut short %d times by unknown crashes: %v (%q)", maxCutShort, a, why)
 	}
-	if a, _ := afterCrash(mid, maxCutShort, true, 1); a != crashRerun {
+	if a, _ := afterCrash(mid, maxCutShort, true, 1, 0); a != crashRerun {
 		t.Errorf("the same test cut short %d times by known lab faults: %v", maxCutShort, a)
 	}
-	if a, why := afterCrash(mid, maxCutShortKnown, true, 2); a != crashGiveUp || !strings.Contains(why, "3 lab crashes in a row") {
+	if a, why := afterCrash(mid, maxCutShortKnown, true, 2, 0); a != crashGiveUp || !strings.Contains(why, "3 lab crashes in a row") {
 		t.Errorf("the same test cut short %d times by known lab faults: %v (%q)", maxCutShortKnown, a, why)
 	}
-	if a, why := afterCrash(mid, 1, true, maxCrashReruns); a != crashStop || !strings.Contains(why, "no more reruns") {
+	if a, why := afterCrash(mid, 1, true, maxCrashReruns, 0); a != crashStop || !strings.Contains(why, "no more reruns") {
 		t.Errorf("after %d reruns: %v (%q)", maxCrashReruns, a, why)
+	}
+	if a, _ := afterCrash(mid, 1, true, maxCrashReruns-1, 0); a != crashRerun {
+		t.Errorf("after %d reruns, each lab settling a test: %v", maxCrashReruns-1, a)
+	}
+	if a, why := afterCrash(boot, 0, true, 2, maxIdleCrashes); a != crashStop || !strings.Contains(why, "before settling a test") {
+		t.Errorf("after %d labs in a row that settled nothing: %v (%q)", maxIdleCrashes, a, why)
+	}
+	if boot.settled() != 0 || mid.settled() != 1 {
+		t.Errorf("settled: %d at boot, %d mid-run; want 0 and 1", boot.settled(), mid.settled())
 	}
 	between := crashed("=== RUN   TestKVMA", "--- FAIL: TestKVMA (1.00s)")
 	if got := between.cutShort(); got != "" {
 		t.Errorf("a crash between tests cut short %q", got)
 	}
 	ran := crashed(stepMarker(0, 0), stepMarker(1, 0))
-	if a, _ := afterCrash(ran, 0, true, 0); a != crashStop {
+	if a, _ := afterCrash(ran, 0, true, 0, 0); a != crashStop {
 		t.Error("a lab that crashed after its last step is rerun")
 	}
 

@@ -188,9 +188,18 @@ func withFlag(args []string, flag, value string) []string {
 
 // maxCrashReruns bounds how many fresh labs run what crashed labs left.
 // On a busy CI machine the lab's emulated SVM has crashed three labs in
-// one 22-minute kvm tier (at 15m39s, 4m57s and 6s of their uptime), so
-// the bound leaves room for that.
-const maxCrashReruns = 5
+// one 22-minute kvm tier (at 15m39s, 4m57s and 6s of their uptime), and
+// on a faster one five in one 35-minute kvm tier (each lab finishing
+// tests before it crashed: the fifth rerun completed it), so the bound
+// leaves room for that; maxIdleCrashes stops sooner a run whose labs
+// get nowhere.
+const maxCrashReruns = 8
+
+// maxIdleCrashes: this many labs in a row that crashed before any test
+// in them passed or failed end the run. Each lab that does settle a test
+// brings the run closer to its end, so reruns for those are bounded by
+// the tests left; labs that settle none are not.
+const maxIdleCrashes = 3
 
 // A test that lab crashes cut short this many times in a row is given up
 // on (see afterCrash): maxCutShortKnown times when every one of those
@@ -216,12 +225,13 @@ const (
 // afterCrash decides what follows the crashed run res, given how many
 // crashes in a row (this one included) cut short the test this one did
 // (streak; 0 if it cut none short), whether each of them showed a known
-// lab fault (known), and the reruns made so far. A crash says nothing
+// lab fault (known), the reruns made so far, and how many labs in a row
+// (this one included) crashed without settling a test (idle). A crash says nothing
 // about the test it cut short, unless it keeps happening in that test:
 // then that test may be what breaks the lab (a guest driving the emulated
 // SVM somewhere it always fails), and running it again would only hide
 // that, so it fails, naming the crashes, and the rest runs without it.
-func afterCrash(res *Result, streak int, known bool, reruns int) (crashAction, string) {
+func afterCrash(res *Result, streak int, known bool, reruns, idle int) (crashAction, string) {
 	limit := maxCutShort
 	if known {
 		limit = maxCutShortKnown
@@ -231,6 +241,8 @@ func afterCrash(res *Result, streak int, known bool, reruns int) (crashAction, s
 		return crashStop, ""
 	case reruns >= maxCrashReruns:
 		return crashStop, fmt.Sprintf("%d lab crashes in one run; no more reruns", reruns+1)
+	case idle >= maxIdleCrashes:
+		return crashStop, fmt.Sprintf("%d labs in a row crashed before settling a test; no more reruns", idle)
 	case cut != "" && streak >= limit:
 		return crashGiveUp, fmt.Sprintf("%s was running at %d lab crashes in a row; it fails and is not run again", cut, streak)
 	}
@@ -241,6 +253,10 @@ func afterCrash(res *Result, streak int, known bool, reruns int) (crashAction, s
 // crashed lab did not finish, without the tests that passed in them.
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
 	prev, streak, known := "", 0, true
+	idle := 0
+	if res.settled() == 0 {
+		idle = 1
+	}
 	for reruns := 0; ; reruns++ {
 		if cut := res.cutShort(); cut == "" || cut != prev {
 			prev, streak, known = cut, 0, true
@@ -249,7 +265,7 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 			streak++
 			known = known && res.knownCrash()
 		}
-		action, why := afterCrash(res, streak, known, reruns)
+		action, why := afterCrash(res, streak, known, reruns, idle)
 		if why != "" {
 			res.LabError += "; " + why
 		}
@@ -285,6 +301,11 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		again, err := lab.Run(ctx, rerun)
 		if err != nil {
 			return nil, err
+		}
+		if again.settled() == 0 {
+			idle++
+		} else {
+			idle = 0
 		}
 		res = res.mergeRerun(steps, again)
 	}
