@@ -236,6 +236,22 @@ func (ib *imageBench) await(ctx context.Context, m *vmm.Machine, uds string, con
 	return b, nil
 }
 
+// run runs argv in b's guest (guestRun) within timeout, and ends the call
+// when the guest stops: a guest the lab broke answers nothing, and no call
+// may wait for it longer than a boot may take to answer.
+func (b *boxRun) run(ctx context.Context, timeout time.Duration, argv ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-b.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return guestRun(ctx, b.agent, argv...)
+}
+
 // guestRun runs argv in the guest and fails unless it exits 0.
 func guestRun(ctx context.Context, agent *guestagent.Client, argv ...string) error {
 	_, errOut, code, err := agent.Run(ctx, argv...)
@@ -305,7 +321,7 @@ func benchImage(ctx context.Context, sys *kvm.System, o options, res *Results, s
 	warm := fmt.Sprintf(`setsid -f python3 -c '%s; import os, time; open("/tmp/warm.tmp", "w").write(str(os.getpid())); os.rename("/tmp/warm.tmp", "/tmp/warm.pid"); time.sleep(1e6)' </dev/null >/dev/null 2>&1
 for i in $(seq 3000); do [ -e /tmp/warm.pid ] && exit 0; sleep 0.1; done
 echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
-	if err := guestRun(ctx, parent.agent, "sh", "-c", warm); err != nil {
+	if err := parent.run(ctx, ib.o.timeout+300*time.Second, "sh", "-c", warm); err != nil {
 		return fmt.Errorf("python parent: start the warm python3: %w", parent.console.wrap(err))
 	}
 	// Its first checkpoint is full (every page the guest touched); the
@@ -323,7 +339,7 @@ echo "python3 wrote no /tmp/warm.pid in 300 s" >&2; exit 1`, pythonImports)
 		},
 		argv: pythonArgv,
 		check: func(b *boxRun) error {
-			if err := guestRun(ctx, b.agent, "sh", "-c", `kill -0 "$(cat /tmp/warm.pid)"`); err != nil {
+			if err := b.run(ctx, ib.o.timeout, "sh", "-c", `kill -0 "$(cat /tmp/warm.pid)"`); err != nil {
 				return fmt.Errorf("the warm python3 is not running in the fork: %w", err)
 			}
 			return nil
@@ -408,12 +424,12 @@ func (ib *imageBench) coldPython(ctx context.Context, res *Results, stderr io.Wr
 		}
 		p = bp
 		t := time.Now()
-		if err := guestRun(ctx, b.agent, argv...); err != nil {
+		if err := b.run(ctx, ib.o.timeout, argv...); err != nil {
 			return b.unanswered(err)
 		}
 		py = time.Since(t)
 		t = time.Now()
-		if err := guestRun(ctx, b.agent, argv...); err != nil {
+		if err := b.run(ctx, ib.o.timeout, argv...); err != nil {
 			return b.unanswered(fmt.Errorf("again: %w", err))
 		}
 		again = time.Since(t)
