@@ -201,15 +201,8 @@ func (ib *imageBench) restoreFork(ctx context.Context, id string, withWorkingSet
 func (ib *imageBench) await(ctx context.Context, m *vmm.Machine, uds string, console *tailBuffer, forkName string, firstExec bool, p *phases, argv ...string) (*boxRun, error) {
 	b := &boxRun{m: m, agent: guestagent.NewHybridClient(uds), done: make(chan struct{}), console: console}
 	go func() { m.Run(ctx); close(b.done) }()
-	wctx, cancel := context.WithTimeout(ctx, ib.o.timeout)
+	wctx, cancel := b.calls(ctx, ib.o.timeout)
 	defer cancel()
-	go func() { // a guest that stops answers nothing more: no call waits out -timeout for it
-		select {
-		case <-b.done:
-			cancel()
-		case <-wctx.Done():
-		}
-	}()
 	t := time.Now()
 	if _, err := b.agent.WaitHealthy(wctx, 2*time.Millisecond, b.done); err != nil {
 		return nil, b.fail(brokenBoot{fmt.Errorf("agent: %w", err)})
@@ -236,12 +229,11 @@ func (ib *imageBench) await(ctx context.Context, m *vmm.Machine, uds string, con
 	return b, nil
 }
 
-// run runs argv in b's guest (guestRun) within timeout, and ends the call
-// when the guest stops: a guest the lab broke answers nothing, and no call
-// may wait for it longer than a boot may take to answer.
-func (b *boxRun) run(ctx context.Context, timeout time.Duration, argv ...string) error {
+// calls is a context for calls to b's guest: it ends after timeout, or
+// when the guest stops. A guest the lab broke answers nothing more, and
+// no call may wait for it longer than a boot may take to answer.
+func (b *boxRun) calls(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
 	go func() {
 		select {
 		case <-b.done:
@@ -249,6 +241,14 @@ func (b *boxRun) run(ctx context.Context, timeout time.Duration, argv ...string)
 		case <-ctx.Done():
 		}
 	}()
+	return ctx, cancel
+}
+
+// run runs argv in b's guest (guestRun) within timeout, or until the
+// guest stops.
+func (b *boxRun) run(ctx context.Context, timeout time.Duration, argv ...string) error {
+	ctx, cancel := b.calls(ctx, timeout)
+	defer cancel()
 	return guestRun(ctx, b.agent, argv...)
 }
 
