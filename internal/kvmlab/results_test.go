@@ -289,6 +289,26 @@ func TestAfterCrash(t *testing.T) {
 	if boot.settled() != 0 || mid.settled() != 1 {
 		t.Errorf("settled: %d at boot, %d mid-run; want 0 and 1", boot.settled(), mid.settled())
 	}
+	var run idleCrashes // kvmlab run: a step with no tests
+	for range maxIdleCrashes + 1 {
+		if n := run.add(boot); n != 0 {
+			t.Fatalf("a run with no tests counted %d idle crashes", n)
+		}
+	}
+	var tests idleCrashes
+	cutMid := crashed("=== RUN   TestKVMB")
+	if n := tests.add(boot); n != 0 {
+		t.Errorf("a crash at boot, no test seen yet: %d idle", n)
+	}
+	if n := tests.add(cutMid); n != 1 {
+		t.Errorf("a crash in a test, none settled: %d idle, want 1", n)
+	}
+	if n := tests.add(boot); n != 2 {
+		t.Errorf("then a crash at boot: %d idle, want 2", n)
+	}
+	if n := tests.add(mid); n != 0 {
+		t.Errorf("a lab that settled a test: %d idle, want 0", n)
+	}
 	between := crashed("=== RUN   TestKVMA", "--- FAIL: TestKVMA (1.00s)")
 	if got := between.cutShort(); got != "" {
 		t.Errorf("a crash between tests cut short %q", got)

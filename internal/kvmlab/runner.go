@@ -196,10 +196,30 @@ func withFlag(args []string, flag, value string) []string {
 const maxCrashReruns = 8
 
 // maxIdleCrashes: this many labs in a row that crashed before any test
-// in them passed or failed end the run. Each lab that does settle a test
+// in them passed or failed end a run of tests (idleCrashes). Each lab that does settle a test
 // brings the run closer to its end, so reruns for those are bounded by
 // the tests left; labs that settle none are not.
 const maxIdleCrashes = 3
+
+// idleCrashes counts the crashed labs in a row that settled no test, once
+// the run has shown that it runs tests: the one step of `kvmlab run` (the
+// bench, the demo) settles none, and only maxCrashReruns bounds its reruns.
+type idleCrashes struct {
+	n     int
+	tests bool // some lab of the run started or settled a test
+}
+
+// add counts the crashed lab whose result is lab and returns the count.
+func (c *idleCrashes) add(lab *Result) int {
+	c.tests = c.tests || lab.settled() > 0 || lab.running != ""
+	switch {
+	case lab.settled() > 0:
+		c.n = 0
+	case c.tests:
+		c.n++
+	}
+	return c.n
+}
 
 // A test that lab crashes cut short this many times in a row is given up
 // on (see afterCrash): maxCutShortKnown times when every one of those
@@ -253,10 +273,8 @@ func afterCrash(res *Result, streak int, known bool, reruns, idle int) (crashAct
 // crashed lab did not finish, without the tests that passed in them.
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
 	prev, streak, known := "", 0, true
-	idle := 0
-	if res.settled() == 0 {
-		idle = 1
-	}
+	var idle idleCrashes
+	idleRun := idle.add(res)
 	for reruns := 0; ; reruns++ {
 		if cut := res.cutShort(); cut == "" || cut != prev {
 			prev, streak, known = cut, 0, true
@@ -265,7 +283,7 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 			streak++
 			known = known && res.knownCrash()
 		}
-		action, why := afterCrash(res, streak, known, reruns, idle)
+		action, why := afterCrash(res, streak, known, reruns, idleRun)
 		if why != "" {
 			res.LabError += "; " + why
 		}
@@ -302,11 +320,7 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		if err != nil {
 			return nil, err
 		}
-		if again.settled() == 0 {
-			idle++
-		} else {
-			idle = 0
-		}
+		idleRun = idle.add(again)
 		res = res.mergeRerun(steps, again)
 	}
 }
