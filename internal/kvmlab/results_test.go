@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sailbox-dev/sailbox/internal/kvmtest"
 )
 
 // After a lab crash in step 1 of three, steps 1 and 2 run again: the
@@ -358,5 +360,34 @@ func TestGiveUpCutShort(t *testing.T) {
 	}
 	if got := m.labFaulted(); !slices.Equal(got[0], []string{"TestKVMA"}) || len(got) != 1 {
 		t.Errorf("retested after the give-up: %v, want TestKVMA alone", got)
+	}
+}
+
+// The steps a crashed lab left run again skipping the tests that passed
+// there, and are told where every crashed lab's console is, oldest
+// first, whatever an earlier rerun told them.
+func TestRerunPlan(t *testing.T) {
+	plan := &Plan{Steps: []Step{
+		{Name: "vmm", Args: []string{"-test.run", "^TestKVM"}, Env: []string{"SAILBOX_KVM_LAB=1"}},
+		{Name: "bench", Env: []string{"SAILBOX_KVM_LAB=1", kvmtest.CrashedConsolesEnv + "=/old"}},
+	}}
+	res := newResult("lab", 2)
+	res.observe("--- PASS: TestKVMA (1.00s)")
+	res.LabError, res.Crashed = "the lab powered off (kernel panic?)", true
+	rerun, names := rerunPlan(plan, res, []int{0, 1}, []string{"/c/console-crash1.log", "/c/console-crash2.log"})
+	if !slices.Equal(names, []string{"vmm", "bench"}) || len(rerun.Steps) != 2 {
+		t.Fatalf("rerun %+v, names %v", rerun, names)
+	}
+	if got := rerun.Steps[0].Args; !slices.Equal(got, []string{"-test.run", "^TestKVM", "-test.skip", "^(TestKVMA)$"}) {
+		t.Errorf("args %v", got)
+	}
+	want := kvmtest.CrashedConsolesEnv + "=/c/console-crash1.log:/c/console-crash2.log"
+	for _, s := range rerun.Steps {
+		if !slices.Equal(s.Env, []string{"SAILBOX_KVM_LAB=1", want}) {
+			t.Errorf("%s: env %v", s.Name, s.Env)
+		}
+	}
+	if !slices.Equal(plan.Steps[1].Env, []string{"SAILBOX_KVM_LAB=1", kvmtest.CrashedConsolesEnv + "=/old"}) {
+		t.Errorf("the plan's own step changed: %v", plan.Steps[1].Env)
 	}
 }

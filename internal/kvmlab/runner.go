@@ -274,6 +274,7 @@ func afterCrash(res *Result, streak int, known bool, reruns, idle int) (crashAct
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
 	prev, streak, known := "", 0, true
 	var idle idleCrashes
+	var crashLogs []string // the crashed labs' consoles, oldest first
 	idleRun := idle.add(res)
 	for reruns := 0; ; reruns++ {
 		if cut := res.cutShort(); cut == "" || cut != prev {
@@ -300,16 +301,8 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		// reported.
 		steps := res.unfinished()
 		crashLog := keepConsole(lab, r.WorkDir, "crash")
-		rerun := &Plan{}
-		var names []string
-		for _, i := range steps {
-			s := plan.Steps[i]
-			if settled := res.settledIn(i); len(settled) > 0 {
-				s.Args = withTestSkip(s.Args, "^("+strings.Join(settled, "|")+")$")
-			}
-			rerun.Steps = append(rerun.Steps, s)
-			names = append(names, s.Name)
-		}
+		crashLogs = append(crashLogs, crashLog)
+		rerun, names := rerunPlan(plan, res, steps, crashLogs)
 		cut := ""
 		if c := res.cutShort(); c != "" {
 			cut = ", cutting short " + c
@@ -323,6 +316,33 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		idleRun = idle.add(again)
 		res = res.mergeRerun(steps, again)
 	}
+}
+
+// rerunPlan is the plan that runs plan's steps steps again after the
+// crashed run res: without the tests that passed in them, and told in
+// kvmtest.CrashedConsolesEnv where the crashed labs' consoles are
+// (crashLogs), so that a step which hands back its results as it goes
+// can resume from them. It returns the steps' names too.
+func rerunPlan(plan *Plan, res *Result, steps []int, crashLogs []string) (*Plan, []string) {
+	rerun := &Plan{}
+	var names []string
+	for _, i := range steps {
+		s := plan.Steps[i]
+		if settled := res.settledIn(i); len(settled) > 0 {
+			s.Args = withTestSkip(s.Args, "^("+strings.Join(settled, "|")+")$")
+		}
+		s.Env = withEnv(s.Env, kvmtest.CrashedConsolesEnv, strings.Join(crashLogs, string(os.PathListSeparator)))
+		rerun.Steps = append(rerun.Steps, s)
+		names = append(names, s.Name)
+	}
+	return rerun, names
+}
+
+// withEnv returns a copy of env with key set to value, replacing an
+// earlier value.
+func withEnv(env []string, key, value string) []string {
+	out := slices.DeleteFunc(slices.Clone(env), func(kv string) bool { return strings.HasPrefix(kv, key+"=") })
+	return append(out, key+"="+value)
 }
 
 // keepConsole moves the console log of the lab that just ended to the

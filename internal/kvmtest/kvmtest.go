@@ -23,6 +23,15 @@ const RequireEnv = "SAILBOX_REQUIRE_KVM"
 // On a host's real KVM the same sign is a bug.
 const LabEnv = "SAILBOX_KVM_LAB"
 
+// CrashedConsolesEnv is set in a step that the KVM lab runs again after
+// it crashed: the host paths of the crashed labs' console logs, oldest
+// first, separated by os.PathListSeparator (the host's files are shared,
+// read-only, at the same paths in the lab). Each log holds everything the
+// lab's steps printed before it crashed, the lab kernel's messages mixed
+// in, so a step that hands back its results as it goes (sailbox-bench)
+// can resume from the last it handed back.
+const CrashedConsolesEnv = "KVMLAB_CRASHED_CONSOLES"
+
 // InLab reports whether the test runs in the KVM lab.
 func InLab() bool { return os.Getenv(LabEnv) == "1" }
 
