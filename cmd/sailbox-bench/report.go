@@ -110,6 +110,9 @@ func markdown(res *Results, base string, drawn map[string]bool) string {
 		flags = append(flags, fmt.Sprintf("-%s=%s", k, res.Flags[k]))
 	}
 	fmt.Fprintf(&b, "- flags: `%s`\n", strings.Join(flags, " "))
+	if len(res.Resumed) > 0 {
+		fmt.Fprintf(&b, "- resumed: the lab crashed during the run; the %s rows were measured in a lab before the crash, the others in a fresh one (ratios between the two cross labs)\n", strings.Join(res.Resumed, ", "))
+	}
 	if res.Error != "" {
 		fmt.Fprintf(&b, "\n**The run ended early**: %s. The rows below are those measured until then.\n", res.Error)
 	}

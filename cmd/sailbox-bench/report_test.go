@@ -13,13 +13,15 @@ import (
 )
 
 // sampleResults is a run as the bench records one: boot rows against
-// QEMU, the snapshot rows the plots draw, a retried boot and a note.
+// QEMU, the snapshot rows the plots draw, a retried boot and a note, the
+// boot rows from a lab that crashed after handing them back.
 func sampleResults() *Results {
 	res := &Results{
 		Format: resultsFormat, Started: time.Date(2026, 12, 6, 21, 30, 0, 0, time.UTC), Quick: true, Commit: "v0.1-5-gabc",
 		Flags: map[string]string{"runs": "2", "quick": "true"}, Machine: Machine{CPUModel: "AMD EPYC", CPUs: 2, MemoryMiB: 3900, Kernel: "6.12", InLab: true},
 		Peers: map[string]string{"qemu": "QEMU emulator version 7.2.15"}, Guest: map[string]string{"kernel": "/k"},
 		Rows: []Row{}, Ratios: []Ratio{}, Retries: []Retry{}, Notes: []string{},
+		Groups: []string{"boot", "snapshots"}, Resumed: []string{"boot"},
 	}
 	for i := 1; i <= 10; i++ {
 		res.durations("boot.sailbox", "boot", "boot to agent ready, sailbox", time.Duration(i)*time.Second)
@@ -185,6 +187,7 @@ func TestReportWritesJSONMarkdownAndPNGs(t *testing.T) {
 		"| private memory, at 3 forks `forks.private` | 1 | 36.0 | 36.0 | 36.0 | MiB |  |",
 		"snapshots parent boot, attempt 1 of 3 (taken again): boot broke: agent not healthy",
 		"qemu run 1 failed, left out",
+		"resumed: the lab crashed during the run; the boot rows were measured in a lab before the crash",
 		"](results-20261206T213000Z-quick-pause.png)",
 		"](results-20261206T213000Z-quick-latency.png)",
 		"](results-20261206T213000Z-quick-fork-memory.png)",

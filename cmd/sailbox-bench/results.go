@@ -36,6 +36,12 @@ type Results struct {
 	Rows    []Row             `json:"rows"`
 	Ratios  []Ratio           `json:"ratios"`
 	Retries []Retry           `json:"retries"`
+	// Groups are the row groups (-rows) measured to their end, in order.
+	Groups []string `json:"groups"`
+	// Resumed are the groups that an earlier lab of this run measured
+	// and handed back before it crashed (resume.go); the run measured
+	// the rest in a later lab.
+	Resumed []string `json:"resumed,omitempty"`
 	// Notes are what the run left out and why (a peer's failed sample, a
 	// row group skipped).
 	Notes []string `json:"notes"`

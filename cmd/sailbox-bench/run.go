@@ -19,6 +19,7 @@ import (
 	"github.com/mdlayher/vsock"
 
 	"github.com/sailbox-dev/sailbox/guestagent"
+	"github.com/sailbox-dev/sailbox/internal/kvmtest"
 	"github.com/sailbox-dev/sailbox/vmm"
 	"github.com/sailbox-dev/sailbox/vmm/kvm"
 )
@@ -77,6 +78,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&o.vmmBinary, "vmm-binary", besideMe("sailbox-vmm"), "the sailbox-vmm `binary` each density child runs in (default: beside this one)")
 	quick := fs.Bool("quick", false, "a smoke test: -runs 2 -execs 5 -net-runs 1 -net-mib 16 -net-conns 10 -density-forks 10, unless given")
 	commit := fs.String("commit", "", "the `version` of the tree built (git describe), for the results (default: git describe here)")
+	resumeFrom := fs.String("resume", os.Getenv(kvmtest.CrashedConsolesEnv), "`outputs` of earlier attempts at this run (separated by "+string(os.PathListSeparator)+"), whose row groups handed back are kept, not measured again (default $"+kvmtest.CrashedConsolesEnv+": the consoles of the labs that crashed under it)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -117,6 +119,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	res := newResults(ctx, fs, o, *quick, *commit)
+	if err := res.resume(*resumeFrom, stdout); err != nil {
+		return err
+	}
 	err := measureAll(ctx, o, res, stdout, stderr)
 	res.Finished = time.Now().UTC()
 	if err != nil {
@@ -134,7 +139,7 @@ func newResults(ctx context.Context, fs *flag.FlagSet, o options, quick bool, co
 		Format: resultsFormat, Started: time.Now().UTC(), Quick: quick, Commit: commit,
 		Flags: map[string]string{}, Machine: thisMachine(), Peers: map[string]string{},
 		Guest: map[string]string{"kernel": o.kernel, "initramfs": o.initrd, "image": o.image, "memory_mib": fmt.Sprint(o.memMiB)},
-		Rows:  []Row{}, Ratios: []Ratio{}, Retries: []Retry{}, Notes: []string{},
+		Rows:  []Row{}, Ratios: []Ratio{}, Retries: []Retry{}, Groups: []string{}, Notes: []string{},
 	}
 	fs.VisitAll(func(f *flag.Flag) { res.Flags[f.Name] = f.Value.String() })
 	if res.Commit == "" {
@@ -149,9 +154,11 @@ func newResults(ctx context.Context, fs *flag.FlagSet, o options, quick bool, co
 	return res
 }
 
-// measureAll measures the row groups o.rows names into res. After each
-// group but the last it hands back what it has so far (handback.go), so
-// that a run the lab kills later (its timeout, a lab crash) keeps them.
+// measureAll measures into res the row groups o.rows names, but those
+// res has from an earlier attempt (resume.go). After each group but the
+// last it hands back what it has so far (handback.go), so that a run the
+// lab kills later (its timeout, a lab crash) keeps them, and a run
+// started again after a crash resumes from them.
 func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.Writer) error {
 	sys, err := kvm.OpenUsable()
 	if err != nil {
@@ -159,11 +166,9 @@ func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.
 	}
 	defer sys.Close()
 
-	groups := []struct {
-		name    string
-		measure func() error
-	}{
+	groups := []rowGroup{
 		{"boot", func() error { return benchBoot(ctx, sys, o, res, stdout, stderr) }},
+		{"snapshots", func() error { return benchSnapshots(ctx, sys, o, res, stdout, stderr) }},
 		{"density", func() error {
 			if !o.rows["boot"] {
 				res.note("density: no boot rows, so no cold boots per second to compare the forks per second with")
@@ -180,22 +185,31 @@ func measureAll(ctx context.Context, o options, res *Results, stdout, stderr io.
 		}},
 		{"net", func() error { return benchNetwork(ctx, sys, o, res, stdout, stderr) }},
 	}
-	var last string
-	for _, g := range groups {
-		if !o.rows[g.name] {
-			continue
+	return res.measureGroups(groups, o.rows, stdout)
+}
+
+// rowGroup is one -rows group and what measures it.
+type rowGroup struct {
+	name    string
+	measure func() error
+}
+
+// measureGroups measures, in order, the groups that rows names and r
+// has not finished yet, handing back r after each but the last.
+func (r *Results) measureGroups(groups []rowGroup, rows map[string]bool, stdout io.Writer) error {
+	todo := slices.DeleteFunc(slices.Clone(groups), func(g rowGroup) bool { return !rows[g.name] || slices.Contains(r.Groups, g.name) })
+	for i, g := range todo {
+		if err := g.measure(); err != nil {
+			return err
 		}
-		if last != "" {
-			interim := *res
-			interim.Error = fmt.Sprintf("interim results, handed back after the %s rows: the run was stopped before it finished", last)
+		r.Groups = append(r.Groups, g.name)
+		if i < len(todo)-1 {
+			interim := *r
+			interim.Error = fmt.Sprintf("interim results, handed back after the %s rows: the run was stopped before it finished", g.name)
 			if err := handBack(stdout, &interim); err != nil {
 				return err
 			}
 		}
-		if err := g.measure(); err != nil {
-			return err
-		}
-		last = g.name
 	}
 	return nil
 }
@@ -210,8 +224,7 @@ func besideMe(name string) string {
 }
 
 // benchBoot measures boots and execs of Sailbox against QEMU, and boots
-// to console lines against gokvm (gokvm.go), then the snapshots rows
-// against those boots.
+// to console lines against gokvm (gokvm.go).
 func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, stdout, stderr io.Writer) error {
 	if o.gokvm == "" {
 		res.note("gokvm rows skipped: no -gokvm (build/gokvm.sh builds it; make bench passes it)")
@@ -290,9 +303,6 @@ func benchBoot(ctx context.Context, sys *kvm.System, o options, res *Results, st
 		if _, ok := res.p50(b.rows + ".gokvm"); ok {
 			fmt.Fprintf(stdout, "  sailbox boot to %-5s / gokvm's         %.3f\n", b.rows, res.ratio(b.rows+".sailbox/"+b.rows+".gokvm", "sailbox "+b.label+" / gokvm's", b.rows+".sailbox", b.rows+".gokvm"))
 		}
-	}
-	if o.rows["snapshots"] {
-		return benchSnapshots(ctx, sys, o, res, stdout, stderr)
 	}
 	return nil
 }
