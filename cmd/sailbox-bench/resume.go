@@ -16,10 +16,10 @@ import (
 // start each time, a bench started again resumes: it reads what it
 // handed back in the crashed labs (their console logs, which the runner
 // names in kvmtest.CrashedConsolesEnv; -resume), keeps the row groups
-// measured to their end there, and measures only the others. A run whose
-// lab crashes every half hour then still ends, where one that starts
-// over never would. The results say which groups an earlier lab measured
-// (Results.Resumed): ratios between those and the later ones cross labs.
+// measured to their end there, and measures only the others: a crash
+// costs the group it cut short, not those before it. The results say
+// which groups an earlier lab measured (Results.Resumed): ratios between
+// those and the later ones cross labs.
 
 // resume carries on in res the results that an earlier attempt at this
 // run handed back in the outputs paths (separated by
