@@ -224,36 +224,57 @@ func (r *Result) unfinished() []int {
 }
 
 // settledIn returns the tests of step i that are not to run again: those
-// r saw pass, and those given up on.
+// r saw pass, fail (unless a guest of theirs showed a lab fault) or given
+// up on.
 func (r *Result) settledIn(i int) []string {
 	var out []string
 	for _, o := range r.obs {
-		if o.step == i && (o.status == "PASS" || o.status == giveUp) {
+		if o.step == i && r.settles(o) {
 			out = append(out, o.name)
 		}
 	}
 	return out
 }
 
+// settles reports whether o, seen in a lab that then crashed, is its
+// test's verdict. A failure is, unless a guest of the test showed the
+// lab's fault: a crash says nothing about a test that had already failed
+// on its own, and running it again could only hide that failure behind
+// a later pass.
+func (r *Result) settles(o observation) bool {
+	switch o.status {
+	case "PASS", giveUp:
+		return true
+	case "FAIL":
+		return !r.labFault[o.name]
+	}
+	return false
+}
+
 // mergeRerun returns the result of a run whose steps steps (indexes into
-// r's plan) ran again as rerun after r crashed, without the tests that
-// had passed in them: r's finished steps with their tests, the tests r
-// saw pass (or gave up on) in an unfinished step, and rerun's results for
-// the rest. A test that failed or skipped in a step cut short ran again.
+// r's plan) ran again as rerun after r crashed, without the tests
+// settled in them: r's finished steps with their tests, the tests r
+// settled in an unfinished step (settles), and rerun's results for the
+// rest. A test that skipped in a step cut short ran again, as did one
+// that failed after the lab broke its guest (reported as retried).
 func (r *Result) mergeRerun(steps []int, rerun *Result) *Result {
 	again := map[int]int{} // r's step → rerun's step
 	for j, i := range steps {
 		again[i] = j
 	}
 	m := &Result{Where: r.Where, Exit: slices.Clone(r.Exit), Done: rerun.Done, LabError: rerun.LabError,
-		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError), KernelFaults: rerun.KernelFaults}
+		Crashed: rerun.Crashed, Reruns: append(slices.Clone(r.Reruns), r.LabError), KernelFaults: rerun.KernelFaults,
+		Retried: slices.Clone(r.Retried)}
 	if rerun.running != "" && rerun.step < len(steps) {
 		m.running, m.step = rerun.running, steps[rerun.step]
 	}
 	for _, o := range r.obs {
-		if _, ran := again[o.step]; !ran || o.status == "PASS" || o.status == giveUp {
+		switch _, ran := again[o.step]; {
+		case !ran || r.settles(o):
 			m.obs = append(m.obs, o)
 			m.tally(o.status, o.name)
+		case o.status == "FAIL" && !slices.Contains(m.Retried, o.name):
+			m.Retried = append(m.Retried, o.name)
 		}
 	}
 	for _, o := range rerun.obs {

@@ -11,23 +11,28 @@ import (
 )
 
 // After a lab crash in step 1 of three, steps 1 and 2 run again: the
-// merged result keeps step 0's tests and exit, drops what step 1 reported
-// before the crash, and takes steps 1 and 2 from the rerun.
+// merged result keeps step 0's tests and exit, and step 1's tests that
+// had passed or failed on their own before the crash; the rest of steps
+// 1 and 2 comes from the rerun, with the test that had failed after the
+// lab broke its guest run again.
 func TestMergeRerun(t *testing.T) {
 	first := newResult("lab", 3)
 	first.observe("--- PASS: TestKVMA (1.00s)")
 	first.Exit[0], first.step = 0, 1
 	first.observe("--- PASS: TestKVMB (1.00s)") // step 1, cut short by the crash
-	first.observe("--- FAIL: TestKVMX (1.00s)") // failed in the crashed step: runs again
+	first.observe("=== RUN   TestKVMX")
+	first.observe("    harness: sailbox-vmm: guest shutdown")
+	first.observe("--- FAIL: TestKVMX (1.00s)") // the lab broke its guest: runs again
+	first.observe("--- FAIL: TestKVMY (1.00s)") // failed on its own: its verdict
 	first.LabError, first.Crashed = "the lab powered off (kernel panic?)", true
 	if got := first.unfinished(); !slices.Equal(got, []int{1, 2}) {
 		t.Fatalf("unfinished = %v", got)
 	}
-	if got := first.settledIn(1); !slices.Equal(got, []string{"TestKVMB"}) {
-		t.Errorf("passed in the crashed step: %v; the rerun skips these", got)
+	if got := first.settledIn(1); !slices.Equal(got, []string{"TestKVMB", "TestKVMY"}) {
+		t.Errorf("settled in the crashed step: %v; the rerun skips these", got)
 	}
 
-	// The rerun skips TestKVMB, which passed.
+	// The rerun skips TestKVMB, which passed, and TestKVMY, which failed.
 	rerun := newResult("lab", 2)
 	rerun.observe("--- PASS: TestKVMX (1.00s)")
 	rerun.observe("--- FAIL: TestKVMC (1.00s)")
@@ -36,8 +41,11 @@ func TestMergeRerun(t *testing.T) {
 	rerun.Exit[1], rerun.Done = 0, true
 
 	m := first.mergeRerun([]int{1, 2}, rerun)
-	if !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMX", "TestKVMD"}) || !slices.Equal(m.Failed, []string{"TestKVMC"}) {
+	if !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMX", "TestKVMD"}) || !slices.Equal(m.Failed, []string{"TestKVMY", "TestKVMC"}) {
 		t.Errorf("merged passed %v, failed %v", m.Passed, m.Failed)
+	}
+	if !slices.Equal(m.Retried, []string{"TestKVMX"}) {
+		t.Errorf("retried %v", m.Retried)
 	}
 	if !slices.Equal(m.Exit, []int{0, 0, 0}) || !m.Done || m.LabError != "" || m.Crashed {
 		t.Errorf("merged %+v", m)
@@ -45,12 +53,13 @@ func TestMergeRerun(t *testing.T) {
 	if m.OK() {
 		t.Error("a run with a failed test is OK")
 	}
-	if s := m.Summary(); !strings.Contains(s, "4 passed, 1 failed") || !strings.Contains(s, "after 1 lab crash") || !strings.Contains(s, "kernel panic") {
+	if s := m.Summary(); !strings.Contains(s, "4 passed, 2 failed") || !strings.Contains(s, "ran again after the lab broke a guest: TestKVMX") ||
+		!strings.Contains(s, "after 1 lab crash") || !strings.Contains(s, "kernel panic") {
 		t.Errorf("summary %q", s)
 	}
 
 	// A rerun that crashes too is not done: its unfinished steps, less
-	// what passed in either lab, can run in another.
+	// what either lab settled, can run in another.
 	rerun2 := newResult("lab", 2)
 	rerun2.observe("--- PASS: TestKVMX (1.00s)")
 	rerun2.LabError, rerun2.Crashed = "wedged", true
@@ -61,8 +70,8 @@ func TestMergeRerun(t *testing.T) {
 	if got := m.unfinished(); !slices.Equal(got, []int{1, 2}) {
 		t.Errorf("unfinished after two crashes = %v", got)
 	}
-	if got := m.settledIn(1); !slices.Equal(got, []string{"TestKVMB", "TestKVMX"}) {
-		t.Errorf("passed in step 1 over both labs: %v", got)
+	if got := m.settledIn(1); !slices.Equal(got, []string{"TestKVMB", "TestKVMY", "TestKVMX"}) {
+		t.Errorf("settled in step 1 over both labs: %v", got)
 	}
 	rerun3 := newResult("lab", 2)
 	rerun3.observe("--- PASS: TestKVMC (1.00s)")
@@ -70,8 +79,9 @@ func TestMergeRerun(t *testing.T) {
 	rerun3.observe("--- PASS: TestKVMD (1.00s)")
 	rerun3.Exit[1], rerun3.Done = 0, true
 	m = m.mergeRerun([]int{1, 2}, rerun3)
-	if !m.OK() || !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMX", "TestKVMC", "TestKVMD"}) || len(m.Reruns) != 2 {
-		t.Errorf("after a second rerun: OK %v, passed %v, reruns %v", m.OK(), m.Passed, m.Reruns)
+	if m.OK() || !slices.Equal(m.Passed, []string{"TestKVMA", "TestKVMB", "TestKVMX", "TestKVMC", "TestKVMD"}) ||
+		!slices.Equal(m.Failed, []string{"TestKVMY"}) || len(m.Reruns) != 2 || !slices.Equal(m.Retried, []string{"TestKVMX"}) {
+		t.Errorf("after a second rerun: OK %v, passed %v, failed %v, reruns %v, retried %v", m.OK(), m.Passed, m.Failed, m.Reruns, m.Retried)
 	}
 	if s := m.Summary(); !strings.Contains(s, "after 2 lab crash") {
 		t.Errorf("summary %q", s)

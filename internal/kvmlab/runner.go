@@ -270,7 +270,7 @@ func afterCrash(res *Result, streak int, known bool, reruns, idle int) (crashAct
 }
 
 // rerunCrashed runs in a fresh lab, while afterCrash allows, the steps a
-// crashed lab did not finish, without the tests that passed in them.
+// crashed lab did not finish, without the tests settled in them (settledIn).
 func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Result) (*Result, error) {
 	prev, streak, known := "", 0, true
 	var idle idleCrashes
@@ -307,7 +307,7 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 		if c := res.cutShort(); c != "" {
 			cut = ", cutting short " + c
 		}
-		fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s%s; console log %s); running the %d unfinished steps again in a fresh lab, without the tests that passed: %s\n",
+		fmt.Fprintf(r.Log, "kvmlab: the lab crashed (%s%s; console log %s); running the %d unfinished steps again in a fresh lab, without the tests settled there: %s\n",
 			res.LabError, cut, crashLog, len(steps), strings.Join(names, ", "))
 		again, err := lab.Run(ctx, rerun)
 		if err != nil {
@@ -319,7 +319,7 @@ func (r *Runner) rerunCrashed(ctx context.Context, lab *Lab, plan *Plan, res *Re
 }
 
 // rerunPlan is the plan that runs plan's steps steps again after the
-// crashed run res: without the tests that passed in them, and told in
+// crashed run res: without the tests settled in them, and told in
 // kvmtest.CrashedConsolesEnv where the crashed labs' consoles are
 // (crashLogs), so that a step which hands back its results as it goes
 // can resume from them. It returns the steps' names too.
